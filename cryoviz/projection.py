@@ -1,0 +1,199 @@
+"""Central slices: extraction from and insertion into a Fourier voxel volume.
+
+The volume transform is a full, centred ``(Dp, Dp, Dp)`` complex array indexed
+``[kz, ky, kx]`` (see :mod:`cryoviz.fourier`). A rotation ``R`` (particle ->
+lab) maps the image frequency ``(kx, ky, 0)`` to the volume frequency
+``R^T (kx, ky, 0)``. Frequencies are in cycles per pixel, so an image of box
+``D`` can be sliced out of a volume padded to ``Dp > D`` (finer sampling, smaller
+interpolation error). Interpolation is trilinear; :func:`insert_slices` is the
+exact adjoint of :func:`extract_slices`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cryoviz.fourier import frequency_grid_2d, real_dtype_of
+
+__all__ = [
+    "slice_frequencies",
+    "extract_slices",
+    "insert_slices",
+    "trilinear_corners",
+]
+
+
+def slice_frequencies(
+    box_size: int,
+    rfft: bool = True,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """In-plane frequencies ``(kx, ky, 0)`` of an image transform, ``(H, W, 3)`` cycles/px."""
+    ky, kx = frequency_grid_2d(box_size, rfft=rfft, device=device, dtype=dtype)
+    return torch.stack([kx, ky, torch.zeros_like(kx)], dim=-1)
+
+
+def _volume_coordinates(
+    rotations: torch.Tensor, box_size: int, volume_size: int, rfft: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """Voxel coordinates ``(B, H, W, 3)`` (x, y, z order, fractional indices) of each slice sample."""
+    k = slice_frequencies(box_size, rfft=rfft, device=rotations.device, dtype=dtype)
+    # q = R^T k for each rotation: q_j = sum_i R_ij k_i
+    q = torch.einsum("bij,hwi->bhwj", rotations.to(dtype), k)
+    return q * volume_size + volume_size // 2
+
+
+def trilinear_corners(
+    coords: torch.Tensor, volume_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices and weights of the 8 voxels around each point.
+
+    Parameters
+    ----------
+    coords
+        ``(N, 3)`` fractional voxel coordinates in ``(x, y, z)`` order.
+    volume_size
+        ``Dp``; the volume is ``(Dp, Dp, Dp)`` indexed ``[z, y, x]``.
+
+    Returns
+    -------
+    index, weight
+        ``(N, 8)`` flat indices into the raveled volume and ``(N, 8)``
+        interpolation weights; corners outside the volume get weight 0 and
+        index 0.
+    """
+    base = torch.floor(coords)
+    frac = coords - base
+    base = base.long()
+    offsets = torch.tensor(
+        [[dx, dy, dz] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
+        device=coords.device,
+    )
+    corner = base[:, None, :] + offsets[None, :, :]
+    wsel = torch.where(offsets[None, :, :].bool(), frac[:, None, :], 1.0 - frac[:, None, :])
+    weight = wsel.prod(dim=-1)
+    inside = ((corner >= 0) & (corner < volume_size)).all(dim=-1)
+    weight = weight * inside
+    corner = torch.where(inside[..., None], corner, torch.zeros_like(corner))
+    index = (corner[..., 2] * volume_size + corner[..., 1]) * volume_size + corner[..., 0]
+    return index, weight
+
+
+def _check_volume(volume_ft: torch.Tensor) -> int:
+    if volume_ft.ndim != 3 or len(set(volume_ft.shape)) != 1:
+        raise ValueError(f"volume transform must be (Dp, Dp, Dp), got {tuple(volume_ft.shape)}")
+    if not volume_ft.is_complex():
+        raise ValueError("volume transform must be complex")
+    return int(volume_ft.shape[0])
+
+
+def extract_slices(
+    volume_ft: torch.Tensor,
+    rotations: torch.Tensor,
+    box_size: int,
+    rfft: bool = True,
+    max_frequency: float | None = None,
+) -> torch.Tensor:
+    """Sample central slices of a Fourier volume (differentiable in the volume).
+
+    Parameters
+    ----------
+    volume_ft
+        ``(Dp, Dp, Dp)`` complex centred transform.
+    rotations
+        ``(B, 3, 3)`` particle -> lab rotations.
+    box_size
+        Image box ``D`` (``D <= Dp``).
+    rfft
+        Return the half layout ``(B, D, D // 2 + 1)`` (else full ``(B, D, D)``).
+    max_frequency
+        If given, samples with ``|k|`` above it (cycles/px) are set to 0.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D, D // 2 + 1)`` or ``(B, D, D)`` complex image transforms.
+    """
+    size = _check_volume(volume_ft)
+    rdtype = real_dtype_of(volume_ft.dtype)
+    coords = _volume_coordinates(rotations, box_size, size, rfft, rdtype)
+    batch, height, width, _ = coords.shape
+    index, weight = trilinear_corners(coords.reshape(-1, 3), size)
+    if max_frequency is not None:
+        radius = torch.linalg.vector_norm(coords.reshape(-1, 3) - size // 2, dim=-1) / size
+        weight = weight * (radius <= max_frequency)[:, None]
+    flat = torch.view_as_real(volume_ft).reshape(-1, 2)
+    values = flat[index.reshape(-1)].reshape(index.shape + (2,))
+    out = (values * weight[..., None]).sum(dim=1)
+    return torch.view_as_complex(out.contiguous()).reshape(batch, height, width)
+
+
+def insert_slices(
+    slices: torch.Tensor,
+    rotations: torch.Tensor,
+    volume_size: int,
+    weights: torch.Tensor | None = None,
+    rfft: bool = True,
+    max_frequency: float | None = None,
+    volume_ft: torch.Tensor | None = None,
+    weight_volume: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Backproject slices into a Fourier volume (adjoint of :func:`extract_slices`).
+
+    Parameters
+    ----------
+    slices
+        ``(B, D, D // 2 + 1)`` (``rfft``) or ``(B, D, D)`` complex image transforms.
+    rotations
+        ``(B, 3, 3)`` particle -> lab rotations.
+    volume_size
+        ``Dp``.
+    weights
+        Optional ``(B, H, W)`` real per-sample weights (e.g. ``CTF^2``) inserted
+        with the same interpolation into a real weight volume.
+    max_frequency
+        Samples with ``|k|`` above this (cycles/px) are skipped.
+    volume_ft, weight_volume
+        Accumulators to add into (created if ``None``): ``(Dp, Dp, Dp)``
+        complex and real.
+
+    Returns
+    -------
+    volume_ft, weight_volume
+        The accumulators (``weight_volume`` is ``None`` if no weights were given
+        and none was passed).
+    """
+    if slices.ndim != 3:
+        raise ValueError(f"slices must be (B, H, W), got {tuple(slices.shape)}")
+    box_size = int(slices.shape[-2])
+    rdtype = real_dtype_of(slices.dtype)
+    if volume_ft is None:
+        volume_ft = torch.zeros(
+            (volume_size,) * 3, dtype=slices.dtype, device=slices.device
+        )
+    coords = _volume_coordinates(rotations, box_size, volume_size, rfft, rdtype).reshape(-1, 3)
+    keep = None
+    if max_frequency is not None:
+        radius = torch.linalg.vector_norm(coords - volume_size // 2, dim=-1) / volume_size
+        keep = radius <= max_frequency
+        coords = coords[keep]
+    index, weight = trilinear_corners(coords, volume_size)
+    values = torch.view_as_real(slices).reshape(-1, 2)
+    if keep is not None:
+        values = values[keep]
+    acc = torch.view_as_real(volume_ft).view(-1, 2)
+    contrib = (weight[..., None] * values[:, None, :].to(weight.dtype)).reshape(-1, 2)
+    acc.index_add_(0, index.reshape(-1), contrib.to(acc.dtype))
+    if weights is not None:
+        if weight_volume is None:
+            weight_volume = torch.zeros(
+                (volume_size,) * 3, dtype=acc.dtype, device=slices.device
+            )
+        w = weights.reshape(-1)
+        if keep is not None:
+            w = w[keep]
+        weight_volume.view(-1).index_add_(
+            0, index.reshape(-1), (weight * w[:, None].to(weight.dtype)).reshape(-1).to(acc.dtype)
+        )
+    return volume_ft, weight_volume
