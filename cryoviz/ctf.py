@@ -146,7 +146,10 @@ def compute_ctf_2d(
     sy = ky / apix
     s2 = sx**2 + sy**2
     alpha = torch.atan2(sy, sx)
-    col = (lambda t: t.reshape(-1, 1, 1))
+
+    def col(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(-1, 1, 1)
+
     angle = torch.deg2rad(col(p.astigmatism_angle_deg))
     defocus = 0.5 * (col(p.defocus_u_angstrom) + col(p.defocus_v_angstrom)) + 0.5 * (
         col(p.defocus_u_angstrom) - col(p.defocus_v_angstrom)

@@ -170,7 +170,7 @@ def frequency_grid_3d(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Frequencies ``(kz, ky, kx)`` (cycles/px) of a full centred 3-D transform, each ``(D, D, D)``."""
+    """Frequencies ``(kz, ky, kx)`` (cycles/px) of a centred 3-D transform, each ``(D, D, D)``."""
     k = _centered_axis(box_size, device, dtype)
     return torch.meshgrid(k, k, k, indexing="ij")
 

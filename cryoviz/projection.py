@@ -37,7 +37,7 @@ def slice_frequencies(
 def _volume_coordinates(
     rotations: torch.Tensor, box_size: int, volume_size: int, rfft: bool, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Voxel coordinates ``(B, H, W, 3)`` (x, y, z order, fractional indices) of each slice sample."""
+    """Fractional voxel coordinates ``(B, H, W, 3)`` (x, y, z order) of each slice sample."""
     k = slice_frequencies(box_size, rfft=rfft, device=rotations.device, dtype=dtype)
     # q = R^T k for each rotation: q_j = sum_i R_ij k_i
     q = torch.einsum("bij,hwi->bhwj", rotations.to(dtype), k)
