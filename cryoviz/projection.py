@@ -65,19 +65,20 @@ def trilinear_corners(
     """
     base = torch.floor(coords)
     frac = coords - base
-    base = base.long()
-    offsets = torch.tensor(
-        [[dx, dy, dz] for dz in (0, 1) for dy in (0, 1) for dx in (0, 1)],
-        device=coords.device,
-    )
-    corner = base[:, None, :] + offsets[None, :, :]
-    wsel = torch.where(offsets[None, :, :].bool(), frac[:, None, :], 1.0 - frac[:, None, :])
-    weight = wsel.prod(dim=-1)
-    inside = ((corner >= 0) & (corner < volume_size)).all(dim=-1)
-    weight = weight * inside
-    corner = torch.where(inside[..., None], corner, torch.zeros_like(corner))
-    index = (corner[..., 2] * volume_size + corner[..., 1]) * volume_size + corner[..., 0]
-    return index, weight
+    low = base.long()
+    # per axis: the two neighbouring indices (N, 3, 2) and their weights (N, 3, 2)
+    idx = torch.stack([low, low + 1], dim=-1)
+    w = torch.stack([1.0 - frac, frac], dim=-1)
+    inside = (idx >= 0) & (idx < volume_size)
+    w = w * inside
+    idx = idx.clamp(0, volume_size - 1)
+    ix, iy, iz = idx[:, 0], idx[:, 1], idx[:, 2]
+    wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
+    # corners ordered (dz, dy, dx)
+    index = (iz[:, :, None, None] * volume_size + iy[:, None, :, None]) * volume_size
+    index = index + ix[:, None, None, :]
+    weight = wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]
+    return index.reshape(-1, 8), weight.reshape(-1, 8)
 
 
 def _check_volume(volume_ft: torch.Tensor) -> int:
