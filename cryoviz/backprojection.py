@@ -5,7 +5,8 @@ multiplied by its CTF and inserted (trilinear) into a ``Dp^3`` Fourier
 volume; ``CTF^2`` goes into a weight volume with the same interpolation. The
 map is ``V(k) = sum CTF X / (sum CTF^2 + lambda(|k|))`` with a per-shell
 regulariser ``lambda`` from the gold-standard FSC of two independent halves
-(``lambda = mean weight / SSNR``, RELION's ``sigma^2 / tau^2``).
+(``lambda = mean weight / (pad^3 SSNR)``, RELION's ``sigma^2 / tau^2`` with its
+oversampling correction).
 """
 
 from __future__ import annotations
@@ -193,6 +194,12 @@ def ssnr_from_fsc(half_fsc: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
     return (2.0 * fsc / (1.0 - fsc)).clamp(min=floor)
 
 
-def wiener_regularizer(mean_weight: torch.Tensor, half_fsc: torch.Tensor) -> torch.Tensor:
-    """Per-shell ``lambda = mean weight / SSNR`` (``(D // 2 + 1,)``)."""
-    return mean_weight.to(torch.float64) / ssnr_from_fsc(half_fsc)
+def wiener_regularizer(
+    mean_weight: torch.Tensor, half_fsc: torch.Tensor, pad_factor: float = 2.0
+) -> torch.Tensor:
+    """Per-shell ``lambda = mean weight / (pad_factor^3 SSNR)`` (``(D // 2 + 1,)``).
+
+    ``pad_factor^3`` is RELION's oversampling correction: the weights live on the
+    padded grid, whose voxels oversample the map's transform ``pad_factor^3`` times.
+    """
+    return mean_weight.to(torch.float64) / (float(pad_factor) ** 3 * ssnr_from_fsc(half_fsc))
