@@ -186,10 +186,13 @@ def test_adenylate_kinase_pair_closure():
     open_state, closed_state = adenylate_kinase_pair()
     assert len(open_state) == len(closed_state)
     np.testing.assert_allclose(open_state.centroid(), 0.0, atol=1e-9)
-    core = open_state.residue_mask(ADK_CORE_RESIDUES)
+    ca = np.array([name == "CA" for name in open_state.atom_names])
+    core = open_state.residue_mask(ADK_CORE_RESIDUES) & ca
     core_rmsd = open_state.subset(core).rmsd(closed_state.subset(core))
-    total_rmsd = open_state.rmsd(closed_state)
-    assert core_rmsd < 2.0
-    assert total_rmsd > 3.0
+    total_rmsd = open_state.subset(ca).rmsd(closed_state.subset(ca))
+    # measured: CORE CA 1.98 Å after the CORE fit, all CA 7.97 Å (LID and NMP close);
+    # a global CA fit gives ~7 Å, the literature value for 4AKE vs 1AKE
+    assert core_rmsd < 2.5
+    assert total_rmsd > 6.0
     raw_open, raw_closed = adenylate_kinase_pair(aligned=False)
     assert raw_open.rmsd(raw_closed) > total_rmsd  # superposition helps
