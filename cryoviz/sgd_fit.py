@@ -93,6 +93,7 @@ def iter_fit_voxel_sgd(
     epochs: int = 10,
     batch_size: int = 128,
     learning_rate: float = 0.05,
+    final_learning_rate_ratio: float = 0.02,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> Iterator[SGDProgress]:
@@ -114,6 +115,11 @@ def iter_fit_voxel_sgd(
         Parameters of the ``N`` particles or ``None``.
     epochs, batch_size, learning_rate, seed, device
         Optimisation settings.
+    final_learning_rate_ratio
+        The learning rate decays exponentially, step by step, to this fraction of
+        ``learning_rate`` at the last step (Adam's steps keep a size of about the
+        learning rate even at the optimum, so without decay the coefficients of
+        weakly determined shells keep jittering and lose their FSC).
 
     Yields
     ------
@@ -157,6 +163,9 @@ def iter_fit_voxel_sgd(
         for _ in range(2)
     ]
     optimizer = torch.optim.Adam(params, lr=learning_rate)
+    steps_per_epoch = max(int(np.ceil(len(h) / batch_size)) for h in halves)
+    decay = final_learning_rate_ratio ** (1.0 / max(1, epochs * steps_per_epoch - 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
     lam = torch.zeros(n_shells, dtype=torch.float32, device=device)
     rot = rotations.to(device, torch.float32)
     shifts = None if shifts_angstrom is None else shifts_angstrom.to(device, torch.float32)
@@ -192,6 +201,7 @@ def iter_fit_voxel_sgd(
                 seen += len(sel)
             loss_sum.backward()
             optimizer.step()
+            scheduler.step()
         with torch.no_grad():
             maps = torch.stack([volume_of(0), volume_of(1)]).detach()
             fsc = half_map_fsc(maps[0], maps[1])
