@@ -1,14 +1,17 @@
 """Homogeneous voxel map fitted by stochastic gradients through the forward model.
 
-Two half maps (gold standard) are fitted on the two halves of the data by Adam
-on their Fourier coefficients, minimising the MAP objective
+Two half maps (gold standard) are fitted on the two halves of the data by
+stochastic gradient steps on their Fourier coefficients, minimising the MAP
+objective
 
     sum_i |X_i - CTF_i S_i slice_{R_i}(V)|^2 + sum_k lambda(|k|) |V(k)|^2
 
 whose per-shell prior ``lambda = mean weight / SSNR`` comes from the FSC of the
 two half maps, updated every epoch (RELION's tau^2 update, done by SGD). The
-coefficients are stored divided by a per-shell amplitude scale estimated from
-the images so that Adam's step is meaningful at every frequency.
+gradient is preconditioned by the objective's per-shell curvature, so every
+frequency converges at the same rate (plain or Adam steps are either far too
+slow at high frequency or keep jittering around the optimum, which destroys
+the FSC of weakly determined shells).
 
 Long work is a generator: :func:`iter_fit_voxel_sgd` yields a
 :class:`SGDProgress` after every epoch.
@@ -92,12 +95,17 @@ def iter_fit_voxel_sgd(
     ctf: CTFParams | None = None,
     epochs: int = 10,
     batch_size: int = 128,
-    learning_rate: float = 0.05,
-    final_learning_rate_ratio: float = 0.02,
+    learning_rate: float = 1.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> Iterator[SGDProgress]:
-    """Fit two half maps by Adam; yield progress after each epoch.
+    """Fit two half maps by preconditioned SGD; yield progress after each epoch.
+
+    Each step takes the gradient of the minibatch estimate of the MAP objective
+    through the differentiable forward model and divides it by the objective's
+    per-shell curvature ``2 (sum CTF^2 + lambda)`` (a diagonal Newton step); the
+    step size falls as ``1 / t`` (floored at one over the steps per epoch), so the
+    iterate averages the minibatch solutions instead of jittering around them.
 
     Parameters
     ----------
@@ -113,13 +121,10 @@ def iter_fit_voxel_sgd(
         ``(N, 2)`` or ``None``.
     ctf
         Parameters of the ``N`` particles or ``None``.
-    epochs, batch_size, learning_rate, seed, device
+    epochs, batch_size, seed, device
         Optimisation settings.
-    final_learning_rate_ratio
-        The learning rate decays exponentially, step by step, to this fraction of
-        ``learning_rate`` at the last step (Adam's steps keep a size of about the
-        learning rate even at the optimum, so without decay the coefficients of
-        weakly determined shells keep jittering and lose their FSC).
+    learning_rate
+        Scale of the preconditioned step (1 = a full diagonal Newton step).
 
     Yields
     ------
@@ -135,13 +140,7 @@ def iter_fit_voxel_sgd(
     inside_nyquist = raw_shells_3d <= box // 2
     shells_3d = raw_shells_3d.clamp(max=n_shells - 1)
 
-    # Per-shell image power (preconditioning scale) and data weight per voxel.
-    probe_ft = centered_rfft2(probe.to(device, torch.float32))
-    power = torch.zeros(n_shells, dtype=torch.float64, device=device)
-    counts_2d = torch.bincount(shells_2d.reshape(-1), minlength=n_shells).to(torch.float64)
-    power.index_add_(0, shells_2d.reshape(-1),
-                     (probe_ft.abs() ** 2).mean(0).reshape(-1).to(torch.float64))
-    scale = torch.sqrt(power / counts_2d.clamp(min=1)).to(torch.float32)
+    # Data weight (sum of CTF^2) per Fourier voxel and shell, for one half.
     ctf2 = torch.zeros(n_shells, dtype=torch.float64, device=device)
     all_idx = np.arange(n_particles)
     for start in range(0, n_particles, 1024):
@@ -162,24 +161,25 @@ def iter_fit_voxel_sgd(
                     requires_grad=True)
         for _ in range(2)
     ]
-    optimizer = torch.optim.Adam(params, lr=learning_rate)
-    steps_per_epoch = max(int(np.ceil(len(h) / batch_size)) for h in halves)
-    decay = final_learning_rate_ratio ** (1.0 / max(1, epochs * steps_per_epoch - 1))
-    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=decay)
-    lam = torch.zeros(n_shells, dtype=torch.float32, device=device)
+    # start with a prior of SSNR 1 everywhere; from epoch 2 on, from the half-map FSC
+    lam = weight_per_half.to(torch.float32)
     rot = rotations.to(device, torch.float32)
     shifts = None if shifts_angstrom is None else shifts_angstrom.to(device, torch.float32)
-    scale_3d = scale[shells_3d]
+    weight_3d = weight_per_half.to(torch.float32)[shells_3d]
+    steps_per_epoch = max(int(np.ceil(len(h) / batch_size)) for h in halves)
+    step_count = 0
 
     def volume_of(h: int) -> torch.Tensor:
-        return _to_volume(params[h] * scale_3d * inside_nyquist, box)
+        return _to_volume(params[h] * inside_nyquist, box)
 
     for epoch in range(1, epochs + 1):
         orders = [h[torch.randperm(len(h), generator=generator).numpy()] for h in halves]
-        n_steps = max(int(np.ceil(len(o) / batch_size)) for o in orders)
         total, seen = 0.0, 0
-        for step in range(n_steps):
-            optimizer.zero_grad()
+        lam_3d = lam[shells_3d]
+        hessian = 2.0 * (weight_3d + lam_3d)
+        for step in range(steps_per_epoch):
+            for param in params:
+                param.grad = None
             loss_sum = torch.zeros((), device=device)
             for h, order in enumerate(orders):
                 sel = order[step * batch_size:(step + 1) * batch_size]
@@ -194,14 +194,22 @@ def iter_fit_voxel_sgd(
                     None if shifts is None else shifts[sel_t],
                     None if ctf is None else ctf.subset(sel_t),
                 )
-                data = (model - target).abs().pow(2).sum(dim=(-2, -1)).mean()
-                prior = (lam[shells_3d] * (params[h] * scale_3d).abs().pow(2)).sum()
-                loss_sum = loss_sum + data + prior / len(halves[h])
-                total += float(data.detach()) * len(sel)
+                residual = (model - target).abs().pow(2).sum(dim=(-2, -1))
+                # unbiased estimate of the half's full objective
+                data = residual.sum() * (len(halves[h]) / len(sel))
+                prior = (lam_3d * params[h].abs().pow(2)).sum()
+                loss_sum = loss_sum + data + prior
+                total += float(residual.detach().sum())
                 seen += len(sel)
             loss_sum.backward()
-            optimizer.step()
-            scheduler.step()
+            # diagonal Newton step, averaged over the batches (step size 1 / t,
+            # floored at one epoch's worth): the iterate is the running MAP estimate
+            rate = learning_rate * max(1.0 / (step_count + 1), 1.0 / steps_per_epoch)
+            with torch.no_grad():
+                for param in params:
+                    if param.grad is not None:
+                        param -= rate * param.grad / hessian
+            step_count += 1
         with torch.no_grad():
             maps = torch.stack([volume_of(0), volume_of(1)]).detach()
             fsc = half_map_fsc(maps[0], maps[1])
