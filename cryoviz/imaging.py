@@ -29,6 +29,7 @@ __all__ = [
     "volume_to_fourier",
     "project_fourier",
     "forward_fourier",
+    "apply_shift_and_ctf",
     "render_images",
     "images_to_fourier",
 ]
@@ -111,6 +112,34 @@ def forward_fourier(
         ``(B, D, D // 2 + 1)`` complex image transforms.
     """
     ft = project_fourier(volume_ft, rotations, box_size)
+    return apply_shift_and_ctf(ft, pixel_size_angstrom, shifts_angstrom, ctf)
+
+
+def apply_shift_and_ctf(
+    ft: torch.Tensor,
+    pixel_size_angstrom: float,
+    shifts_angstrom: torch.Tensor | None = None,
+    ctf: CTFParams | None = None,
+) -> torch.Tensor:
+    """Translate and CTF-modulate projection transforms (any volume model's slices).
+
+    Parameters
+    ----------
+    ft
+        ``(B, D, D // 2 + 1)`` centred half transforms of centred projections.
+    pixel_size_angstrom
+        Pixel size in Å.
+    shifts_angstrom
+        ``(B, 2)`` particle displacements ``(x, y)`` in Å, or ``None``.
+    ctf
+        CTF parameters of the ``B`` particles, or ``None``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D, D // 2 + 1)`` transforms of the images.
+    """
+    box_size = int(ft.shape[-2])
     if shifts_angstrom is not None:
         shifts_px = shifts_angstrom.to(real_dtype_of(ft.dtype)) / pixel_size_angstrom
         ft = phase_shift(ft, shifts_px, box_size, rfft=True)

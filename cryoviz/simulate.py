@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoviz.ctf import CTFParams, compute_ctf_2d
+from cryoviz.ctf import CTFParams
 from cryoviz.errors import InputError
-from cryoviz.fourier import centered_irfft2, phase_shift
+from cryoviz.fourier import centered_irfft2
 from cryoviz.gaussians import (
     GaussianMixture,
     gaussians_volume,
@@ -40,7 +40,7 @@ from cryoviz.gaussians import (
     structure_to_gaussians,
 )
 from cryoviz.geometry import euler_relion_to_matrix, random_rotations
-from cryoviz.imaging import forward_fourier, volume_to_fourier
+from cryoviz.imaging import apply_shift_and_ctf, forward_fourier, volume_to_fourier
 from cryoviz.io.mrc import StackWriter, read_volume, write_volume
 from cryoviz.io.particles import ParticleSet
 from cryoviz.io.star import write_star
@@ -286,7 +286,8 @@ def iter_simulate(config: SimulationConfig, output_dir: str | Path) -> Iterator[
             sel = torch.as_tensor(index[pos])
             ft[torch.as_tensor(pos)] = renderers[label].project(rotations[sel]).to(torch.complex64)
         sel = torch.as_tensor(index)
-        ft = _shift_and_ctf(ft, shifts[sel], ctf.subset(sel), config)
+        ft = apply_shift_and_ctf(ft, config.pixel_size_angstrom,
+                                 shifts[sel].to(torch.float32), ctf.subset(sel))
         return centered_irfft2(ft, config.box_size)
 
     probe = clean_batch(np.arange(min(n, 1024)))
@@ -327,13 +328,6 @@ def iter_simulate(config: SimulationConfig, output_dir: str | Path) -> Iterator[
     settings = asdict(config)
     settings["noise_sigma"] = sigma
     (out / "simulation.json").write_text(json.dumps(settings, indent=2, default=list))
-
-
-def _shift_and_ctf(ft: torch.Tensor, shifts_angstrom: torch.Tensor, ctf: CTFParams,
-                   config: SimulationConfig) -> torch.Tensor:
-    shifts_px = (shifts_angstrom / config.pixel_size_angstrom).to(torch.float32)
-    ft = phase_shift(ft, shifts_px, config.box_size, rfft=True)
-    return ft * compute_ctf_2d(ctf, config.box_size, config.pixel_size_angstrom)
 
 
 def simulate(config: SimulationConfig, output_dir: str | Path) -> Path:
