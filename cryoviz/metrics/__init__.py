@@ -1,0 +1,26 @@
+"""Map and pose quality metrics."""
+
+from cryoviz.metrics.alignment import AlignmentResult, align_volume, flip_hand, rotate_volume
+from cryoviz.metrics.fsc import FSCCurve, fsc, soft_spherical_mask
+from cryoviz.metrics.poses import (
+    RotationAlignment,
+    align_rotations,
+    apply_rotation_alignment,
+    rotation_error_deg,
+    shift_error_angstrom,
+)
+
+__all__ = [
+    "AlignmentResult",
+    "FSCCurve",
+    "RotationAlignment",
+    "align_rotations",
+    "align_volume",
+    "apply_rotation_alignment",
+    "flip_hand",
+    "fsc",
+    "rotate_volume",
+    "rotation_error_deg",
+    "shift_error_angstrom",
+    "soft_spherical_mask",
+]
