@@ -78,6 +78,7 @@ class FourierAccumulator:
         pixel_size_angstrom: float,
         shifts_angstrom: torch.Tensor | None = None,
         ctf: CTFParams | None = None,
+        particle_weights: torch.Tensor | None = None,
     ) -> None:
         """Insert a batch.
 
@@ -93,6 +94,9 @@ class FourierAccumulator:
             ``(B, 2)`` particle displacements in Å (undone before insertion).
         ctf
             CTF of the ``B`` particles (``None``: no CTF, weight 1).
+        particle_weights
+            ``(B,)`` non-negative weights (e.g. class posteriors in EM): image ``i``
+            adds ``w_i CTF X`` and ``w_i CTF^2``.
         """
         size = self.padded_size
         imgs = images.to(self.device, torch.float32)
@@ -107,9 +111,14 @@ class FourierAccumulator:
             )
         else:
             values = torch.ones(ft.shape, dtype=torch.float32, device=self.device)
+        weights = values**2
+        if particle_weights is not None:
+            pw = particle_weights.to(self.device, torch.float32).reshape(-1, 1, 1)
+            values = values * pw
+            weights = weights * pw
         ft = ft * values
         insert_slices(
-            ft, rotations.to(self.device, torch.float32), size, weights=values**2,
+            ft, rotations.to(self.device, torch.float32), size, weights=weights,
             rfft=True, max_frequency=0.5, volume_ft=self.data, weight_volume=self.weight,
         )
         self.count += int(images.shape[0])

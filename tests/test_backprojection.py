@@ -115,3 +115,18 @@ def test_accumulator_merge_and_regularizer_forms():
     # a huge regulariser shrinks the map
     plain_max = float(merged.reconstruct().abs().max())
     assert float(merged.reconstruct(1e9).abs().max()) < 1e-3 * plain_max
+
+
+def test_particle_weights_scale_contributions():
+    gen = torch.Generator().manual_seed(4)
+    images = torch.randn(6, 12, 12, generator=gen)
+    rotations = torch.linalg.qr(torch.randn(6, 3, 3, generator=gen))[0]
+    rotations = rotations * torch.sign(torch.linalg.det(rotations))[:, None, None]
+    weighted = FourierAccumulator(12)
+    weighted.add(images, rotations, 1.0, particle_weights=torch.tensor([1.0, 0, 1, 0, 0.5, 0]))
+    plain = FourierAccumulator(12)
+    plain.add(images[[0, 2]], rotations[[0, 2]], 1.0)
+    plain.add(images[[4]], rotations[[4]], 1.0, particle_weights=torch.tensor([0.5]))
+    assert torch.allclose(weighted.data, plain.data, atol=1e-5)
+    assert torch.allclose(weighted.weight, plain.weight, atol=1e-6)
+    assert float(weighted.weight.sum()) > 0
