@@ -29,6 +29,7 @@ from cryoviz.backprojection import ssnr_from_fsc
 from cryoviz.ctf import CTFParams, compute_ctf_2d
 from cryoviz.fourier import centered_rfft2, shell_index_2d, shell_index_3d
 from cryoviz.imaging import forward_fourier, volume_to_fourier
+from cryoviz.metrics.fsc import fsc
 
 __all__ = ["SGDProgress", "iter_fit_voxel_sgd", "half_map_fsc"]
 
@@ -58,21 +59,8 @@ class SGDProgress:
 
 
 def half_map_fsc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """FSC ``(D // 2 + 1,)`` of two ``(D, D, D)`` maps (used for the prior update)."""
-    from cryoviz.fourier import centered_fft3
-
-    box = a.shape[-1]
-    fa = centered_fft3(a.to(torch.float64))
-    fb = centered_fft3(b.to(torch.float64))
-    shells = shell_index_3d(box, device=a.device).reshape(-1)
-    n = box // 2 + 1
-    keep = shells < n
-    def shell_sum(values: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(n, dtype=torch.float64, device=a.device)
-        return out.index_add_(0, shells[keep], values.reshape(-1)[keep])
-    num = shell_sum((fa * fb.conj()).real)
-    den = torch.sqrt(shell_sum(fa.abs() ** 2) * shell_sum(fb.abs() ** 2)).clamp(min=1e-30)
-    return num / den
+    """FSC ``(D // 2 + 1,)`` float64 of two ``(D, D, D)`` maps (used for the prior update)."""
+    return fsc(a.to(torch.float64), b.to(torch.float64)).fsc.to(torch.float64)
 
 
 def _rfft3_shells(box: int, device) -> torch.Tensor:
