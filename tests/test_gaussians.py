@@ -11,13 +11,13 @@ import torch
 
 from cryoviz.fourier import centered_irfft2, centered_rfft2
 from cryoviz.gaussians import (
-    PENG_ELECTRON_SCATTERING,
     GaussianMixture,
     gaussians_volume,
     project_gaussians_fourier,
     project_gaussians_real,
     structure_to_gaussians,
 )
+from cryoviz.scattering import PENG_ELECTRON_SCATTERING
 from cryoviz.structure import Structure
 
 
