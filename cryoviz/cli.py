@@ -1,4 +1,4 @@
-"""Command line: ``cryoviz simulate | reconstruct | fsc | demo``.
+"""Command line: ``cryoviz simulate | reconstruct | fsc | demo | train | analyze | ...``.
 
 Each command is a thin layer over the public API; progress goes to stderr,
 results to stdout. Bad input exits with status 2 and a one-line message that
@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cryoviz.errors import InputError
@@ -51,7 +52,9 @@ def _add_simulate_args(p: argparse.ArgumentParser, n_default: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cryoviz`` command."""
-    parser = argparse.ArgumentParser(prog="cryoviz", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cryoviz", description="cryo-EM reconstruction methods on one engine"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="simulate a particle dataset with ground truth")
@@ -84,6 +87,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_simulate_args(demo, 10_000)
     demo.add_argument("--method", choices=("backprojection", "sgd"), default="backprojection")
     demo.add_argument("--epochs", type=int, default=10)
+
+    from cryoviz.train.cli import add_parsers as add_train_parsers
+
+    add_train_parsers(sub)
+
+    ana = sub.add_parser("analyze", help="PCA, UMAP, k-means and traversals of a trained run")
+    ana.add_argument("run", type=Path, help="training run folder")
+    ana.add_argument("-o", "--output", type=Path, default=None, help="default RUN/analysis")
+    ana.add_argument("--k", type=int, default=8, help="k-means clusters")
+    ana.add_argument("--pcs", type=int, default=2, help="principal components to traverse")
+    ana.add_argument("--n-points", type=int, default=10, help="maps per traversal")
+    ana.add_argument("--skip-umap", action="store_true")
+    ana.add_argument("--graph-path", type=int, nargs=2, metavar=("START", "END"),
+                     help="particle indices: maps along the kNN-graph path between them")
+    ana.add_argument("--seed", type=int, default=0)
+
+    sel = sub.add_parser("select", help="export a particle subset as STAR, .cs, index pickle")
+    sel.add_argument("run", type=Path, help="training run folder (analyzed for --clusters)")
+    sel.add_argument("-o", "--output", required=True, type=Path, help="output prefix")
+    group = sel.add_mutually_exclusive_group(required=True)
+    group.add_argument("--clusters", help="comma-separated k-means cluster numbers")
+    group.add_argument("--index", type=Path, help="particle indices: .pkl or text file")
+    group.add_argument("--polygon", help="vertices 'x,y x,y ...' in the 2-D embedding")
+    sel.add_argument("--embedding", choices=("umap", "pca"), default="umap")
+    sel.add_argument("--particles", type=Path, default=None,
+                     help="the training particles (default: the run's source file)")
     return parser
 
 
@@ -175,6 +204,80 @@ def _run_fsc(args: argparse.Namespace) -> None:
     print(f"resolution at FSC {args.threshold}: {res:.2f} Å (voxel {apix} Å)")
 
 
+def _run_analyze(args: argparse.Namespace) -> None:
+    from cryoviz.analysis.run_analysis import AnalysisSettings, analyze_run
+
+    settings = AnalysisSettings(
+        n_clusters=args.k, n_pcs=args.pcs, n_points=args.n_points, umap=not args.skip_umap,
+        graph_endpoints=None if args.graph_path is None else tuple(args.graph_path),
+        seed=args.seed,
+    )
+    out = args.output if args.output is not None else args.run / "analysis"
+    summary = analyze_run(args.run, settings, out)
+    print(f"analysis: {out} (k-means counts {summary['kmeans']['counts']})")
+
+
+def _parse_polygon(text: str) -> np.ndarray:
+    try:
+        vertices = [[float(v) for v in point.split(",")] for point in text.split()]
+        polygon = np.asarray(vertices, dtype=np.float64)
+    except ValueError as err:
+        raise InputError(None, "--polygon", "vertices 'x,y x,y x,y ...'", text) from err
+    if polygon.ndim != 2 or polygon.shape[1] != 2 or len(polygon) < 3:
+        raise InputError(None, "--polygon", "at least 3 vertices 'x,y'", text)
+    return polygon
+
+
+def _run_select(args: argparse.Namespace) -> None:
+    import tomllib
+
+    from cryoviz.analysis.select import export_selection, select_particles
+    from cryoviz.io.cryodrgn import read_index_pkl
+    from cryoviz.io.particles import load_particles
+
+    config_path = args.run / "config.toml"
+    if not config_path.is_file():
+        raise InputError(args.run, "config.toml", "a training run folder", "no config.toml")
+    source = args.particles
+    if source is None:
+        with open(config_path, "rb") as fh:
+            source = tomllib.load(fh)["data"].get("source")
+        if source is None:
+            raise InputError(config_path, "data.source", "the training particles' path "
+                             "(or pass --particles)", "none")
+    particles = load_particles(source)
+    analysis = args.run / "analysis"
+    if args.clusters is not None:
+        labels_path = analysis / "kmeans.npz"
+        if not labels_path.is_file():
+            raise InputError(labels_path, "k-means labels", "run 'cryoviz analyze' first",
+                             "no such file")
+        clusters = [int(c) for c in args.clusters.split(",")]
+        labels = np.load(labels_path)["labels"]
+        indices = select_particles(particles, cluster_labels=labels, clusters=clusters)
+    elif args.index is not None:
+        if args.index.suffix == ".pkl":
+            index = read_index_pkl(args.index)
+        else:
+            index = np.loadtxt(args.index, dtype=np.int64, ndmin=1)
+        indices = select_particles(particles, index=index)
+    else:
+        if args.embedding == "umap":
+            embedding_path = analysis / "umap.npy"
+            if not embedding_path.is_file():
+                raise InputError(embedding_path, "UMAP embedding", "run 'cryoviz analyze' first",
+                                 "no such file")
+            embedding = np.load(embedding_path)
+        else:
+            embedding = np.load(analysis / "pca.npz")["coords"][:, :2]
+        indices = select_particles(particles, polygon=_parse_polygon(args.polygon),
+                                   embedding=embedding)
+    written = export_selection(particles, indices, args.output)
+    print(f"selected {len(indices)} of {len(particles)} particles")
+    for fmt, path in written.items():
+        print(f"{fmt}: {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cryoviz`` command; returns the exit status."""
     parser = build_parser()
@@ -190,6 +293,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "fsc":
             _run_fsc(args)
+        elif args.command in ("train", "eval-vol"):
+            from cryoviz.train.cli import run as run_train_command
+
+            return run_train_command(args)
+        elif args.command == "analyze":
+            _run_analyze(args)
+        elif args.command == "select":
+            _run_select(args)
         elif args.command == "demo":
             data = _run_simulate(args)
             _run_reconstruct(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,7 +110,6 @@ class SimulationConfig:
     n_path_volumes: int = 10
     seed: int = 0
     batch_size: int = 256
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`InputError` for settings that cannot work."""

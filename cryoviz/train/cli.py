@@ -1,0 +1,137 @@
+"""``cryoviz train`` and ``cryoviz eval-vol`` (the lead wires them into :mod:`cryoviz.cli`).
+
+Progress is printed to stderr as plain text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cryoviz.errors import InputError
+
+__all__ = ["add_parsers", "run", "parse_z"]
+
+
+def add_parsers(subparsers) -> None:
+    """Add the ``train`` and ``eval-vol`` sub-commands to an argparse ``subparsers``."""
+    from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
+
+    tr = subparsers.add_parser("train", help="train a (heterogeneous) volume model, known poses")
+    tr.add_argument("particles", help="particles: .star, .cs or .mrcs (with --poses/--ctf)")
+    tr.add_argument("--recipe", required=True, help=f"one of {', '.join(RECIPES)}")
+    tr.add_argument("-o", "--output", required=True, help="run folder")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--zdim", type=int)
+    tr.add_argument("--box", type=int, help="downsample images to this box (Fourier crop)")
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float)
+    tr.add_argument("--width", type=int)
+    tr.add_argument("--depth", type=int)
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--stack", help="use this image stack instead of the metadata's")
+    tr.add_argument("--poses", help="cryoDRGN pose pickle")
+    tr.add_argument("--ctf", help="cryoDRGN CTF pickle")
+    tr.add_argument("--datadir", help="folder of the stacks named in the metadata")
+    tr.set_defaults(func=_run_train)
+
+    ev = subparsers.add_parser("eval-vol", help="render maps of a trained run at latents z")
+    ev.add_argument("run_dir", help="the training run folder")
+    ev.add_argument("--z", help='one latent, comma separated ("0.1,0.2")')
+    ev.add_argument("--z-file", help="latents, one per line (whitespace separated)")
+    ev.add_argument("--path", nargs=2, type=int, metavar=("A", "B"),
+                    help="maps along the line between the latent means of particles A and B")
+    ev.add_argument("--n", type=int, default=10, help="maps along --path")
+    ev.add_argument("--box", type=int, help="render at this box (same physical extent)")
+    ev.add_argument("-o", "--output", required=True, help="output folder for the maps")
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=_run_eval)
+
+
+def parse_z(text: str) -> np.ndarray:
+    """``"0.1,0.2"`` -> ``(1, 2)`` float array (InputError when not numbers)."""
+    try:
+        values = [float(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise InputError(None, "--z", "comma-separated numbers", text) from None
+    if not values:
+        raise InputError(None, "--z", "comma-separated numbers", text)
+    return np.asarray(values, dtype=np.float64)[None]
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from cryoviz.io.particles import load_particles  # noqa: PLC0415
+    from cryoviz.train.loop import iter_train  # noqa: PLC0415
+    from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
+
+    recipe = get_recipe(args.recipe, epochs=args.epochs, zdim=args.zdim, box=args.box,
+                        batch_size=args.batch_size, lr=args.lr, width=args.width,
+                        depth=args.depth, seed=args.seed)
+    particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
+                               ctf=args.ctf, datadir=args.datadir, require_poses=True)
+    print(f"training {recipe.name} on {len(particles)} particles -> {args.output}",
+          file=sys.stderr, flush=True)
+    for p in iter_train(particles, recipe, args.output, resume=args.resume,
+                        device=args.device):
+        print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.5f}  kl {p.kl:.3f}  "
+              f"{p.seconds:.1f} s", file=sys.stderr, flush=True)
+    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from cryoviz.analysis.trajectories import straight_path  # noqa: PLC0415
+    from cryoviz.train.evaluate import (  # noqa: PLC0415
+        eval_volumes,
+        load_run,
+        voxel_size,
+        write_volumes,
+    )
+
+    run = load_run(args.run_dir, device=args.device)
+    given = [x is not None for x in (args.z, args.z_file, args.path)]
+    if run.latent_dim == 0:
+        z = None
+    elif sum(given) != 1:
+        raise InputError(None, "--z / --z-file / --path", "exactly one of them",
+                         got=f"{sum(given)} given")
+    elif args.z is not None:
+        z = parse_z(args.z)
+    elif args.z_file is not None:
+        try:
+            z = np.loadtxt(args.z_file, dtype=np.float64, ndmin=2)
+        except (OSError, ValueError) as err:
+            raise InputError(args.z_file, "latents", "numbers, one latent per line",
+                             got=str(err)) from None
+    else:
+        if run.mu is None:
+            raise InputError(run.path / "latents.npz", "mu", "the run's latent means",
+                             got="no latents.npz")
+        a, b = args.path
+        n = len(run.mu)
+        if not (0 <= a < n and 0 <= b < n):
+            raise InputError(None, "--path", f"particle indices in [0, {n})", (a, b))
+        z = straight_path(run.mu[a], run.mu[b], args.n)
+    if z is not None and z.shape[-1] != run.latent_dim:
+        raise InputError(None, "z", f"latents of length {run.latent_dim}",
+                         got=f"length {z.shape[-1]}")
+    maps = eval_volumes(run, z, box_size=args.box)
+    paths = write_volumes(maps, args.output, voxel_size(run, args.box))
+    if z is not None:
+        np.savetxt(Path(args.output) / "z_values.txt", z)
+    print(f"wrote {len(paths)} maps to {args.output}", file=sys.stderr, flush=True)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``train`` / ``eval-vol`` command; 0 on success, 2 on bad input."""
+    try:
+        return int(args.func(args))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2

@@ -1,0 +1,99 @@
+"""Latent encoders: an image MLP (VAE / AE) and a per-particle table (auto-decoder)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["MLPEncoder", "LatentTable", "circular_mask"]
+
+
+def circular_mask(box_size: int, radius_px: float | None = None) -> torch.Tensor:
+    """``(D, D)`` bool disc of ``radius_px`` (default ``D // 2``) around the origin ``D // 2``."""
+    radius = box_size // 2 if radius_px is None else radius_px
+    k = torch.arange(box_size, dtype=torch.float32) - box_size // 2
+    yy, xx = torch.meshgrid(k, k, indexing="ij")
+    return (xx**2 + yy**2) <= radius**2
+
+
+class MLPEncoder(torch.nn.Module):
+    """MLP on the real-space image inside a circular mask.
+
+    Parameters
+    ----------
+    box_size
+        Image box ``D``.
+    latent_dim
+        ``L``.
+    width, depth
+        Hidden width and number of hidden layers (ReLU).
+    variational
+        Return ``(mu, logvar)`` (VAE) if True, else ``(mu, None)`` (AE).
+    mask_radius_px
+        Radius of the input mask (default ``D // 2``).
+
+    Notes
+    -----
+    Images are divided by the buffer ``input_scale`` (set by the trainer to the
+    data's standard deviation) before the first layer.
+    """
+
+    def __init__(self, box_size: int, latent_dim: int, width: int = 256, depth: int = 2,
+                 variational: bool = True, mask_radius_px: float | None = None) -> None:
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+        self.variational = bool(variational)
+        self.noise_std = 0.0
+        mask = circular_mask(box_size, mask_radius_px)
+        self.register_buffer("mask_index", torch.nonzero(mask.reshape(-1)).squeeze(1))
+        self.register_buffer("input_scale", torch.ones(()))
+        layers: list[torch.nn.Module] = []
+        n_in = int(self.mask_index.numel())
+        for _ in range(depth):
+            layers += [torch.nn.Linear(n_in, width), torch.nn.ReLU()]
+            n_in = width
+        self.hidden = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(n_in, 2 * self.latent_dim if variational else self.latent_dim)
+
+    def forward(self, images: torch.Tensor,
+                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode ``(B, D, D)`` images to ``mu (B, L)`` and ``logvar (B, L)`` or ``None``."""
+        x = images.reshape(images.shape[0], -1)[:, self.mask_index] / self.input_scale
+        out = self.head(self.hidden(x))
+        if self.variational:
+            return out[:, : self.latent_dim], out[:, self.latent_dim:]
+        return out, None
+
+
+class LatentTable(torch.nn.Module):
+    """Auto-decoder latents: one learned ``z`` per particle.
+
+    Parameters
+    ----------
+    n_particles
+        ``N``.
+    latent_dim
+        ``L``.
+    init_std
+        Standard deviation of the random initial latents.
+    noise_std
+        Fixed Gaussian noise added to ``z`` during training (0: none).
+    seed
+        Seed of the initial latents.
+    """
+
+    def __init__(self, n_particles: int, latent_dim: int, init_std: float = 0.1,
+                 noise_std: float = 0.0, seed: int = 0) -> None:
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+        self.variational = False
+        self.noise_std = float(noise_std)
+        gen = torch.Generator().manual_seed(seed)
+        self.table = torch.nn.Parameter(
+            init_std * torch.randn(n_particles, latent_dim, generator=gen))
+
+    def forward(self, images: torch.Tensor | None,
+                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
+        """``mu (B, L)`` of particles ``indices`` ``(B,)`` (``images`` is ignored)."""
+        if indices is None:
+            raise ValueError("LatentTable needs particle indices")
+        return self.table[indices], None

@@ -1,0 +1,434 @@
+"""The training loop shared by every recipe (known poses).
+
+For a batch of particles ``i`` with images ``Y_i`` (centred half transforms
+``X_i``), latents ``z_i`` (sampled from the encoder's ``N(mu, exp(logvar))``
+for a VAE), the model transforms are
+``M_i = apply_shift_and_ctf(volume.slices(R_i, z_i))`` and the loss is
+
+    mean_i [ sum_k w(k) |M_i(k) - X_i(k)|^2 / s^2 ] / K  +  beta mean_i KL_i / K
+
+over the ``K`` coefficients with ``|k| < 0.5`` (``w`` an optional per-shell
+weight, 1 by default: white noise). This is the Gaussian negative
+log-likelihood with noise variance ``s^2 / 2`` (``s^2`` the data's mean power
+per coefficient) per coefficient, scaled by ``1 / K`` as in cryoDRGN (where
+the data term is a per-pixel mean and the KL term is divided by the pixels).
+
+Every epoch writes an atomic checkpoint (model, optimizer, RNG states of
+torch, numpy, python, the data order and the latent noise) and a line of
+``log.jsonl``; ``resume=True`` continues from the last checkpoint and ends with
+the same weights as an unbroken run (on CPU: the computation is the same
+sequence of deterministic kernels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoviz.errors import InputError
+from cryoviz.fourier import centered_rfft2, frequency_grid_2d, shell_index_2d
+from cryoviz.imaging import apply_shift_and_ctf
+from cryoviz.io.mrc import atomic_output, write_volume
+from cryoviz.io.particles import ImageSource, ParticleSet
+from cryoviz.train.data import ParticleBatches
+from cryoviz.train.encoders import LatentTable, MLPEncoder
+from cryoviz.train.recipes import Recipe
+from cryoviz.volumes import ImplicitVolume, VolumeModel, VoxelVolume
+
+__all__ = ["TrainProgress", "iter_train", "train", "build_models", "write_toml",
+           "latest_checkpoint", "write_z_pkl"]
+
+CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """State after one epoch of :func:`iter_train`.
+
+    Attributes
+    ----------
+    epoch, epochs
+        1-based epoch just finished and the total.
+    step
+        Optimizer steps so far.
+    loss
+        Mean loss per batch over the epoch (data + KL term).
+    kl
+        Mean KL divergence per particle (0 without a VAE).
+    seconds
+        Wall time of the epoch.
+    checkpoint
+        The checkpoint written.
+    output_dir
+        The run folder.
+    done
+        True on the last epoch, after the final outputs are written.
+    """
+
+    epoch: int
+    epochs: int
+    step: int
+    loss: float
+    kl: float
+    seconds: float
+    checkpoint: Path
+    output_dir: Path
+    done: bool = False
+
+
+# -- small helpers ------------------------------------------------------------------------
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else
+                                                         ("inf" if value > 0 else "-inf"))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string is a JSON string
+
+
+def write_toml(path: str | Path, sections: dict[str, dict]) -> None:
+    """Write ``{section: {key: value}}`` as TOML (``None`` values are left out), atomically."""
+    lines: list[str] = []
+    for section, entries in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in entries.items():
+            if value is not None:
+                lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text("\n".join(lines))
+
+
+def write_z_pkl(path: str | Path, z: np.ndarray) -> None:
+    """Write an ``(N, L)`` float32 array as a protocol-4 pickle (cryoDRGN ``z.pkl``)."""
+    import pickle  # noqa: PLC0415
+
+    arr = np.ascontiguousarray(np.asarray(z, dtype=np.float32))
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(arr, fh, protocol=4)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest epoch in ``run_dir/checkpoints``, or None."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := CHECKPOINT_RE.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
+                 n_particles: int) -> tuple[VolumeModel, torch.nn.Module | None]:
+    """The recipe's volume model and encoder (``None`` for homogeneous recipes)."""
+    if recipe.volume == "voxel":
+        volume: VolumeModel = VoxelVolume(box_size, pixel_size_angstrom)
+    else:
+        volume = ImplicitVolume(
+            box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, width=recipe.width,
+            depth=recipe.depth, pe_dim=recipe.pe_dim, pe_sigma=recipe.pe_sigma,
+            domain=recipe.domain, seed=recipe.seed,
+        )
+    if recipe.encoder in ("vae", "ae"):
+        encoder: torch.nn.Module | None = MLPEncoder(
+            box_size, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,
+            variational=recipe.encoder == "vae")
+    elif recipe.encoder == "table":
+        encoder = LatentTable(n_particles, recipe.zdim, noise_std=recipe.table_noise_std,
+                              seed=recipe.seed)
+    else:
+        encoder = None
+    return volume, encoder
+
+
+def _rng_state(batches: ParticleBatches, noise: torch.Generator) -> dict:
+    np_state = np.random.get_state()  # noqa: NPY002 - the global state is saved
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(np_state[0]),
+                  "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": {"version": int(py_state[0]),
+                   "state": torch.tensor(py_state[1], dtype=torch.int64),
+                   "gauss": py_state[2]},
+        "data": batches.generator.get_state(),
+        "noise": noise.get_state(),
+    }
+
+
+def _set_rng_state(state: dict, batches: ParticleBatches, noise: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np_state = (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                n["cached_gaussian"])
+    np.random.set_state(np_state)  # noqa: NPY002
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    batches.generator.set_state(state["data"])
+    noise.set_state(state["noise"])
+
+
+def _tensor(array: np.ndarray | None, device) -> torch.Tensor | None:
+    return None if array is None else torch.as_tensor(array, dtype=torch.float32, device=device)
+
+
+def _data_scales(batches: ParticleBatches, inside: torch.Tensor) -> tuple[float, float]:
+    """RMS of the image transforms within Nyquist and the real-space std (first images)."""
+    index = np.arange(min(batches.n, 512))
+    images = batches.read(index)
+    ft = centered_rfft2(images)
+    power = float((ft.abs() ** 2)[:, inside].mean())
+    return math.sqrt(max(power, 1e-30)), float(images.std().clamp(min=1e-12))
+
+
+def _check_particles(particles: ParticleSet) -> None:
+    if particles.rotations is None:
+        raise InputError(particles.source_path, "poses",
+                         "rotations for every particle (training needs known poses)", "none")
+    if len(particles) == 0:
+        raise InputError(particles.source_path, "particles", "at least one particle", 0)
+
+
+# -- the loop -----------------------------------------------------------------------------
+def iter_train(
+    particles: ParticleSet,
+    recipe: Recipe,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: str | torch.device = "cpu",
+    shell_weights: torch.Tensor | None = None,
+) -> Iterator[TrainProgress]:
+    """Train ``recipe`` on ``particles`` (known poses), yielding after every epoch.
+
+    Parameters
+    ----------
+    particles
+        Particle set with rotations (shifts and CTF are used when present).
+    recipe
+        The method (:func:`cryoviz.train.recipes.get_recipe`).
+    output_dir
+        Run folder: ``config.toml``, ``checkpoints/epoch_NNNN.pt``, ``log.jsonl``;
+        at the end ``latents.npz`` and ``z.pkl`` (latent recipes) or
+        ``volumes/map.mrc`` (homogeneous recipes).
+    resume
+        Continue from the last checkpoint in ``output_dir`` (a fresh start when
+        there is none).
+    device
+        Torch device.
+    shell_weights
+        Optional ``(d // 2 + 1,)`` per-shell weights of the squared residuals
+        (e.g. inverse noise power per shell); default white (all 1).
+
+    Yields
+    ------
+    TrainProgress
+
+    Notes
+    -----
+    The global torch, numpy and python RNGs are seeded with ``recipe.seed`` at
+    the start (and restored from the checkpoint on resume); the data order and
+    the latent noise use their own generators.
+    """
+    recipe.validate()
+    _check_particles(particles)
+    out = Path(output_dir)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    source = ImageSource(particles)
+    batches = ParticleBatches(source, recipe.batch_size, chunk_size=recipe.chunk_size,
+                              window_chunks=recipe.window_chunks, seed=recipe.seed,
+                              box_size=recipe.box)
+    box, apix, n = batches.box_size, batches.pixel_size_angstrom, len(particles)
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed % (2**32))  # noqa: NPY002 - seed the global state too
+    random.seed(recipe.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
+    volume, encoder = build_models(recipe, box, apix, n)
+    volume.to(device)
+    if encoder is not None:
+        encoder.to(device)
+    params = list(volume.parameters()) + ([] if encoder is None else list(encoder.parameters()))
+    optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+    shells = shell_index_2d(box, rfft=True, device=device)
+    ky, kx = frequency_grid_2d(box, rfft=True, device=device)
+    inside = (ky**2 + kx**2).sqrt() < 0.5
+    weight_2d = inside.to(torch.float32)
+    if shell_weights is not None:
+        sw = torch.as_tensor(shell_weights, dtype=torch.float32, device=device)
+        weight_2d = weight_2d * sw[shells.clamp(max=sw.numel() - 1)]
+    n_coeff = float(inside.sum())
+
+    start_epoch, step = 0, 0
+    ckpt = latest_checkpoint(out) if resume else None
+    if ckpt is not None:
+        state = torch.load(ckpt, map_location=device, weights_only=True)
+        volume.load_state_dict(state["volume"])
+        if encoder is not None:
+            encoder.load_state_dict(state["encoder"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], batches, noise_gen)
+        start_epoch, step = int(state["epoch"]), int(state["step"])
+        data_scale = float(state["data_scale"])
+        _truncate_log(out / "log.jsonl", start_epoch)
+    else:
+        data_scale, image_std = _data_scales(batches, inside.cpu())
+        with torch.no_grad():
+            if isinstance(volume, ImplicitVolume):
+                volume.output_scale.fill_(data_scale)
+            elif isinstance(volume, VoxelVolume):
+                volume.scale.fill_(data_scale / box**1.5)
+            if isinstance(encoder, MLPEncoder):
+                encoder.input_scale.fill_(image_std)
+        (out / "log.jsonl").unlink(missing_ok=True)
+        for old in (out / "checkpoints").glob("epoch_*.pt"):
+            old.unlink()
+    write_toml(out / "config.toml", {
+        "recipe": dataclasses.asdict(recipe),
+        "data": {"n_particles": n, "box_size": box, "pixel_size_angstrom": apix,
+                 "data_box_size": particles.box_size,
+                 "data_pixel_size_angstrom": particles.pixel_size_angstrom,
+                 "source": None if particles.source_path is None else
+                 str(particles.source_path)},
+        "run": {"device": str(device), "data_scale": data_scale},
+    })
+
+    rotations = _tensor(particles.rotations, device)
+    shifts = _tensor(particles.shifts_angstrom, device)
+    ctf = None if particles.ctf is None else particles.ctf.to(device)
+    beta = recipe.kl_weight
+
+    for epoch in range(start_epoch + 1, recipe.epochs + 1):
+        t0 = time.perf_counter()
+        volume.train()
+        if encoder is not None:
+            encoder.train()
+        total_loss, total_kl, n_batches, n_seen = 0.0, 0.0, 0, 0
+        for index, images in batches.epoch():
+            sel = torch.as_tensor(index, device=device)
+            images = images.to(device)
+            target = centered_rfft2(images)
+            z, kl = None, torch.zeros((), device=device)
+            if encoder is not None:
+                mu, logvar = encoder(images, sel)
+                if logvar is not None:
+                    eps = torch.randn(mu.shape, generator=noise_gen, device=device)
+                    z = mu + torch.exp(0.5 * logvar) * eps
+                    kl = -0.5 * (1.0 + logvar - mu**2 - logvar.exp()).sum(dim=-1).mean()
+                elif encoder.noise_std > 0:
+                    eps = torch.randn(mu.shape, generator=noise_gen, device=device)
+                    z = mu + encoder.noise_std * eps
+                else:
+                    z = mu
+            slices = volume.slices(rotations[sel], z, box, apix)
+            model = apply_shift_and_ctf(slices, apix, None if shifts is None else shifts[sel],
+                                        None if ctf is None else ctf.subset(sel))
+            residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
+            data_term = residual.mean() / (data_scale**2 * n_coeff)
+            loss = data_term + beta * kl / n_coeff
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            n_batches += 1
+            n_seen += len(index)
+            total_loss += float(loss.detach())
+            total_kl += float(kl.detach()) * len(index)
+        seconds = time.perf_counter() - t0
+        ckpt_path = out / "checkpoints" / f"epoch_{epoch:04d}.pt"
+        state = {
+            "epoch": epoch, "step": step, "data_scale": data_scale,
+            "volume": volume.state_dict(),
+            "encoder": {} if encoder is None else encoder.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": _rng_state(batches, noise_gen),
+        }
+        with atomic_output(ckpt_path) as tmp:
+            torch.save(state, tmp)
+        mean_loss = total_loss / max(n_batches, 1)
+        mean_kl = total_kl / max(n_seen, 1)
+        with open(out / "log.jsonl", "a") as fh:
+            fh.write(json.dumps({"epoch": epoch, "step": step, "loss": mean_loss,
+                                 "kl": mean_kl, "seconds": seconds}) + "\n")
+        done = epoch == recipe.epochs
+        if done:
+            _write_final(out, volume, encoder, batches, particles, apix, device)
+        yield TrainProgress(epoch=epoch, epochs=recipe.epochs, step=step, loss=mean_loss,
+                            kl=mean_kl, seconds=seconds, checkpoint=ckpt_path,
+                            output_dir=out, done=done)
+    if start_epoch >= recipe.epochs and ckpt is not None:
+        # resumed a finished run: make sure the final outputs exist
+        _write_final(out, volume, encoder, batches, particles, apix, device)
+    source.close()
+
+
+def _truncate_log(path: Path, last_epoch: int) -> None:
+    """Drop log lines of epochs after ``last_epoch`` (from a run killed after its checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text("".join(line + "\n" for line in keep))
+
+
+@torch.no_grad()
+def encode_all(encoder: torch.nn.Module, batches: ParticleBatches,
+               device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+    """Latent means ``(N, L)`` and log-variances ``(N, L)`` (or None) of every particle."""
+    encoder.eval()
+    if isinstance(encoder, LatentTable):
+        return encoder.table.detach().cpu().numpy().astype(np.float32), None
+    mus, logvars = [], []
+    for index, images in batches.sequential():
+        mu, logvar = encoder(images.to(device), torch.as_tensor(index, device=device))
+        mus.append(mu.cpu())
+        if logvar is not None:
+            logvars.append(logvar.cpu())
+    mu = torch.cat(mus).numpy().astype(np.float32)
+    return mu, (torch.cat(logvars).numpy().astype(np.float32) if logvars else None)
+
+
+def _write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None,
+                 batches: ParticleBatches, particles: ParticleSet, apix: float,
+                 device: torch.device) -> None:
+    volume.eval()
+    if encoder is not None:
+        mu, logvar = encode_all(encoder, batches, device)
+        arrays = {"mu": mu, "particle_ids": particles.particle_ids}
+        if logvar is not None:
+            arrays["logvar"] = logvar
+        with atomic_output(out / "latents.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+        write_z_pkl(out / "z.pkl", mu)
+    else:
+        with torch.no_grad():
+            vol = volume.volume(None).detach().cpu().numpy()
+        write_volume(out / "volumes" / "map.mrc", vol, apix)
+
+
+def train(particles: ParticleSet, recipe: Recipe, output_dir: str | Path,
+          **kwargs) -> TrainProgress:
+    """Run :func:`iter_train` to the end; return the last progress."""
+    progress = None
+    for progress in iter_train(particles, recipe, output_dir, **kwargs):  # noqa: B007
+        pass
+    return progress

@@ -1,0 +1,126 @@
+"""Tests for cryoviz.volumes: voxel and implicit volume models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cryoviz.fourier import centered_fft3
+from cryoviz.geometry import random_rotations
+from cryoviz.imaging import forward_fourier, volume_to_fourier
+from cryoviz.volumes import ImplicitVolume, VoxelVolume, resample_volume
+from cryoviz.volumes.implicit import canonical_sign
+
+
+def _blob(box: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    k = torch.arange(box, dtype=torch.float32) - box // 2
+    gz, gy, gx = torch.meshgrid(k, k, k, indexing="ij")
+    vol = torch.zeros(box, box, box)
+    for _ in range(4):
+        c = (torch.rand(3, generator=gen) - 0.5) * box / 3
+        vol += torch.exp(-((gx - c[0]) ** 2 + (gy - c[1]) ** 2 + (gz - c[2]) ** 2) / 6.0)
+    return vol
+
+
+def test_voxel_slices_equal_forward_fourier():
+    box = 16
+    vol = _blob(box)
+    model = VoxelVolume(box, 3.0, initial=vol)
+    rot = random_rotations(5, generator=torch.Generator().manual_seed(1))
+    got = model.slices(rot, None, box, 3.0)
+    want = forward_fourier(volume_to_fourier(vol), rot, box, 3.0)
+    assert got.shape == (5, box, box // 2 + 1)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(model.volume(None), vol)
+
+
+def test_voxel_gradient_flows():
+    box = 12
+    model = VoxelVolume(box, 2.0)
+    rot = random_rotations(3, generator=torch.Generator().manual_seed(2))
+    model.slices(rot, None, box, 2.0).abs().pow(2).sum().backward()
+    assert model.map.grad is not None
+
+
+def test_resample_volume_keeps_values():
+    vol = _blob(16).double()
+    up = resample_volume(vol, 32)
+    back = resample_volume(up, 16)
+    # equal up to the unpaired Nyquist plane of the even box
+    torch.testing.assert_close(back, vol, atol=1e-3 * float(vol.max()), rtol=0)
+    assert abs(float(up.max()) - float(vol.max())) < 0.1 * float(vol.max())
+
+
+def test_canonical_sign():
+    q = torch.tensor([[0.1, 0.0, 0.0], [-0.1, 0.0, 0.0], [0.0, -0.1, 0.0], [0.3, -0.1, 0.2],
+                      [0.3, 0.1, -0.2], [0.0, 0.0, 0.0]])
+    assert canonical_sign(q).tolist() == [1.0, -1.0, -1.0, 1.0, -1.0, 1.0]
+    # q and -q always have opposite signs (except 0)
+    r = torch.randn(100, 3)
+    assert torch.all(canonical_sign(r) == -canonical_sign(-r))
+
+
+@pytest.mark.parametrize("domain", ["hartley", "fourier"])
+@pytest.mark.parametrize("box", [12, 13])
+def test_implicit_half_space_equals_full(domain, box):
+    torch.manual_seed(0)
+    model = ImplicitVolume(box, 4.0, latent_dim=2, width=32, depth=2, pe_dim=16,
+                           domain=domain).double()
+    z = torch.tensor([0.3, -0.5], dtype=torch.float64)
+    model.points_evaluated = 0
+    half = model.lattice_transform(z)
+    calls_half = model.points_evaluated
+    model.points_evaluated = 0
+    full = model.lattice_transform(z, half_space=False).detach()
+    half = half.detach()
+    calls_full = model.points_evaluated
+    torch.testing.assert_close(half, full)
+    assert calls_half < 0.6 * calls_full
+    # Hermitian: the map is real
+    vol_complex = torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(full)))
+    assert float(vol_complex.imag.abs().max()) < 1e-10 * float(vol_complex.real.abs().max())
+    # beyond Nyquist: zero
+    k = (torch.arange(box) - box // 2) / box
+    gz, gy, gx = torch.meshgrid(k, k, k, indexing="ij")
+    outside = (gx**2 + gy**2 + gz**2).sqrt() > 0.5
+    assert float(full[outside].abs().max()) == 0.0
+
+
+@pytest.mark.parametrize("domain", ["hartley", "fourier"])
+def test_implicit_slices_match_volume_slices(domain):
+    """Slices of the network equal central slices of its own lattice (on-lattice rotations)."""
+    box = 12
+    model = ImplicitVolume(box, 4.0, latent_dim=1, width=32, depth=1, pe_dim=16,
+                           domain=domain).double()
+    z = torch.tensor([[0.2]], dtype=torch.float64)
+    # rotation by 90 degrees about z maps lattice points onto lattice points
+    rot = torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]],
+                       dtype=torch.float64)
+    sl = model.slices(rot, z, box, 4.0)
+    lattice = model.lattice_transform(z[0], half_space=False)
+    from cryoviz.projection import extract_slices
+    want = extract_slices(lattice, rot, box, rfft=True)
+    torch.testing.assert_close(sl, want)
+    # and the homogeneous part: the volume's transform is the lattice
+    vol = model.volume(z[0])
+    torch.testing.assert_close(centered_fft3(vol.to(torch.complex128)), lattice)
+
+
+def test_implicit_gradient_flows_and_uses_z():
+    box = 12
+    model = ImplicitVolume(box, 4.0, latent_dim=3, width=32, depth=2, pe_dim=8)
+    rot = random_rotations(4, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(4, 3, requires_grad=True)
+    out = model.slices(rot, z, box, 4.0)
+    assert out.shape == (4, box, box // 2 + 1) and out.is_complex()
+    out.abs().pow(2).sum().backward()
+    assert z.grad is not None and float(z.grad.abs().sum()) > 0
+    assert all(p.grad is not None for p in model.mlp.parameters())
+
+
+def test_implicit_other_box_same_extent():
+    model = ImplicitVolume(12, 4.0, width=16, depth=1, pe_dim=8, domain="fourier").double()
+    small = model.volume(None)
+    big = model.volume(None, box_size=24)
+    torch.testing.assert_close(resample_volume(big, 12), small)
