@@ -25,9 +25,15 @@ from cryoviz.fourier import (
     phase_shift,
 )
 from cryoviz.imaging import gridding_correction
+from cryoviz.metrics.fsc import FSCCurve, fsc
 from cryoviz.projection import insert_slices
 
-__all__ = ["FourierAccumulator", "ssnr_from_fsc", "wiener_regularizer"]
+__all__ = [
+    "FourierAccumulator",
+    "ssnr_from_fsc",
+    "wiener_regularizer",
+    "gold_standard_maps",
+]
 
 
 def _hermitian_mirror(x: torch.Tensor) -> torch.Tensor:
@@ -212,3 +218,32 @@ def wiener_regularizer(
     padded grid, whose voxels oversample the map's transform ``pad_factor^3`` times.
     """
     return mean_weight.to(torch.float64) / (float(pad_factor) ** 3 * ssnr_from_fsc(half_fsc))
+
+
+def gold_standard_maps(
+    halves: tuple[FourierAccumulator, FourierAccumulator] | list[FourierAccumulator],
+) -> tuple[torch.Tensor, torch.Tensor, FSCCurve]:
+    """Wiener-regularised full map and half maps from the sums of two half sets.
+
+    The half maps are first reconstructed with the weight floor only; their FSC
+    gives the per-shell regulariser of the full map (SSNR of the full set) and of
+    each half map (half the full set's SSNR, so twice the regulariser).
+
+    Returns
+    -------
+    full_map, half_maps, half_fsc
+        ``(D, D, D)``, ``(2, D, D, D)`` float32 maps and the FSC of the final half maps.
+    """
+    first, second = halves
+    raw = torch.stack([first.reconstruct(), second.reconstruct()])
+    curve = torch.as_tensor(fsc(raw[0], raw[1]).fsc, dtype=torch.float64)
+    half_weight = [first.mean_weight_per_shell(), second.mean_weight_per_shell()]
+    # shell means are linear in the sums: the full set's is the halves' sum
+    full = first.merged(second).reconstruct(
+        wiener_regularizer(half_weight[0] + half_weight[1], curve)
+    )
+    half_maps = torch.stack([
+        acc.reconstruct(2.0 * wiener_regularizer(weight, curve))
+        for acc, weight in zip((first, second), half_weight, strict=True)
+    ])
+    return full, half_maps, fsc(half_maps[0], half_maps[1])

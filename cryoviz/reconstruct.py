@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoviz.backprojection import FourierAccumulator, wiener_regularizer
+from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
 from cryoviz.errors import InputError
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
@@ -131,23 +131,11 @@ def _iter_backprojection(
                 None if particles.ctf is None else particles.ctf.subset(sel),
             )
         yield ReconstructionProgress("backprojection", int(index[-1]) + 1, n)
-    half_maps = torch.stack([a.reconstruct() for a in accs])
-    curve = fsc(half_maps[0], half_maps[1])
-    full = accs[0].merged(accs[1])
-    regularizer = wiener_regularizer(
-        full.mean_weight_per_shell(), torch.as_tensor(curve.fsc, dtype=torch.float64)
-    )
-    # a half map's SSNR is half the full map's: twice the regulariser
-    half_reg = [
-        2.0 * wiener_regularizer(a.mean_weight_per_shell(),
-                                 torch.as_tensor(curve.fsc, dtype=torch.float64))
-        for a in accs
-    ]
-    half_maps = torch.stack([a.reconstruct(r) for a, r in zip(accs, half_reg, strict=True)])
+    full_map, half_maps, half_curve = gold_standard_maps(accs)
     result = ReconstructionResult(
-        full_map=full.reconstruct(regularizer).cpu(),
+        full_map=full_map.cpu(),
         half_maps=half_maps.cpu(),
-        half_fsc=fsc(half_maps[0], half_maps[1]),
+        half_fsc=half_curve,
         pixel_size_angstrom=particles.pixel_size_angstrom,
         n_particles=n,
         method="backprojection",

@@ -86,3 +86,17 @@ def test_analyze_homogeneous_run_is_a_clear_error(tmp_path, trained_run, capsys)
     assert status == 0
     assert main(["analyze", str(tmp_path / "homo"), "--skip-umap"]) == 2
     assert "latent" in capsys.readouterr().err
+
+
+def test_train_relion_class3d_recipe(trained_run, tmp_path):
+    out = tmp_path / "class3d"
+    status = main(["train", str(trained_run / "data" / "particles.star"),
+                   "--recipe", "relion-class3d", "--classes", "2", "--epochs", "3",
+                   "-o", str(out)])
+    assert status == 0
+    classes = np.load(out / "classes.npz")
+    assert classes["posteriors"].shape == (300, 2)
+    volume, voxel = read_volume(out / "volumes" / "class_1.mrc")
+    assert volume.shape == (24, 24, 24) and voxel == pytest.approx(5.0)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["class_fractions"]) == 2

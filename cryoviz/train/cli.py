@@ -22,7 +22,8 @@ def add_parsers(subparsers) -> None:
 
     tr = subparsers.add_parser("train", help="train a (heterogeneous) volume model, known poses")
     tr.add_argument("particles", help="particles: .star, .cs or .mrcs (with --poses/--ctf)")
-    tr.add_argument("--recipe", required=True, help=f"one of {', '.join(RECIPES)}")
+    names = [*RECIPES, "relion-class3d"]
+    tr.add_argument("--recipe", required=True, help=f"one of {', '.join(names)}")
     tr.add_argument("-o", "--output", required=True, help="run folder")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--zdim", type=int)
@@ -38,6 +39,8 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--poses", help="cryoDRGN pose pickle")
     tr.add_argument("--ctf", help="cryoDRGN CTF pickle")
     tr.add_argument("--datadir", help="folder of the stacks named in the metadata")
+    tr.add_argument("--classes", type=int, default=2,
+                    help="K for relion-class3d (EM over classes, known poses)")
     tr.set_defaults(func=_run_train)
 
     ev = subparsers.add_parser("eval-vol", help="render maps of a trained run at latents z")
@@ -64,11 +67,34 @@ def parse_z(text: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)[None]
 
 
+def _run_class3d(args: argparse.Namespace, particles) -> int:
+    """``relion-class3d``: exact EM over K classes with known poses."""
+    from cryoviz.inference.class_em import iter_class_em, write_class_em  # noqa: PLC0415
+
+    result = None
+    for p in iter_class_em(particles, args.classes,
+                           n_iterations=args.epochs if args.epochs else 10,
+                           seed=args.seed if args.seed is not None else 0,
+                           device=args.device):
+        fractions = ", ".join(f"{f:.2f}" for f in p.class_fractions)
+        print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
+              f"fractions {fractions}  changed {p.changed_fraction:.3f}",
+              file=sys.stderr, flush=True)
+        result = p.result if p.result is not None else result
+    write_class_em(result, args.output)
+    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from cryoviz.io.particles import load_particles  # noqa: PLC0415
     from cryoviz.train.loop import iter_train  # noqa: PLC0415
     from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
+    if args.recipe == "relion-class3d":
+        particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
+                                   ctf=args.ctf, datadir=args.datadir, require_poses=True)
+        return _run_class3d(args, particles)
     recipe = get_recipe(args.recipe, epochs=args.epochs, zdim=args.zdim, box=args.box,
                         batch_size=args.batch_size, lr=args.lr, width=args.width,
                         depth=args.depth, seed=args.seed)
