@@ -12,6 +12,9 @@ weight, 1 by default: white noise). This is the Gaussian negative
 log-likelihood with noise variance ``s^2 / 2`` (``s^2`` the data's mean power
 per coefficient) per coefficient, scaled by ``1 / K`` as in cryoDRGN (where
 the data term is a per-pixel mean and the KL term is divided by the pixels).
+Recipes with ``loss = 'frc'`` (``e2gmm``) replace the data term by E2GMM's
+``1 - mean FRC`` over shells up to ``frc_max_resolution_angstrom``
+(:func:`cryoviz.volumes.gmm.frc_loss`).
 
 Every epoch writes an atomic checkpoint (model, optimizer, RNG states of
 torch, numpy, python, the data order and the latent noise) and a line of
@@ -44,6 +47,7 @@ from cryoviz.train.data import ParticleBatches
 from cryoviz.train.encoders import LatentTable, MLPEncoder
 from cryoviz.train.recipes import Recipe
 from cryoviz.volumes import ImplicitVolume, VolumeModel, VoxelVolume
+from cryoviz.volumes.gmm import GaussianMixtureVolume, fit_amplitude_scale, frc_loss, load_reference
 
 __all__ = ["TrainProgress", "iter_train", "train", "build_models", "write_toml",
            "latest_checkpoint", "write_z_pkl"]
@@ -137,6 +141,14 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
     """The recipe's volume model and encoder (``None`` for homogeneous recipes)."""
     if recipe.volume == "voxel":
         volume: VolumeModel = VoxelVolume(box_size, pixel_size_angstrom)
+    elif recipe.volume == "gmm":
+        initial = (None if recipe.reference is None else
+                   load_reference(recipe.reference, recipe.reference_level,
+                                  recipe.reference_bfactor_a2, recipe.gaussians))
+        volume = GaussianMixtureVolume(
+            box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, initial=initial,
+            n_gaussians=recipe.gaussians, width=recipe.width, depth=recipe.depth,
+            max_shift_px=recipe.max_shift_px, seed=recipe.seed)
     else:
         volume = ImplicitVolume(
             box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, width=recipe.width,
@@ -275,6 +287,8 @@ def iter_train(
         sw = torch.as_tensor(shell_weights, dtype=torch.float32, device=device)
         weight_2d = weight_2d * sw[shells.clamp(max=sw.numel() - 1)]
     n_coeff = float(inside.sum())
+    frc_max_shell = (box // 2 if recipe.frc_max_resolution_angstrom is None else
+                     max(1, min(box // 2, int(box * apix / recipe.frc_max_resolution_angstrom))))
 
     start_epoch, step = 0, 0
     ckpt = latest_checkpoint(out) if resume else None
@@ -295,6 +309,15 @@ def iter_train(
                 volume.output_scale.fill_(data_scale)
             elif isinstance(volume, VoxelVolume):
                 volume.scale.fill_(data_scale / box**1.5)
+            elif isinstance(volume, GaussianMixtureVolume):
+                first = np.arange(min(batches.n, 256))
+                volume.amplitude_scale.fill_(fit_amplitude_scale(
+                    volume, centered_rfft2(batches.read(first)).to(device),
+                    _tensor(particles.rotations[first], device),
+                    None if particles.shifts_angstrom is None else
+                    _tensor(particles.shifts_angstrom[first], device),
+                    None if particles.ctf is None else
+                    particles.ctf.subset(torch.as_tensor(first)).to(device), apix))
             if isinstance(encoder, MLPEncoder):
                 encoder.input_scale.fill_(image_std)
         (out / "log.jsonl").unlink(missing_ok=True)
@@ -340,8 +363,11 @@ def iter_train(
             slices = volume.slices(rotations[sel], z, box, apix)
             model = apply_shift_and_ctf(slices, apix, None if shifts is None else shifts[sel],
                                         None if ctf is None else ctf.subset(sel))
-            residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
-            data_term = residual.mean() / (data_scale**2 * n_coeff)
+            if recipe.loss == "frc":
+                data_term = frc_loss(model, target, frc_max_shell)
+            else:
+                residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
+                data_term = residual.mean() / (data_scale**2 * n_coeff)
             loss = data_term + beta * kl / n_coeff
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

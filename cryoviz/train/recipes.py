@@ -10,6 +10,10 @@
 ``voxel-homogeneous``     a voxel map, no ``z`` (Adam ``lr = 1e-2`` with weight
                           decay ``1e-3`` on the O(1)-scaled voxels: an L2 prior
                           that keeps CTF-zero frequencies from drifting)
+``e2gmm``                 Gaussian-mixture volume (E2GMM, Chen & Ludtke 2021):
+                          neutral Gaussians + decoder of per-Gaussian changes,
+                          VAE image encoder, FRC loss; reference-free
+                          (``gaussians`` components) or from ``reference``
 ========================  ======================================================
 """
 
@@ -32,7 +36,7 @@ class Recipe:
     name
         Recipe name.
     volume
-        ``'implicit'`` or ``'voxel'``.
+        ``'implicit'``, ``'voxel'`` or ``'gmm'`` (Gaussian mixture).
     domain
         Implicit volume output: ``'hartley'`` or ``'fourier'``.
     encoder
@@ -53,6 +57,21 @@ class Recipe:
         Train on images Fourier-cropped to this box (``None``: the data's box).
     chunk_size, window_chunks
         Chunked shuffle of the stack.
+    loss
+        ``'gaussian'`` (Gaussian likelihood) or ``'frc'`` (E2GMM's ``1 - mean FRC``).
+    frc_max_resolution_angstrom
+        Highest resolution of the FRC loss (``None``: Nyquist of the training box).
+    gaussians
+        Number of Gaussians of a reference-free ``gmm`` volume.
+    reference
+        ``gmm`` initial model: ``None`` (random ball), ``'4ake'`` / ``'1ake'``, a
+        PDB / mmCIF path or an MRC map (see :func:`cryoviz.volumes.gmm.load_reference`).
+    reference_level
+        ``'residue'`` (one Gaussian per residue, at the CA) or ``'atom'``.
+    reference_bfactor_a2
+        B-factor of the reference's Gaussian widths, Å^2.
+    max_shift_px
+        Scale of the ``gmm`` decoder's centre changes, pixels.
     """
 
     name: str
@@ -76,6 +95,13 @@ class Recipe:
     box: int | None = None
     chunk_size: int = 256
     window_chunks: int = 4
+    loss: str = "gaussian"
+    frc_max_resolution_angstrom: float | None = None
+    gaussians: int = 256
+    reference: str | None = None
+    reference_level: str = "residue"
+    reference_bfactor_a2: float = 20.0
+    max_shift_px: float = 2.0
 
     @property
     def kl_weight(self) -> float:
@@ -95,13 +121,13 @@ class Recipe:
             if not ok:
                 raise InputError(None, field, expected, got)
 
-        need(self.volume in ("implicit", "voxel"), "volume", "'implicit' or 'voxel'",
-             self.volume)
+        need(self.volume in ("implicit", "voxel", "gmm"), "volume",
+             "'implicit', 'voxel' or 'gmm'", self.volume)
         need(self.domain in ("hartley", "fourier"), "domain", "'hartley' or 'fourier'",
              self.domain)
         need(self.encoder in ("vae", "ae", "table", "none"), "encoder",
              "'vae', 'ae', 'table' or 'none'", self.encoder)
-        need(self.volume == "implicit" or self.encoder == "none", "encoder",
+        need(self.volume != "voxel" or self.encoder == "none", "encoder",
              "'none' for a voxel volume", self.encoder)
         need(self.encoder == "none" or self.zdim >= 1, "zdim", "at least 1", self.zdim)
         need(self.epochs >= 1, "epochs", "at least 1", self.epochs)
@@ -110,6 +136,12 @@ class Recipe:
         need(self.width >= 1 and self.depth >= 0, "width / depth", "width >= 1, depth >= 0",
              (self.width, self.depth))
         need(self.box is None or self.box >= 8, "box", "at least 8 pixels", self.box)
+        need(self.loss in ("gaussian", "frc"), "loss", "'gaussian' or 'frc'", self.loss)
+        need(self.frc_max_resolution_angstrom is None or self.frc_max_resolution_angstrom > 0,
+             "frc_max_resolution_angstrom", "> 0", self.frc_max_resolution_angstrom)
+        need(self.gaussians >= 1, "gaussians", "at least 1", self.gaussians)
+        need(self.reference_level in ("residue", "atom"), "reference_level",
+             "'residue' or 'atom'", self.reference_level)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -119,6 +151,9 @@ RECIPES: dict[str, Recipe] = {
     "voxel-homogeneous": Recipe(name="voxel-homogeneous", volume="voxel", encoder="none",
                                 zdim=0, lr=1e-2, weight_decay=1e-3, epochs=10,
                                 batch_size=128),
+    "e2gmm": Recipe(name="e2gmm", volume="gmm", encoder="vae", zdim=4, loss="frc",
+                    lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
+                    gaussians=256, enc_width=128, enc_depth=2),
 }
 
 

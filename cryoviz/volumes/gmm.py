@@ -1,0 +1,604 @@
+"""A Gaussian-mixture volume ``V(z)``, as in E2GMM (Chen & Ludtke 2021).
+
+The map is a mixture of ``M`` isotropic Gaussians (see :mod:`cryoviz.gaussians`
+for the normalisation: ``A_j`` is the integral of component ``j``) with
+learnable *neutral* centres, log-amplitudes and log-widths. For a
+heterogeneous model a decoder MLP maps the latent ``z`` to per-Gaussian
+changes of the centres ``dc_j(z)`` (Å) and of the log-amplitudes
+``da_j(z)``, so particle ``i`` is rendered from the mixture
+
+    c_ij = c_j + dc_j(z_i),   A_ij = s exp(a_j + da_j(z_i)),   sigma_j = exp(l_j),
+
+with a fixed overall amplitude scale ``s`` (the buffer ``amplitude_scale``,
+set by the trainer to put the model in the data's normalisation).
+
+Projections are analytic (:func:`project_gaussians_batched`, the batched form of
+:func:`cryoviz.gaussians.project_gaussians_fourier` with one mixture per
+particle) and maps are band-limited (:func:`cryoviz.gaussians.gaussians_volume`).
+
+Initialisation
+--------------
+* reference-free: centres uniform in a ball (seeded), equal amplitudes;
+  or from the strongest voxels of a low-passed map (:func:`mixture_from_map`);
+* reference-based: from a :class:`cryoviz.structure.Structure`
+  (:func:`mixture_from_structure`), one Gaussian per residue (at its CA) or
+  per atom.
+
+Losses
+------
+:func:`frc_loss` is E2GMM's loss: one minus the mean, over Fourier shells up to
+a maximum resolution, of the Fourier ring correlation between each model
+projection and its particle image. It ignores each image's overall scale.
+"""
+
+from __future__ import annotations
+
+import math
+from os import PathLike
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoviz.fourier import lowpass_volume
+from cryoviz.gaussians import GaussianMixture, gaussians_volume
+from cryoviz.scattering import scattering_factor_gaussians
+from cryoviz.structure import Structure, adenylate_kinase_pair, read_structure
+from cryoviz.volumes.base import VolumeModel
+
+__all__ = [
+    "GaussianMixtureVolume",
+    "project_gaussians_batched",
+    "frc_loss",
+    "frc_per_shell",
+    "mixture_from_structure",
+    "mixture_from_map",
+    "random_ball_mixture",
+    "load_reference",
+    "fit_amplitude_scale",
+]
+
+
+# -- the batched analytic projection ------------------------------------------------------
+def _hermitian_half(ft: torch.Tensor, box_size: int) -> torch.Tensor:
+    """Out-of-place Hermitian symmetrisation of the aliased Nyquist column (even boxes).
+
+    Same result as the private helper of :mod:`cryoviz.gaussians`, without in-place
+    writes (so it is safe under autograd).
+    """
+    if box_size % 2:
+        return ft
+    d = box_size
+    nyq = ft[..., :, d // 2]
+    partner = torch.roll(torch.flip(nyq, dims=(-1,)), shifts=1, dims=-1)
+    nyq = 0.5 * (nyq + partner.conj())
+    first = ft[..., :, :1]
+    # (ky, kx) = (-D/2, 0) is its own Hermitian partner: real
+    corner = first[..., :1, :]
+    first = torch.cat([torch.complex(corner.real, torch.zeros_like(corner.real)),
+                       first[..., 1:, :]], dim=-2)
+    return torch.cat([first, ft[..., :, 1:d // 2], nyq[..., None]], dim=-1)
+
+
+def project_gaussians_batched(
+    centres_angstrom: torch.Tensor,
+    amplitudes: torch.Tensor,
+    sigmas_angstrom: torch.Tensor,
+    rotations: torch.Tensor,
+    box_size: int,
+    pixel_size_angstrom: float,
+) -> torch.Tensor:
+    """Analytic centred half transforms of projections, one mixture per particle.
+
+    ``F[b, ky, kx] = sum_j A_bj exp(-2 pi^2 s_bj^2 |k|^2) exp(-2 pi i (R_b c_bj)_xy . k)``.
+    The envelope and the phase factor into ``y`` and ``x`` parts, so each image is
+    ``Ey_b (D, M) @ Ex_b^T (M, D//2+1)``: memory ``O(B (D + D/2) M)``, differentiable
+    with respect to every input.
+
+    Parameters
+    ----------
+    centres_angstrom
+        ``(B, M, 3)`` (or ``(M, 3)``, shared) centres ``(x, y, z)`` in Å, particle frame.
+    amplitudes
+        ``(B, M)`` or ``(M,)`` integrated masses.
+    sigmas_angstrom
+        ``(B, M)`` or ``(M,)`` standard deviations, Å.
+    rotations
+        ``(B, 3, 3)`` particle -> lab rotations.
+    box_size
+        ``D``.
+    pixel_size_angstrom
+        Pixel size ``p``; frequencies ``(i - D//2) / (D p)`` cycles/Å.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D, D//2+1)`` complex in the real dtype of ``centres_angstrom``
+        (complex64 for float32), the layout and normalisation of
+        :func:`cryoviz.gaussians.project_gaussians_fourier` (DC = total mass; aliased
+        Nyquist samples of even boxes Hermitian-symmetrised).
+    """
+    if rotations.ndim != 3 or rotations.shape[1:] != (3, 3):
+        raise ValueError(f"rotations must be (B, 3, 3), got {tuple(rotations.shape)}")
+    d = int(box_size)
+    if d < 2 or not pixel_size_angstrom > 0:
+        raise ValueError(f"need box_size >= 2 and pixel_size_angstrom > 0, got "
+                         f"{box_size}, {pixel_size_angstrom}")
+    batch = rotations.shape[0]
+    rdtype = centres_angstrom.dtype
+    device = centres_angstrom.device
+    centres = centres_angstrom
+    if centres.ndim == 2:
+        centres = centres[None].expand(batch, -1, -1)
+    if centres.ndim != 3 or centres.shape[0] != batch or centres.shape[2] != 3:
+        raise ValueError(f"centres must be (B, M, 3) or (M, 3), got {tuple(centres.shape)}")
+    m = centres.shape[1]
+    amps = amplitudes.to(rdtype).expand(batch, m) if amplitudes.ndim == 1 else amplitudes
+    sig = (sigmas_angstrom.to(rdtype).expand(batch, m) if sigmas_angstrom.ndim == 1
+           else sigmas_angstrom)
+    rot = rotations.to(device=device, dtype=rdtype)
+    lab = torch.einsum("bik,bmk->bmi", rot[:, :2, :], centres)  # (B, M, 2): x, y
+    step = 1.0 / (d * pixel_size_angstrom)
+    ky = (torch.arange(d, device=device, dtype=rdtype) - d // 2) * step  # (D,)
+    kx = torch.arange(d // 2 + 1, device=device, dtype=rdtype) * step  # (Dh,)
+    var = sig**2  # (B, M)
+    two_pi2 = 2.0 * math.pi**2
+    # (B, K, M): magnitude and phase of each axis factor
+    ey = torch.polar(torch.exp(-two_pi2 * ky[None, :, None] ** 2 * var[:, None, :]),
+                     -2.0 * math.pi * ky[None, :, None] * lab[:, None, :, 1])
+    ex = torch.polar(amps[:, None, :] * torch.exp(-two_pi2 * kx[None, :, None] ** 2
+                                                  * var[:, None, :]),
+                     -2.0 * math.pi * kx[None, :, None] * lab[:, None, :, 0])
+    return _hermitian_half(torch.bmm(ey, ex.transpose(1, 2)), d)
+
+
+# -- the FRC loss ---------------------------------------------------------------------------
+def _shell_matrix(box_size: int, max_shell: int, min_shell: int, device,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """``(D * (D//2+1), S)`` weights: sample -> shell, half-plane samples counted twice."""
+    d = box_size
+    ky = torch.arange(d, device=device, dtype=torch.float64) - d // 2
+    kx = torch.arange(d // 2 + 1, device=device, dtype=torch.float64)
+    shell = torch.round(torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).long()
+    # columns 0 < kx < D/2 stand for themselves and their Hermitian mirrors
+    mult = torch.ones(d, d // 2 + 1, device=device, dtype=dtype)
+    last = d // 2 if d % 2 == 0 else d // 2 + 1
+    mult[:, 1:last] = 2.0
+    n_shells = max_shell - min_shell + 1
+    onehot = torch.zeros(d * (d // 2 + 1), n_shells, device=device, dtype=dtype)
+    flat = shell.reshape(-1)
+    keep = (flat >= min_shell) & (flat <= max_shell)
+    rows = torch.nonzero(keep).squeeze(1)
+    onehot[rows, flat[rows] - min_shell] = mult.reshape(-1)[rows]
+    return onehot
+
+
+def frc_per_shell(model: torch.Tensor, target: torch.Tensor, max_shell: int | None = None,
+                  min_shell: int = 1, eps: float = 1e-12) -> torch.Tensor:
+    """Fourier ring correlation of each model / image pair, per shell.
+
+    Parameters
+    ----------
+    model, target
+        ``(B, D, D//2+1)`` centred half transforms.
+    max_shell
+        Highest shell ``round(|k| D)`` included (default ``D // 2``, Nyquist).
+    min_shell
+        Lowest shell (default 1: the DC term is left out).
+    eps
+        Added under the square root of the denominator.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, S)`` real FRC for shells ``min_shell .. max_shell``.
+    """
+    d = int(model.shape[-2])
+    top = d // 2 if max_shell is None else int(max_shell)
+    if not 0 <= min_shell <= top:
+        raise ValueError(f"need 0 <= min_shell <= max_shell, got {min_shell}, {top}")
+    rdtype = model.real.dtype
+    weights = _shell_matrix(d, top, min_shell, model.device, rdtype)
+    mflat = model.reshape(model.shape[0], -1)
+    tflat = target.to(model.dtype).reshape(target.shape[0], -1)
+    cross = (mflat * tflat.conj()).real @ weights
+    pm = (mflat.abs() ** 2) @ weights
+    pt = (tflat.abs() ** 2) @ weights
+    return cross / torch.sqrt(pm * pt + eps)
+
+
+def frc_loss(model: torch.Tensor, target: torch.Tensor, max_shell: int | None = None,
+             min_shell: int = 1) -> torch.Tensor:
+    """E2GMM's loss: ``1 - mean_{particles, shells} FRC(model, target)``.
+
+    Parameters
+    ----------
+    model, target
+        ``(B, D, D//2+1)`` centred half transforms (CTF applied to the model).
+    max_shell, min_shell
+        Shell range, as in :func:`frc_per_shell`.
+
+    Returns
+    -------
+    torch.Tensor
+        Scalar in ``[0, 2]``.
+    """
+    return 1.0 - frc_per_shell(model, target, max_shell, min_shell).mean()
+
+
+# -- initial mixtures -----------------------------------------------------------------------
+def _total_scattering(element: str) -> float:
+    """``f(0) = sum_i a_i`` (Å) of an element's Peng scattering factor."""
+    return float(sum(scattering_factor_gaussians(element)[0]))
+
+
+def mixture_from_structure(structure: Structure, level: str = "residue",
+                           bfactor_a2: float = 20.0,
+                           dtype: torch.dtype = torch.float64) -> GaussianMixture:
+    """One Gaussian per residue (at its CA) or per atom.
+
+    Amplitudes are the total electron scattering ``f(0)`` of the atoms represented
+    (so the mixture has the mass of :func:`cryoviz.gaussians.structure_to_gaussians`).
+    Widths: an atom's is ``sqrt((B + B_atom) / (8 pi^2))`` with ``B_atom`` the
+    ``f(0)``-weighted mean of its Peng ``b_i``; a residue's adds the per-axis spread of
+    its atoms about the CA (``mean |r - r_CA|^2 / 3``).
+
+    Parameters
+    ----------
+    structure
+        Atoms (coordinates used as they are).
+    level
+        ``'residue'`` or ``'atom'``.
+    bfactor_a2
+        Isotropic B-factor, Å^2.
+    dtype
+        Of the returned tensors.
+
+    Returns
+    -------
+    GaussianMixture
+        ``N_residues`` or ``N_atoms`` components.
+    """
+    if level not in ("residue", "atom"):
+        raise ValueError(f"level must be 'residue' or 'atom', got {level!r}")
+    coords = np.asarray(structure.coords_angstrom, dtype=np.float64)
+    table = {e: scattering_factor_gaussians(e) for e in set(structure.elements.tolist())}
+    f0 = np.array([sum(table[e][0]) for e in structure.elements])
+    b_atom = np.array([float(np.dot(table[e][0], table[e][1])) / sum(table[e][0])
+                       for e in structure.elements])
+    atom_var = (b_atom + bfactor_a2) / (8.0 * math.pi**2)
+    if level == "atom":
+        centres, amps, var = coords, f0, atom_var
+    else:
+        keys = list(zip(structure.chain_ids.tolist(), structure.residue_ids.tolist(),
+                        strict=True))
+        order: dict[tuple[str, int], list[int]] = {}
+        for i, key in enumerate(keys):
+            order.setdefault(key, []).append(i)
+        centres_l, amps_l, var_l = [], [], []
+        for atoms in order.values():
+            idx = np.asarray(atoms)
+            ca = [i for i in atoms if structure.atom_names[i] == "CA"]
+            centre = coords[ca[0]] if ca else coords[idx].mean(0)
+            w = f0[idx]
+            spread = float((w * ((coords[idx] - centre) ** 2).sum(1)).sum() / w.sum()) / 3.0
+            centres_l.append(centre)
+            amps_l.append(w.sum())
+            var_l.append(spread + float((w * atom_var[idx]).sum() / w.sum()))
+        centres, amps, var = np.array(centres_l), np.array(amps_l), np.array(var_l)
+    return GaussianMixture(torch.as_tensor(centres, dtype=dtype),
+                           torch.as_tensor(amps, dtype=dtype),
+                           torch.as_tensor(np.sqrt(var), dtype=dtype))
+
+
+def random_ball_mixture(n_gaussians: int, radius_angstrom: float, sigma_angstrom: float,
+                        total_mass: float = 1.0, seed: int = 0,
+                        dtype: torch.dtype = torch.float64) -> GaussianMixture:
+    """``n_gaussians`` equal Gaussians with centres uniform in a ball (seeded).
+
+    Parameters
+    ----------
+    n_gaussians
+        ``M``.
+    radius_angstrom
+        Ball radius, Å (centred on the origin).
+    sigma_angstrom
+        Width of every component, Å.
+    total_mass
+        Sum of the amplitudes.
+    seed
+        Seed of the centres.
+    dtype
+        Of the returned tensors.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    direction = torch.randn(n_gaussians, 3, generator=gen, dtype=torch.float64)
+    direction = direction / direction.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    radius = radius_angstrom * torch.rand(n_gaussians, 1, generator=gen,
+                                          dtype=torch.float64) ** (1.0 / 3.0)
+    return GaussianMixture((direction * radius).to(dtype),
+                           torch.full((n_gaussians,), total_mass / n_gaussians, dtype=dtype),
+                           torch.full((n_gaussians,), float(sigma_angstrom), dtype=dtype))
+
+
+def mixture_from_map(volume: torch.Tensor, pixel_size_angstrom: float, n_gaussians: int,
+                     resolution_angstrom: float | None = None,
+                     dtype: torch.dtype = torch.float64) -> GaussianMixture:
+    """Gaussians at the ``n_gaussians`` strongest voxels of a low-passed map.
+
+    Parameters
+    ----------
+    volume
+        ``(D, D, D)`` map, ``[z, y, x]``, origin at voxel ``D // 2``.
+    pixel_size_angstrom
+        Voxel size, Å.
+    n_gaussians
+        ``M`` (at most the number of voxels).
+    resolution_angstrom
+        Low-pass cut-off (default ``4`` voxels).
+    dtype
+        Of the returned tensors.
+
+    Returns
+    -------
+    GaussianMixture
+        Amplitudes proportional to the voxel values (summing to the map's positive
+        mass), widths of one voxel.
+    """
+    vol = torch.as_tensor(volume, dtype=torch.float64)
+    d = int(vol.shape[-1])
+    res = 4.0 * pixel_size_angstrom if resolution_angstrom is None else resolution_angstrom
+    low = lowpass_volume(vol, res, pixel_size_angstrom)
+    values, flat = torch.topk(low.reshape(-1), min(int(n_gaussians), low.numel()))
+    iz, iy, ix = flat // (d * d), (flat // d) % d, flat % d
+    centres = torch.stack([ix, iy, iz], dim=1).to(torch.float64) - d // 2
+    weights = values.clamp(min=0) + 1e-6 * values.abs().max()
+    mass = float(vol.clamp(min=0).sum())
+    amps = weights / weights.sum() * max(mass, 1e-12)
+    return GaussianMixture((centres * pixel_size_angstrom).to(dtype), amps.to(dtype),
+                           torch.full((len(values),), float(pixel_size_angstrom), dtype=dtype))
+
+
+def load_reference(reference: str | PathLike, level: str = "residue",
+                   bfactor_a2: float = 20.0, n_gaussians: int = 512,
+                   pixel_size_angstrom: float | None = None) -> GaussianMixture:
+    """An initial mixture from a reference.
+
+    Parameters
+    ----------
+    reference
+        ``'4ake'`` / ``'1ake'``: the built-in adenylate kinase in the simulator's frame
+        (:func:`cryoviz.structure.adenylate_kinase_pair`, open state's mean at the
+        origin); a PDB / mmCIF path (centred on its coordinate mean, as the simulator
+        does); or an MRC map (:func:`mixture_from_map` with ``n_gaussians``).
+    level, bfactor_a2
+        As for :func:`mixture_from_structure`.
+    n_gaussians, pixel_size_angstrom
+        For map references (the voxel size defaults to the file's).
+    """
+    key = str(reference)
+    if key.lower() in ("4ake", "1ake"):
+        open_state, closed_state = adenylate_kinase_pair(aligned=True)
+        structure = open_state if key.lower() == "4ake" else closed_state
+        return mixture_from_structure(structure, level, bfactor_a2)
+    path = Path(key)
+    if path.suffix.lower() in (".mrc", ".map", ".mrcs"):
+        from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+
+        data, voxel = read_volume(path)
+        apix = pixel_size_angstrom or voxel
+        if apix is None:
+            raise ValueError(f"{path}: no voxel size; pass pixel_size_angstrom")
+        return mixture_from_map(torch.as_tensor(data), float(apix), n_gaussians)
+    return mixture_from_structure(read_structure(path).center(), level, bfactor_a2)
+
+
+# -- the volume model -----------------------------------------------------------------------
+class GaussianMixtureVolume(VolumeModel):
+    """``M`` isotropic Gaussians, optionally moved and reweighted by a decoder of ``z``.
+
+    Parameters
+    ----------
+    box_size
+        Box ``D`` of the data.
+    pixel_size_angstrom
+        Its pixel size, Å.
+    latent_dim
+        ``L`` (0: homogeneous, no decoder).
+    initial
+        Starting mixture (particle frame, Å); default :func:`random_ball_mixture`
+        with ``n_gaussians`` components in a ball of ``radius_fraction * D * p``.
+    n_gaussians
+        ``M`` when ``initial`` is not given.
+    radius_fraction
+        Radius of the random ball, as a fraction of the box width.
+    sigma_angstrom
+        Width of the random components (default 1.5 pixels).
+    width, depth
+        Decoder hidden width and number of hidden layers (ReLU).
+    max_shift_px
+        Scale of the decoder's centre changes: the raw outputs are multiplied by
+        ``max_shift_px * p`` (no bound), so O(1) outputs move a Gaussian a few pixels.
+    seed
+        Seed of the random ball and of the decoder's initial weights.
+
+    Notes
+    -----
+    Centres are stored in pixels of the model's box (``centres_px``) so that Adam
+    steps are a fraction of a pixel whatever the pixel size; ``centres_angstrom``
+    gives them in Å. The buffer ``amplitude_scale`` multiplies every amplitude.
+    """
+
+    def __init__(
+        self,
+        box_size: int,
+        pixel_size_angstrom: float,
+        latent_dim: int = 0,
+        initial: GaussianMixture | None = None,
+        n_gaussians: int = 512,
+        radius_fraction: float = 0.3,
+        sigma_angstrom: float | None = None,
+        width: int = 128,
+        depth: int = 2,
+        max_shift_px: float = 2.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.box_size = int(box_size)
+        self.pixel_size_angstrom = float(pixel_size_angstrom)
+        self.latent_dim = int(latent_dim)
+        self.max_shift_px = float(max_shift_px)
+        apix = self.pixel_size_angstrom
+        if initial is None:
+            sigma = 1.5 * apix if sigma_angstrom is None else float(sigma_angstrom)
+            initial = random_ball_mixture(int(n_gaussians),
+                                          radius_fraction * self.box_size * apix, sigma,
+                                          seed=seed)
+        self.n_gaussians = len(initial)
+        mix = initial.to(dtype=torch.float32)
+        self.centres_px = torch.nn.Parameter(mix.centres_angstrom.clone() / apix)
+        self.log_amplitudes = torch.nn.Parameter(torch.log(mix.amplitudes.clamp(min=1e-12)))
+        self.log_sigmas = torch.nn.Parameter(torch.log(mix.sigmas_angstrom.clamp(min=1e-6)))
+        self.register_buffer("amplitude_scale", torch.ones(()))
+        self.decoder: torch.nn.Module | None = None
+        if self.latent_dim:
+            gen_state = torch.get_rng_state()
+            torch.manual_seed(seed)
+            layers: list[torch.nn.Module] = []
+            n_in = self.latent_dim
+            for _ in range(depth):
+                layers += [torch.nn.Linear(n_in, width), torch.nn.ReLU()]
+                n_in = width
+            head = torch.nn.Linear(n_in, 4 * self.n_gaussians)
+            with torch.no_grad():
+                head.weight.mul_(0.1)
+                head.bias.zero_()
+            self.decoder = torch.nn.Sequential(*layers, head)
+            torch.set_rng_state(gen_state)
+
+    # -- parameters -----------------------------------------------------------------------
+    @property
+    def centres_angstrom(self) -> torch.Tensor:
+        """``(M, 3)`` neutral centres in Å."""
+        return self.centres_px * self.pixel_size_angstrom
+
+    def neutral_mixture(self) -> GaussianMixture:
+        """The neutral mixture (no decoder changes), amplitudes scaled, detached."""
+        return GaussianMixture(self.centres_angstrom.detach(),
+                               (self.amplitude_scale * self.log_amplitudes.exp()).detach(),
+                               self.log_sigmas.exp().detach())
+
+    def deltas(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder changes for latents ``z`` ``(B, L)``.
+
+        Returns
+        -------
+        (dc, da)
+            ``(B, M, 3)`` centre changes in Å and ``(B, M)`` log-amplitude changes.
+        """
+        if self.decoder is None:
+            raise ValueError("a homogeneous GaussianMixtureVolume has no decoder")
+        out = self.decoder(z.to(self.centres_px.dtype))
+        m = self.n_gaussians
+        dc = out[:, : 3 * m].reshape(-1, m, 3) * (self.max_shift_px * self.pixel_size_angstrom)
+        return dc, out[:, 3 * m:]
+
+    def mixture_parameters(self, z: torch.Tensor | None, batch: int = 1
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-particle centres ``(B, M, 3)`` Å, amplitudes ``(B, M)``, sigmas ``(M,)`` Å."""
+        centres = self.centres_angstrom[None]
+        log_amp = self.log_amplitudes[None]
+        if self.latent_dim:
+            if z is None:
+                raise ValueError(f"this model needs z of length {self.latent_dim}")
+            dc, da = self.deltas(z.reshape(-1, self.latent_dim))
+            centres, log_amp = centres + dc, log_amp + da
+        else:
+            centres = centres.expand(batch, -1, -1)
+            log_amp = log_amp.expand(batch, -1)
+        return centres, self.amplitude_scale * log_amp.exp(), self.log_sigmas.exp()
+
+    def mixture(self, z: torch.Tensor | None = None) -> GaussianMixture:
+        """The mixture for one latent ``z`` ``(L,)`` (or ``None``)."""
+        centres, amps, sigmas = self.mixture_parameters(z)
+        return GaussianMixture(centres[0], amps[0], sigmas)
+
+    # -- the protocol ---------------------------------------------------------------------
+    def slices(self, rotations: torch.Tensor, z: torch.Tensor | None, box_size: int,
+               pixel_size_angstrom: float) -> torch.Tensor:
+        """``(B, D, D // 2 + 1)`` analytic projection transforms (any box / pixel size)."""
+        centres, amps, sigmas = self.mixture_parameters(z, rotations.shape[0])
+        return project_gaussians_batched(centres, amps, sigmas, rotations.to(centres.dtype),
+                                         box_size, pixel_size_angstrom)
+
+    def volume(self, z: torch.Tensor | None = None, box_size: int | None = None,
+               pixel_size_angstrom: float | None = None) -> torch.Tensor:
+        """Band-limited map ``(d, d, d)`` of the mixture at ``z`` ``(L,)``.
+
+        Voxel values are in the data's normalisation at the model's voxel size; a
+        different box covers the same extent by default and keeps voxel values
+        (amplitudes scaled by ``(model pixel / voxel size)^3``).
+        """
+        box = self.box_size if box_size is None else int(box_size)
+        apix = (self.pixel_size_angstrom * self.box_size / box if pixel_size_angstrom is None
+                else float(pixel_size_angstrom))
+        mix = self.mixture(z)
+        scale = (self.pixel_size_angstrom / apix) ** 3
+        mix = GaussianMixture(mix.centres_angstrom, mix.amplitudes * scale, mix.sigmas_angstrom)
+        return gaussians_volume(mix, box, apix, dtype=self.centres_px.dtype)
+
+
+@torch.no_grad()
+def fit_amplitude_scale(volume: GaussianMixtureVolume, targets: torch.Tensor,
+                        rotations: torch.Tensor, shifts_angstrom: torch.Tensor | None,
+                        ctf, pixel_size_angstrom: float, max_shell: int | None = None
+                        ) -> float:
+    """The ``amplitude_scale`` that best fits images by the model at ``z = 0``.
+
+    Least squares over the low shells ``1 .. max_shell`` (default ``max(2, D // 8)``)
+    of ``|s M_i - X_i|^2``, ``M_i`` the model's CTF-modulated transforms; where the
+    fit is not positive (a model that does not correlate with the data), the ratio
+    of the RMS values is used instead.
+
+    Parameters
+    ----------
+    volume
+        The model (its current ``amplitude_scale`` is taken into account).
+    targets
+        ``(B, D, D//2+1)`` centred half transforms of the images.
+    rotations
+        ``(B, 3, 3)``.
+    shifts_angstrom
+        ``(B, 2)`` or ``None``.
+    ctf
+        :class:`cryoviz.ctf.CTFParams` of the ``B`` images, or ``None``.
+    pixel_size_angstrom
+        Pixel size of the images.
+    max_shell
+        Highest shell of the fit.
+
+    Returns
+    -------
+    float
+        The new ``amplitude_scale``.
+    """
+    from cryoviz.imaging import apply_shift_and_ctf  # noqa: PLC0415
+
+    d = int(targets.shape[-2])
+    z = None
+    if volume.latent_dim:
+        z = torch.zeros(rotations.shape[0], volume.latent_dim, device=rotations.device)
+    model = apply_shift_and_ctf(volume.slices(rotations, z, d, pixel_size_angstrom),
+                                pixel_size_angstrom, shifts_angstrom, ctf)
+    top = max(2, d // 8) if max_shell is None else int(max_shell)
+    weights = _shell_matrix(d, top, 1, targets.device, torch.float64).sum(1)
+    mflat = model.reshape(model.shape[0], -1).to(torch.complex128)
+    tflat = targets.reshape(targets.shape[0], -1).to(torch.complex128)
+    cross = float(((mflat * tflat.conj()).real @ weights).sum())
+    power = float(((mflat.abs() ** 2) @ weights).sum())
+    current = float(volume.amplitude_scale)
+    if cross > 0 and power > 0:
+        return current * cross / power
+    ratio = float(torch.sqrt((tflat.abs() ** 2).mean() / (mflat.abs() ** 2).mean().clamp(
+        min=1e-30)))
+    return current * ratio

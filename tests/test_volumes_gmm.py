@@ -1,0 +1,183 @@
+"""The Gaussian-mixture volume: batched analytic projection, gradients, FRC loss, init."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cryoviz.errors import InputError
+from cryoviz.fourier import centered_fft2, centered_irfft2, centered_rfft2
+from cryoviz.gaussians import (
+    GaussianMixture,
+    gaussians_volume,
+    project_gaussians_fourier,
+    structure_to_gaussians,
+)
+from cryoviz.geometry.rotations import quaternion_to_matrix
+from cryoviz.metrics.fsc import fsc
+from cryoviz.structure import adenylate_kinase_pair
+from cryoviz.train.loop import build_models
+from cryoviz.train.recipes import get_recipe
+from cryoviz.volumes.gmm import (
+    GaussianMixtureVolume,
+    frc_loss,
+    frc_per_shell,
+    load_reference,
+    mixture_from_map,
+    mixture_from_structure,
+    project_gaussians_batched,
+    random_ball_mixture,
+)
+
+
+def _rotations(n: int, seed: int = 0, dtype=torch.float64) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return quaternion_to_matrix(torch.randn(n, 4, generator=gen, dtype=torch.float64)).to(dtype)
+
+
+def _mixture(m: int, seed: int = 0) -> GaussianMixture:
+    gen = torch.Generator().manual_seed(seed)
+    base = random_ball_mixture(m, 15.0, 3.0, seed=seed)
+    return GaussianMixture(base.centres_angstrom,
+                           0.5 + torch.rand(m, generator=gen, dtype=torch.float64),
+                           2.0 + 2.0 * torch.rand(m, generator=gen, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("box", [24, 25])
+def test_batched_projection_matches_shared_mixture(box):
+    mix = _mixture(30)
+    rot = _rotations(6)
+    ref = project_gaussians_fourier(mix, rot, box, 4.0, dtype=torch.float64)
+    out = project_gaussians_batched(mix.centres_angstrom, mix.amplitudes, mix.sigmas_angstrom,
+                                    rot, box, 4.0)
+    assert out.shape == (6, box, box // 2 + 1)
+    assert torch.allclose(out, ref, atol=1e-10 * float(ref.abs().max()))
+    # per-batch (B, M, 3) centres and (B, M) amplitudes, all equal: same result
+    out_b = project_gaussians_batched(mix.centres_angstrom.expand(6, -1, -1),
+                                      mix.amplitudes.expand(6, -1),
+                                      mix.sigmas_angstrom, rot, box, 4.0)
+    assert torch.allclose(out_b, ref, atol=1e-10 * float(ref.abs().max()))
+
+
+def test_batched_projection_per_particle_mixtures():
+    rot = _rotations(4, seed=1)
+    mixtures = [_mixture(12, seed=s) for s in range(4)]
+    centres = torch.stack([m.centres_angstrom for m in mixtures])
+    amps = torch.stack([m.amplitudes for m in mixtures])
+    sigmas = torch.stack([m.sigmas_angstrom for m in mixtures])
+    out = project_gaussians_batched(centres, amps, sigmas, rot, 20, 3.0)
+    for b, m in enumerate(mixtures):
+        ref = project_gaussians_fourier(m, rot[b:b + 1], 20, 3.0, dtype=torch.float64)[0]
+        assert torch.allclose(out[b], ref, atol=1e-10 * float(ref.abs().max()))
+    # a real image (Hermitian half transform)
+    images = centered_irfft2(out, 20)
+    assert torch.allclose(centered_rfft2(images), out, atol=1e-9 * float(out.abs().max()))
+
+
+def test_batched_projection_gradients_match_finite_differences():
+    mix = _mixture(3, seed=2)
+    rot = _rotations(2, seed=3)
+    centres = mix.centres_angstrom[None].repeat(2, 1, 1).clone().requires_grad_(True)
+    amps = mix.amplitudes[None].repeat(2, 1).clone().requires_grad_(True)
+
+    def fn(c, a):
+        return torch.view_as_real(
+            project_gaussians_batched(c, a, mix.sigmas_angstrom, rot, 8, 4.0))
+
+    assert torch.autograd.gradcheck(fn, (centres, amps), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_gmm_from_4ake_matches_atomic_map():
+    open_state, _ = adenylate_kinase_pair(aligned=True)
+    atomic = gaussians_volume(structure_to_gaussians(open_state, bfactor_a2=20.0), 32, 4.0,
+                              dtype=torch.float64)
+    for level, floor in (("residue", 0.9), ("atom", 0.99)):
+        model = GaussianMixtureVolume(32, 4.0, initial=load_reference("4ake", level))
+        with torch.no_grad():
+            vol = model.volume(None).double()
+        curve = fsc(vol, atomic)
+        low = curve.frequency_per_px <= 0.25  # 16 Å and lower resolution
+        assert float(curve.fsc[low].min()) > floor, (level, curve.fsc)
+        assert abs(float(vol.sum()) / float(atomic.sum()) - 1.0) < 1e-3
+    per_residue = mixture_from_structure(open_state, "residue")
+    assert len(per_residue) == open_state.num_residues
+
+
+def test_volume_model_slices_and_volume_agree_with_mixture():
+    model = GaussianMixtureVolume(20, 4.0, latent_dim=2, n_gaussians=16, width=16, seed=1)
+    rot = _rotations(3, seed=4, dtype=torch.float32)
+    z = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model.slices(rot, z, 20, 4.0)
+        for b in range(3):
+            mix = model.mixture(z[b])
+            ref = project_gaussians_fourier(mix, rot[b:b + 1], 20, 4.0)[0]
+            assert torch.allclose(out[b], ref, atol=1e-4 * float(ref.abs().max()))
+        # different z -> different centres; the map's z-sum is the projection at identity
+        assert not torch.allclose(model.mixture(z[0]).centres_angstrom,
+                                  model.mixture(z[1]).centres_angstrom)
+        vol = model.volume(z[0])
+        proj = centered_irfft2(model.slices(torch.eye(3)[None], z[:1], 20, 4.0), 20)[0]
+        assert torch.allclose(vol.sum(0), proj, atol=1e-4 * float(proj.abs().max()))
+        # another box over the same extent keeps voxel values (smooth map)
+        big = model.volume(z[0], box_size=40)
+        assert abs(float(big.sum()) / float(vol.sum()) - 8.0) < 1e-2
+
+
+def test_frc_loss_properties():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(4, 16, 16, generator=gen, dtype=torch.float64)
+    ft = centered_rfft2(images)
+    assert float(frc_loss(ft, ft)) == pytest.approx(0.0, abs=1e-12)
+    assert float(frc_loss(3.0 * ft, ft)) == pytest.approx(0.0, abs=1e-12)
+    assert float(frc_loss(-ft, ft)) == pytest.approx(2.0, abs=1e-12)
+    other_images = torch.randn(4, 16, 16, generator=gen, dtype=torch.float64)
+    other = centered_rfft2(other_images)
+    # the half-plane FRC equals the full-plane one
+    full_a, full_b = centered_fft2(images), centered_fft2(other_images)
+    k = torch.arange(16, dtype=torch.float64) - 8
+    shell = torch.round(torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2)).long()
+    expected = []
+    for s in range(1, 9):
+        sel = shell == s
+        a, b = full_a[:, sel], full_b[:, sel]
+        expected.append((a * b.conj()).real.sum(1)
+                        / torch.sqrt((a.abs() ** 2).sum(1) * (b.abs() ** 2).sum(1)))
+    expected = torch.stack(expected, dim=1)
+    got = frc_per_shell(ft, other, max_shell=8)
+    assert torch.allclose(got, expected, atol=1e-10)
+    assert frc_per_shell(ft, other, max_shell=4).shape == (4, 4)
+
+
+def test_mixture_from_map_finds_density():
+    mix = GaussianMixture(torch.tensor([[8.0, -4.0, 0.0]], dtype=torch.float64),
+                          torch.tensor([5.0], dtype=torch.float64),
+                          torch.tensor([3.0], dtype=torch.float64))
+    vol = gaussians_volume(mix, 20, 2.0, dtype=torch.float64)
+    found = mixture_from_map(vol, 2.0, 5)
+    assert len(found) == 5
+    dist = (found.centres_angstrom - mix.centres_angstrom).norm(dim=1)
+    assert float(dist.min()) < 1e-6 and float(dist.max()) <= 2.0 * math.sqrt(3) + 1e-6
+    assert found.total_mass == pytest.approx(5.0, rel=1e-3)
+
+
+def test_e2gmm_recipe_builds_models():
+    recipe = get_recipe("e2gmm")
+    assert recipe.volume == "gmm" and recipe.loss == "frc"
+    volume, encoder = build_models(recipe, 24, 5.0, 10)
+    assert isinstance(volume, GaussianMixtureVolume)
+    assert volume.n_gaussians == recipe.gaussians and volume.latent_dim == recipe.zdim
+    assert encoder is not None
+    ref, _ = build_models(get_recipe("e2gmm", reference="4ake"), 24, 5.0, 10)
+    assert ref.n_gaussians == adenylate_kinase_pair()[0].num_residues
+    # same seed -> same model (load_run rebuilds it before loading weights)
+    again, _ = build_models(recipe, 24, 5.0, 10)
+    assert torch.equal(again.centres_px, volume.centres_px)
+    with pytest.raises(InputError):
+        get_recipe("e2gmm", loss="l1")
+    with pytest.raises(InputError):
+        get_recipe("e2gmm", reference_level="domain")
+    assert np.isfinite(float(volume.amplitude_scale))
