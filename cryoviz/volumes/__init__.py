@@ -7,7 +7,14 @@ real-space maps in the data's normalisation.
 """
 
 from cryoviz.volumes.base import VolumeModel, resample_volume
+from cryoviz.volumes.gmm import GaussianMixtureVolume
 from cryoviz.volumes.implicit import ImplicitVolume
 from cryoviz.volumes.voxel import VoxelVolume
 
-__all__ = ["VolumeModel", "VoxelVolume", "ImplicitVolume", "resample_volume"]
+__all__ = [
+    "VolumeModel",
+    "VoxelVolume",
+    "ImplicitVolume",
+    "GaussianMixtureVolume",
+    "resample_volume",
+]
