@@ -100,3 +100,14 @@ def test_train_relion_class3d_recipe(trained_run, tmp_path):
     assert volume.shape == (24, 24, 24) and voxel == pytest.approx(5.0)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["class_fractions"]) == 2
+
+
+def test_train_3dva_recipe(trained_run, tmp_path):
+    out = tmp_path / "3dva"
+    status = main(["train", str(trained_run / "data" / "particles.star"),
+                   "--recipe", "3dva", "--components", "2", "--epochs", "2", "-o", str(out)])
+    assert status == 0
+    with np.load(out / "latents.npz") as latents:
+        assert latents["mu"].shape == (300, 2)
+    volume, _ = read_volume(out / "volumes" / "component_0.mrc")
+    assert volume.shape[0] <= 24

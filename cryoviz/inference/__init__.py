@@ -1,8 +1,8 @@
-"""Inference of heterogeneity: classification and (later) latent-variable models.
+"""Inference of heterogeneity with known poses by expectation maximisation.
 
-:mod:`cryoviz.inference.class_em` is 3-D classification with known poses by
-expectation maximisation of a regularised likelihood (RELION ``class3d`` with
-fixed orientations, Scheres 2012).
+:mod:`cryoviz.inference.class_em` is 3-D classification (RELION ``class3d`` with
+fixed orientations, Scheres 2012); :mod:`cryoviz.inference.ppca` is 3-D
+variability analysis, a linear subspace fitted by PPCA-EM (Punjani & Fleet 2021).
 """
 
 from cryoviz.inference.class_em import (
@@ -12,5 +12,25 @@ from cryoviz.inference.class_em import (
     run_class_em,
     write_class_em,
 )
+from cryoviz.inference.ppca import (
+    PPCAProgress,
+    PPCAResult,
+    eval_ppca,
+    iter_ppca,
+    run_ppca,
+    write_ppca,
+)
 
-__all__ = ["ClassEMProgress", "ClassEMResult", "run_class_em", "iter_class_em", "write_class_em"]
+__all__ = [
+    "ClassEMProgress",
+    "ClassEMResult",
+    "run_class_em",
+    "iter_class_em",
+    "write_class_em",
+    "PPCAProgress",
+    "PPCAResult",
+    "iter_ppca",
+    "run_ppca",
+    "eval_ppca",
+    "write_ppca",
+]

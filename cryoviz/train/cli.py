@@ -22,7 +22,7 @@ def add_parsers(subparsers) -> None:
 
     tr = subparsers.add_parser("train", help="train a (heterogeneous) volume model, known poses")
     tr.add_argument("particles", help="particles: .star, .cs or .mrcs (with --poses/--ctf)")
-    names = [*RECIPES, "relion-class3d"]
+    names = [*RECIPES, "relion-class3d", "3dva"]
     tr.add_argument("--recipe", required=True, help=f"one of {', '.join(names)}")
     tr.add_argument("-o", "--output", required=True, help="run folder")
     tr.add_argument("--epochs", type=int)
@@ -41,6 +41,8 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--datadir", help="folder of the stacks named in the metadata")
     tr.add_argument("--classes", type=int, default=2,
                     help="K for relion-class3d (EM over classes, known poses)")
+    tr.add_argument("--components", type=int, default=2,
+                    help="K for 3dva (linear subspace by PPCA-EM, known poses)")
     tr.set_defaults(func=_run_train)
 
     ev = subparsers.add_parser("eval-vol", help="render maps of a trained run at latents z")
@@ -86,14 +88,34 @@ def _run_class3d(args: argparse.Namespace, particles) -> int:
     return 0
 
 
+def _run_3dva(args: argparse.Namespace, particles) -> int:
+    """``3dva``: linear subspace V0 + sum z_k U_k by PPCA-EM with known poses."""
+    from cryoviz.inference.ppca import iter_ppca, write_ppca  # noqa: PLC0415
+
+    result = None
+    for p in iter_ppca(particles, n_components=args.components,
+                       n_iterations=args.epochs if args.epochs else 10,
+                       box_size=args.box, seed=args.seed if args.seed is not None else 0,
+                       device=args.device):
+        stds = ", ".join(f"{s:.3g}" for s in p.component_std)
+        print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
+              f"component std {stds}", file=sys.stderr, flush=True)
+        result = p.result if p.result is not None else result
+    write_ppca(result, args.output)
+    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from cryoviz.io.particles import load_particles  # noqa: PLC0415
     from cryoviz.train.loop import iter_train  # noqa: PLC0415
     from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
-    if args.recipe == "relion-class3d":
+    if args.recipe in ("relion-class3d", "3dva"):
         particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                    ctf=args.ctf, datadir=args.datadir, require_poses=True)
+        if args.recipe == "3dva":
+            return _run_3dva(args, particles)
         return _run_class3d(args, particles)
     recipe = get_recipe(args.recipe, epochs=args.epochs, zdim=args.zdim, box=args.box,
                         batch_size=args.batch_size, lr=args.lr, width=args.width,

@@ -1,0 +1,834 @@
+"""3-D variability analysis with known poses: a linear subspace fitted by PPCA-EM.
+
+The model is that of 3DVA (Punjani & Fleet 2021, J. Struct. Biol. 213,
+107702): each particle's map is the consensus map plus a point of a
+``K``-dimensional linear subspace,
+
+    V_i = V0 + sum_k z_ik U_k,        z_i ~ N(0, I_K),
+
+and its image transform (centred half transform, box ``d``) is
+
+    X_i(k) = CTF_i(k) S_i(k) [P_{R_i} (V0 + U z_i)](k) + N_i(k)
+
+with the poses ``R_i``, shifts ``S_i`` and CTF known. ``V0`` is the
+gold-standard Wiener backprojection of the particles (or a given map) and stays
+fixed, as in 3DVA; only the components ``U`` and the noise are fitted.
+
+Working grid
+------------
+The particles are Fourier-cropped to a working box ``d`` (default
+``min(D, 32)``, or the box whose Nyquist is ``resolution_angstrom``), i.e.
+pixel size ``apix * D / d``, and the E-step uses the Fourier pixels up to
+``resolution_angstrom`` (3DVA's filter resolution; default: the working
+Nyquist). All maps of the result (mean, components) live on the working grid.
+The cropped transforms of all particles and their CTF x shift factors are kept
+in memory (complex64, ``2 N d (d // 2 + 1)`` values), and the CTFs on the
+padded M-step grid (float32, ``N 2d (d + 1)`` values) when they fit in
+``CTF_CACHE_BYTES``.
+
+Noise model
+-----------
+As in :mod:`cryoviz.inference.class_em`: the real and imaginary parts of each
+Fourier coefficient carry independent Gaussian noise of variance
+``sigma2(s)`` in shell ``s = round(|k| d)`` (unnormalised FFT units), and the
+Hermitian-redundant columns of the half plane (``kx = 0`` and, for even ``d``,
+``kx = d / 2``) are weighted by 1/2. The noise starts from the residual power
+of the images after subtracting ``V0``'s projections.
+
+Iteration
+---------
+One pass over the particles per iteration, batch by batch:
+
+* E-step. With ``A_i`` the ``K`` CTF-modulated, shifted central slices of the
+  components and ``r_i = X_i - C_i S_i P_i V0`` (both restricted to the used
+  pixels ``p``, weights ``w_p``), the posterior of ``z_i`` is Gaussian::
+
+      Lambda_i = I + sum_p w_p Re(conj(A_ip) A_ip^T) / sigma2_p
+      mu_i     = Lambda_i^-1 sum_p w_p Re(conj(A_ip) r_ip) / sigma2_p
+      Sigma_i  = Lambda_i^-1
+
+  and the marginal log-likelihood ``log N(r_i; 0, A A^H + sigma2)`` (reported
+  per iteration) is ``-sum w |r|^2 / (2 sigma2) - sum w log(2 pi sigma2) +
+  b^T Lambda^-1 b / 2 - log det Lambda / 2`` with ``b = Lambda mu``.
+* M-step, accumulated in the same pass. The components minimise
+  ``sum_i E || X_i - C_i S_i P_i (V0 + U z_i) ||^2``; with the central-slice
+  operator's normal matrix approximated as diagonal on the padded Fourier grid
+  (as every direct Fourier inversion does), each voxel ``v`` solves the
+  ``K x K`` system::
+
+      (sum_i P_i^T C_i^2 E[z_i z_i^T] + lambda I) U(v) = sum_i P_i^T C_i S_i^-1 r_i E[z_i]
+
+  i.e. a ``K``-dimensional Wiener backprojection: the right-hand sides and
+  the ``K (K + 1) / 2`` weight volumes are inserted with
+  :func:`cryoviz.projection.insert_slices` from residual images zero-padded to
+  twice the box (as :class:`cryoviz.backprojection.FourierAccumulator`), then
+  completed by Hermitian symmetry. ``lambda = ridge * mean diagonal weight``
+  over the used frequencies. The maps are brought back to real space (crop,
+  gridding correction) and low-passed to the E-step limit.
+* ``sigma2(s)`` is the expected residual power ``E |r - A z|^2`` under the
+  previous components (an ECM step, as in class EM).
+* Identifiability: the components are re-expressed in an orthogonal basis
+  ordered by explained variance: with ``U^T = Q R`` and ``R Sbar R^T = E L E^T``
+  (``Sbar`` the mean ``E[z z^T]``), ``U <- (Q E L^1/2)^T``; the prior stays
+  ``N(0, I)``. The sign of each component makes its largest voxel positive.
+
+After the last iteration one more E-step gives the posteriors under the final
+components. The result reports the components as unit-norm orthogonal maps
+(Euclidean norm over the working grid) and ``z`` as coordinates along them
+(``V_i = mean + sum_k z_ik components_k``); ``component_std`` is the prior
+standard deviation of each coordinate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
+from cryoviz.ctf import compute_ctf_2d
+from cryoviz.errors import InputError
+from cryoviz.fourier import (
+    centered_fft3,
+    centered_ifft3,
+    centered_irfft2,
+    centered_rfft2,
+    crop_center,
+    frequency_grid_3d,
+    lowpass_volume,
+    pad_center,
+    phase_shift,
+    shell_index_2d,
+)
+from cryoviz.imaging import apply_shift_and_ctf, gridding_correction, volume_to_fourier
+from cryoviz.io.mrc import atomic_output, write_volume
+from cryoviz.io.particles import ImageSource, ParticleSet
+from cryoviz.projection import slice_frequencies, trilinear_corners
+from cryoviz.reconstruct import half_sets
+
+__all__ = [
+    "PPCAProgress",
+    "PPCAResult",
+    "iter_ppca",
+    "run_ppca",
+    "write_ppca",
+    "eval_ppca",
+    "fourier_crop_volume",
+]
+
+#: Default working box when neither ``box_size`` nor ``resolution_angstrom`` is given.
+DEFAULT_WORK_BOX = 32
+
+#: Default ridge, as a fraction of the mean diagonal M-step weight.
+DEFAULT_RIDGE = 0.05
+
+#: Largest cache of padded CTFs (bytes) kept across iterations.
+CTF_CACHE_BYTES = 512 * 2**20
+
+#: Padding of the Fourier grid of the M-step (as the consensus backprojection).
+PAD_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class PPCAResult:
+    """Consensus map, variability components and latent coordinates.
+
+    Attributes
+    ----------
+    mean_map
+        ``(d, d, d)`` float32 consensus map ``V0`` on the working grid.
+    components
+        ``(K, d, d, d)`` float32 orthogonal unit-norm component maps, ordered by
+        decreasing variance.
+    component_std
+        ``(K,)`` float64 prior standard deviation of each coordinate.
+    z
+        ``(N, K)`` float32 posterior means of the coordinates along
+        ``components`` (``V_i ~ mean_map + sum_k z_ik components_k``).
+    z_covariance
+        ``(N, K, K)`` float32 posterior covariances of the coordinates.
+    sigma2
+        ``(d // 2 + 1,)`` float64 noise variance per shell of the real (and of
+        the imaginary) part of a cropped image's Fourier coefficient (shell 0
+        copies shell 1).
+    log_likelihoods
+        Marginal log-likelihood of every E-step (``n_iterations + 1`` values:
+        one per iteration, then the final E-step).
+    particle_ids
+        ``(N,)`` int64 ids of the particles.
+    pixel_size_angstrom
+        Voxel size of the working grid, Å.
+    resolution_angstrom
+        Resolution limit of the E-step (filter resolution), Å.
+    n_iterations
+        EM iterations run.
+    seconds
+        Wall time.
+    """
+
+    mean_map: torch.Tensor
+    components: torch.Tensor
+    component_std: torch.Tensor
+    z: torch.Tensor
+    z_covariance: torch.Tensor
+    sigma2: torch.Tensor
+    log_likelihoods: tuple[float, ...]
+    particle_ids: np.ndarray
+    pixel_size_angstrom: float
+    resolution_angstrom: float
+    n_iterations: int
+    seconds: float
+
+    @property
+    def n_components(self) -> int:
+        """``K``."""
+        return int(self.components.shape[0])
+
+    @property
+    def z_variance(self) -> torch.Tensor:
+        """``(N, K)`` float32 posterior variances (diagonal of ``z_covariance``)."""
+        return torch.diagonal(self.z_covariance, dim1=-2, dim2=-1).contiguous()
+
+
+@dataclass(frozen=True)
+class PPCAProgress:
+    """State after one EM iteration; the last one carries the :class:`PPCAResult`.
+
+    Attributes
+    ----------
+    iteration
+        1-based iteration number.
+    log_likelihood
+        Marginal log-likelihood of this iteration's E-step (under the components
+        entering the iteration).
+    component_std
+        ``K`` prior standard deviations of the coordinates after the M-step
+        (norms of the orthogonal components).
+    seconds
+        Wall time of the iteration.
+    result
+        The final result on the last iteration, else ``None``.
+    """
+
+    iteration: int
+    log_likelihood: float
+    component_std: tuple[float, ...]
+    seconds: float
+    result: PPCAResult | None = None
+
+
+@dataclass(frozen=True)
+class _Pixels:
+    """Half-plane pixels of the working box used by the E-step."""
+
+    pixels: torch.Tensor  # (P,) flat index into (d, d // 2 + 1)
+    shell: torch.Tensor  # (P,) shell of each pixel
+    weight: torch.Tensor  # (P,) 1, or 1/2 on the Hermitian-redundant columns
+    count: torch.Tensor  # (S,) sum of weights per shell
+    n_shells: int
+
+
+def _pixel_layout(box: int, last_shell: int, device: torch.device | str) -> _Pixels:
+    shells = shell_index_2d(box, rfft=True, device=device)
+    weight = torch.ones(shells.shape, dtype=torch.float64, device=device)
+    weight[:, 0] = 0.5
+    if box % 2 == 0:
+        weight[:, -1] = 0.5
+    keep = ((shells >= 1) & (shells <= last_shell)).reshape(-1)
+    pixels = torch.nonzero(keep).flatten()
+    shell = shells.reshape(-1)[pixels]
+    w = weight.reshape(-1)[pixels]
+    n_shells = box // 2 + 1
+    count = torch.zeros(n_shells, dtype=torch.float64, device=device).index_add_(0, shell, w)
+    return _Pixels(pixels=pixels, shell=shell, weight=w, count=count, n_shells=n_shells)
+
+
+def _is_int(value: object, minimum: int) -> bool:
+    return (not isinstance(value, bool) and isinstance(value, (int, np.integer))
+            and int(value) >= minimum)
+
+
+def _check(particles: ParticleSet, n_components: int, n_iterations: int, batch_size: int,
+           box_size: int | None, resolution_angstrom: float | None, ridge: float) -> None:
+    src = particles.source_path
+    if particles.rotations is None:
+        raise InputError(src, "poses",
+                         "rotations for every particle (variability analysis with known "
+                         "poses)", "none")
+    if not _is_int(n_components, 1):
+        raise InputError(None, "n_components", "an integer >= 1", n_components)
+    if len(particles) < max(2, int(n_components) + 1):
+        raise InputError(src, "particles",
+                         f"at least n_components + 1 = {int(n_components) + 1} particles",
+                         len(particles))
+    if not _is_int(n_iterations, 1):
+        raise InputError(None, "n_iterations", "an integer >= 1", n_iterations)
+    if not _is_int(batch_size, 1):
+        raise InputError(None, "batch_size", "an integer >= 1", batch_size)
+    if box_size is not None and (not _is_int(box_size, 8) or int(box_size) > particles.box_size
+                                 or int(box_size) % 2):
+        raise InputError(None, "box_size",
+                         f"an even integer from 8 to the particle box {particles.box_size}",
+                         box_size)
+    if resolution_angstrom is not None and not (
+            isinstance(resolution_angstrom, (int, float, np.floating))
+            and math.isfinite(resolution_angstrom) and resolution_angstrom > 0):
+        raise InputError(None, "resolution_angstrom", "a positive number of Å",
+                         resolution_angstrom)
+    if not (math.isfinite(ridge) and ridge > 0):
+        raise InputError(None, "ridge", "a positive number", ridge)
+
+
+def fourier_crop_volume(volume: torch.Tensor, box_size: int) -> torch.Tensor:
+    """Fourier-crop a real ``(D, D, D)`` map to ``(d, d, d)`` (pixel size ``* D / d``).
+
+    Voxel values keep their scale (the transform is multiplied by ``(d / D)^3``).
+    """
+    full = int(volume.shape[-1])
+    if box_size == full:
+        return volume.clone()
+    ft = centered_fft3(volume.to(torch.float64))
+    ft = crop_center(ft, box_size, ndim=3) * (box_size / full) ** 3
+    if box_size % 2 == 0:
+        # the cropped Nyquist planes are not Hermitian pairs: drop them
+        ft[0] = 0
+        ft[:, 0] = 0
+        ft[:, :, 0] = 0
+    return centered_ifft3(ft).real.to(volume.dtype)
+
+
+def _crop_images_fourier(images: torch.Tensor, box_size: int) -> torch.Tensor:
+    """Cropped centred half transforms ``(B, d, d // 2 + 1)`` of ``(B, D, D)`` images.
+
+    Scaled by ``(d / D)^2`` so that they are the transforms of the Fourier-downsampled
+    images (real-space values kept).
+    """
+    full = int(images.shape[-1])
+    ft = centered_rfft2(images)
+    if box_size == full:
+        return ft
+    start = full // 2 - box_size // 2
+    ft = ft[:, start:start + box_size, : box_size // 2 + 1] * (box_size / full) ** 2
+    ft[:, 0, :] = 0  # Nyquist row of the cropped box has no Hermitian partner
+    ft[:, :, -1] = 0
+    return ft
+
+
+def _hermitian_mirror(x: torch.Tensor) -> torch.Tensor:
+    """``x(-k)`` over the last three axes of centred ``(..., Dp, Dp, Dp)`` arrays."""
+    size = x.shape[-1]
+    dims = (-3, -2, -1)
+    flipped = torch.flip(x, dims=dims)
+    if size % 2 == 0:
+        flipped = torch.roll(flipped, shifts=(1, 1, 1), dims=dims)
+    return flipped
+
+
+def _corners(rotations: torch.Tensor, box: int, size: int, max_frequency: float | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Trilinear corners of the half-plane slice samples of ``rotations``, computed once.
+
+    The same coordinates as :func:`cryoviz.projection.extract_slices` /
+    :func:`cryoviz.projection.insert_slices`, shared by several volumes.
+
+    Returns
+    -------
+    index, weight, keep
+        ``(M, 8)`` flat voxel indices and weights of the kept samples and the
+        ``(B * H * W,)`` mask of kept samples (``None``: all kept).
+    """
+    k = slice_frequencies(box, rfft=True, device=rotations.device, dtype=torch.float64)
+    q = torch.einsum("bij,hwi->bhwj", rotations.to(torch.float64), k)
+    coords = (q * size + size // 2).reshape(-1, 3)
+    keep = None
+    if max_frequency is not None:
+        keep = torch.linalg.vector_norm(coords - size // 2, dim=-1) / size <= max_frequency
+        coords = coords[keep]
+    index, weight = trilinear_corners(coords, size)
+    return index, weight, keep
+
+
+def _extract_many(volumes: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
+                  shape: tuple[int, int, int]) -> torch.Tensor:
+    """Slices ``(C, B, H, W)`` of ``C`` complex ``(Dp, Dp, Dp)`` volumes (all samples kept)."""
+    n_vol = volumes.shape[0]
+    flat = torch.view_as_real(volumes.reshape(n_vol, -1)).permute(1, 0, 2).reshape(-1, 2 * n_vol)
+    values = (flat[index.reshape(-1)].reshape(*index.shape, -1) * weight[..., None]).sum(dim=1)
+    values = values.reshape(-1, n_vol, 2).permute(1, 0, 2).contiguous()
+    return torch.view_as_complex(values).reshape(n_vol, *shape)
+
+
+def _insert_many(values: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
+                 keep: torch.Tensor | None, out: torch.Tensor) -> None:
+    """Add ``C`` complex slices ``(C, B, H, W)`` into ``out`` ``(C, Dp, Dp, Dp)`` (adjoint)."""
+    n_vol = values.shape[0]
+    vals = torch.view_as_real(values.reshape(n_vol, -1)).permute(1, 0, 2).reshape(-1, 2 * n_vol)
+    if keep is not None:
+        vals = vals[keep]
+    contrib = (weight[..., None] * vals[:, None, :]).reshape(-1, 2 * n_vol)
+    acc = torch.zeros((out[0].numel(), 2 * n_vol), dtype=torch.float64, device=out.device)
+    acc.index_add_(0, index.reshape(-1), contrib)
+    out += torch.view_as_complex(acc.reshape(-1, n_vol, 2).permute(1, 0, 2).contiguous()
+                                 ).reshape(out.shape)
+
+
+def _orthogonalise(components: torch.Tensor, second_moment: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthogonal components ordered by variance, and the map of old to new coordinates.
+
+    Parameters
+    ----------
+    components
+        ``(K, M)`` components (rows), float64.
+    second_moment
+        ``(K, K)`` mean ``E[z z^T]`` of the coordinates.
+
+    Returns
+    -------
+    new_components, transform
+        ``(K, M)`` components with orthogonal rows of decreasing norm and the
+        ``(K, K)`` matrix ``T`` with ``z_new = T z`` (``U^T z = U_new^T z_new``).
+    """
+    q, r = torch.linalg.qr(components.T)  # (M, K), (K, K)
+    cov = r @ second_moment @ r.T
+    cov = 0.5 * (cov + cov.T)
+    evals, evecs = torch.linalg.eigh(cov)
+    order = torch.argsort(evals, descending=True)
+    evals = evals[order].clamp(min=1e-30)
+    evecs = evecs[:, order]
+    new = (q @ evecs * evals.sqrt()).T  # (K, M)
+    # deterministic signs: largest-magnitude entry positive
+    peak = new.abs().argmax(dim=1)
+    sign = torch.sign(new[torch.arange(new.shape[0]), peak])
+    sign[sign == 0] = 1.0
+    new = new * sign[:, None]
+    transform = (sign / evals.sqrt())[:, None] * (evecs.T @ r)
+    return new, transform
+
+
+def iter_ppca(
+    particles: ParticleSet,
+    n_components: int = 2,
+    n_iterations: int = 10,
+    box_size: int | None = None,
+    resolution_angstrom: float | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+    mean_map: torch.Tensor | np.ndarray | None = None,
+    ridge: float = DEFAULT_RIDGE,
+) -> Iterator[PPCAProgress]:
+    """3-D variability analysis (PPCA-EM on a linear subspace), yielding per iteration.
+
+    Parameters
+    ----------
+    particles
+        ``N`` particles with rotations (shifts and CTF used when present).
+    n_components
+        ``K >= 1`` components.
+    n_iterations
+        EM iterations (one pass over the cached cropped transforms each).
+    box_size
+        Working box ``d`` (even, ``8 <= d <= D``). ``None``: the even box whose
+        Nyquist is ``resolution_angstrom`` if given, at most ``D``; else
+        ``min(D, 32)``.
+    resolution_angstrom
+        Filter resolution (Å): the E-step uses Fourier pixels up to it and the
+        components are low-passed to it. ``None``: the working Nyquist.
+    batch_size
+        Particles per batch.
+    seed
+        Seed of the random initial components (and of the half split of the
+        consensus map when the particles have none).
+    device
+        Torch device.
+    mean_map
+        Optional consensus map ``(D, D, D)`` (particle box, cropped to the
+        working box) or ``(d, d, d)``; ``None``: gold-standard Wiener
+        backprojection of the cropped particles.
+    ridge
+        Ridge of the M-step normal equations, as a fraction of the mean
+        diagonal weight over the used frequencies.
+
+    Yields
+    ------
+    PPCAProgress
+        One per iteration; the last carries the :class:`PPCAResult`.
+
+    Raises
+    ------
+    InputError
+        Missing poses, ``n_components < 1``, bad ``n_iterations`` /
+        ``batch_size`` / ``box_size`` / ``resolution_angstrom`` or a
+        ``mean_map`` of the wrong shape.
+    """
+    _check(particles, n_components, n_iterations, batch_size, box_size, resolution_angstrom,
+           ridge)
+    start_time = time.perf_counter()
+    k_comp = int(n_components)
+    n = len(particles)
+    full_box = particles.box_size
+    apix = particles.pixel_size_angstrom
+    if box_size is None:
+        if resolution_angstrom is not None:
+            wanted = 2 * math.ceil(full_box * apix / resolution_angstrom)
+            box_size = int(min(full_box - full_box % 2, max(8, wanted)))
+        else:
+            box_size = int(min(full_box - full_box % 2, DEFAULT_WORK_BOX))
+    d = int(box_size)
+    apix_w = apix * full_box / d
+    if resolution_angstrom is None:
+        resolution_angstrom = 2.0 * apix_w
+    k_max = min(0.5, apix_w / float(resolution_angstrom))
+    last_shell = int(math.floor(k_max * d + 1e-9))
+    if last_shell < 1:
+        raise InputError(None, "resolution_angstrom",
+                         f"at most {d * apix_w:g} Å (the box)", resolution_angstrom)
+    if mean_map is not None:
+        shape = tuple(np.shape(mean_map))
+        if shape not in ((full_box,) * 3, (d,) * 3):
+            raise InputError(None, "mean_map", f"shape ({full_box},)*3 or ({d},)*3", shape)
+        if not bool(torch.isfinite(torch.as_tensor(np.asarray(mean_map))).all()):
+            raise InputError(None, "mean_map", "finite values", "NaN or inf")
+
+    layout = _pixel_layout(d, last_shell, device)
+    rotations = torch.as_tensor(np.asarray(particles.rotations), dtype=torch.float64)
+    shifts = (None if particles.shifts_angstrom is None else
+              torch.as_tensor(np.asarray(particles.shifts_angstrom), dtype=torch.float64))
+    ctf_all = particles.ctf
+    halves = half_sets(particles, seed)
+
+    # pass 0: cropped transforms (cached) and, without a mean map, the consensus
+    cache = torch.zeros((n, d, d // 2 + 1), dtype=torch.complex64)
+    # per-particle CTF x shift factors of the working box, and the padded CTF
+    # when it fits in CTF_CACHE_BYTES (else recomputed per batch)
+    modulation = torch.zeros((n, d, d // 2 + 1), dtype=torch.complex64)
+    padded = int(round(PAD_FACTOR * d))
+    padded_ctf = None
+    if ctf_all is not None and n * padded * (padded // 2 + 1) * 4 <= CTF_CACHE_BYTES:
+        padded_ctf = torch.zeros((n, padded, padded // 2 + 1), dtype=torch.float32)
+    consensus = None if mean_map is not None else [
+        FourierAccumulator(d, PAD_FACTOR, device) for _ in (0, 1)]
+    with ImageSource(particles) as source:
+        for start in range(0, n, batch_size):
+            index = np.arange(start, min(n, start + batch_size))
+            ft = _crop_images_fourier(source.images(index).to(device, torch.float64), d)
+            sel = torch.as_tensor(index)
+            cache[sel] = ft.to(torch.complex64).cpu()
+            ones = torch.ones(ft.shape, dtype=torch.complex128, device=device)
+            modulation[sel] = apply_shift_and_ctf(
+                ones, apix_w, None if shifts is None else shifts[sel].to(device),
+                None if ctf_all is None else ctf_all.subset(sel)).to(torch.complex64).cpu()
+            if padded_ctf is not None:
+                padded_ctf[sel] = compute_ctf_2d(
+                    ctf_all.subset(sel), padded, apix_w, rfft=True, dtype=torch.float32,
+                    device=device).cpu()
+            if consensus is not None:
+                small = centered_irfft2(ft, d)
+                for h in (0, 1):
+                    local = np.flatnonzero(halves[index] == h)
+                    if len(local) == 0:
+                        continue
+                    sel = torch.as_tensor(index[local])
+                    consensus[h].add(
+                        small[torch.as_tensor(local)], rotations[sel], apix_w,
+                        None if shifts is None else shifts[sel],
+                        None if ctf_all is None else ctf_all.subset(sel))
+    if consensus is not None:
+        v0 = gold_standard_maps(consensus)[0].to(torch.float64)
+    else:
+        v0 = torch.as_tensor(np.asarray(mean_map), dtype=torch.float64)
+        if v0.shape[-1] != d:
+            v0 = fourier_crop_volume(v0, d)
+    v0 = v0.to(device)
+    v0_ft = volume_to_fourier(v0, PAD_FACTOR)
+
+    # seeded random initial components, low-passed, small against the mean map
+    generator = torch.Generator().manual_seed(seed)
+    init = torch.randn((k_comp, d, d, d), generator=generator, dtype=torch.float64)
+    init = torch.stack([lowpass_volume(m, resolution_angstrom, apix_w) for m in init])
+    init = init * (0.1 * float(v0.norm()) / init.flatten(1).norm(dim=1)).reshape(-1, 1, 1, 1)
+    components = init.to(device)
+
+    kz, ky, kx = frequency_grid_3d(padded, device=device, dtype=torch.float64)
+    inside = torch.sqrt(kz**2 + ky**2 + kx**2) <= k_max
+    grid_corr = gridding_correction(d, padded, torch.float64, device)
+    pairs = [(a, b) for a in range(k_comp) for b in range(a, k_comp)]
+    sigma2: torch.Tensor | None = None
+    eye = torch.eye(k_comp, dtype=torch.float64, device=device)
+
+    def batch_terms(index: np.ndarray, volumes_ft: torch.Tensor):
+        """Residuals ``(B, d, d // 2 + 1)`` and component slices ``(B, K, P)``."""
+        sel = torch.as_tensor(index)
+        rot = rotations[sel].to(device)
+        sh = None if shifts is None else shifts[sel].to(device)
+        ctf = None if ctf_all is None else ctf_all.subset(sel)
+        x = cache[sel].to(device, torch.complex128)
+        idx, wgt, _ = _corners(rot, d, padded)
+        slices = _extract_many(volumes_ft, idx, wgt, (len(index), d, d // 2 + 1))
+        slices = slices * modulation[sel].to(device, torch.complex128)
+        resid = x - slices[0]
+        comp = slices[1:].permute(1, 0, 2, 3).reshape(len(index), len(slices) - 1, d * (d // 2 + 1))
+        return sel, rot, sh, ctf, resid, comp[:, :, layout.pixels]
+
+    def posterior(slices: torch.Tensor, r: torch.Tensor, noise: torch.Tensor):
+        wsig = layout.weight / noise[layout.shell]  # (P,)
+        gram = torch.einsum("bkp,blp,p->bkl", slices.conj(), slices, wsig.to(slices.dtype)).real
+        lam = eye + gram
+        b = torch.einsum("bkp,bp,p->bk", slices.conj(), r, wsig.to(slices.dtype)).real
+        chol = torch.linalg.cholesky(lam)
+        mu = torch.cholesky_solve(b[..., None], chol)[..., 0]
+        cov = torch.cholesky_inverse(chol)
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(dim=-1)
+        constant = float((layout.weight * torch.log(2.0 * math.pi * noise[layout.shell])).sum())
+        ll = (-0.5 * ((r.real**2 + r.imag**2) * wsig).sum(dim=-1) - constant
+              + 0.5 * (b * mu).sum(dim=-1) - 0.5 * logdet)
+        # expected residual power per pixel E|r - A z|^2
+        fitted = torch.einsum("bkp,bk->bp", slices, mu.to(slices.dtype))
+        spread = torch.einsum("bkp,blp,bkl->bp", slices.conj(), slices,
+                              cov.to(slices.dtype)).real
+        power = (r - fitted).abs() ** 2 + spread
+        return mu, cov, ll, power
+
+    def shell_sum(power: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(layout.n_shells, dtype=torch.float64, device=device)
+        return out.index_add_(0, layout.shell, (power * layout.weight).sum(dim=0))
+
+    # initial noise: residual power after the consensus
+    total = torch.zeros(layout.n_shells, dtype=torch.float64, device=device)
+    for start in range(0, n, batch_size):
+        index = np.arange(start, min(n, start + batch_size))
+        _, _, _, _, resid, _ = batch_terms(index, v0_ft[None])
+        r = resid.reshape(len(index), -1)[:, layout.pixels]
+        total += shell_sum(r.real**2 + r.imag**2)
+    sigma2 = _finish_sigma2(total, layout, n)
+
+    log_likelihoods: list[float] = []
+    mu_all = torch.zeros((n, k_comp), dtype=torch.float64)
+    cov_all = torch.zeros((n, k_comp, k_comp), dtype=torch.float64)
+    for iteration in range(1, n_iterations + 2):
+        final = iteration == n_iterations + 1
+        iter_start = time.perf_counter()
+        volumes_ft = torch.stack([v0_ft] + [volume_to_fourier(u, PAD_FACTOR) for u in components])
+        accumulators = torch.zeros((k_comp + (len(pairs) + 1) // 2, padded, padded, padded),
+                                   dtype=torch.complex128, device=device)
+        residual_power = torch.zeros(layout.n_shells, dtype=torch.float64, device=device)
+        second = torch.zeros((k_comp, k_comp), dtype=torch.float64, device=device)
+        total_ll = 0.0
+        for start in range(0, n, batch_size):
+            index = np.arange(start, min(n, start + batch_size))
+            sel, rot, sh, ctf, resid, slices = batch_terms(index, volumes_ft)
+            r = resid.reshape(len(index), -1)[:, layout.pixels]
+            mu, cov, ll, power = posterior(slices, r, sigma2)
+            total_ll += float(ll.sum())
+            residual_power += shell_sum(power)
+            mu_all[sel] = mu.cpu()
+            cov_all[sel] = cov.cpu()
+            moment = cov + mu[:, :, None] * mu[:, None, :]  # (B, K, K)
+            second += moment.sum(dim=0)
+            if final:
+                continue
+            # M-step sums from residual images padded to the Fourier grid
+            big = centered_rfft2(pad_center(centered_irfft2(resid, d), padded, ndim=2))
+            if sh is not None:
+                big = phase_shift(big, -sh / apix_w, padded, rfft=True)
+            if padded_ctf is not None:
+                values = padded_ctf[sel].to(device, torch.float64)
+            elif ctf is not None:
+                values = compute_ctf_2d(ctf, padded, apix_w, rfft=True,
+                                        dtype=torch.float64, device=device)
+            else:
+                values = torch.ones(big.shape, dtype=torch.float64, device=device)
+            big = big * values
+            ctf2 = values**2
+            # right-hand sides and weight volumes (packed two per complex channel)
+            channels = [big * mu[:, k, None, None] for k in range(k_comp)]
+            for j in range(0, len(pairs), 2):
+                real = ctf2 * moment[:, pairs[j][0], pairs[j][1], None, None]
+                imag = (ctf2 * moment[:, pairs[j + 1][0], pairs[j + 1][1], None, None]
+                        if j + 1 < len(pairs) else torch.zeros_like(real))
+                channels.append(torch.complex(real, imag))
+            idx, wgt, keep = _corners(rot, padded, padded, k_max)
+            _insert_many(torch.stack(channels), idx, wgt, keep, accumulators)
+        log_likelihoods.append(total_ll)
+        if final:
+            break
+        sigma2 = _finish_sigma2(residual_power, layout, n)
+        components = _solve_components(accumulators[:k_comp], accumulators[k_comp:], pairs,
+                                       k_comp, inside, ridge, d, grid_corr)
+        components = torch.stack([lowpass_volume(u, resolution_angstrom, apix_w)
+                                  for u in components]) if k_max < 0.5 else components
+        new, _ = _orthogonalise(components.reshape(k_comp, -1), second / n)
+        components = new.reshape(k_comp, d, d, d)
+        norms = components.flatten(1).norm(dim=1)
+        yield_progress = PPCAProgress(
+            iteration=iteration, log_likelihood=total_ll,
+            component_std=tuple(float(v) for v in norms),
+            seconds=time.perf_counter() - iter_start,
+        )
+        if iteration < n_iterations:
+            yield yield_progress
+            continue
+        last_progress = yield_progress
+
+    norms = components.flatten(1).norm(dim=1).cpu()
+    unit = (components.cpu() / norms.reshape(-1, 1, 1, 1)).to(torch.float32)
+    z = mu_all * norms
+    z_cov = cov_all * norms[:, None] * norms[None, :]
+    result = PPCAResult(
+        mean_map=v0.cpu().to(torch.float32),
+        components=unit,
+        component_std=norms.clone(),
+        z=z.to(torch.float32),
+        z_covariance=z_cov.to(torch.float32),
+        sigma2=sigma2.cpu(),
+        log_likelihoods=tuple(log_likelihoods),
+        particle_ids=np.asarray(
+            np.arange(n) if particles.particle_ids is None else particles.particle_ids,
+            dtype=np.int64).copy(),
+        pixel_size_angstrom=apix_w,
+        resolution_angstrom=float(resolution_angstrom),
+        n_iterations=n_iterations,
+        seconds=time.perf_counter() - start_time,
+    )
+    yield PPCAProgress(
+        iteration=last_progress.iteration, log_likelihood=last_progress.log_likelihood,
+        component_std=last_progress.component_std,
+        seconds=last_progress.seconds + time.perf_counter() - iter_start,
+        result=result,
+    )
+
+
+def _finish_sigma2(power: torch.Tensor, layout: _Pixels, n: int) -> torch.Tensor:
+    """Per-shell noise variance from summed residual power; unused shells copy neighbours."""
+    sigma2 = power / (2.0 * n * layout.count.clamp(min=1e-30))
+    used = layout.count > 0
+    values = sigma2[used]
+    first = int(torch.nonzero(used).flatten()[0])
+    last = int(torch.nonzero(used).flatten()[-1])
+    sigma2[:first] = values[0]
+    sigma2[last + 1:] = values[-1]
+    return sigma2.clamp(min=1e-30 * float(values.max()))
+
+
+def _solve_components(rhs: torch.Tensor, weights: torch.Tensor, pairs: list[tuple[int, int]],
+                      k_comp: int, inside: torch.Tensor, ridge: float, d: int,
+                      grid_corr: torch.Tensor) -> torch.Tensor:
+    """Per-voxel ``K x K`` solves on the padded grid, back to ``(K, d, d, d)`` real maps."""
+    rhs = rhs + torch.conj(_hermitian_mirror(rhs))
+    # unpack the weight volumes (two per complex accumulator)
+    packed = weights
+    weights = torch.cat([packed.real, packed.imag])[
+        [j // 2 + (len(packed) if j % 2 else 0) for j in range(len(pairs))]]
+    weights = weights + _hermitian_mirror(weights)
+    padded = rhs.shape[-1]
+    matrix = torch.zeros((padded, padded, padded, k_comp, k_comp), dtype=torch.float64,
+                         device=rhs.device)
+    for j, (a, b) in enumerate(pairs):
+        matrix[..., a, b] = weights[j]
+        matrix[..., b, a] = weights[j]
+    diag = torch.diagonal(matrix, dim1=-2, dim2=-1)[inside]
+    lam = ridge * float(diag.mean().clamp(min=1e-30))
+    matrix = matrix + lam * torch.eye(k_comp, dtype=torch.float64, device=rhs.device)
+    b = rhs.permute(1, 2, 3, 0)[inside]  # (M, K)
+    sol = torch.linalg.solve(matrix[inside].to(torch.complex128), b[..., None])[..., 0]
+    full = torch.zeros((padded, padded, padded, k_comp), dtype=torch.complex128,
+                       device=rhs.device)
+    full[inside] = sol
+    maps = centered_ifft3(full.permute(3, 0, 1, 2)).real
+    maps = crop_center(maps, d, ndim=3) / grid_corr
+    return maps
+
+
+def run_ppca(particles: ParticleSet, **kwargs) -> PPCAResult:
+    """Run :func:`iter_ppca` to the end and return its result."""
+    last = deque(iter_ppca(particles, **kwargs), maxlen=1)
+    return last[0].result
+
+
+def eval_ppca(result: PPCAResult, z: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Maps ``mean + sum_k z_k components_k`` at latent points.
+
+    Parameters
+    ----------
+    result
+        A variability analysis.
+    z
+        ``(K,)`` or ``(M, K)`` coordinates (in the units of ``result.z``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(M, d, d, d)`` float32 maps (``M = 1`` for a single point).
+    """
+    points = torch.as_tensor(np.asarray(z), dtype=torch.float32)
+    if points.ndim == 1:
+        points = points[None]
+    if points.ndim != 2 or points.shape[1] != result.n_components:
+        raise InputError(None, "z", f"(M, {result.n_components}) coordinates",
+                         tuple(points.shape))
+    maps = torch.einsum("mk,kzyx->mzyx", points, result.components)
+    return result.mean_map[None] + maps
+
+
+def write_ppca(result: PPCAResult, output_dir: str | Path) -> dict:
+    """Write the variability analysis (all files atomically).
+
+    * ``volumes/mean.mrc`` and ``volumes/component_<k>.mrc`` (unit-norm maps) with
+      the working voxel size;
+    * ``latents.npz``: ``mu`` ``(N, K)`` float32 posterior means, ``var``
+      ``(N, K)`` float32 posterior variances, ``covariance`` ``(N, K, K)``,
+      ``particle_ids`` ``(N,)`` int64;
+    * ``z.pkl``: the ``(N, K)`` float32 means as a pickled array (cryoDRGN's
+      ``z.pkl`` layout);
+    * ``metrics.json``: sizes, component standard deviations, log-likelihood per
+      iteration, ``sigma2``.
+
+    Parameters
+    ----------
+    result
+        The analysis.
+    output_dir
+        Folder (created).
+
+    Returns
+    -------
+    dict
+        The metrics written.
+    """
+    out = Path(output_dir)
+    (out / "volumes").mkdir(parents=True, exist_ok=True)
+    apix = result.pixel_size_angstrom
+    write_volume(out / "volumes" / "mean.mrc", result.mean_map.numpy(), apix)
+    for k in range(result.n_components):
+        write_volume(out / "volumes" / f"component_{k}.mrc", result.components[k].numpy(), apix)
+    mu = result.z.numpy().astype(np.float32)
+    with atomic_output(out / "latents.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, mu=mu, var=result.z_variance.numpy().astype(np.float32),
+                 covariance=result.z_covariance.numpy().astype(np.float32),
+                 particle_ids=result.particle_ids)
+    with atomic_output(out / "z.pkl") as tmp, open(tmp, "wb") as handle:
+        pickle.dump(mu, handle)
+    metrics = {
+        "n_components": result.n_components,
+        "n_particles": int(mu.shape[0]),
+        "n_iterations": result.n_iterations,
+        "box_size": int(result.mean_map.shape[-1]),
+        "pixel_size_angstrom": apix,
+        "resolution_angstrom": result.resolution_angstrom,
+        "seconds": result.seconds,
+        "component_std": [float(v) for v in result.component_std],
+        "log_likelihood_per_iteration": list(result.log_likelihoods),
+        "sigma2_per_shell": [float(v) for v in result.sigma2],
+    }
+    with atomic_output(out / "metrics.json") as tmp:
+        Path(tmp).write_text(json.dumps(metrics, indent=2))
+    return metrics
