@@ -201,12 +201,23 @@ def _tensor(array: np.ndarray | None, device) -> torch.Tensor | None:
 
 
 def _data_scales(batches: ParticleBatches, inside: torch.Tensor) -> tuple[float, float]:
-    """RMS of the image transforms within Nyquist and the real-space std (first images)."""
-    index = np.arange(min(batches.n, 512))
-    images = batches.read(index)
-    ft = centered_rfft2(images)
-    power = float((ft.abs() ** 2)[:, inside].mean())
-    return math.sqrt(max(power, 1e-30)), float(images.std().clamp(min=1e-12))
+    """RMS of the image transforms within Nyquist and the real-space std (first images).
+
+    Read in batches of 64 so that memory stays bounded for large boxes.
+    """
+    n_images = min(batches.n, 512)
+    power_sum, value_sum, square_sum, count = 0.0, 0.0, 0.0, 0
+    for start in range(0, n_images, 64):
+        images = batches.read(np.arange(start, min(n_images, start + 64))).double()
+        power_sum += float((centered_rfft2(images).abs() ** 2)[:, inside].sum())
+        value_sum += float(images.sum())
+        square_sum += float((images**2).sum())
+        count += int(images.shape[0])
+    power = power_sum / (count * int(inside.sum()))
+    pixels = count * batches.box_size**2
+    variance = max(square_sum / pixels - (value_sum / pixels) ** 2, 0.0) * pixels / max(
+        pixels - 1, 1)
+    return math.sqrt(max(power, 1e-30)), max(math.sqrt(variance), 1e-12)
 
 
 def _check_particles(particles: ParticleSet) -> None:
