@@ -217,7 +217,50 @@ def bench_gaussians(
     }
 
 
+def markdown(res: dict) -> str:
+    """The docs/benchmarks.md table for a results JSON (``--markdown JSON`` prints it)."""
+    m = res["machine"]
+    lines = [
+        f"Machine: {m['platform']}; CPU `{m['cpu_model']}`, {m['cpu_cores']} cores "
+        f"(torch threads {m['torch_num_threads']}); torch {m['torch_version']}; device "
+        f"{m['device']} ({m['device_name']}); date {m['date_utc']}; load average "
+        f"(1/5/15 min) {m['load_average_start']} at start, {m['load_average_end']} at end.",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        "| operation | box | batch | images/s (median wall) | median s / batch (min–max) "
+        "| process CPU s / batch |",
+        "|---|---|---|---|---|---|",
+    ]
+    names = {
+        "forward": "forward model `forward_fourier` (slice + shift + CTF)",
+        "backproject": "backprojection `FourierAccumulator.add`",
+        "gaussians": "Gaussian projection `project_gaussians_fourier` (4ake)",
+    }
+    for key, label in names.items():
+        for r in res["results"][key]:
+            t = r["batch_time"]
+            extra = f" ({r['n_components']} Gaussians)" if key == "gaussians" else ""
+            lines.append(
+                f"| {label}{extra} | {r['box']} | {r['batch']} | {r['images_per_s']:.1f} | "
+                f"{t['median_s']:.3f} ({t['min_s']:.3f}–{t['max_s']:.3f}) | "
+                f"{t['median_process_cpu_s']:.3f} |"
+            )
+    for r in res["results"]["forward"]:
+        t = r["volume_to_fourier_time"]
+        lines.append(
+            f"| `volume_to_fourier` (once per map; {r['volume_ft_shape'][0]}³ padded) | "
+            f"{r['box']} | – | – | {t['median_s']:.3f} ({t['min_s']:.3f}–{t['max_s']:.3f}) | "
+            f"{t['median_process_cpu_s']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--markdown"]:
+        print(markdown(json.loads(Path(argv[1]).read_text())), end="")
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median)")
