@@ -427,6 +427,7 @@ def _truncate_log(path: Path, last_epoch: int) -> None:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def encode_all(encoder: torch.nn.Module, batches: ParticleBatches,
                device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
     """Latent means ``(N, L)`` and log-variances ``(N, L)`` (or None) of every particle."""
