@@ -21,6 +21,7 @@ from cryoviz.fourier import (
     centered_rfft2,
     crop_center,
     frequency_grid_3d,
+    hermitian_mirror,
     pad_center,
     phase_shift,
 )
@@ -34,16 +35,6 @@ __all__ = [
     "wiener_regularizer",
     "gold_standard_maps",
 ]
-
-
-def _hermitian_mirror(x: torch.Tensor) -> torch.Tensor:
-    """``x(-k)`` for a centred ``(Dp, Dp, Dp)`` array."""
-    size = x.shape[-1]
-    dims = (-3, -2, -1)
-    flipped = torch.flip(x, dims=dims)
-    if size % 2 == 0:
-        flipped = torch.roll(flipped, shifts=(1, 1, 1), dims=dims)
-    return flipped
 
 
 @dataclass
@@ -139,8 +130,8 @@ class FourierAccumulator:
 
     def symmetrized(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Data and weight completed by Hermitian symmetry (half planes were inserted)."""
-        data = self.data + torch.conj(_hermitian_mirror(self.data))
-        weight = self.weight + _hermitian_mirror(self.weight)
+        data = self.data + torch.conj(hermitian_mirror(self.data))
+        weight = self.weight + hermitian_mirror(self.weight)
         return data, weight
 
     def shell_radius(self) -> torch.Tensor:

@@ -37,6 +37,7 @@ __all__ = [
     "pad_center",
     "crop_center",
     "lowpass_volume",
+    "hermitian_mirror",
     "real_dtype_of",
     "complex_dtype_of",
 ]
@@ -266,3 +267,18 @@ def lowpass_volume(
     t = ((radius_shells - cutoff_shells) / edge_width_px).clamp(0.0, 1.0)
     filt = 0.5 * (1.0 + torch.cos(math.pi * t))
     return centered_ifft3(centered_fft3(volume) * filt).real
+
+
+def hermitian_mirror(x: torch.Tensor) -> torch.Tensor:
+    """``x(-k)`` over the last three axes of centred ``(..., Dp, Dp, Dp)`` arrays.
+
+    With the zero frequency at ``Dp // 2``, index ``i`` maps to ``Dp - i`` for even
+    ``Dp`` (the ``-Dp/2`` plane maps onto itself, periodically) and to
+    ``Dp - 1 - i`` for odd ``Dp``.
+    """
+    size = x.shape[-1]
+    dims = (-3, -2, -1)
+    flipped = torch.flip(x, dims=dims)
+    if size % 2 == 0:
+        flipped = torch.roll(flipped, shifts=(1, 1, 1), dims=dims)
+    return flipped

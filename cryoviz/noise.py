@@ -7,11 +7,20 @@ taken over the whole box and averaged over the particles of the batch, and
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from cryoviz.fourier import centered_irfft2, centered_rfft2, shell_index_2d
 
-__all__ = ["noise_sigma_for_snr", "add_white_noise", "per_shell_power", "sample_shell_noise"]
+__all__ = [
+    "noise_sigma_for_snr",
+    "add_white_noise",
+    "per_shell_power",
+    "sample_shell_noise",
+    "HalfPlaneShells",
+    "half_plane_shells",
+]
 
 
 def noise_sigma_for_snr(clean_images: torch.Tensor, snr: float) -> float:
@@ -79,3 +88,59 @@ def sample_shell_noise(
     shells = shell_index_2d(box, rfft=True).clamp(max=shell_sigma2.numel() - 1)
     scale = shell_sigma2.to(dtype)[shells].sqrt()
     return centered_irfft2(centered_rfft2(white) * scale, box)
+
+
+@dataclass(frozen=True)
+class HalfPlaneShells:
+    """Pixels of a centred half (rfft) image transform grouped by Fourier shell.
+
+    Per-shell Gaussian likelihoods over the half plane count each independent
+    coefficient once: the ``kx = 0`` column (and ``kx = D/2`` for even ``D``) holds
+    both members of Hermitian pairs, so it gets weight 1/2.
+
+    Attributes
+    ----------
+    pixels
+        ``(P,)`` flat indices into the ``(D, D // 2 + 1)`` half plane (shell 0 left out).
+    shell
+        ``(P,)`` shell of each kept pixel.
+    weight
+        ``(P,)`` 1, or 1/2 on the Hermitian-redundant columns.
+    count
+        ``(D // 2 + 1,)`` sum of weights per shell.
+    n_shells
+        ``D // 2 + 1``.
+    """
+
+    pixels: torch.Tensor
+    shell: torch.Tensor
+    weight: torch.Tensor
+    count: torch.Tensor
+    n_shells: int
+
+    def sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Weighted per-shell sums ``(..., S)`` of ``(..., D, D // 2 + 1)`` real values."""
+        flat = values.reshape(*values.shape[:-2], -1)[..., self.pixels] * self.weight
+        out = torch.zeros((*flat.shape[:-1], self.n_shells), dtype=flat.dtype,
+                          device=flat.device)
+        return out.index_add_(-1, self.shell, flat)
+
+
+def half_plane_shells(
+    box_size: int, last_shell: int | None = None, device: torch.device | str | None = None
+) -> HalfPlaneShells:
+    """The :class:`HalfPlaneShells` of shells ``1 .. last_shell`` (default ``D // 2``)."""
+    n_shells = box_size // 2 + 1
+    last = n_shells - 1 if last_shell is None else int(last_shell)
+    shells = shell_index_2d(box_size, rfft=True, device=device)
+    weight = torch.ones(shells.shape, dtype=torch.float64, device=device)
+    weight[:, 0] = 0.5
+    if box_size % 2 == 0:
+        weight[:, -1] = 0.5
+    keep = ((shells >= 1) & (shells <= last)).reshape(-1)
+    pixels = torch.nonzero(keep).flatten()
+    shell = shells.reshape(-1)[pixels]
+    w = weight.reshape(-1)[pixels]
+    count = torch.zeros(n_shells, dtype=torch.float64, device=device).index_add_(0, shell, w)
+    return HalfPlaneShells(pixels=pixels, shell=shell, weight=w, count=count,
+                           n_shells=n_shells)

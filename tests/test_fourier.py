@@ -174,3 +174,12 @@ def test_lowpass_volume_keeps_low_kills_high(box):
     out_mid = lowpass_volume(mid.clone(), 4.0, 1.0)
     gain = float((out_mid * mid).sum() / (mid * mid).sum())
     assert 0.0 < gain < 1.0
+
+
+@pytest.mark.parametrize("box", [8, 9])
+def test_hermitian_mirror_of_a_real_volume_transform_is_its_conjugate(box):
+    from cryoviz.fourier import hermitian_mirror
+
+    gen = torch.Generator().manual_seed(5)
+    ft = centered_fft3(torch.randn(box, box, box, generator=gen, dtype=torch.float64))
+    assert torch.allclose(hermitian_mirror(ft), ft.conj(), atol=1e-10)

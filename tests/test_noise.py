@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cryoviz.fourier import shell_index_2d
+from cryoviz.fourier import centered_rfft2, shell_index_2d
 from cryoviz.imaging import render_images
 from cryoviz.noise import add_white_noise, noise_sigma_for_snr, per_shell_power, sample_shell_noise
 from tests._phantoms import blob_volume, random_blobs, random_rotations
@@ -78,3 +78,20 @@ def test_sample_shell_noise_has_requested_spectrum(box):
     flat = sample_shell_noise((200, box, box), torch.full((n_shells,), 0.5, dtype=torch.float64),
                               generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     assert float(flat.var()) == pytest.approx(0.5, rel=0.05)
+
+
+@pytest.mark.parametrize("box", [16, 17])
+def test_half_plane_shells_weight_each_coefficient_once(box):
+    from cryoviz.noise import half_plane_shells
+
+    layout = half_plane_shells(box)
+    gen = torch.Generator().manual_seed(2)
+    images = torch.randn(400, box, box, generator=gen, dtype=torch.float64)
+    ft = centered_rfft2(images)
+    per_shell = layout.sums(ft.abs() ** 2).mean(dim=0) / layout.count.clamp(min=1e-30)
+    # white noise of variance 1: every coefficient has power D^2
+    inner = per_shell[1: box // 2]
+    assert torch.allclose(inner, torch.full_like(inner, box**2), rtol=0.1)
+    assert float(layout.count[0]) == 0.0
+    limited = half_plane_shells(box, last_shell=3)
+    assert int(limited.shell.max()) == 3 and float(limited.count[4:].sum()) == 0.0

@@ -81,11 +81,12 @@ import torch
 
 from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
 from cryoviz.errors import InputError
-from cryoviz.fourier import lowpass_volume, shell_index_2d
+from cryoviz.fourier import lowpass_volume
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.metrics.fsc import FSCCurve
+from cryoviz.noise import half_plane_shells
 from cryoviz.reconstruct import half_sets
 
 __all__ = [
@@ -213,40 +214,6 @@ class ClassEMProgress:
     result: ClassEMResult | None = None
 
 
-@dataclass(frozen=True)
-class _Shells:
-    """Half-plane Fourier pixel layout used by the likelihood."""
-
-    index: torch.Tensor  # (P,) shell of each kept pixel
-    pixels: torch.Tensor  # (P,) flat index into the (D, D // 2 + 1) half plane
-    weight: torch.Tensor  # (P,) 1, or 1/2 on the Hermitian-redundant columns
-    count: torch.Tensor  # (S,) sum of weights per shell (shell 0 empty)
-    n_shells: int
-
-
-def _shell_layout(box: int, device: torch.device | str) -> _Shells:
-    shells = shell_index_2d(box, rfft=True, device=device)
-    weight = torch.ones(shells.shape, dtype=torch.float64, device=device)
-    weight[:, 0] = 0.5
-    if box % 2 == 0:
-        weight[:, -1] = 0.5
-    n_shells = box // 2 + 1
-    keep = ((shells >= 1) & (shells < n_shells)).reshape(-1)
-    pixels = torch.nonzero(keep).flatten()
-    index = shells.reshape(-1)[pixels]
-    w = weight.reshape(-1)[pixels]
-    count = torch.zeros(n_shells, dtype=torch.float64, device=device).index_add_(0, index, w)
-    return _Shells(index=index, pixels=pixels, weight=w, count=count, n_shells=n_shells)
-
-
-def _shell_sums(power: torch.Tensor, layout: _Shells) -> torch.Tensor:
-    """Weighted per-shell sums ``(..., S)`` of ``(..., D, D // 2 + 1)`` real values."""
-    flat = power.reshape(*power.shape[:-2], -1)[..., layout.pixels] * layout.weight
-    out = torch.zeros((*flat.shape[:-1], layout.n_shells), dtype=flat.dtype,
-                      device=flat.device)
-    return out.index_add_(-1, layout.index, flat)
-
-
 def _check(particles: ParticleSet, n_classes: int, n_iterations: int, batch_size: int,
            initial_maps: torch.Tensor | np.ndarray | None) -> None:
     src = particles.source_path
@@ -361,7 +328,7 @@ def iter_class_em(
     halves = half_sets(particles, seed)
     rotations = _tensor(particles.rotations)
     shifts = _tensor(particles.shifts_angstrom)
-    layout = _shell_layout(box, device)
+    layout = half_plane_shells(box, device=device)
     cap_shell = layout.n_shells - 1
     if resolution_limit_angstrom is not None:
         if not resolution_limit_angstrom > 0:
@@ -421,7 +388,7 @@ def iter_class_em(
         initialisation = "initial_maps"
     for index, images in batches():
         ft = images_to_fourier(images.to(device, torch.float64))
-        power += _shell_sums(ft.real**2 + ft.imag**2, layout).sum(dim=0)
+        power += layout.sums(ft.real**2 + ft.imag**2).sum(dim=0)
         if accs is not None:
             onehot = torch.nn.functional.one_hot(
                 torch.as_tensor(previous_best[index]), k_classes).to(torch.float64)
@@ -467,7 +434,7 @@ def iter_class_em(
             rot = rotations[sel].to(device, torch.float64)
             sh = None if shifts is None else shifts[sel].to(device, torch.float64)
             res = torch.stack([
-                _shell_sums((x - forward_fourier(v, rot, box, apix, sh, ctf)).abs() ** 2, layout)
+                layout.sums((x - forward_fourier(v, rot, box, apix, sh, ctf)).abs() ** 2)
                 for v in maps_ft
             ], dim=1)  # (B, K, S)
             log_lik = -(res * inv_two_sigma2).sum(dim=-1) - constant  # (B, K)

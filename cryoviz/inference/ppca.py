@@ -103,14 +103,15 @@ from cryoviz.fourier import (
     centered_rfft2,
     crop_center,
     frequency_grid_3d,
+    hermitian_mirror,
     lowpass_volume,
     pad_center,
     phase_shift,
-    shell_index_2d,
 )
 from cryoviz.imaging import apply_shift_and_ctf, gridding_correction, volume_to_fourier
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
+from cryoviz.noise import HalfPlaneShells, half_plane_shells
 from cryoviz.projection import slice_frequencies, trilinear_corners
 from cryoviz.reconstruct import half_sets
 
@@ -225,32 +226,6 @@ class PPCAProgress:
     result: PPCAResult | None = None
 
 
-@dataclass(frozen=True)
-class _Pixels:
-    """Half-plane pixels of the working box used by the E-step."""
-
-    pixels: torch.Tensor  # (P,) flat index into (d, d // 2 + 1)
-    shell: torch.Tensor  # (P,) shell of each pixel
-    weight: torch.Tensor  # (P,) 1, or 1/2 on the Hermitian-redundant columns
-    count: torch.Tensor  # (S,) sum of weights per shell
-    n_shells: int
-
-
-def _pixel_layout(box: int, last_shell: int, device: torch.device | str) -> _Pixels:
-    shells = shell_index_2d(box, rfft=True, device=device)
-    weight = torch.ones(shells.shape, dtype=torch.float64, device=device)
-    weight[:, 0] = 0.5
-    if box % 2 == 0:
-        weight[:, -1] = 0.5
-    keep = ((shells >= 1) & (shells <= last_shell)).reshape(-1)
-    pixels = torch.nonzero(keep).flatten()
-    shell = shells.reshape(-1)[pixels]
-    w = weight.reshape(-1)[pixels]
-    n_shells = box // 2 + 1
-    count = torch.zeros(n_shells, dtype=torch.float64, device=device).index_add_(0, shell, w)
-    return _Pixels(pixels=pixels, shell=shell, weight=w, count=count, n_shells=n_shells)
-
-
 def _is_int(value: object, minimum: int) -> bool:
     return (not isinstance(value, bool) and isinstance(value, (int, np.integer))
             and int(value) >= minimum)
@@ -320,16 +295,6 @@ def _crop_images_fourier(images: torch.Tensor, box_size: int) -> torch.Tensor:
     ft[:, 0, :] = 0  # Nyquist row of the cropped box has no Hermitian partner
     ft[:, :, -1] = 0
     return ft
-
-
-def _hermitian_mirror(x: torch.Tensor) -> torch.Tensor:
-    """``x(-k)`` over the last three axes of centred ``(..., Dp, Dp, Dp)`` arrays."""
-    size = x.shape[-1]
-    dims = (-3, -2, -1)
-    flipped = torch.flip(x, dims=dims)
-    if size % 2 == 0:
-        flipped = torch.roll(flipped, shifts=(1, 1, 1), dims=dims)
-    return flipped
 
 
 def _corners(rotations: torch.Tensor, box: int, size: int, max_frequency: float | None = None
@@ -499,7 +464,7 @@ def iter_ppca(
         if not bool(torch.isfinite(torch.as_tensor(np.asarray(mean_map))).all()):
             raise InputError(None, "mean_map", "finite values", "NaN or inf")
 
-    layout = _pixel_layout(d, last_shell, device)
+    layout = half_plane_shells(d, last_shell, device=device)
     rotations = torch.as_tensor(np.asarray(particles.rotations), dtype=torch.float64)
     shifts = (None if particles.shifts_angstrom is None else
               torch.as_tensor(np.asarray(particles.shifts_angstrom), dtype=torch.float64))
@@ -707,7 +672,7 @@ def iter_ppca(
     )
 
 
-def _finish_sigma2(power: torch.Tensor, layout: _Pixels, n: int) -> torch.Tensor:
+def _finish_sigma2(power: torch.Tensor, layout: HalfPlaneShells, n: int) -> torch.Tensor:
     """Per-shell noise variance from summed residual power; unused shells copy neighbours."""
     sigma2 = power / (2.0 * n * layout.count.clamp(min=1e-30))
     used = layout.count > 0
@@ -723,12 +688,12 @@ def _solve_components(rhs: torch.Tensor, weights: torch.Tensor, pairs: list[tupl
                       k_comp: int, inside: torch.Tensor, ridge: float, d: int,
                       grid_corr: torch.Tensor) -> torch.Tensor:
     """Per-voxel ``K x K`` solves on the padded grid, back to ``(K, d, d, d)`` real maps."""
-    rhs = rhs + torch.conj(_hermitian_mirror(rhs))
+    rhs = rhs + torch.conj(hermitian_mirror(rhs))
     # unpack the weight volumes (two per complex accumulator)
     packed = weights
     weights = torch.cat([packed.real, packed.imag])[
         [j // 2 + (len(packed) if j % 2 else 0) for j in range(len(pairs))]]
-    weights = weights + _hermitian_mirror(weights)
+    weights = weights + hermitian_mirror(weights)
     padded = rhs.shape[-1]
     matrix = torch.zeros((padded, padded, padded, k_comp, k_comp), dtype=torch.float64,
                          device=rhs.device)
