@@ -62,25 +62,10 @@ from cryoviz.io.mrc import read_volume
 from cryoviz.io.particles import load_particles
 from cryoviz.metrics.fsc import fsc, soft_spherical_mask
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_forward_backproject import cpu_model, load_average  # noqa: E402
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def run_timed(cmd: list[str], log: Path, env: dict | None = None) -> dict:
