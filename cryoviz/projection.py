@@ -18,6 +18,7 @@ from cryoviz.fourier import frequency_grid_2d, real_dtype_of
 __all__ = [
     "slice_frequencies",
     "extract_slices",
+    "extract_points",
     "insert_slices",
     "trilinear_corners",
 ]
@@ -128,6 +129,42 @@ def extract_slices(
     values = flat[index.reshape(-1)].reshape(index.shape + (2,))
     out = (values * weight[..., None]).sum(dim=1)
     return torch.view_as_complex(out.contiguous()).reshape(batch, height, width)
+
+
+def extract_points(
+    volume_ft: torch.Tensor, rotations: torch.Tensor, frequencies: torch.Tensor
+) -> torch.Tensor:
+    """Sample chosen in-plane frequencies of central slices (trilinear).
+
+    The same values as :func:`extract_slices` at those pixels, without the
+    cost of the rest of the slice (pose searches use only the pixels inside
+    the current resolution).
+
+    Parameters
+    ----------
+    volume_ft
+        ``(Dp, Dp, Dp)`` complex centred transform.
+    rotations
+        ``(B, 3, 3)`` particle -> lab rotations.
+    frequencies
+        ``(P, 2)`` in-plane frequencies ``(kx, ky)`` in cycles per image pixel.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, P)`` complex samples.
+    """
+    size = _check_volume(volume_ft)
+    rdtype = real_dtype_of(volume_ft.dtype)
+    k = frequencies.to(device=rotations.device, dtype=rdtype)
+    q = torch.einsum("bij,pi->bpj", rotations.to(rdtype)[..., :2, :], k)
+    coords = q * size + size // 2
+    batch, n_points, _ = coords.shape
+    index, weight = trilinear_corners(coords.reshape(-1, 3), size)
+    flat = torch.view_as_real(volume_ft).reshape(-1, 2)
+    values = flat[index.reshape(-1)].reshape(index.shape + (2,))
+    out = (values * weight[..., None]).sum(dim=1)
+    return torch.view_as_complex(out.contiguous()).reshape(batch, n_points)
 
 
 def insert_slices(

@@ -7,7 +7,7 @@ import torch
 
 from cryoviz.fourier import centered_irfft2, centered_rfft2
 from cryoviz.imaging import project_fourier, render_images, volume_to_fourier
-from cryoviz.projection import extract_slices, insert_slices, slice_frequencies
+from cryoviz.projection import extract_points, extract_slices, insert_slices, slice_frequencies
 from tests._phantoms import (
     blob_projections,
     blob_volume,
@@ -163,3 +163,15 @@ def test_extract_gradient_of_real_loss_matches_finite_differences():
                 # torch's convention: grad = dL/d(re) + i dL/d(im)
                 analytic = float(getattr(grad[idx], part))
                 assert fd == pytest.approx(analytic, rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("box", [15, 16])
+def test_extract_points_equals_extract_slices_at_those_pixels(box):
+    gen = torch.Generator().manual_seed(4)
+    volume_ft = torch.randn(2 * box, 2 * box, 2 * box, dtype=torch.complex128, generator=gen)
+    rotations = random_rotations(3, seed=5)
+    full = extract_slices(volume_ft, rotations, box).reshape(3, -1)
+    k = slice_frequencies(box, rfft=True, dtype=torch.float64)[..., :2].reshape(-1, 2)
+    pick = torch.randperm(k.shape[0], generator=gen)[:40]
+    got = extract_points(volume_ft, rotations, k[pick])
+    assert torch.allclose(got, full[:, pick], atol=1e-12)

@@ -247,7 +247,7 @@ def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
     return None if array is None else torch.as_tensor(np.asarray(array), dtype=torch.float32)
 
 
-def _limit_shell(
+def e_step_limit_shell(
     curves: list[FSCCurve] | None, n_shells: int, cap_shell: int, adaptive: bool
 ) -> int:
     """Last shell used by the E-step."""
@@ -418,7 +418,7 @@ def iter_class_em(
     log_likelihoods: list[float] = []
     posteriors = torch.zeros((n, k_classes), dtype=torch.float64)
     for iteration in range(1, n_iterations + 1):
-        limit = _limit_shell(curves, layout.n_shells, cap_shell, adaptive_resolution)
+        limit = e_step_limit_shell(curves, layout.n_shells, cap_shell, adaptive_resolution)
         used = (torch.arange(layout.n_shells, device=device) >= 1) & (
             torch.arange(layout.n_shells, device=device) <= limit)
         inv_two_sigma2 = torch.where(used, 0.5 / sigma2, torch.zeros_like(sigma2))

@@ -1,0 +1,504 @@
+"""Homogeneous refinement with unknown poses by exact EM (recipe ``relion-refine``).
+
+The model is the regularised likelihood of Scheres (2012, J. Struct. Biol. 180,
+519) with the orientation and shift of every particle as hidden variables, the
+noise and the Fourier-voxel prior as in :mod:`cryoviz.inference.class_em`:
+per-shell noise ``sigma2(s)`` estimated from the residuals, a Gaussian (MAP /
+Wiener) prior per shell from the gold-standard FSC, two half sets refined
+independently against their own half maps.
+
+Each iteration is one pass over the images:
+
+* **Coarse pass.** Global iterations score every image against all rotations of
+  ``SO3Grid(order)`` times a disc of shifts (:mod:`cryoviz.inference.pose_scoring`);
+  local iterations score the 27 neighbours (at the iteration's order) of the
+  previous best rotation and shifts around the previous best shift.
+* **Adaptive oversampling.** The ``n_oversampled`` most probable coarse
+  rotations of each image (marginal over shifts) are replaced by their 8
+  children at ``order + 1`` and the best coarse shift by a 3 x 3 grid at half
+  the step; the posterior is normalised over this fine set (RELION's adaptive
+  oversampling: coarse points outside it carry negligible mass).
+* **M-step** in the same pass: the ``max_significant`` most probable fine poses
+  of each image, with their renormalised posteriors, are backprojected into its
+  half set's accumulator; after the pass the half maps and the full map are
+  Wiener-filtered with the FSC-derived regulariser
+  (:func:`cryoviz.backprojection.gold_standard_maps`).
+* **Noise**: ``sigma2(s)`` is the residual power per shell at each image's best
+  pose under the previous maps.
+
+The E-step uses Fourier shells up to the current resolution (the half-map
+0.143 crossing plus two shells; at the start the initial low-pass), as RELION's
+auto-refine. The order increases by one per local iteration up to ``max_order``.
+
+Per-particle posterior summaries (best pose, angular and shift spread, top-k
+rotations with their weights) are returned as a
+:class:`~cryoviz.inference.posterior.PosePosterior` and written to ``poses.npz``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
+from cryoviz.ctf import compute_ctf_2d
+from cryoviz.errors import InputError
+from cryoviz.fourier import lowpass_volume
+from cryoviz.geometry import SO3Grid, geodesic_distance_deg, nearest_grid_index
+from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
+from cryoviz.inference.class_em import e_step_limit_shell
+from cryoviz.inference.pose_scoring import (
+    PixelSet,
+    pixel_set,
+    score_poses,
+    shift_grid,
+    shift_phases,
+)
+from cryoviz.inference.pose_search import (
+    refine_candidates,
+    significant_poses,
+    summarise,
+    top_rotations,
+)
+from cryoviz.inference.posterior import PosePosterior, write_pose_posterior
+from cryoviz.io.conventions import internal_to_cryodrgn
+from cryoviz.io.cryodrgn import write_pose_pkl
+from cryoviz.io.cryosparc import write_cs
+from cryoviz.io.mrc import atomic_output, write_volume
+from cryoviz.io.particles import ImageSource, ParticleSet
+from cryoviz.io.star import write_star
+from cryoviz.metrics.fsc import FSCCurve
+from cryoviz.noise import half_plane_shells
+from cryoviz.projection import extract_points
+from cryoviz.reconstruct import half_sets
+
+__all__ = ["RefineSettings", "RefineProgress", "RefineResult", "iter_refine", "run_refine",
+           "write_refine", "fit_map_scale"]
+
+
+@dataclass(frozen=True)
+class RefineSettings:
+    """Settings of :func:`iter_refine`.
+
+    Attributes
+    ----------
+    n_iterations
+        EM iterations (one pass over the images each).
+    global_order
+        HEALPix order of the global coarse search (``72 * 8**order`` rotations,
+        spacing about ``60 / 2**order`` degrees: order 1 has 576 rotations 30
+        degrees apart, order 2 has 4608 at 15 degrees).
+    n_global_iterations
+        Iterations with a global search; the later ones search locally.
+    max_order
+        Finest order of the oversampled (fine) grid.
+    shift_range_px, shift_step_px
+        Disc of shifts (pixels) of the global search and its step.
+    n_oversampled
+        Coarse rotations per image refined at the next order.
+    top_k
+        Alternative rotations stored per particle.
+    max_significant
+        Poses per image backprojected in the M-step.
+    initial_lowpass_angstrom
+        Low-pass of the starting map (and first E-step limit), Å.
+    resolution_limit_angstrom
+        Cap on the E-step resolution (Å); ``None``: Nyquist.
+    batch_size
+        Images per batch.
+    seed
+        Seed of the half split (when the file has none).
+    """
+
+    n_iterations: int = 6
+    global_order: int = 1
+    n_global_iterations: int = 2
+    max_order: int = 4
+    shift_range_px: float = 3.0
+    shift_step_px: float = 1.0
+    n_oversampled: int = 4
+    top_k: int = 8
+    max_significant: int = 8
+    initial_lowpass_angstrom: float | None = 20.0
+    resolution_limit_angstrom: float | None = None
+    batch_size: int = 64
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` for settings that cannot work."""
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise InputError(None, name, expected, getattr(self, name))
+
+        need(self.n_iterations >= 1, "n_iterations", "at least 1")
+        need(0 <= self.global_order <= 4, "global_order", "0 .. 4")
+        need(0 <= self.n_global_iterations <= self.n_iterations, "n_global_iterations",
+             "0 .. n_iterations")
+        need(self.global_order < self.max_order <= 6, "max_order", "global_order < it <= 6")
+        need(self.shift_step_px > 0, "shift_step_px", "> 0")
+        need(self.shift_range_px >= 0, "shift_range_px", ">= 0")
+        need(self.n_oversampled >= 1, "n_oversampled", "at least 1")
+        need(self.top_k >= 1, "top_k", "at least 1")
+        need(self.max_significant >= 1, "max_significant", "at least 1")
+        need(self.batch_size >= 1, "batch_size", "at least 1")
+        for name in ("initial_lowpass_angstrom", "resolution_limit_angstrom"):
+            value = getattr(self, name)
+            need(value is None or value > 0, name, "a positive number of Å or None")
+
+    def coarse_order(self, iteration: int) -> int:
+        """Order of the coarse pass of 1-based ``iteration`` (fine pass: one more)."""
+        if iteration <= self.n_global_iterations:
+            return self.global_order
+        return min(self.global_order + iteration - self.n_global_iterations, self.max_order - 1)
+
+    def is_global(self, iteration: int) -> bool:
+        """Whether ``iteration`` searches all of SO(3)."""
+        return iteration <= self.n_global_iterations
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """Outcome of :func:`iter_refine`.
+
+    Attributes
+    ----------
+    map
+        ``(D, D, D)`` float32 full map.
+    half_maps
+        ``(2, D, D, D)`` float32.
+    half_fsc
+        FSC of the half maps.
+    posterior
+        Per-particle pose summaries.
+    sigma2
+        ``(D // 2 + 1,)`` noise variance per shell.
+    log_likelihoods
+        Log evidence summed over particles, per iteration.
+    pixel_size_angstrom, particle_ids, seconds, settings
+        Bookkeeping.
+    """
+
+    map: torch.Tensor
+    half_maps: torch.Tensor
+    half_fsc: FSCCurve
+    posterior: PosePosterior
+    sigma2: torch.Tensor
+    log_likelihoods: tuple[float, ...]
+    pixel_size_angstrom: float
+    particle_ids: np.ndarray
+    seconds: float
+    settings: RefineSettings
+
+
+@dataclass(frozen=True)
+class RefineProgress:
+    """State after one iteration of :func:`iter_refine`.
+
+    Attributes
+    ----------
+    iteration, n_iterations
+        1-based iteration and total.
+    coarse_order, global_search
+        The iteration's coarse grid order and whether it searched globally.
+    e_step_resolution_angstrom
+        Resolution limit of the iteration's E-step.
+    resolution_angstrom
+        Half-map FSC 0.143 resolution after the M-step.
+    log_likelihood
+        Log evidence summed over particles.
+    median_angular_change_deg
+        Median angle between each particle's best rotation and the previous one
+        (``nan`` on the first iteration).
+    seconds
+        Wall time of the iteration.
+    result
+        The :class:`RefineResult` on the last iteration, else ``None``.
+    """
+
+    iteration: int
+    n_iterations: int
+    coarse_order: int
+    global_search: bool
+    e_step_resolution_angstrom: float
+    resolution_angstrom: float
+    log_likelihood: float
+    median_angular_change_deg: float
+    seconds: float
+    result: RefineResult | None = None
+
+
+def _check(particles: ParticleSet, initial_map: torch.Tensor) -> None:
+    if particles.ctf is None:
+        raise InputError(particles.source_path, "ctf", "CTF parameters for every particle",
+                         "none")
+    box = particles.box_size
+    if tuple(initial_map.shape) != (box,) * 3:
+        raise InputError(None, "initial_map", f"a ({box}, {box}, {box}) map",
+                         f"shape {tuple(initial_map.shape)}")
+    if not torch.isfinite(initial_map).all():
+        raise InputError(None, "initial_map", "finite values", "NaN or inf")
+
+
+def _coarse(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor, volume_ft: torch.Tensor,
+            pix: PixelSet, settings: RefineSettings, iteration: int,
+            grid_projections: torch.Tensor | None, prev_rot: torch.Tensor | None,
+            prev_shift_px: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Top coarse grid indices ``(B, C)``, best coarse shift ``(B, 2)`` and shift step."""
+    order = settings.coarse_order(iteration)
+    grid = SO3Grid(order)
+    b = x.shape[0]
+    if settings.is_global(iteration):
+        shifts = shift_grid(settings.shift_range_px, settings.shift_step_px, x.device)
+        scores = score_poses(x, ctf, w, grid_projections, shift_phases(shifts, pix))
+        index = torch.arange(grid.size, device=x.device).expand(b, -1)
+        shifts = shifts.expand(b, -1, -1)
+        step = settings.shift_step_px
+    else:
+        step = settings.shift_step_px / 2
+        centre = nearest_grid_index(grid, prev_rot)
+        index = grid.neighbours(centre)  # (B, 27)
+        rots = grid.rotations(torch.float64, x.device)[index]
+        proj = extract_points(volume_ft, rots.reshape(-1, 3, 3), pix.frequencies)
+        shifts = prev_shift_px[:, None] + shift_grid(step * 1.5, step, x.device)
+        scores = score_poses(x, ctf, w, proj.reshape(b, index.shape[1], -1),
+                             shift_phases(shifts, pix))
+    top, best_t = top_rotations(scores, settings.n_oversampled)
+    best_shift = shifts[torch.arange(b, device=x.device), best_t]
+    return index.gather(1, top), best_shift, step
+
+
+def fit_map_scale(volume: torch.Tensor, particles: ParticleSet, n_images: int = 256,
+                  order: int = 1, resolution_angstrom: float = 20.0,
+                  device: str | torch.device = "cpu") -> float:
+    """Scale ``a`` that best matches ``a * volume``'s projections to the images.
+
+    For up to ``n_images`` particles, the best pose on ``SO3Grid(order)`` (white
+    noise, shells up to ``resolution_angstrom``) gives a least-squares scale
+    ``Re<X, M> / <M, M>``; the median over particles is returned. A starting map
+    from another source (other units, other normalisation) is put on the data's
+    scale this way before the first E-step.
+    """
+    box, apix = particles.box_size, particles.pixel_size_angstrom
+    last = max(1, min(box // 2, int(box * apix / resolution_angstrom)))
+    pix = pixel_set(box, last, device)
+    index = np.arange(min(n_images, len(particles)))
+    with ImageSource(particles) as source:
+        images = source.images(index).to(device, torch.float64)
+    x = pix.take(images_to_fourier(images))
+    ctf = pix.take(compute_ctf_2d(particles.ctf.subset(torch.as_tensor(index)).to(device),
+                                  box, apix, rfft=True, dtype=torch.float64, device=device))
+    w = pix.layout.weight
+    volume_ft = volume_to_fourier(volume.to(device, torch.float64))
+    grid_proj = extract_points(volume_ft, SO3Grid(order).rotations(torch.float64, device),
+                               pix.frequencies)
+    shifts = shift_grid(3.0, 1.0, device)
+    scores = score_poses(x, ctf, w, grid_proj, shift_phases(shifts, pix))
+    flat = scores.reshape(len(index), -1).argmax(dim=1)
+    t, r = flat // grid_proj.shape[0], flat % grid_proj.shape[0]
+    model = ctf * shift_phases(shifts[t][:, None], pix)[:, 0] * grid_proj[r]
+    cross = (w * (x.conj() * model).real).sum(dim=1)
+    norm = (w * model.abs() ** 2).sum(dim=1)
+    scale = float(torch.median(cross / norm.clamp(min=1e-30)))
+    if not math.isfinite(scale) or scale <= 0:
+        raise InputError(None, "initial_map", "a map whose projections correlate positively "
+                         "with the images", f"fitted scale {scale}")
+    return scale
+
+
+def iter_refine(
+    particles: ParticleSet,
+    initial_map: torch.Tensor | np.ndarray,
+    settings: RefineSettings | None = None,
+    device: str | torch.device = "cpu",
+) -> Iterator[RefineProgress]:
+    """Refine a map and the particles' poses by exact EM, yielding per iteration.
+
+    Parameters
+    ----------
+    particles
+        ``N`` particles with CTF parameters (poses, if present, are ignored:
+        they are the hidden variables).
+    initial_map
+        ``(D, D, D)`` starting map; low-passed to
+        ``settings.initial_lowpass_angstrom`` and put on the data's scale
+        (:func:`fit_map_scale`).
+    settings
+        :class:`RefineSettings` (defaults when ``None``).
+    device
+        Torch device.
+
+    Yields
+    ------
+    RefineProgress
+        One per iteration; the last carries the :class:`RefineResult`.
+    """
+    settings = settings or RefineSettings()
+    settings.validate()
+    start_time = time.perf_counter()
+    device = torch.device(device)
+    vol0 = torch.as_tensor(np.asarray(initial_map), dtype=torch.float64)
+    _check(particles, vol0)
+    n, box, apix = len(particles), particles.box_size, particles.pixel_size_angstrom
+    halves = half_sets(particles, settings.seed)
+    if settings.initial_lowpass_angstrom is not None:
+        vol0 = lowpass_volume(vol0, settings.initial_lowpass_angstrom, apix).to(torch.float64)
+    vol0 = vol0 * fit_map_scale(vol0.float(), particles, device=device)
+    half_maps = torch.stack([vol0, vol0])
+    full_layout = half_plane_shells(box, device=device)
+    cap = full_layout.n_shells - 1
+    if settings.resolution_limit_angstrom is not None:
+        cap = max(1, min(cap, int(box * apix / settings.resolution_limit_angstrom)))
+    first_limit = cap
+    if settings.initial_lowpass_angstrom is not None:
+        first_limit = max(1, min(cap, int(box * apix / settings.initial_lowpass_angstrom)))
+    ctf_all = particles.ctf.to(device)
+
+    def batches() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+        with ImageSource(particles) as source:
+            for start in range(0, n, settings.batch_size):
+                index = np.arange(start, min(n, start + settings.batch_size))
+                yield index, source.images(index).to(device, torch.float64)
+
+    power = torch.zeros(full_layout.n_shells, dtype=torch.float64, device=device)
+    for _, images in batches():
+        ft = images_to_fourier(images)
+        power += full_layout.sums(ft.real**2 + ft.imag**2).sum(dim=0)
+    sigma2 = power / (2.0 * n * full_layout.count.clamp(min=1e-30))
+    sigma2[0] = sigma2[1]
+
+    summaries: dict[str, torch.Tensor] = {}
+    prev_rot: torch.Tensor | None = None
+    prev_shift_px: torch.Tensor | None = None
+    curve: FSCCurve | None = None
+    log_likelihoods: list[float] = []
+    for iteration in range(1, settings.n_iterations + 1):
+        t0 = time.perf_counter()
+        order = settings.coarse_order(iteration)
+        limit = first_limit if curve is None else e_step_limit_shell([curve], full_layout.n_shells,
+                                                                      cap, adaptive=True)
+        pix = pixel_set(box, limit, device)
+        w = pix.inverse_variance(sigma2)
+        maps_ft = [volume_to_fourier(m.to(device, torch.float64)) for m in half_maps]
+        search_ft = [m.to(torch.complex64) for m in maps_ft]
+        grid_proj = None
+        if settings.is_global(iteration):
+            rots = SO3Grid(order).rotations(torch.float64, device)
+            grid_proj = [extract_points(m, rots, pix.frequencies) for m in search_ft]
+        accs = [FourierAccumulator(box, device=device) for _ in (0, 1)]
+        residual = torch.zeros(full_layout.n_shells, dtype=torch.float64, device=device)
+        total_ll = 0.0
+        new: dict[str, list[tuple[np.ndarray, torch.Tensor]]] = {}
+        for index, images in batches():
+            x_full = images_to_fourier(images)
+            ctf_b = ctf_all.subset(torch.as_tensor(index))
+            ctf_full = compute_ctf_2d(ctf_b, box, apix, rfft=True, dtype=torch.float64,
+                                      device=device)
+            for h in (0, 1):
+                loc = torch.as_tensor(np.flatnonzero(halves[index] == h), device=device)
+                if len(loc) == 0:
+                    continue
+                x, c = pix.take(x_full[loc]), pix.take(ctf_full[loc])
+                sel = torch.as_tensor(index, device=device)[loc]
+                parents, shift_px, step = _coarse(
+                    x, c, w, search_ft[h], pix, settings, iteration,
+                    None if grid_proj is None else grid_proj[h],
+                    None if prev_rot is None else prev_rot[sel],
+                    None if prev_shift_px is None else prev_shift_px[sel])
+                fine = refine_candidates(x, c, w, search_ft[h], pix, order, parents,
+                                         shift_px, step)
+                total_ll += float(fine.evidence.sum())
+                summ = summarise(fine, settings.top_k, apix)
+                for key, value in summ.items():
+                    new.setdefault(key, []).append((index[loc.cpu().numpy()], value.cpu()))
+                rows, rots_m, shifts_m, weight_m = significant_poses(fine, settings.max_significant)
+                ctf_h = ctf_b.subset(loc.cpu())
+                accs[h].add(images[loc][rows], rots_m, apix, shifts_m * apix,
+                            ctf_h.subset(rows.cpu()), particle_weights=weight_m)
+                model = forward_fourier(maps_ft[h], summ["rotations"].to(device), box, apix,
+                                        summ["shifts_angstrom"].to(device), ctf_h)
+                residual += full_layout.sums((x_full[loc] - model).abs() ** 2).sum(dim=0)
+        summaries = {}
+        for key, parts in new.items():
+            first = parts[0][1]
+            out = torch.zeros((n, *first.shape[1:]), dtype=first.dtype)
+            for idx, value in parts:
+                out[torch.as_tensor(idx)] = value
+            summaries[key] = out
+        change = float("nan")
+        if prev_rot is not None:
+            change = float(torch.median(geodesic_distance_deg(prev_rot.cpu(),
+                                                              summaries["rotations"])))
+        prev_rot = summaries["rotations"].to(device)
+        prev_shift_px = (summaries["shifts_angstrom"] / apix).to(device)
+        sigma2 = residual / (2.0 * n * full_layout.count.clamp(min=1e-30))
+        sigma2[0] = sigma2[1]
+        full_map, half_maps, curve = gold_standard_maps(accs)
+        half_maps = half_maps.to(torch.float64)
+        log_likelihoods.append(total_ll)
+        result = None
+        if iteration == settings.n_iterations:
+            posterior = PosePosterior(
+                particle_ids=np.asarray(particles.particle_ids, dtype=np.int64).copy(),
+                **{k: v.numpy().astype(np.float64) for k, v in summaries.items()})
+            result = RefineResult(
+                map=full_map.cpu(), half_maps=half_maps.float().cpu(), half_fsc=curve,
+                posterior=posterior, sigma2=sigma2.cpu(),
+                log_likelihoods=tuple(log_likelihoods), pixel_size_angstrom=apix,
+                particle_ids=posterior.particle_ids, seconds=time.perf_counter() - start_time,
+                settings=settings)
+        yield RefineProgress(
+            iteration=iteration, n_iterations=settings.n_iterations, coarse_order=order,
+            global_search=settings.is_global(iteration),
+            e_step_resolution_angstrom=box * apix / limit,
+            resolution_angstrom=curve.resolution_angstrom(apix, 0.143),
+            log_likelihood=total_ll, median_angular_change_deg=change,
+            seconds=time.perf_counter() - t0, result=result)
+
+
+def run_refine(particles: ParticleSet, initial_map, **kwargs) -> RefineResult:
+    """Run :func:`iter_refine` to the end and return its result."""
+    return deque(iter_refine(particles, initial_map, **kwargs), maxlen=1)[0].result
+
+
+def write_refine(result: RefineResult, particles: ParticleSet, output_dir: str | Path) -> dict:
+    """Write the refinement into ``output_dir``.
+
+    Files: ``volumes/map.mrc`` and ``volumes/half_{1,2}.mrc`` (with the voxel
+    size), ``poses.npz`` (:mod:`cryoviz.inference.posterior`), the particles with
+    their refined poses as ``particles.star`` (RELION 3.1), ``particles.cs``
+    (cryoSPARC) and ``poses.pkl`` (cryoDRGN), and ``metrics.json``.
+    """
+    out = Path(output_dir)
+    apix = result.pixel_size_angstrom
+    write_volume(out / "volumes" / "map.mrc", result.map.numpy(), apix)
+    for i, half in enumerate(result.half_maps.numpy()):
+        write_volume(out / "volumes" / f"half_{i + 1}.mrc", half, apix)
+    write_pose_posterior(out / "poses.npz", result.posterior)
+    refined = replace(particles, rotations=result.posterior.rotations.copy(),
+                      shifts_angstrom=result.posterior.shifts_angstrom.copy())
+    write_star(refined, out / "particles.star")
+    write_cs(refined, out / "particles.cs")
+    rot, trans = internal_to_cryodrgn(refined.rotations, refined.shifts_angstrom,
+                                      particles.box_size, apix)
+    write_pose_pkl(out / "poses.pkl", rot, trans)
+    metrics = {
+        "recipe": "relion-refine",
+        "n_particles": len(particles),
+        "resolution_angstrom_fsc0143": result.half_fsc.resolution_angstrom(apix, 0.143),
+        "resolution_angstrom_fsc05": result.half_fsc.resolution_angstrom(apix, 0.5),
+        "median_angular_spread_deg": float(np.median(result.posterior.angular_spread_deg)),
+        "log_likelihoods": list(result.log_likelihoods),
+        "seconds": result.seconds,
+        "settings": {k: v for k, v in vars(result.settings).items()},
+    }
+    with atomic_output(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2))
+    return metrics
