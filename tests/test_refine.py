@@ -117,3 +117,27 @@ def test_bad_input_is_a_clear_error(dataset):
         next(iter_refine(replace(particles, ctf=None), truth, SETTINGS))
     with pytest.raises(InputError, match="max_order"):
         RefineSettings(global_order=2, max_order=2).validate()
+
+
+def test_cli_train_relion_refine(dataset, tmp_path):
+    from cryoviz.cli import main
+    from cryoviz.io import write_volume
+
+    particles, truth = dataset
+    start = tmp_path / "start.mrc"
+    write_volume(start, truth.numpy(), APIX)
+    out = tmp_path / "run"
+    code = main(["train", str(particles.source_path), "--recipe", "relion-refine",
+                 "--initial-map", str(start), "--epochs", "1", "--max-order", "2",
+                 "--global-iterations", "1", "-o", str(out)])
+    assert code == 0
+    post = read_pose_posterior(out)
+    assert len(post) == len(particles)
+    err = rotation_error_deg(torch.as_tensor(post.rotations),
+                             torch.as_tensor(particles.rotations), align=False)
+    assert float(err.median()) < 15.0  # one global pass, fine order 2 (~15 degrees)
+    assert (out / "volumes" / "map.mrc").is_file()
+    wrong = tmp_path / "wrong.mrc"
+    write_volume(wrong, truth.numpy(), 2 * APIX)
+    assert main(["train", str(particles.source_path), "--recipe", "relion-refine",
+                 "--initial-map", str(wrong), "-o", str(tmp_path / "bad")]) != 0

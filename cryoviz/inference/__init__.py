@@ -34,3 +34,13 @@ __all__ = [
     "eval_ppca",
     "write_ppca",
 ]
+
+# CryoVAEGAN: in-plane angle and CTF per image without a volume (cryoviz.inference.vaegan)
+from cryoviz.inference.vaegan import (  # noqa: E402
+    CryoVAEGANProgress,
+    CryoVAEGANSettings,
+    iter_cryovaegan,
+    train_cryovaegan,
+)
+
+__all__ += ["CryoVAEGANSettings", "CryoVAEGANProgress", "iter_cryovaegan", "train_cryovaegan"]

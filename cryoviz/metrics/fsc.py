@@ -12,9 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from cryoviz.fourier import centered_fft3, real_dtype_of, shell_index_3d
+from cryoviz.fourier import (
+    centered_fft2,
+    centered_fft3,
+    real_dtype_of,
+    shell_index_2d,
+    shell_index_3d,
+)
 
-__all__ = ["FSCCurve", "fsc", "soft_spherical_mask"]
+__all__ = ["FSCCurve", "fsc", "soft_spherical_mask", "frc"]
 
 
 @dataclass(frozen=True)
@@ -235,3 +241,49 @@ def soft_spherical_mask(
         t = ((r - radius_px) / edge_px).clamp(0.0, 1.0)
         mask = 0.5 * (1.0 + torch.cos(math.pi * t))
     return mask.to(dtype)
+
+
+def frc(img1: torch.Tensor, img2: torch.Tensor) -> FSCCurve:
+    """Fourier ring correlation of two images (the 2-D analogue of :func:`fsc`).
+
+    ``FRC(s) = Re sum_{k in s} F1(k) conj(F2(k)) / sqrt(sum |F1|^2 sum |F2|^2)``
+    over rings ``s = round(|k| D) = 0 .. D // 2`` of the centred 2-D transforms
+    (:func:`cryoviz.fourier.shell_index_2d`).
+
+    Parameters
+    ----------
+    img1, img2
+        ``(D, D)`` real images indexed ``[y, x]``, same shape.
+
+    Returns
+    -------
+    FSCCurve
+        Curve with ``D // 2 + 1`` rings (``n_voxels`` counts pixels per ring);
+        rings where an image has no power get 0.
+    """
+    for name, img in (("img1", img1), ("img2", img2)):
+        if img.ndim != 2 or img.shape[0] != img.shape[1] or img.is_complex():
+            raise ValueError(f"{name} must be a real square (D, D) image, got "
+                             f"{tuple(img.shape)} {img.dtype}")
+    if img1.shape != img2.shape:
+        raise ValueError(f"img1 and img2 must have the same shape, got {tuple(img1.shape)} "
+                         f"and {tuple(img2.shape)}")
+    dtype = torch.promote_types(img1.dtype, img2.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.float32
+    box = img1.shape[-1]
+    n_shells = box // 2 + 1
+    f1 = centered_fft2(img1.to(dtype))
+    f2 = centered_fft2(img2.to(device=img1.device, dtype=dtype))
+    shells = shell_index_2d(box, rfft=False, device=img1.device).flatten()
+    keep = shells < n_shells
+    idx = shells[keep]
+    zeros = torch.zeros(n_shells, dtype=dtype, device=img1.device)
+    num = zeros.index_add(0, idx, (f1 * f2.conj()).real.flatten()[keep])
+    den = torch.sqrt(zeros.index_add(0, idx, (f1.abs() ** 2).flatten()[keep])
+                     * zeros.index_add(0, idx, (f2.abs() ** 2).flatten()[keep]))
+    tiny = torch.finfo(dtype).tiny
+    curve = torch.where(den > tiny, num / den.clamp_min(tiny), torch.zeros_like(num))
+    freq = torch.arange(n_shells, dtype=dtype, device=img1.device) / box
+    return FSCCurve(frequency_per_px=freq, fsc=curve,
+                    n_voxels=torch.bincount(idx, minlength=n_shells))

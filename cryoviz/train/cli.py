@@ -6,6 +6,7 @@ Progress is printed to stderr as plain text.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -22,7 +23,7 @@ def add_parsers(subparsers) -> None:
 
     tr = subparsers.add_parser("train", help="train a (heterogeneous) volume model, known poses")
     tr.add_argument("particles", help="particles: .star, .cs or .mrcs (with --poses/--ctf)")
-    names = [*RECIPES, "relion-class3d", "3dva"]
+    names = [*RECIPES, "relion-class3d", "3dva", "relion-refine", "cryovaegan"]
     tr.add_argument("--recipe", required=True, help=f"one of {', '.join(names)}")
     tr.add_argument("-o", "--output", required=True, help="run folder")
     tr.add_argument("--epochs", type=int)
@@ -43,6 +44,15 @@ def add_parsers(subparsers) -> None:
                     help="K for relion-class3d (EM over classes, known poses)")
     tr.add_argument("--components", type=int, default=2,
                     help="K for 3dva (linear subspace by PPCA-EM, known poses)")
+    tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed")
+    tr.add_argument("--initial-lowpass", type=float, default=20.0,
+                    help="relion-refine: low-pass of the starting map in Å (default 20)")
+    tr.add_argument("--healpix-order", type=int, default=1,
+                    help="relion-refine: HEALPix order of the global search (default 1)")
+    tr.add_argument("--max-order", type=int, default=4,
+                    help="relion-refine: finest HEALPix order of the local search")
+    tr.add_argument("--global-iterations", type=int, default=2,
+                    help="relion-refine: iterations with a global pose search")
     tr.set_defaults(func=_run_train)
 
     ev = subparsers.add_parser("eval-vol", help="render maps of a trained run at latents z")
@@ -106,11 +116,74 @@ def _run_3dva(args: argparse.Namespace, particles) -> int:
     return 0
 
 
+def _run_refine(args: argparse.Namespace, particles) -> int:
+    """``relion-refine``: map and poses by exact EM over SO(3) x shifts (poses unknown)."""
+    from cryoviz.inference.refine import RefineSettings, iter_refine, write_refine  # noqa: PLC0415
+    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+
+    if args.initial_map is None:
+        raise InputError(None, "--initial-map", "a starting map (MRC) for relion-refine")
+    initial, voxel = read_volume(args.initial_map)
+    apix = particles.pixel_size_angstrom
+    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
+        raise InputError(args.initial_map, "voxel size", f"{apix:g} Å (the particles')",
+                         got=f"{voxel:g} Å")
+    iterations = args.epochs if args.epochs else 6
+    settings = RefineSettings(
+        n_iterations=iterations, global_order=args.healpix_order,
+        n_global_iterations=min(args.global_iterations, iterations),
+        max_order=args.max_order, initial_lowpass_angstrom=args.initial_lowpass,
+        batch_size=args.batch_size or 64, seed=args.seed if args.seed is not None else 0)
+    result = None
+    for p in iter_refine(particles, initial, settings, device=args.device):
+        print(f"iteration {p.iteration}/{p.n_iterations}  order {p.coarse_order}"
+              f"{' global' if p.global_search else ' local'}  E-step to "
+              f"{p.e_step_resolution_angstrom:.1f} Å  resolution {p.resolution_angstrom:.1f} Å  "
+              f"median change {p.median_angular_change_deg:.2f} deg  {p.seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        result = p.result if p.result is not None else result
+    write_refine(result, particles, args.output)
+    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
+
+
+def _run_cryovaegan(args: argparse.Namespace, particles) -> int:
+    """``cryovaegan``: in-plane angle and CTF per image by a VAE-GAN, no volume, no poses."""
+    from cryoviz.inference.vaegan.train import CryoVAEGANSettings, iter_cryovaegan  # noqa: PLC0415
+
+    given = {"epochs": args.epochs, "latent_dim": args.zdim, "box": args.box,
+             "batch_size": args.batch_size, "lr": args.lr, "width": args.width,
+             "seed": args.seed}
+    settings = CryoVAEGANSettings(**{k: v for k, v in given.items() if v is not None})
+    if particles.ctf is not None:  # microscope constants only; defoci are estimated
+        c = particles.ctf.as_numpy()
+        settings = dataclasses.replace(settings, voltage_kv=float(c["voltage_kv"][0]),
+                                       cs_mm=float(c["cs_mm"][0]),
+                                       amplitude_contrast=float(c["amplitude_contrast"][0]))
+    print(f"training cryovaegan on {len(particles)} particles -> {args.output}",
+          file=sys.stderr, flush=True)
+    for p in iter_cryovaegan(particles, settings, args.output, resume=args.resume):
+        print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  reconstruction "
+              f"{p.reconstruction:.4f}  kl {p.kl:.3f}  geometric {p.geometric:.3f}  "
+              f"sleep {p.sleep:.3f}  discriminator {p.discriminator:.3f}  {p.seconds:.1f} s",
+              file=sys.stderr, flush=True)
+    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from cryoviz.io.particles import load_particles  # noqa: PLC0415
     from cryoviz.train.loop import iter_train  # noqa: PLC0415
     from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
+    if args.recipe == "cryovaegan":
+        return _run_cryovaegan(args, load_particles(
+            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
+            datadir=args.datadir))
+    if args.recipe == "relion-refine":
+        return _run_refine(args, load_particles(
+            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
+            datadir=args.datadir, require_ctf=True))
     if args.recipe in ("relion-class3d", "3dva"):
         particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                    ctf=args.ctf, datadir=args.datadir, require_poses=True)
