@@ -16,6 +16,8 @@ import torch
 
 from cryoviz.errors import InputError
 from cryoviz.fourier import lowpass_volume
+from cryoviz.geometry import geodesic_distance_deg
+from cryoviz.inference.pose_scoring import credible_set
 from cryoviz.inference.posterior import read_pose_posterior
 from cryoviz.inference.refine import (
     RefineSettings,
@@ -141,3 +143,41 @@ def test_cli_train_relion_refine(dataset, tmp_path):
     write_volume(wrong, truth.numpy(), 2 * APIX)
     assert main(["train", str(particles.source_path), "--recipe", "relion-refine",
                  "--initial-map", str(wrong), "-o", str(tmp_path / "bad")]) != 0
+
+
+def test_credible_sets_are_calibrated(tmp_path):
+    """The true rotation lies in the 90% credible set of 80-97% of the particles.
+
+    One exact E-step against an independent reference (the true map low-passed to
+    20 Å, so no particle's own noise is in it) at SNR 0.05, over the whole
+    order-2 grid with the 32 best rotations of each image oversampled at order 3
+    (7.5 degrees) and all shifts: the posterior is broad (about 10 degrees) and
+    covered by the candidates. A rotation counts as inside when the candidate
+    nearest to it is in the set. Measured when written, 300 particles: 87.0% in
+    the 90% sets and 46.7% in the 50% sets (seed 1: 88.0%, 43.7%). At SNR 0.1
+    the first E-step's noise (the images' power, signal included) is 10% high
+    and the sets are conservative (96.7%, 68.0%). After M-steps on few
+    particles the half maps contain each particle's own noise and the sets
+    become over-confident (2 iterations on 300 particles: 33.7%, 11.3%).
+    """
+    config = SimulationConfig(n_particles=300, box_size=BOX, pixel_size_angstrom=APIX, snr=0.05,
+                              seed=0)
+    data = simulate(config, tmp_path / "data")
+    particles = load_particles(data / "particles.star")
+    truth = torch.as_tensor(read_volume(data / "truth" / "state_0.mrc")[0])
+    settings = RefineSettings(n_iterations=1, global_order=2, n_global_iterations=1,
+                              max_order=3, batch_size=100, n_oversampled=32, top_k=256,
+                              resolution_limit_angstrom=16.0)
+    post = list(iter_refine(particles, truth, settings))[-1].result.posterior
+    truth_rot = torch.as_tensor(particles.rotations)
+    cands = torch.as_tensor(post.topk_rotations)
+    weights = torch.as_tensor(post.topk_weights)
+    dist = geodesic_distance_deg(cands, truth_rot[:, None].expand_as(cands))
+    nearest = torch.where(weights > 0, dist, torch.full_like(dist, 1e9)).argmin(dim=1)
+    rows = torch.arange(len(particles))
+    coverage = {level: float(credible_set(weights, level)[rows, nearest].float().mean())
+                for level in (0.5, 0.9)}
+    print(f"credible-set coverage: {coverage}")
+    assert 0.80 <= coverage[0.9] <= 0.97, coverage
+    assert coverage[0.5] < coverage[0.9]
+    assert float(np.median(post.angular_spread_deg)) > 3.0  # a broad posterior, not a delta

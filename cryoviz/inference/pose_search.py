@@ -73,7 +73,8 @@ def top_rotations(scores: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Ten
 def refine_candidates(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor,
                       volume_ft: torch.Tensor, pix: PixelSet, order: int,
                       parents: torch.Tensor, shift_px: torch.Tensor, shift_step_px: float,
-                      n_levels: int = 1, n_keep: int = 4) -> PoseCandidates:
+                      n_levels: int = 1, n_keep: int = 4,
+                      shift_range_px: float | None = None) -> PoseCandidates:
     """Descend ``n_levels`` grid orders from ``parents`` and return the last level's posterior.
 
     Parameters
@@ -97,6 +98,10 @@ def refine_candidates(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor,
         Levels to descend (``>= 1``).
     n_keep
         Rotations kept between levels.
+    shift_range_px
+        If given, each level scores a disc of this radius around ``shift_px`` at
+        its step (the whole shift posterior, for calibrated spreads) instead of
+        the 3 x 3 neighbourhood of the best shift.
     """
     b = x.shape[0]
     step = shift_step_px
@@ -106,7 +111,8 @@ def refine_candidates(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor,
         rots = SO3Grid(order).rotations(torch.float64, x.device)[index]
         proj = extract_points(volume_ft, rots.reshape(-1, 3, 3), pix.frequencies)
         step = step / 2
-        shifts = shift_px[:, None] + shift_grid(step * 1.5, step, x.device)
+        radius = step * 1.5 if shift_range_px is None else shift_range_px
+        shifts = shift_px[:, None] + shift_grid(radius, step, x.device)
         scores = score_poses(x, ctf, w, proj.reshape(b, index.shape[1], -1),
                              shift_phases(shifts, pix))
         if level == n_levels - 1:

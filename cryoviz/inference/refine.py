@@ -15,9 +15,11 @@ Each iteration is one pass over the images:
   previous best rotation and shifts around the previous best shift.
 * **Adaptive oversampling.** The ``n_oversampled`` most probable coarse
   rotations of each image (marginal over shifts) are replaced by their 8
-  children at ``order + 1`` and the best coarse shift by a 3 x 3 grid at half
-  the step; the posterior is normalised over this fine set (RELION's adaptive
-  oversampling: coarse points outside it carry negligible mass).
+  children at ``order + 1``, with the shifts at half the step (the whole disc
+  in global iterations, a 3 x 3 grid around the best coarse shift in local
+  ones); the posterior is normalised over this fine set (RELION's adaptive
+  oversampling: coarse points outside it carry little mass when
+  ``n_oversampled`` is large enough for the posterior's width).
 * **M-step** in the same pass: the ``max_significant`` most probable fine poses
   of each image, with their renormalised posteriors, are backprojected into its
   half set's accumulator; after the pass the half maps and the full map are
@@ -251,7 +253,12 @@ def _coarse(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor, volume_ft: torc
             pix: PixelSet, settings: RefineSettings, iteration: int,
             grid_projections: torch.Tensor | None, prev_rot: torch.Tensor | None,
             prev_shift_px: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Top coarse grid indices ``(B, C)``, best coarse shift ``(B, 2)`` and shift step."""
+    """Top coarse grid indices ``(B, C)``, fine-shift centre ``(B, 2)`` and shift step.
+
+    Global iterations centre the fine shifts on 0 (the fine pass scores the whole
+    disc at half the step, so that the posterior's shift marginal is complete);
+    local ones on the best coarse shift.
+    """
     order = settings.coarse_order(iteration)
     grid = SO3Grid(order)
     b = x.shape[0]
@@ -272,6 +279,8 @@ def _coarse(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor, volume_ft: torc
                              shift_phases(shifts, pix))
     top, best_t = top_rotations(scores, settings.n_oversampled)
     best_shift = shifts[torch.arange(b, device=x.device), best_t]
+    if settings.is_global(iteration):  # the fine pass scores the whole disc again
+        best_shift = torch.zeros_like(best_shift)
     return index.gather(1, top), best_shift, step
 
 
@@ -412,8 +421,10 @@ def iter_refine(
                     None if grid_proj is None else grid_proj[h],
                     None if prev_rot is None else prev_rot[sel],
                     None if prev_shift_px is None else prev_shift_px[sel])
-                fine = refine_candidates(x, c, w, search_ft[h], pix, order, parents,
-                                         shift_px, step)
+                fine = refine_candidates(
+                    x, c, w, search_ft[h], pix, order, parents, shift_px, step,
+                    shift_range_px=(settings.shift_range_px if settings.is_global(iteration)
+                                    else None))
                 total_ll += float(fine.evidence.sum())
                 summ = summarise(fine, settings.top_k, apix)
                 for key, value in summ.items():
