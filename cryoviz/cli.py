@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--embedding", choices=("umap", "pca"), default="umap")
     sel.add_argument("--particles", type=Path, default=None,
                      help="the training particles (default: the run's source file)")
+
+    rep = sub.add_parser("report", help="standalone HTML report of a run (works offline)")
+    rep.add_argument("run", type=Path, help="training run, reconstruction or pose-inference folder")
+    rep.add_argument("-o", "--output", type=Path, default=None, help="default RUN/report.html")
+    rep.add_argument("--max-size", type=int, default=32, help="grid side of the 3-D iso-surfaces")
+
+    view = sub.add_parser("view", help="open napari with the cryoviz docks on a run")
+    view.add_argument("run", type=Path, help="training run folder")
     return parser
 
 
@@ -278,6 +286,38 @@ def _run_select(args: argparse.Namespace) -> None:
         print(f"{fmt}: {path}")
 
 
+PLUGIN_INSTALL_HINT = ("pip install 'napari[pyqt6]' && "
+                       "pip install -e plugins/napari-cryoviz (from the cryoviz repository)")
+
+
+def _run_view(args: argparse.Namespace) -> None:
+    """Open napari on a run through the plugin's launcher (the engine never imports napari)."""
+    import importlib
+
+    if not (args.run / "config.toml").is_file():
+        raise InputError(args.run, "config.toml", "a training run folder", got="no config.toml")
+    try:
+        launcher = importlib.import_module("napari_cryoviz.launcher")
+    except ImportError as err:
+        raise InputError(None, "napari plugin",
+                         f"napari-cryoviz installed: {PLUGIN_INSTALL_HINT}",
+                         got=f"it cannot be imported ({err})") from err
+    launcher.launch(args.run)
+
+
+def _run_report(args: argparse.Namespace) -> None:
+    import importlib.util
+
+    from cryoviz.viz.report import write_report
+
+    if importlib.util.find_spec("plotly") is None:
+        raise InputError(None, "plotly", "installed: pip install 'cryoviz[notebook]'",
+                         got="not installed")
+    out = write_report(args.run, args.output if args.output is not None
+                       else args.run / "report.html", max_size=args.max_size)
+    print(f"report: {out}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cryoviz`` command; returns the exit status."""
     parser = build_parser()
@@ -301,6 +341,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run_analyze(args)
         elif args.command == "select":
             _run_select(args)
+        elif args.command == "report":
+            _run_report(args)
+        elif args.command == "view":
+            _run_view(args)
         elif args.command == "demo":
             data = _run_simulate(args)
             _run_reconstruct(

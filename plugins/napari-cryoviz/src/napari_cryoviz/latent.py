@@ -1,0 +1,350 @@
+"""Latent explorer dock: scatter of z, click to decode, lasso to select, paths as movies."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import napari
+import numpy as np
+from matplotlib.widgets import LassoSelector
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._common import ErrorLabel, PlotCanvas, RunPicker, start_worker
+from ._session import LatentPath, RunSession
+
+__all__ = ["LatentExplorer", "VOLUME_LAYER", "PATH_LAYER", "show_volume"]
+
+VOLUME_LAYER = "cryoviz z volume"
+PATH_LAYER = "cryoviz latent path"
+PATH_KINDS = {"along PC (x axis)": "pc", "straight line (last 2 clicks)": "straight",
+              "kNN graph (last 2 clicks)": "knn"}
+
+
+def show_volume(viewer: napari.Viewer, data: np.ndarray, name: str, voxel_size: float,
+                **kwargs) -> napari.layers.Image:
+    """Put ``data`` (``(..., D, D, D)``) in layer ``name`` (replaced in place when it exists)."""
+    scale = (1.0,) * (data.ndim - 3) + (voxel_size,) * 3
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if layer.data.shape == data.shape and np.allclose(layer.scale, scale):
+            layer.data = data
+            layer.contrast_limits = (float(data.min()), float(data.max()) + 1e-6)
+            return layer
+        viewer.layers.remove(name)
+    return viewer.add_image(data, name=name, scale=scale, **kwargs)
+
+
+class LatentExplorer(QWidget):
+    """2-D scatter of a run's latents (PCA or UMAP, any two axes), coloured by a column.
+
+    Click a point: the map at that particle's ``z`` is decoded (in a worker) and
+    shown in 3-D (a coarse preview first when the decode box exceeds the
+    preview box). Lasso: selects particles, exported as STAR / ``.cs`` / index
+    pickle. Paths (along a PC, straight between the last two clicks, or the
+    kNN-graph path between them) are drawn on the scatter and become a 4-D
+    layer whose first axis is napari's time slider.
+
+    Signals
+    -------
+    particle_clicked(int)
+        The position of the particle picked on the scatter.
+    """
+
+    particle_clicked = Signal(int)
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session: RunSession | None = None
+        self.workers: list = []
+        self.clicked: list[int] = []
+        self.selection = np.zeros(0, dtype=np.int64)
+        self.path: LatentPath | None = None
+        self.last_decode_seconds: float | None = None
+        self._lasso: LassoSelector | None = None
+
+        self.picker = RunPicker(self.load_run)
+        self.embedding_box = QComboBox()
+        self.embedding_box.addItems(["pca", "umap"])
+        self.x_axis, self.y_axis = QSpinBox(), QSpinBox()
+        self.y_axis.setValue(1)
+        self.colour_box = QComboBox()
+        self.decode_box = QSpinBox()
+        self.decode_box.setRange(8, 512)
+        self.decode_box.setSingleStep(2)
+        self.preview_box = QSpinBox()
+        self.preview_box.setRange(0, 512)
+        self.preview_box.setValue(32)
+        self.preview_box.setToolTip("show a map decoded at this box first (0: off)")
+        self.shown_boxes: list[int] = []
+        self.path_kind = QComboBox()
+        self.path_kind.addItems(list(PATH_KINDS))
+        self.path_points = QSpinBox()
+        self.path_points.setRange(2, 100)
+        self.path_points.setValue(10)
+        for box in (self.embedding_box, self.colour_box):
+            box.currentIndexChanged.connect(self.redraw)
+        for spin in (self.x_axis, self.y_axis):
+            spin.valueChanged.connect(self.redraw)
+
+        self.canvas = PlotCanvas(4.0, 3.6)
+        self.axes = self.canvas.figure.add_subplot(111)
+        self.canvas.mpl_connect("button_press_event", self._on_press)
+        self.status = QLabel("load a run")
+        self.status.setWordWrap(True)
+        self.errors = ErrorLabel()
+
+        lasso_button = QPushButton("Lasso")
+        lasso_button.setCheckable(True)
+        lasso_button.toggled.connect(self.set_lasso)
+        self.lasso_button = lasso_button
+        export_button = QPushButton("Export selection…")
+        export_button.clicked.connect(self._export_dialog)
+        path_button = QPushButton("Make path")
+        path_button.clicked.connect(lambda: self.make_path())
+
+        form = QFormLayout()
+        form.addRow("embedding", self.embedding_box)
+        axes_row = QHBoxLayout()
+        axes_row.addWidget(self.x_axis)
+        axes_row.addWidget(self.y_axis)
+        form.addRow("axes (x, y)", axes_row)
+        form.addRow("colour by", self.colour_box)
+        form.addRow("decode box", self.decode_box)
+        form.addRow("preview box", self.preview_box)
+        form.addRow("path", self.path_kind)
+        form.addRow("path volumes", self.path_points)
+        buttons = QHBoxLayout()
+        for b in (lasso_button, export_button, path_button):
+            buttons.addWidget(b)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.picker)
+        layout.addLayout(form)
+        layout.addWidget(self.canvas)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.errors)
+
+    # -- loading -------------------------------------------------------------------------
+    def load_run(self, run_dir: str | Path) -> None:
+        """Load a run folder (errors are shown in the dock)."""
+        try:
+            self.set_session(RunSession(run_dir))
+        except Exception as err:  # noqa: BLE001 - any failure becomes a readable message
+            self.errors.show_error(err)
+
+    def set_session(self, session: RunSession) -> None:
+        """Show ``session`` (shared with the other docks by the launcher)."""
+        self.errors.clear_error()
+        self.session = session
+        self.picker.edit.setText(str(session.path))
+        self.clicked, self.path = [], None
+        self.selection = np.zeros(0, dtype=np.int64)
+        if session.latent_dim == 0 or session.run.mu is None:
+            self.status.setText("this run has no latent space (homogeneous)")
+            self.canvas.figure.clear()
+            self.axes = self.canvas.figure.add_subplot(111)
+            self.canvas.draw_idle()
+            return
+        n_pcs = session.embedding("pca").shape[1]
+        for spin in (self.x_axis, self.y_axis):
+            spin.blockSignals(True)
+            spin.setRange(0, max(0, n_pcs - 1))
+            spin.blockSignals(False)
+        self.y_axis.setValue(min(1, n_pcs - 1))
+        self.decode_box.setValue(session.run.box_size)
+        self.colour_box.blockSignals(True)
+        self.colour_box.clear()
+        self.colour_box.addItems(["none", *session.columns()])
+        self.colour_box.blockSignals(False)
+        self.redraw()
+
+    # -- scatter -------------------------------------------------------------------------
+    def axes_pair(self) -> tuple[int, int]:
+        """The embedding columns on the x and y axes (UMAP has only two)."""
+        if self.embedding_box.currentText() == "umap":
+            return 0, 1
+        return int(self.x_axis.value()), int(self.y_axis.value())
+
+    def coords_2d(self) -> np.ndarray:
+        """``(N, 2)`` scatter coordinates."""
+        emb = self.session.embedding(self.embedding_box.currentText())
+        if emb.shape[1] == 1:
+            emb = np.column_stack([emb, np.zeros(len(emb))])
+        x, y = self.axes_pair()
+        return emb[:, [min(x, emb.shape[1] - 1), min(y, emb.shape[1] - 1)]]
+
+    def redraw(self) -> None:
+        """Redraw the scatter, the selection, the clicked points and the path."""
+        if self.session is None or self.session.run.mu is None:
+            return
+        if self.embedding_box.currentText() == "umap" and not self.session.has_umap:
+            self.status.setText("computing UMAP …")
+            start_worker(self, self.session.embedding, "umap", on_done=lambda _: self.redraw(),
+                         on_error=self.errors.show_error)
+            return
+        try:
+            xy = self.coords_2d()
+        except Exception as err:  # noqa: BLE001
+            self.errors.show_error(err)
+            return
+        fig = self.canvas.figure
+        fig.clear()
+        ax = self.axes = fig.add_subplot(111)
+        if self._lasso is not None:
+            self._lasso.disconnect_events()
+            self._lasso = LassoSelector(ax, onselect=self.select_polygon)
+        column = self.colour_box.currentText()
+        cols = self.session.columns()
+        colour = cols.get(column) if column in cols else None
+        style = {"c": "#5c8dd6"} if colour is None else {"c": colour, "cmap": "viridis"}
+        sc = ax.scatter(xy[:, 0], xy[:, 1], s=4, linewidths=0, **style)
+        if len(self.selection):
+            ax.scatter(xy[self.selection, 0], xy[self.selection, 1], s=8, facecolors="none",
+                       edgecolors="orange", linewidths=0.6)
+        if self.clicked:
+            pts = xy[self.clicked[-2:]]
+            ax.scatter(pts[:, 0], pts[:, 1], s=60, marker="x", c="red")
+        if self.path is not None:
+            p = self.session.embed_path(self.path, self.embedding_box.currentText(),
+                                        self.axes_pair())
+            ax.plot(p[:, 0], p[:, 1], "-o", color="crimson", ms=3, lw=1.2)
+        kind = self.embedding_box.currentText().upper()
+        x, y = self.axes_pair()
+        ax.set_xlabel(f"{kind} {x + 1}")
+        ax.set_ylabel(f"{kind} {y + 1}")
+        if colour is not None and np.ptp(colour) > 0:
+            fig.colorbar(sc, ax=ax, label=column)
+        self.canvas.draw_idle()
+        self.status.setText(f"{len(xy)} particles, {len(self.selection)} selected")
+
+    # -- clicks and decoding -------------------------------------------------------------
+    def _on_press(self, event) -> None:
+        if self.session is None or event.inaxes is not self.axes or self._lasso is not None:
+            return
+        if event.xdata is None:
+            return
+        xy = self.coords_2d()
+        d2 = (xy[:, 0] - event.xdata) ** 2 + (xy[:, 1] - event.ydata) ** 2
+        self.click_particle(int(np.argmin(d2)))
+
+    def click_particle(self, index: int) -> None:
+        """Pick particle ``index``: decode and show the map at its ``z`` (in a worker).
+
+        With a preview box smaller than the decode box, a coarse map of the
+        same physical extent is shown first and replaced by the full one.
+        """
+        self.clicked = [*self.clicked[-1:], int(index)]
+        self.particle_clicked.emit(int(index))
+        session = self.session
+        z = session.z[int(index)][None]
+        box = int(self.decode_box.value())
+        preview = int(self.preview_box.value())
+        boxes = [preview, box] if 0 < preview < box else [box]
+        start = time.perf_counter()
+        self.shown_boxes = []
+
+        def decode():
+            for b in boxes:
+                yield b, session.decode(z, b)[0]
+
+        def shown(item: tuple[int, np.ndarray]) -> None:
+            b, volume = item
+            show_volume(self.viewer, volume, VOLUME_LAYER, session.voxel_size(b),
+                        rendering="mip")
+            self.viewer.dims.ndisplay = 3
+            self.shown_boxes.append(b)
+            if b == box:
+                self.last_decode_seconds = time.perf_counter() - start
+
+        start_worker(self, decode, on_yield=shown, on_error=self.errors.show_error)
+        self.redraw()
+
+    # -- lasso and export ----------------------------------------------------------------
+    def set_lasso(self, on: bool) -> None:
+        """Turn the lasso tool on or off."""
+        if on and self._lasso is None:
+            self._lasso = LassoSelector(self.axes, onselect=self.select_polygon)
+        elif not on and self._lasso is not None:
+            self._lasso.disconnect_events()
+            self._lasso = None
+
+    def select_polygon(self, vertices) -> np.ndarray:
+        """Select the particles inside ``vertices`` ``(V, 2)`` (scatter coordinates)."""
+        polygon = np.asarray(vertices, dtype=np.float64)
+        if len(polygon) < 3:
+            return self.selection
+        try:
+            self.selection = self.session.select_polygon(polygon, self.coords_2d())
+        except Exception as err:  # noqa: BLE001
+            self.errors.show_error(err)
+        self.redraw()
+        return self.selection
+
+    def export_selection(self, output_prefix: str | Path,
+                         formats: tuple[str, ...] = ("star", "cs", "pkl")) -> dict[str, Path]:
+        """Write the selection as ``PREFIX.star``, ``PREFIX.cs`` and ``PREFIX_index.pkl``."""
+        written = self.session.export(self.selection, output_prefix, formats=formats)
+        self.status.setText(f"exported {len(self.selection)} particles to "
+                            + ", ".join(str(p) for p in written.values()))
+        return written
+
+    def _export_dialog(self) -> None:
+        if self.session is None or not len(self.selection):
+            self.errors.show_error("select particles with the lasso first")
+            return
+        name, _ = QFileDialog.getSaveFileName(self, "Export selection (prefix)")
+        if name:
+            try:
+                self.export_selection(Path(name).with_suffix(""))
+            except Exception as err:  # noqa: BLE001
+                self.errors.show_error(err)
+
+    # -- paths ---------------------------------------------------------------------------
+    def compute_path(self, kind: str | None = None, n_points: int | None = None) -> LatentPath:
+        """The path of ``kind`` (``'pc'``, ``'straight'``, ``'knn'``) with ``n_points``."""
+        kind = PATH_KINDS[self.path_kind.currentText()] if kind is None else kind
+        n = int(self.path_points.value()) if n_points is None else int(n_points)
+        if kind == "pc":
+            component = self.axes_pair()[0] if self.embedding_box.currentText() == "pca" else 0
+            return self.session.pc_path(component, n)
+        if len(self.clicked) < 2:
+            raise ValueError("click two points on the scatter first")
+        start, end = self.clicked[-2], self.clicked[-1]
+        if kind == "straight":
+            return self.session.straight_path(start, end, n)
+        return self.session.knn_path(start, end, n)
+
+    def make_path(self, kind: str | None = None, n_points: int | None = None) -> None:
+        """Compute a path, draw it, and decode its maps into a 4-D layer (in a worker)."""
+        try:
+            self.path = self.compute_path(kind, n_points)
+        except Exception as err:  # noqa: BLE001
+            self.errors.show_error(err)
+            return
+        self.errors.clear_error()
+        self.redraw()
+        box = int(self.decode_box.value())
+        path = self.path
+
+        def shown(series: np.ndarray) -> None:
+            show_volume(self.viewer, series, PATH_LAYER, self.session.voxel_size(box),
+                        rendering="mip")
+            self.viewer.dims.ndisplay = 3
+            self.viewer.dims.set_current_step(0, 0)
+            self.status.setText(f"path of {len(series)} maps on the time axis: press play")
+
+        start_worker(self, lambda: self.session.volume_series(path, box), on_done=shown,
+                     on_error=self.errors.show_error)

@@ -1,0 +1,115 @@
+"""Latent explorer: click decodes a map, paths give 4-D layers, lasso exports a STAR file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari_cryoviz.latent import PATH_LAYER, VOLUME_LAYER, LatentExplorer
+
+from cryoviz import api
+
+
+@pytest.fixture
+def explorer(make_napari_viewer, wait_workers, tiny_run):
+    viewer = make_napari_viewer()
+    dock = LatentExplorer(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.load_run(tiny_run)
+    assert dock.errors.text() == ""
+    yield viewer, dock
+    wait_workers(dock)
+
+
+def test_click_adds_a_volume_with_the_run_voxel_size(explorer, wait_workers):
+    viewer, dock = explorer
+    seen = []
+    dock.particle_clicked.connect(seen.append)
+    dock.click_particle(5)
+    wait_workers(dock)
+    layer = viewer.layers[VOLUME_LAYER]
+    assert layer.data.shape == (16, 16, 16)
+    np.testing.assert_allclose(layer.scale, [6.0] * 3)
+    run = api.load_run(dock.session.path)
+    expected = api.eval_volumes(run, run.mu[5:6]).numpy()[0]
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-5, atol=1e-6)
+    assert seen == [5] and viewer.dims.ndisplay == 3
+    # a different decode box keeps the physical extent: voxel size scales
+    dock.decode_box.setValue(32)
+    dock.click_particle(7)
+    wait_workers(dock)
+    layer = viewer.layers[VOLUME_LAYER]
+    assert layer.data.shape == (32, 32, 32) and dock.shown_boxes == [32]
+    np.testing.assert_allclose(layer.scale, [3.0] * 3)
+    # a smaller preview box shows a coarse map of the same extent first
+    dock.preview_box.setValue(8)
+    dock.click_particle(7)
+    wait_workers(dock)
+    assert dock.shown_boxes == [8, 32] and viewer.layers[VOLUME_LAYER].data.shape == (32,) * 3
+
+
+@pytest.mark.parametrize("kind", ["pc", "straight", "knn"])
+def test_path_gives_a_4d_layer_with_the_requested_volumes(explorer, wait_workers, kind):
+    viewer, dock = explorer
+    dock.click_particle(1)
+    dock.click_particle(100)
+    dock.make_path(kind, n_points=6)
+    wait_workers(dock)
+    layer = viewer.layers[PATH_LAYER]
+    assert layer.data.shape == (6, 16, 16, 16)
+    np.testing.assert_allclose(layer.scale, [1.0, 6.0, 6.0, 6.0])
+    z = dock.path.z
+    assert z.shape == (6, 2)
+    if kind != "pc":
+        np.testing.assert_allclose(z[0], dock.session.z[1], rtol=1e-6)
+        np.testing.assert_allclose(z[-1], dock.session.z[100], rtol=1e-6)
+    run = api.load_run(dock.session.path)
+    np.testing.assert_allclose(layer.data[3], api.eval_volumes(run, z[3:4]).numpy()[0],
+                               rtol=1e-5, atol=1e-6)
+    # the path is drawn on the scatter
+    assert any(len(line.get_xdata()) == 6 for line in dock.axes.get_lines())
+
+
+def test_lasso_selection_exports_a_star_that_reads_back(explorer, tmp_path):
+    _, dock = explorer
+    xy = dock.coords_2d()
+    cx = float(np.median(xy[:, 0]))
+    lo, hi = xy[:, 1].min() - 1, xy[:, 1].max() + 1
+    polygon = np.array([[xy[:, 0].min() - 1, lo], [cx, lo], [cx, hi], [xy[:, 0].min() - 1, hi]])
+    chosen = dock.select_polygon(polygon)
+    expected = np.flatnonzero(xy[:, 0] < cx)
+    np.testing.assert_array_equal(np.sort(chosen), expected)
+    written = dock.export_selection(tmp_path / "left")
+    back = api.load_particles(written["star"])
+    np.testing.assert_array_equal(np.sort(back.particle_ids), expected)
+    original = dock.session.particles
+    np.testing.assert_allclose(back.rotations[np.argsort(back.particle_ids)],
+                               original.rotations[expected], atol=1e-6)
+
+
+def test_colour_columns_include_cluster_defocus_and_truth(explorer):
+    _, dock = explorer
+    cols = dock.session.columns()
+    assert {"cluster", "defocus_angstrom", "view_theta_deg", "true_label",
+            "latent_spread"} <= set(cols)
+    for name, values in cols.items():
+        assert values.shape == (240,), name
+    labels = [dock.colour_box.itemText(i) for i in range(dock.colour_box.count())]
+    assert "true_label" in labels
+    dock.colour_box.setCurrentText("true_label")
+    assert len(dock.canvas.figure.axes) == 2  # scatter + colour bar
+
+
+def test_bad_run_folder_is_a_readable_message(make_napari_viewer, tmp_path):
+    dock = LatentExplorer(make_napari_viewer())
+    dock.load_run(tmp_path)
+    assert "config.toml" in dock.errors.text() and "Traceback" not in dock.errors.text()
+
+
+@pytest.mark.slow
+def test_umap_scatter_is_computed_in_a_worker(explorer, wait_workers):
+    _, dock = explorer
+    dock.embedding_box.setCurrentText("umap")
+    assert "UMAP" in dock.status.text()  # the GUI thread returned at once
+    wait_workers(dock, timeout_ms=600_000)
+    assert dock.session.has_umap and dock.coords_2d().shape == (240, 2)
+    assert "240 particles" in dock.status.text()

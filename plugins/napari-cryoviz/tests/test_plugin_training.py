@@ -1,0 +1,78 @@
+"""Training dock: a run in a worker to the end, pause / resume / cancel, readable errors."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari_cryoviz.training import TRAINING_LAYER, TrainingDock
+
+
+def _dock(make_napari_viewer, star, out):
+    viewer = make_napari_viewer()
+    dock = TrainingDock(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.particles.value = str(star)
+    dock.output.value = str(out)
+    dock.recipe.value = "cryodrgn"
+    for widget, value in ((dock.epochs, 3), (dock.zdim, 2), (dock.batch_size, 80),
+                          (dock.width, 16), (dock.lr, 3e-3)):
+        widget.value = value
+    return viewer, dock
+
+
+def test_training_runs_in_a_worker_to_the_end(make_napari_viewer, wait_workers, tiny_star,
+                                              tmp_path):
+    viewer, dock = _dock(make_napari_viewer, tiny_star, tmp_path / "run")
+    dock.start()
+    assert dock.worker is not None and not dock.start_button.isEnabled()
+    wait_workers(dock)
+    assert dock.errors.text() == ""
+    assert [p.epoch for p in dock.history] == [1, 2, 3] and dock.history[-1].done
+    assert dock.progress.value() == 3
+    layer = viewer.layers[TRAINING_LAYER]
+    assert layer.data.shape == (16, 16, 16)
+    assert not np.allclose(layer.data, dock.first_volume)  # the map changed while training
+    assert (tmp_path / "run" / "latents.npz").is_file()
+    assert len(dock.axes.get_lines()[0].get_xdata()) == 3  # the live loss plot
+    assert dock.start_button.isEnabled()
+
+
+def test_pause_resume_and_cancel(make_napari_viewer, qtbot, tiny_star, tmp_path, wait_workers):
+    _, dock = _dock(make_napari_viewer, tiny_star, tmp_path / "run")
+    dock.epochs.value = 6
+    dock.start()
+    dock.pause()
+    with qtbot.waitSignal(dock.worker.paused, timeout=60_000):
+        pass
+    qtbot.wait(200)  # let yields queued before the pause arrive
+    n_paused = len(dock.history)
+    assert n_paused <= 1 and dock.status.text() == "paused"
+    qtbot.wait(500)
+    assert len(dock.history) == n_paused  # nothing runs while paused
+    with qtbot.waitSignal(dock.worker.yielded, timeout=60_000):
+        dock.resume()
+    dock.cancel()
+    wait_workers(dock)
+    assert n_paused < len(dock.history) < 6 and not dock.history[-1].done
+    assert "cancelled" in dock.status.text()
+    assert not (tmp_path / "run" / "latents.npz").exists()
+    # continue from the checkpoint to the end
+    dock.resume_box.setChecked(True)
+    dock.start()
+    wait_workers(dock)
+    assert dock.history[-1].epoch == 6 and dock.history[-1].done
+    assert dock.history[0].epoch > 1  # it continued, it did not start again
+    assert (tmp_path / "run" / "latents.npz").is_file()
+
+
+def test_bad_input_is_a_readable_message(make_napari_viewer, wait_workers, tmp_path):
+    _, dock = _dock(make_napari_viewer, tmp_path / "missing.star", tmp_path / "run")
+    dock.start()
+    assert dock.worker is None
+    assert "missing.star" in dock.errors.text() and "Traceback" not in dock.errors.text()
+    # a file that exists but is not a particle file fails inside the worker
+    bad = tmp_path / "bad.star"
+    bad.write_text("data_\nnot a star file\n")
+    dock.particles.value = str(bad)
+    dock.start()
+    wait_workers(dock)
+    assert "bad.star" in dock.errors.text() and dock.status.text() == "failed"
