@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cryoviz.train.cli import add_parsers as add_train_parsers
 
     add_train_parsers(sub)
+    from cryoviz.bench.cli import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
 
     ana = sub.add_parser("analyze", help="PCA, UMAP, k-means and traversals of a trained run")
     ana.add_argument("run", type=Path, help="training run folder")
@@ -333,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif args.command == "fsc":
             _run_fsc(args)
+        elif args.command == "bench":
+            from cryoviz.bench.cli import run as run_bench_command
+
+            return run_bench_command(args)
         elif args.command in ("train", "eval-vol"):
             from cryoviz.train.cli import run as run_train_command
 

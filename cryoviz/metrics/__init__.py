@@ -2,6 +2,17 @@
 
 from cryoviz.metrics.alignment import AlignmentResult, align_volume, flip_hand, rotate_volume
 from cryoviz.metrics.fsc import FSCCurve, fsc, soft_spherical_mask
+from cryoviz.metrics.landscape import (
+    FSCClustering,
+    NeighbourhoodPreservation,
+    ProcrustesResult,
+    fsc_distance_matrix,
+    fsc_hierarchical_clustering,
+    half_latent_wasserstein,
+    neighbourhood_preservation,
+    procrustes_align,
+    wasserstein2,
+)
 from cryoviz.metrics.poses import (
     RotationAlignment,
     align_rotations,
@@ -12,15 +23,24 @@ from cryoviz.metrics.poses import (
 
 __all__ = [
     "AlignmentResult",
+    "FSCClustering",
     "FSCCurve",
+    "NeighbourhoodPreservation",
+    "ProcrustesResult",
     "RotationAlignment",
     "align_rotations",
     "align_volume",
     "apply_rotation_alignment",
     "flip_hand",
     "fsc",
+    "fsc_distance_matrix",
+    "fsc_hierarchical_clustering",
+    "half_latent_wasserstein",
+    "neighbourhood_preservation",
+    "procrustes_align",
     "rotate_volume",
     "rotation_error_deg",
     "shift_error_angstrom",
     "soft_spherical_mask",
+    "wasserstein2",
 ]

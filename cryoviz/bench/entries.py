@@ -1,0 +1,258 @@
+"""The registry of benchmarked recipes: one :class:`BenchEntry` per (recipe, task).
+
+An entry is data: a name, the task it solves, the dataset kinds it applies to,
+and a callable ``run(dataset_dir, output_dir, context) -> RunOutputs``. Adding
+a method to the leaderboard is one :func:`register` call; pose-inference
+recipes return ``RunOutputs(poses_file=<their poses.npz>, volumes=<map>)`` and
+are scored by the ``pose`` / ``abinit`` scorers of :mod:`cryoviz.bench.tasks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoviz.bench.tasks import TASKS, RunOutputs
+from cryoviz.errors import InputError
+from cryoviz.io.particles import ImageSource, ParticleSet, load_particles
+
+__all__ = ["RunContext", "BenchEntry", "ENTRIES", "register", "train_entry", "TRAIN_SETTINGS",
+           "HOMOGENEOUS_KINDS", "HETEROGENEOUS_KINDS"]
+
+HOMOGENEOUS_KINDS = ("homogeneous",)
+HETEROGENEOUS_KINDS = ("mixture", "continuous", "compositional")
+
+#: Training settings per suite size (applied to every training recipe).
+TRAIN_SETTINGS: dict[str, dict] = {
+    "tiny": {"epochs": 4, "width": 64, "enc_width": 64, "batch_size": 32, "pe_dim": 32},
+    "small": {"epochs": 20, "batch_size": 64},
+    "full": {"epochs": 20, "batch_size": 64},
+}
+#: EM iterations (relion-class3d, 3dva) per suite size.
+EM_ITERATIONS = {"tiny": 5, "small": 10, "full": 15}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What the harness tells a recipe besides the dataset and output folders.
+
+    Attributes
+    ----------
+    render
+        ``(M,)`` particle indices (file order) whose maps the conformation task
+        scores; the recipe returns its maps in this order.
+    n_states
+        True number of discrete states (0 for a continuous path), for recipes
+        that need a class count.
+    size
+        Suite size (``tiny``, ``small``, ``full``): picks epochs and widths.
+    device
+        Torch device.
+    halves
+        Also train on each half of the data, for the half-set latent distance.
+    seed
+        Seed of the recipe.
+    """
+
+    render: np.ndarray
+    n_states: int = 2
+    size: str = "tiny"
+    device: str = "cpu"
+    halves: bool = True
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BenchEntry:
+    """One row source of the leaderboard.
+
+    Attributes
+    ----------
+    name
+        Recipe name as shown in the leaderboard.
+    task
+        One of :data:`cryoviz.bench.tasks.TASKS`.
+    run
+        ``run(dataset_dir, output_dir, context) -> RunOutputs``.
+    kinds
+        Dataset kinds (:data:`cryoviz.bench.suite.KINDS`) the entry runs on.
+    description
+        One line for the leaderboard's legend.
+    """
+
+    name: str
+    task: str
+    run: Callable[[Path, Path, RunContext], RunOutputs]
+    kinds: tuple[str, ...]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise InputError(None, "task", f"one of {', '.join(TASKS)}", self.task)
+
+
+ENTRIES: dict[tuple[str, str], BenchEntry] = {}
+
+
+def register(entry: BenchEntry) -> BenchEntry:
+    """Add (or replace) ``entry`` in :data:`ENTRIES` under ``(name, task)``."""
+    ENTRIES[(entry.name, entry.task)] = entry
+    return entry
+
+
+def _particles(dataset: Path) -> ParticleSet:
+    return load_particles(dataset / "particles.star", require_poses=True)
+
+
+# -- homogeneous reconstruction -------------------------------------------------------------
+def _reconstruct(method: str, per_particle: bool = False
+                 ) -> Callable[[Path, Path, RunContext], RunOutputs]:
+    """Homogeneous reconstruction; ``per_particle``: the same map for every rendered particle."""
+
+    def run(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+        from cryoviz.reconstruct import reconstruct, write_reconstruction  # noqa: PLC0415
+
+        particles = _particles(dataset)
+        epochs = TRAIN_SETTINGS[ctx.size]["epochs"]
+        result = reconstruct(particles, method=method, epochs=epochs, seed=ctx.seed,
+                             device=ctx.device)
+        write_reconstruction(result, output)
+        maps = result.full_map[None]
+        if per_particle:
+            maps = maps.expand(len(ctx.render), *maps.shape[1:])
+        return RunOutputs(volumes=maps, pixel_size_angstrom=result.pixel_size_angstrom,
+                          extra={"resolution_half_maps_0143_angstrom":
+                                 result.resolution_angstrom})
+    return run
+
+
+# -- training recipes -----------------------------------------------------------------------
+def _recipe(name: str, ctx: RunContext, overrides: dict):
+    from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
+
+    settings = dict(TRAIN_SETTINGS[ctx.size])
+    if name == "e2gmm":  # its own widths and batch; epochs from the size
+        settings = {"epochs": settings["epochs"] + 1}
+    if name == "voxel-homogeneous":  # no implicit network
+        settings = {"epochs": settings["epochs"], "batch_size": settings["batch_size"]}
+    return get_recipe(name, seed=ctx.seed, **{**settings, **overrides})
+
+
+def _encode(run_dir: Path, particles: ParticleSet, device: str) -> np.ndarray:
+    """Latent means of all ``particles`` through a trained run's encoder."""
+    from cryoviz.train.data import ParticleBatches  # noqa: PLC0415
+    from cryoviz.train.evaluate import load_run  # noqa: PLC0415
+    from cryoviz.train.loop import encode_all  # noqa: PLC0415
+
+    run = load_run(run_dir, device=device)
+    with ImageSource(particles) as source:
+        batches = ParticleBatches(source, run.recipe.batch_size, seed=run.recipe.seed,
+                                  box_size=run.recipe.box)
+        mu, _ = encode_all(run.encoder, batches, torch.device(device))
+    return mu.astype(np.float64)
+
+
+def train_entry(name: str, **overrides) -> Callable[[Path, Path, RunContext], RunOutputs]:
+    """The run of training recipe ``name`` with recipe settings ``overrides`` (sweeps)."""
+
+    def run(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+        from cryoviz.reconstruct import half_sets  # noqa: PLC0415
+        from cryoviz.train.evaluate import eval_volumes, load_run  # noqa: PLC0415
+        from cryoviz.train.loop import train  # noqa: PLC0415
+
+        particles = _particles(dataset)
+        recipe = _recipe(name, ctx, overrides)
+        train(particles, recipe, output / "all", device=ctx.device)
+        run_all = load_run(output / "all", device=ctx.device)
+        z = None if run_all.mu is None else run_all.mu.astype(np.float64)
+        maps = eval_volumes(run_all, None if z is None else z[ctx.render],
+                            box_size=particles.box_size)
+        half_latents = None
+        if ctx.halves and z is not None and recipe.encoder in ("vae", "ae"):
+            halves = half_sets(particles, ctx.seed)
+            encoded = []
+            for h in (0, 1):
+                subset = particles.subset(np.flatnonzero(halves == h))
+                train(subset, recipe, output / f"half_{h}", device=ctx.device)
+                encoded.append(_encode(output / f"half_{h}", particles, ctx.device))
+            half_latents = (encoded[0][halves == 0], encoded[1][halves == 1],
+                            encoded[0], encoded[1])
+        return RunOutputs(volumes=maps, pixel_size_angstrom=particles.pixel_size_angstrom,
+                          z=z, half_latents=half_latents,
+                          extra={"epochs": recipe.epochs, **overrides})
+    return run
+
+
+def _class3d(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    from cryoviz.inference.class_em import run_class_em, write_class_em  # noqa: PLC0415
+
+    particles = _particles(dataset)
+    k = max(2, ctx.n_states)
+    result = run_class_em(particles, k, n_iterations=EM_ITERATIONS[ctx.size], seed=ctx.seed,
+                          device=ctx.device)
+    write_class_em(result, output)
+    best = result.best_class
+    return RunOutputs(volumes=result.maps[best[ctx.render]],
+                      pixel_size_angstrom=result.pixel_size_angstrom,
+                      z=result.posteriors.numpy().astype(np.float64),
+                      extra={"classes": k})
+
+
+def _ppca(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    from cryoviz.inference.ppca import eval_ppca, run_ppca, write_ppca  # noqa: PLC0415
+
+    particles = _particles(dataset)
+    result = run_ppca(particles, n_components=2, n_iterations=EM_ITERATIONS[ctx.size],
+                      box_size=particles.box_size, seed=ctx.seed, device=ctx.device)
+    write_ppca(result, output)
+    z = result.z.numpy().astype(np.float64)
+    return RunOutputs(volumes=eval_ppca(result, z[ctx.render]),
+                      pixel_size_angstrom=result.pixel_size_angstrom, z=z,
+                      extra={"components": 2})
+
+
+def _refine(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    """relion-refine from a 20 Å low-pass of the true map (the pose task: poses unknown)."""
+    from cryoviz.bench.tasks import load_truth  # noqa: PLC0415
+    from cryoviz.inference.refine import RefineSettings, run_refine, write_refine  # noqa: PLC0415
+
+    particles = load_particles(dataset / "particles.star")
+    truth = load_truth(dataset)
+    settings = RefineSettings(n_iterations=EM_ITERATIONS[ctx.size], seed=ctx.seed,
+                              initial_lowpass_angstrom=20.0)
+    result = run_refine(particles, truth.maps[0], settings=settings, device=ctx.device)
+    write_refine(result, particles, output)
+    return RunOutputs(volumes=result.map[None], pixel_size_angstrom=result.pixel_size_angstrom,
+                      poses_file=output / "poses.npz",
+                      extra={"iterations": settings.n_iterations,
+                             "median_angular_spread_deg":
+                             float(np.median(result.posterior.angular_spread_deg))})
+
+
+def _builtin() -> None:
+    for method, text in (("backprojection", "Wiener backprojection, true poses"),
+                         ("sgd", "voxel map by SGD through the forward model, true poses")):
+        register(BenchEntry(method, "volume", _reconstruct(method), HOMOGENEOUS_KINDS, text))
+    register(BenchEntry("voxel-homogeneous", "volume", train_entry("voxel-homogeneous"),
+                        HOMOGENEOUS_KINDS, "voxel map, training loop (Adam), true poses"))
+    register(BenchEntry("consensus-backprojection", "conformation",
+                        _reconstruct("backprojection", per_particle=True), HETEROGENEOUS_KINDS,
+                        "baseline: one backprojected map for every particle"))
+    for name, text in (("cryodrgn", "implicit Hartley decoder + VAE encoder"),
+                       ("cryodrgn-ae", "implicit decoder + deterministic encoder"),
+                       ("autodecoder", "implicit decoder + per-particle latent table"),
+                       ("e2gmm", "Gaussian mixture decoder + VAE, FRC loss")):
+        register(BenchEntry(name, "conformation", train_entry(name), HETEROGENEOUS_KINDS, text))
+    register(BenchEntry("relion-class3d", "conformation", _class3d, HETEROGENEOUS_KINDS,
+                        "EM over K classes (K = true states, 2 for a path)"))
+    register(BenchEntry("3dva", "conformation", _ppca, HETEROGENEOUS_KINDS,
+                        "linear subspace, 2 components, PPCA-EM"))
+    register(BenchEntry("relion-refine", "pose", _refine, HOMOGENEOUS_KINDS,
+                        "exact EM over SO(3) x shifts from a 20 Å low-pass of the truth"))
+
+
+_builtin()

@@ -1,0 +1,195 @@
+"""The leaderboard: ``results.json`` and the same rows as markdown and plain HTML tables.
+
+``results.json`` holds ``{"suite_version", "machine", "datasets", "rows"}``;
+``leaderboard.md`` and ``leaderboard.html`` are regenerated from it (one table
+per task, rows grouped by dataset, best FSC-AUC first) by
+:func:`write_leaderboard`, or from an existing file by :func:`regenerate`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from cryoviz.errors import InputError
+from cryoviz.io.mrc import atomic_output
+
+__all__ = ["COLUMNS", "write_leaderboard", "read_results", "regenerate", "markdown_table",
+           "html_page"]
+
+#: ``task -> [(header, metric key)]``; ``wall_s`` etc. are row fields, the rest metrics.
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "volume": [("FSC-AUC", "fsc_auc"), ("FSC=0.5 Å", "resolution_05_angstrom"),
+               ("half-map 0.143 Å", "resolution_half_maps_0143_angstrom")],
+    "conformation": [("per-conf. FSC-AUC", "fsc_auc"), ("FSC=0.5 Å", "resolution_05_angstrom"),
+                     ("kNN preservation", "knn_preservation"), ("(chance)", "knn_chance"),
+                     ("half-set W2", "half_w2"), ("FSC-cluster agreement",
+                                                  "fsc_cluster_agreement"),
+                     ("top merge Å", "fsc_top_merge_angstrom"),
+                     ("(truth) Å", "truth_top_merge_angstrom")],
+    "pose": [("median error °", "pose_median_error_deg"), ("mean error °", "pose_mean_error_deg"),
+             ("≤10°", "pose_within_10deg"), ("FSC-AUC", "fsc_auc"),
+             ("FSC=0.5 Å", "resolution_05_angstrom")],
+    "abinit": [("median error °", "pose_median_error_deg"),
+               ("mean error °", "pose_mean_error_deg"), ("≤10°", "pose_within_10deg"),
+               ("FSC-AUC", "fsc_auc"), ("FSC=0.5 Å", "resolution_05_angstrom")],
+}
+_TAIL = [("wall s", "wall_s"), ("peak RSS MiB", "peak_rss_mb"), ("device", "device"),
+         ("source", "source")]
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.3f}"
+    return str(value)
+
+
+def _sorted(rows: list[dict], task: str) -> list[dict]:
+    def key(r: dict):
+        auc = r["metrics"].get("fsc_auc")
+        err = r["metrics"].get("pose_median_error_deg")
+        return (r["dataset"], -(auc if auc is not None else -1.0),
+                err if err is not None else 1e9, r["recipe"])
+    return sorted((r for r in rows if r["task"] == task and r["status"] == "ok"), key=key)
+
+
+def _cells(row: dict, task: str) -> list[str]:
+    values = [row["recipe"], row["dataset"]]
+    values += [_fmt(row["metrics"].get(key)) for _, key in COLUMNS[task]]
+    values += [_fmt(row.get(key)) for _, key in _TAIL]
+    return values
+
+
+def _headers(task: str) -> list[str]:
+    return ["recipe", "dataset"] + [h for h, _ in COLUMNS[task]] + [h for h, _ in _TAIL]
+
+
+def markdown_table(rows: list[dict], task: str) -> str:
+    """The markdown table of one task's successful rows."""
+    lines = ["| " + " | ".join(_headers(task)) + " |",
+             "|" + "---|" * len(_headers(task))]
+    lines += ["| " + " | ".join(c.replace("|", "/") for c in _cells(r, task)) + " |"
+              for r in _sorted(rows, task)]
+    return "\n".join(lines)
+
+
+def _machine_line(info: dict) -> str:
+    m = info.get("machine", {})
+    return (f"Suite version {info.get('suite_version')}; {m.get('date_utc')}; "
+            f"{m.get('platform')}; Python {m.get('python')}; torch {m.get('torch_version')}; "
+            f"cryoviz {m.get('cryoviz_version')}; device {m.get('device')}; "
+            f"load average at start {m.get('load_average')}; process base RSS "
+            f"{_fmt(m.get('baseline_rss_mb'))} MiB (included in in-process peaks).")
+
+
+def _failed(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["status"] != "ok"]
+
+
+def markdown(rows: list[dict], info: dict) -> str:
+    """The whole ``leaderboard.md``."""
+    parts = ["# cryoviz bench leaderboard", "", _machine_line(info), ""]
+    for task in COLUMNS:
+        if any(r["task"] == task and r["status"] == "ok" for r in rows):
+            parts += [f"## Task: {task}", "", markdown_table(rows, task), ""]
+    failed = _failed(rows)
+    if failed:
+        parts += ["## Failed runs", ""]
+        parts += [f"- {r['recipe']} / {r['task']} / {r['dataset']}: {r['status']}"
+                  for r in failed]
+        parts.append("")
+    parts += ["Metric definitions: `docs/bench.md`. Memory: " +
+              ", ".join(sorted({r['memory_method'] for r in rows if r.get('memory_method')})),
+              ""]
+    return "\n".join(parts)
+
+
+def html_page(rows: list[dict], info: dict) -> str:
+    """The whole ``leaderboard.html`` (plain HTML, no scripts)."""
+    esc = html.escape
+    out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+           "<title>cryoviz bench leaderboard</title>",
+           "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
+           "margin-bottom:2em}td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}"
+           "td:nth-child(-n+2),th{text-align:left}th{background:#eee}</style>",
+           "</head><body>", "<h1>cryoviz bench leaderboard</h1>",
+           f"<p>{esc(_machine_line(info))}</p>"]
+    for task in COLUMNS:
+        task_rows = _sorted(rows, task)
+        if not task_rows:
+            continue
+        out.append(f"<h2>Task: {esc(task)}</h2><table><tr>"
+                   + "".join(f"<th>{esc(h)}</th>" for h in _headers(task)) + "</tr>")
+        for r in task_rows:
+            out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _cells(r, task))
+                       + "</tr>")
+        out.append("</table>")
+    failed = _failed(rows)
+    if failed:
+        out.append("<h2>Failed runs</h2><ul>")
+        out += [f"<li>{esc(r['recipe'])} / {esc(r['task'])} / {esc(r['dataset'])}: "
+                f"{esc(r['status'])}</li>" for r in failed]
+        out.append("</ul>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def write_leaderboard(output_dir: str | Path, rows: list, info: dict) -> dict:
+    """Write ``results.json``, ``leaderboard.md`` and ``leaderboard.html``.
+
+    Parameters
+    ----------
+    output_dir
+        Folder (created).
+    rows
+        :class:`cryoviz.bench.runner.BenchRow` objects or their dictionaries.
+    info
+        ``suite_version``, ``machine`` and ``datasets``.
+
+    Returns
+    -------
+    dict
+        The results written to ``results.json``.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dict_rows = [r if isinstance(r, dict) else r.to_dict() for r in rows]
+    results = {**info, "rows": dict_rows}
+    _write(out / "results.json", json.dumps(results, indent=2, allow_nan=False) + "\n")
+    _write(out / "leaderboard.md", markdown(dict_rows, info))
+    _write(out / "leaderboard.html", html_page(dict_rows, info))
+    return results
+
+
+def read_results(path: str | Path) -> dict:
+    """Read a ``results.json`` (or the one in a bench folder)."""
+    target = Path(path)
+    if target.is_dir():
+        target = target / "results.json"
+    if not target.is_file():
+        raise InputError(target, "results.json", "a bench results file", got="no such file")
+    try:
+        results = json.loads(target.read_text())
+    except json.JSONDecodeError as err:
+        raise InputError(target, "results.json", "valid JSON", got=str(err)) from None
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        raise InputError(target, "rows", "a list of leaderboard rows", got=type(results))
+    return results
+
+
+def regenerate(output_dir: str | Path, extra_rows: list | None = None) -> dict:
+    """Rewrite the tables from ``output_dir/results.json``, adding ``extra_rows``."""
+    results = read_results(output_dir)
+    rows = results.pop("rows") + [r if isinstance(r, dict) else r.to_dict()
+                                  for r in (extra_rows or [])]
+    return write_leaderboard(output_dir, rows, results)

@@ -1,0 +1,271 @@
+"""Benchmark tasks and their scorers.
+
+Every task fixes everything but what it measures:
+
+=================  ==========================================================
+``volume``         poses, shifts, CTF known; one map (homogeneous data)
+``conformation``   poses, shifts, CTF known; per-particle maps / latents
+``pose``           the true map known; poses inferred (``poses.npz``)
+``abinit``         nothing known; map and poses inferred
+=================  ==========================================================
+
+A recipe's run returns :class:`RunOutputs`; :func:`score` turns them into the
+metrics of the leaderboard (plain floats), against the dataset's ``truth/``.
+
+Metric definitions (see ``docs/bench.md``):
+
+* ``fsc_auc``: area under ``|FSC|`` against frequency (0 .. 0.5 cycles/px), the
+  CryoBench FSC-AUC (:meth:`cryoviz.metrics.FSCCurve.auc`); for the
+  conformation task the mean over true conformations of the mean over that
+  conformation's rendered particles (*per-conformation FSC-AUC*);
+* ``resolution_05_angstrom``: resolution where the FSC against the truth
+  drops below 0.5 (mean over conformations);
+* ``pose_median_error_deg`` / ``pose_mean_error_deg``: geodesic error after the
+  global alignment (and hand) of :func:`cryoviz.metrics.align_rotations`;
+* ``knn_preservation`` (and ``knn_chance``): :func:`cryoviz.metrics.neighbourhood_preservation`
+  of the latents against the true path coordinate or state;
+* ``half_w2``: :func:`cryoviz.metrics.half_latent_wasserstein` of models trained
+  on the two halves;
+* ``fsc_cluster_agreement`` and ``fsc_top_merge_angstrom``: the FSC clustering of
+  the rendered maps (:func:`cryoviz.metrics.fsc_hierarchical_clustering`) cut
+  into the true number of states, scored against the true states
+  (:func:`cryoviz.analysis.label_agreement`), and the resolution of its last
+  merge (``truth_top_merge_angstrom``: the same for the true maps); the
+  distance is the FSC = :data:`CLUSTER_FSC_THRESHOLD` resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cryoviz.analysis.clustering import label_agreement
+from cryoviz.errors import InputError
+from cryoviz.geometry import geodesic_distance_deg
+from cryoviz.inference.posterior import read_pose_posterior
+from cryoviz.inference.ppca import fourier_crop_volume
+from cryoviz.io.mrc import read_volume
+from cryoviz.metrics.alignment import align_volume
+from cryoviz.metrics.fsc import fsc
+from cryoviz.metrics.landscape import (
+    fsc_hierarchical_clustering,
+    half_latent_wasserstein,
+    neighbourhood_preservation,
+)
+from cryoviz.metrics.poses import align_rotations, apply_rotation_alignment
+
+__all__ = ["TASKS", "RunOutputs", "Truth", "load_truth", "render_plan", "score",
+           "CLUSTER_FSC_THRESHOLD"]
+
+TASKS = ("volume", "conformation", "pose", "abinit")
+
+#: FSC threshold of the clustering distance. Maps decoded from latents carry no
+#: noise, and states that share most of their mass (a subunit present or absent:
+#: FSC >= 0.84 at every shell at box 32) never drop below 0.5.
+CLUSTER_FSC_THRESHOLD = 0.9
+
+
+@dataclass
+class RunOutputs:
+    """What a recipe produced, for scoring.
+
+    Attributes
+    ----------
+    volumes
+        ``(M, d, d, d)`` maps: one map (``volume``, ``pose``, ``abinit`` tasks) or
+        the maps of the particles ``render`` asked for (``conformation``).
+    pixel_size_angstrom
+        Voxel size of ``volumes``.
+    z
+        ``(N, L)`` latents of all particles in file order, or None.
+    poses_file
+        A ``poses.npz`` (:mod:`cryoviz.inference.posterior`) for pose tasks.
+    half_latents
+        ``(z_half_a, z_half_b, paired_a, paired_b)`` of two models trained on the
+        data's halves (see :func:`cryoviz.metrics.half_latent_wasserstein`), or None.
+    extra
+        Recipe-specific numbers copied into the leaderboard row.
+    """
+
+    volumes: torch.Tensor | None = None
+    pixel_size_angstrom: float = 0.0
+    z: np.ndarray | None = None
+    poses_file: Path | None = None
+    half_latents: tuple | None = None
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground truth of a simulated dataset.
+
+    Attributes
+    ----------
+    maps
+        ``(S, D, D, D)`` true maps (states, or points along the path).
+    pixel_size_angstrom
+        Their voxel size.
+    labels
+        ``(N,)`` state (discrete) or path level (continuous) of every particle.
+    path_coordinate
+        ``(N,)`` path coordinate in [0, 1] (NaN for discrete data).
+    rotations
+        ``(N, 3, 3)`` true rotations.
+    continuous
+        Whether the data lie on a continuous path.
+    """
+
+    maps: torch.Tensor
+    pixel_size_angstrom: float
+    labels: np.ndarray
+    path_coordinate: np.ndarray
+    rotations: np.ndarray
+    continuous: bool
+
+    def map_index(self, particles: np.ndarray) -> np.ndarray:
+        """Index into :attr:`maps` of the true map of each particle."""
+        if not self.continuous:
+            return self.labels[particles]
+        grid = np.linspace(0.0, 1.0, len(self.maps))
+        return np.abs(self.path_coordinate[particles, None] - grid[None]).argmin(axis=1)
+
+
+def load_truth(dataset: str | Path) -> Truth:
+    """Read ``truth/`` of a dataset written by ``cryoviz simulate``."""
+    folder = Path(dataset) / "truth"
+    npz_path = folder / "truth.npz"
+    if not npz_path.is_file():
+        raise InputError(npz_path, "truth", "a dataset simulated by cryoviz", got="no such file")
+    with np.load(npz_path) as npz:
+        labels, coord, rot = npz["labels"], npz["path_coordinate"], npz["rotations"]
+    paths = sorted(folder.glob("path_*.mrc")) or sorted(folder.glob("state_*.mrc"))
+    vols, apix = [], None
+    for p in paths:
+        v, apix = read_volume(p)
+        vols.append(torch.as_tensor(np.ascontiguousarray(v), dtype=torch.float64))
+    return Truth(maps=torch.stack(vols), pixel_size_angstrom=float(apix), labels=labels,
+                 path_coordinate=coord, rotations=rot,
+                 continuous=bool(np.isfinite(coord).any()))
+
+
+def render_plan(truth: Truth, per_state: int = 4, seed: int = 0) -> np.ndarray:
+    """Particles whose maps the conformation task scores (seeded, file-order indices).
+
+    Discrete data: ``per_state`` random particles of every state. Continuous
+    data: for every true path map, the particle closest to it on the path.
+    """
+    rng = np.random.default_rng(seed)
+    if truth.continuous:
+        grid = np.linspace(0.0, 1.0, len(truth.maps))
+        return np.array([int(np.abs(truth.path_coordinate - t).argmin()) for t in grid])
+    chosen = []
+    for state in np.unique(truth.labels):
+        members = np.flatnonzero(truth.labels == state)
+        chosen.extend(rng.choice(members, size=min(per_state, len(members)), replace=False))
+    return np.sort(np.asarray(chosen, dtype=np.int64))
+
+
+def _match_box(truth_map: torch.Tensor, box: int) -> torch.Tensor:
+    if truth_map.shape[-1] == box:
+        return truth_map
+    return fourier_crop_volume(truth_map, box)
+
+
+def _fsc_numbers(volume: torch.Tensor, reference: torch.Tensor, apix: float) -> tuple[float,
+                                                                                    float]:
+    curve = fsc(volume.to(torch.float64), reference)
+    return curve.auc(), curve.resolution_angstrom(apix, 0.5)
+
+
+def _score_single_map(out: RunOutputs, truth: Truth, align: bool) -> dict:
+    vol = out.volumes[0].to(torch.float64)
+    ref = _match_box(truth.maps[0], vol.shape[-1])
+    metrics = {}
+    if align:
+        result = align_volume(vol, ref)
+        vol = result.aligned
+        metrics["mirrored"] = bool(result.flipped)
+    auc, res = _fsc_numbers(vol, ref, out.pixel_size_angstrom)
+    metrics.update(fsc_auc=auc, resolution_05_angstrom=res)
+    return metrics
+
+
+def _score_poses(out: RunOutputs, truth: Truth) -> dict:
+    if out.poses_file is None:
+        raise InputError(None, "poses", "a poses.npz from the pose recipe", got="none")
+    posterior = read_pose_posterior(out.poses_file)
+    true_rot = torch.as_tensor(truth.rotations[posterior.particle_ids], dtype=torch.float64)
+    est = torch.as_tensor(posterior.rotations, dtype=torch.float64)
+    alignment = align_rotations(est, true_rot)
+    errors = geodesic_distance_deg(apply_rotation_alignment(est, alignment), true_rot)
+    return {"pose_median_error_deg": float(errors.median()),
+            "pose_mean_error_deg": float(errors.mean()),
+            "pose_within_10deg": float((errors <= 10.0).to(torch.float64).mean()),
+            "pose_hand_flipped": bool(alignment.flipped)}
+
+
+def _score_conformation(out: RunOutputs, truth: Truth, render: np.ndarray, k: int) -> dict:
+    metrics: dict = {}
+    if out.volumes is not None:
+        if len(out.volumes) != len(render):
+            raise InputError(None, "volumes", f"{len(render)} maps (one per rendered particle)",
+                             got=len(out.volumes))
+        apix = out.pixel_size_angstrom
+        box = out.volumes.shape[-1]
+        which = truth.map_index(render)
+        per_state_auc, per_state_res = [], []
+        for state in np.unique(which):
+            pairs = [_fsc_numbers(out.volumes[i], _match_box(truth.maps[state], box), apix)
+                     for i in np.flatnonzero(which == state)]
+            per_state_auc.append(np.mean([p[0] for p in pairs]))
+            per_state_res.append(np.mean([p[1] for p in pairs]))
+        metrics["fsc_auc"] = float(np.mean(per_state_auc))
+        metrics["resolution_05_angstrom"] = float(np.mean(per_state_res))
+        n_states = len(np.unique(which))
+        if not truth.continuous and n_states >= 2:
+            clusters = fsc_hierarchical_clustering(out.volumes.to(torch.float64), apix,
+                                                   n_clusters=n_states,
+                                                   threshold=CLUSTER_FSC_THRESHOLD)
+            metrics["fsc_cluster_agreement"] = label_agreement(clusters.labels, which)
+            metrics["fsc_top_merge_angstrom"] = float(clusters.merge_resolutions_angstrom[-1])
+            true_maps = torch.stack([_match_box(m, box) for m in truth.maps])
+            truth_clusters = fsc_hierarchical_clustering(true_maps, apix, n_clusters=n_states,
+                                                         threshold=CLUSTER_FSC_THRESHOLD)
+            metrics["truth_top_merge_angstrom"] = float(
+                truth_clusters.merge_resolutions_angstrom[-1])
+    if out.z is not None:
+        target = truth.path_coordinate if truth.continuous else truth.labels
+        nbr = neighbourhood_preservation(out.z, target, k=min(k, len(out.z) - 1))
+        metrics["knn_preservation"] = nbr.score
+        metrics["knn_chance"] = nbr.chance
+    if out.half_latents is not None:
+        za, zb, pa, pb = out.half_latents
+        try:
+            metrics["half_w2"] = half_latent_wasserstein(za, zb, pa, pb)
+        except ValueError as err:  # a collapsed latent space (no spread): undefined
+            if "no spread" not in str(err):
+                raise
+            metrics["half_w2"] = None
+    return metrics
+
+
+def score(task: str, out: RunOutputs, truth: Truth, render: np.ndarray | None = None,
+          knn_k: int = 10) -> dict:
+    """Metrics of one run (see the module docstring); non-finite values become None."""
+    if task not in TASKS:
+        raise InputError(None, "task", f"one of {', '.join(TASKS)}", task)
+    if task == "volume":
+        metrics = _score_single_map(out, truth, align=False)
+    elif task == "conformation":
+        metrics = _score_conformation(out, truth, np.asarray(render), knn_k)
+    else:
+        metrics = _score_poses(out, truth)
+        if out.volumes is not None:
+            metrics.update(_score_single_map(out, truth, align=task == "abinit"))
+    metrics.update(out.extra)
+    return {key: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for key, v in metrics.items()}

@@ -1,0 +1,227 @@
+"""End to end: a reduced tiny suite through the harness, and the leaderboard's figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cryoviz.bench import cli as bench_cli
+from cryoviz.bench.diagnostics import perturb_rotations
+from cryoviz.bench.entries import (
+    ENTRIES,
+    HETEROGENEOUS_KINDS,
+    BenchEntry,
+    RunContext,
+    train_entry,
+)
+from cryoviz.bench.runner import run_bench, select_entries
+from cryoviz.bench.suite import DatasetSpec
+from cryoviz.bench.tasks import RunOutputs, load_truth
+from cryoviz.errors import InputError
+from cryoviz.geometry import axis_angle_to_matrix
+from cryoviz.inference.posterior import PosePosterior, write_pose_posterior
+from cryoviz.io.mrc import read_volume
+from cryoviz.io.particles import load_particles
+from cryoviz.metrics import flip_hand, fsc, rotate_volume
+from cryoviz.reconstruct import reconstruct
+
+POSE_ERROR_DEG = 5.0
+GLOBAL = axis_angle_to_matrix(torch.tensor([0.3, -0.8, 0.5], dtype=torch.float64)).numpy()
+MIRROR = np.diag([1.0, 1.0, -1.0])
+
+
+def shuffled_backprojection(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    """Control: the same backprojection with the poses permuted between particles."""
+    particles = load_particles(dataset / "particles.star", require_poses=True)
+    order = np.random.default_rng(0).permutation(len(particles))
+    particles.rotations = particles.rotations[order]
+    result = reconstruct(particles)
+    return RunOutputs(volumes=result.full_map[None],
+                      pixel_size_angstrom=result.pixel_size_angstrom)
+
+
+def _posterior(rotations: np.ndarray) -> PosePosterior:
+    n = len(rotations)
+    return PosePosterior(
+        rotations=rotations, shifts_angstrom=np.zeros((n, 2)),
+        angular_spread_deg=np.zeros(n), shift_spread_angstrom=np.zeros(n),
+        topk_rotations=rotations[:, None], topk_shifts_angstrom=np.zeros((n, 1, 2)),
+        topk_weights=np.ones((n, 1)), particle_ids=np.arange(n))
+
+
+def perturbed_poses(mirror: bool):
+    """A pose 'recipe': the true poses with a known error, in another frame (and hand)."""
+
+    def run(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+        truth = load_truth(dataset)
+        est = perturb_rotations(truth.rotations, POSE_ERROR_DEG, seed=1) @ GLOBAL.T
+        volume = None
+        if mirror:  # the other hand: poses F R F, map mirrored (and rotated)
+            est = MIRROR @ est @ MIRROR
+            volume = rotate_volume(flip_hand(truth.maps[0].to(torch.float32)),
+                                   torch.as_tensor(GLOBAL, dtype=torch.float32))[None]
+        path = write_pose_posterior(output, _posterior(est))
+        return RunOutputs(volumes=volume, pixel_size_angstrom=truth.pixel_size_angstrom,
+                          poses_file=path)
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("bench")
+    entries = [ENTRIES[("backprojection", "volume")],
+               BenchEntry("backprojection-shuffled-poses", "volume", shuffled_backprojection,
+                          ("homogeneous",), "control"),
+               BenchEntry("perturbed-truth", "pose", perturbed_poses(False), ("homogeneous",)),
+               BenchEntry("perturbed-truth-mirrored", "abinit", perturbed_poses(True),
+                          ("homogeneous",)),
+               ENTRIES[("consensus-backprojection", "conformation")],
+               BenchEntry("e2gmm", "conformation", train_entry("e2gmm", epochs=2),
+                          HETEROGENEOUS_KINDS)]
+    datasets = [DatasetSpec("homogeneous"), DatasetSpec("mixture")]
+    rows = run_bench(datasets, out, entries, halves=True, per_state=3, raise_errors=True)
+    by_key = {(r.recipe, r.dataset): r for r in rows}
+    return out, by_key
+
+
+def test_every_run_has_a_row_with_costs(bench):
+    out, rows = bench
+    assert len(rows) == 6
+    for row in rows.values():
+        assert row.status == "ok"
+        assert row.wall_s > 0 and row.peak_rss_mb > 50
+        assert row.device == "cpu" and row.memory_method
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["rows"]) == 6
+    assert results["suite_version"] == "1"
+    assert results["machine"]["torch_version"] == torch.__version__
+    md = (out / "leaderboard.md").read_text()
+    html = (out / "leaderboard.html").read_text()
+    for name in ("backprojection-shuffled-poses", "perturbed-truth-mirrored", "e2gmm"):
+        assert name in md and name in html
+    assert "## Task: pose" in md and "<table>" in html
+
+
+def test_volume_fsc_auc_recomputed_independently(bench):
+    out, rows = bench
+    row = rows[("backprojection", "homogeneous-hi-uniform-tiny")]
+    run_dir = out / "runs" / "homogeneous-hi-uniform-tiny" / "backprojection-volume"
+    rec, apix = read_volume(run_dir / "map.mrc")
+    true_map, _ = read_volume(out / "datasets" / "homogeneous-hi-uniform-tiny" / "truth" /
+                              "state_0.mrc")
+    curve = fsc(torch.as_tensor(rec, dtype=torch.float64),
+                torch.as_tensor(true_map, dtype=torch.float64))
+    assert row.metrics["fsc_auc"] == pytest.approx(curve.auc(), rel=1e-5)
+    assert row.metrics["resolution_05_angstrom"] == pytest.approx(
+        curve.resolution_angstrom(apix, 0.5), rel=1e-5)
+    assert row.metrics["fsc_auc"] > 0.3
+
+
+def test_true_poses_beat_shuffled_poses(bench):
+    _, rows = bench
+    true = rows[("backprojection", "homogeneous-hi-uniform-tiny")].metrics
+    shuffled = rows[("backprojection-shuffled-poses", "homogeneous-hi-uniform-tiny")].metrics
+    assert true["fsc_auc"] > shuffled["fsc_auc"] + 0.15
+    assert true["resolution_05_angstrom"] < shuffled["resolution_05_angstrom"]
+
+
+def test_pose_scorers_recover_the_injected_error(bench):
+    _, rows = bench
+    pose = rows[("perturbed-truth", "homogeneous-hi-uniform-tiny")].metrics
+    assert pose["pose_median_error_deg"] == pytest.approx(POSE_ERROR_DEG, abs=0.2)
+    assert pose["pose_mean_error_deg"] == pytest.approx(POSE_ERROR_DEG, abs=0.3)
+    assert pose["pose_within_10deg"] == 1.0
+    assert pose["pose_hand_flipped"] is False
+    abinit = rows[("perturbed-truth-mirrored", "homogeneous-hi-uniform-tiny")].metrics
+    assert abinit["pose_median_error_deg"] == pytest.approx(POSE_ERROR_DEG, abs=0.2)
+    assert abinit["pose_hand_flipped"] is True
+    assert abinit["mirrored"] is True
+    assert abinit["fsc_auc"] > 0.4  # the rotated, mirrored true map aligns back
+
+
+def test_conformation_scores(bench):
+    out, rows = bench
+    dataset = out / "datasets" / "mixture-hi-uniform-tiny"
+    consensus = rows[("consensus-backprojection", "mixture-hi-uniform-tiny")].metrics
+    rec, _ = read_volume(out / "runs" / dataset.name / "consensus-backprojection-conformation" /
+                         "map.mrc")
+    states = [read_volume(dataset / "truth" / f"state_{k}.mrc")[0] for k in (0, 1)]
+    expected = np.mean([fsc(torch.as_tensor(rec, dtype=torch.float64),
+                            torch.as_tensor(s, dtype=torch.float64)).auc() for s in states])
+    assert consensus["fsc_auc"] == pytest.approx(expected, rel=1e-5)
+    # one map for every particle cannot tell the states apart; the true maps can
+    assert consensus["fsc_top_merge_angstrom"] == pytest.approx(2 * 4.0)
+    assert consensus["truth_top_merge_angstrom"] > 3 * 4.0
+    learned = rows[("e2gmm", "mixture-hi-uniform-tiny")].metrics
+    for key in ("fsc_auc", "knn_preservation", "knn_chance", "half_w2",
+                "fsc_cluster_agreement"):
+        assert learned[key] is not None and np.isfinite(learned[key])
+    assert learned["knn_chance"] == pytest.approx(0.5, abs=0.05)
+    assert 0.0 <= learned["half_w2"]
+
+
+def test_cli_regenerates_the_tables(bench, capsys):
+    out, _ = bench
+    md = (out / "leaderboard.md").read_text()
+    (out / "leaderboard.md").unlink()
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    assert bench_cli.run(parser.parse_args(["bench", "regenerate", str(out)])) == 0
+    assert (out / "leaderboard.md").read_text() == md
+    assert bench_cli.run(parser.parse_args(["bench", "regenerate", str(out / "nope")])) == 2
+    assert "results.json" in capsys.readouterr().err
+
+
+def test_unknown_recipe_is_input_error():
+    with pytest.raises(InputError, match="recipes"):
+        select_entries(["no-such-recipe"])
+    assert {e.name for e in select_entries(tasks=["volume"])} >= {"backprojection", "sgd"}
+    assert all(set(e.kinds) <= set(HETEROGENEOUS_KINDS)
+               for e in select_entries(tasks=["conformation"]))
+
+
+def test_cli_bench_runs_a_filtered_suite(bench, tmp_path, capsys):
+    out, rows = bench
+    # reuse the fixture's simulated dataset (same suite version and configuration)
+    name = "homogeneous-hi-uniform-tiny"
+    shutil.copytree(out / "datasets" / name, tmp_path / "datasets" / name)
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--suite", "tiny", "-o", str(tmp_path), "--kinds",
+                              "homogeneous", "--snrs", "hi", "--poses", "uniform",
+                              "--recipes", "backprojection", "--error-propagation"])
+    assert bench_cli.run(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    (row,) = results["rows"]
+    assert row["recipe"] == "backprojection" and row["dataset"] == name
+    # same data, same method: the same figure as the fixture's run
+    assert row["metrics"]["fsc_auc"] == pytest.approx(
+        rows[("backprojection", name)].metrics["fsc_auc"], rel=1e-6)
+    diag = json.loads((tmp_path / "diagnostics" / name / "error_propagation.json").read_text())
+    assert diag["pose"][0]["fsc_auc"] == pytest.approx(row["metrics"]["fsc_auc"], rel=1e-6)
+    assert diag["pose"][-1]["fsc_auc"] < diag["pose"][0]["fsc_auc"]
+    bad = parser.parse_args(["bench", "-o", str(tmp_path), "--sweep", "cryodrgn-zdim"])
+    assert bench_cli.run(bad) == 2
+    assert "--sweep" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ci_subset_of_the_tiny_suite(tmp_path):
+    """``cryoviz bench --suite tiny --subset ci``: every CI recipe runs and is scored."""
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--suite", "tiny", "--subset", "ci", "-o", str(tmp_path)])
+    assert bench_cli.run(args) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    recipes = {r["recipe"] for r in rows}
+    assert recipes == set(bench_cli.CI_SUBSET["recipes"])
+    assert all(r["status"] == "ok" and r["metrics"]["fsc_auc"] is not None for r in rows)
+    # 3 volume recipes on 1 homogeneous dataset, 4 conformation recipes on 3 others
+    assert len(rows) == 3 + 4 * 3
