@@ -41,6 +41,13 @@ from cryoviz.imaging import render_images
 from cryoviz.inference.class_em import iter_class_em, write_class_em
 from cryoviz.inference.posterior import PosePosterior, read_pose_posterior, write_pose_posterior
 from cryoviz.inference.ppca import eval_ppca, iter_ppca, write_ppca
+from cryoviz.inference.refine import (
+    RefineProgress,
+    RefineResult,
+    RefineSettings,
+    iter_refine,
+    write_refine,
+)
 from cryoviz.io import (
     ImageSource,
     ParticleSet,
@@ -58,6 +65,7 @@ from cryoviz.train.loop import TrainProgress, iter_train, train
 from cryoviz.train.recipes import RECIPES, Recipe, get_recipe
 
 __all__ = [
+    "RefineProgress", "RefineResult", "RefineSettings", "iter_refine", "write_refine",
     "AnalysisSettings", "CTFParams", "FSCCurve", "ImageSource", "InputError", "KMeansResult",
     "PCAResult", "ParticleSet", "PosePosterior", "RECIPES", "Recipe", "Run",
     "SimulationConfig", "TrainProgress", "align_volume", "analyze_run",
