@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -12,12 +10,9 @@ from cryoviz.errors import InputError
 from cryoviz.fourier import centered_fft2, centered_irfft2, centered_rfft2
 from cryoviz.gaussians import (
     GaussianMixture,
-    gaussians_volume,
     project_gaussians_fourier,
-    structure_to_gaussians,
 )
 from cryoviz.geometry.rotations import quaternion_to_matrix
-from cryoviz.metrics.fsc import fsc
 from cryoviz.structure import adenylate_kinase_pair
 from cryoviz.train.loop import build_models
 from cryoviz.train.recipes import get_recipe
@@ -25,9 +20,6 @@ from cryoviz.volumes.gmm import (
     GaussianMixtureVolume,
     frc_loss,
     frc_per_shell,
-    load_reference,
-    mixture_from_map,
-    mixture_from_structure,
     project_gaussians_batched,
     random_ball_mixture,
 )
@@ -90,22 +82,6 @@ def test_batched_projection_gradients_match_finite_differences():
     assert torch.autograd.gradcheck(fn, (centres, amps), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
-def test_reference_gmm_from_4ake_matches_atomic_map():
-    open_state, _ = adenylate_kinase_pair(aligned=True)
-    atomic = gaussians_volume(structure_to_gaussians(open_state, bfactor_a2=20.0), 32, 4.0,
-                              dtype=torch.float64)
-    for level, floor in (("residue", 0.9), ("atom", 0.99)):
-        model = GaussianMixtureVolume(32, 4.0, initial=load_reference("4ake", level))
-        with torch.no_grad():
-            vol = model.volume(None).double()
-        curve = fsc(vol, atomic)
-        low = curve.frequency_per_px <= 0.25  # 16 Å and lower resolution
-        assert float(curve.fsc[low].min()) > floor, (level, curve.fsc)
-        assert abs(float(vol.sum()) / float(atomic.sum()) - 1.0) < 1e-3
-    per_residue = mixture_from_structure(open_state, "residue")
-    assert len(per_residue) == open_state.num_residues
-
-
 def test_volume_model_slices_and_volume_agree_with_mixture():
     model = GaussianMixtureVolume(20, 4.0, latent_dim=2, n_gaussians=16, width=16, seed=1)
     rot = _rotations(3, seed=4, dtype=torch.float32)
@@ -150,18 +126,6 @@ def test_frc_loss_properties():
     got = frc_per_shell(ft, other, max_shell=8)
     assert torch.allclose(got, expected, atol=1e-10)
     assert frc_per_shell(ft, other, max_shell=4).shape == (4, 4)
-
-
-def test_mixture_from_map_finds_density():
-    mix = GaussianMixture(torch.tensor([[8.0, -4.0, 0.0]], dtype=torch.float64),
-                          torch.tensor([5.0], dtype=torch.float64),
-                          torch.tensor([3.0], dtype=torch.float64))
-    vol = gaussians_volume(mix, 20, 2.0, dtype=torch.float64)
-    found = mixture_from_map(vol, 2.0, 5)
-    assert len(found) == 5
-    dist = (found.centres_angstrom - mix.centres_angstrom).norm(dim=1)
-    assert float(dist.min()) < 1e-6 and float(dist.max()) <= 2.0 * math.sqrt(3) + 1e-6
-    assert found.total_mass == pytest.approx(5.0, rel=1e-3)
 
 
 def test_e2gmm_recipe_builds_models():

@@ -81,14 +81,10 @@ standard deviation of each coordinate.
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -97,22 +93,27 @@ from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
 from cryoviz.ctf import compute_ctf_2d
 from cryoviz.errors import InputError
 from cryoviz.fourier import (
-    centered_fft3,
-    centered_ifft3,
     centered_irfft2,
     centered_rfft2,
-    crop_center,
     frequency_grid_3d,
-    hermitian_mirror,
     lowpass_volume,
     pad_center,
     phase_shift,
 )
 from cryoviz.imaging import apply_shift_and_ctf, gridding_correction, volume_to_fourier
-from cryoviz.io.mrc import atomic_output, write_volume
+from cryoviz.inference.ppca_result import PPCAProgress, PPCAResult, eval_ppca, write_ppca
+from cryoviz.inference.subspace_ops import (
+    crop_images_fourier,
+    extract_many,
+    finish_sigma2,
+    fourier_crop_volume,
+    insert_many,
+    orthogonalise,
+    slice_corners,
+    solve_components,
+)
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.noise import HalfPlaneShells, half_plane_shells
-from cryoviz.projection import slice_frequencies, trilinear_corners
+from cryoviz.noise import half_plane_shells
 from cryoviz.reconstruct import half_sets
 
 __all__ = [
@@ -136,94 +137,6 @@ CTF_CACHE_BYTES = 512 * 2**20
 
 #: Padding of the Fourier grid of the M-step (as the consensus backprojection).
 PAD_FACTOR = 2.0
-
-
-@dataclass(frozen=True)
-class PPCAResult:
-    """Consensus map, variability components and latent coordinates.
-
-    Attributes
-    ----------
-    mean_map
-        ``(d, d, d)`` float32 consensus map ``V0`` on the working grid.
-    components
-        ``(K, d, d, d)`` float32 orthogonal unit-norm component maps, ordered by
-        decreasing variance.
-    component_std
-        ``(K,)`` float64 prior standard deviation of each coordinate.
-    z
-        ``(N, K)`` float32 posterior means of the coordinates along
-        ``components`` (``V_i ~ mean_map + sum_k z_ik components_k``).
-    z_covariance
-        ``(N, K, K)`` float32 posterior covariances of the coordinates.
-    sigma2
-        ``(d // 2 + 1,)`` float64 noise variance per shell of the real (and of
-        the imaginary) part of a cropped image's Fourier coefficient (shell 0
-        copies shell 1).
-    log_likelihoods
-        Marginal log-likelihood of every E-step (``n_iterations + 1`` values:
-        one per iteration, then the final E-step).
-    particle_ids
-        ``(N,)`` int64 ids of the particles.
-    pixel_size_angstrom
-        Voxel size of the working grid, Å.
-    resolution_angstrom
-        Resolution limit of the E-step (filter resolution), Å.
-    n_iterations
-        EM iterations run.
-    seconds
-        Wall time.
-    """
-
-    mean_map: torch.Tensor
-    components: torch.Tensor
-    component_std: torch.Tensor
-    z: torch.Tensor
-    z_covariance: torch.Tensor
-    sigma2: torch.Tensor
-    log_likelihoods: tuple[float, ...]
-    particle_ids: np.ndarray
-    pixel_size_angstrom: float
-    resolution_angstrom: float
-    n_iterations: int
-    seconds: float
-
-    @property
-    def n_components(self) -> int:
-        """``K``."""
-        return int(self.components.shape[0])
-
-    @property
-    def z_variance(self) -> torch.Tensor:
-        """``(N, K)`` float32 posterior variances (diagonal of ``z_covariance``)."""
-        return torch.diagonal(self.z_covariance, dim1=-2, dim2=-1).contiguous()
-
-
-@dataclass(frozen=True)
-class PPCAProgress:
-    """State after one EM iteration; the last one carries the :class:`PPCAResult`.
-
-    Attributes
-    ----------
-    iteration
-        1-based iteration number.
-    log_likelihood
-        Marginal log-likelihood of this iteration's E-step (under the components
-        entering the iteration).
-    component_std
-        ``K`` prior standard deviations of the coordinates after the M-step
-        (norms of the orthogonal components).
-    seconds
-        Wall time of the iteration.
-    result
-        The final result on the last iteration, else ``None``.
-    """
-
-    iteration: int
-    log_likelihood: float
-    component_std: tuple[float, ...]
-    seconds: float
-    result: PPCAResult | None = None
 
 
 def _is_int(value: object, minimum: int) -> bool:
@@ -260,123 +173,6 @@ def _check(particles: ParticleSet, n_components: int, n_iterations: int, batch_s
                          resolution_angstrom)
     if not (math.isfinite(ridge) and ridge > 0):
         raise InputError(None, "ridge", "a positive number", ridge)
-
-
-def fourier_crop_volume(volume: torch.Tensor, box_size: int) -> torch.Tensor:
-    """Fourier-crop a real ``(D, D, D)`` map to ``(d, d, d)`` (pixel size ``* D / d``).
-
-    Voxel values keep their scale (the transform is multiplied by ``(d / D)^3``).
-    """
-    full = int(volume.shape[-1])
-    if box_size == full:
-        return volume.clone()
-    ft = centered_fft3(volume.to(torch.float64))
-    ft = crop_center(ft, box_size, ndim=3) * (box_size / full) ** 3
-    if box_size % 2 == 0:
-        # the cropped Nyquist planes are not Hermitian pairs: drop them
-        ft[0] = 0
-        ft[:, 0] = 0
-        ft[:, :, 0] = 0
-    return centered_ifft3(ft).real.to(volume.dtype)
-
-
-def _crop_images_fourier(images: torch.Tensor, box_size: int) -> torch.Tensor:
-    """Cropped centred half transforms ``(B, d, d // 2 + 1)`` of ``(B, D, D)`` images.
-
-    Scaled by ``(d / D)^2`` so that they are the transforms of the Fourier-downsampled
-    images (real-space values kept).
-    """
-    full = int(images.shape[-1])
-    ft = centered_rfft2(images)
-    if box_size == full:
-        return ft
-    start = full // 2 - box_size // 2
-    ft = ft[:, start:start + box_size, : box_size // 2 + 1] * (box_size / full) ** 2
-    ft[:, 0, :] = 0  # Nyquist row of the cropped box has no Hermitian partner
-    ft[:, :, -1] = 0
-    return ft
-
-
-def _corners(rotations: torch.Tensor, box: int, size: int, max_frequency: float | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Trilinear corners of the half-plane slice samples of ``rotations``, computed once.
-
-    The same coordinates as :func:`cryoviz.projection.extract_slices` /
-    :func:`cryoviz.projection.insert_slices`, shared by several volumes.
-
-    Returns
-    -------
-    index, weight, keep
-        ``(M, 8)`` flat voxel indices and weights of the kept samples and the
-        ``(B * H * W,)`` mask of kept samples (``None``: all kept).
-    """
-    k = slice_frequencies(box, rfft=True, device=rotations.device, dtype=torch.float64)
-    q = torch.einsum("bij,hwi->bhwj", rotations.to(torch.float64), k)
-    coords = (q * size + size // 2).reshape(-1, 3)
-    keep = None
-    if max_frequency is not None:
-        keep = torch.linalg.vector_norm(coords - size // 2, dim=-1) / size <= max_frequency
-        coords = coords[keep]
-    index, weight = trilinear_corners(coords, size)
-    return index, weight, keep
-
-
-def _extract_many(volumes: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
-                  shape: tuple[int, int, int]) -> torch.Tensor:
-    """Slices ``(C, B, H, W)`` of ``C`` complex ``(Dp, Dp, Dp)`` volumes (all samples kept)."""
-    n_vol = volumes.shape[0]
-    flat = torch.view_as_real(volumes.reshape(n_vol, -1)).permute(1, 0, 2).reshape(-1, 2 * n_vol)
-    values = (flat[index.reshape(-1)].reshape(*index.shape, -1) * weight[..., None]).sum(dim=1)
-    values = values.reshape(-1, n_vol, 2).permute(1, 0, 2).contiguous()
-    return torch.view_as_complex(values).reshape(n_vol, *shape)
-
-
-def _insert_many(values: torch.Tensor, index: torch.Tensor, weight: torch.Tensor,
-                 keep: torch.Tensor | None, out: torch.Tensor) -> None:
-    """Add ``C`` complex slices ``(C, B, H, W)`` into ``out`` ``(C, Dp, Dp, Dp)`` (adjoint)."""
-    n_vol = values.shape[0]
-    vals = torch.view_as_real(values.reshape(n_vol, -1)).permute(1, 0, 2).reshape(-1, 2 * n_vol)
-    if keep is not None:
-        vals = vals[keep]
-    contrib = (weight[..., None] * vals[:, None, :]).reshape(-1, 2 * n_vol)
-    acc = torch.zeros((out[0].numel(), 2 * n_vol), dtype=torch.float64, device=out.device)
-    acc.index_add_(0, index.reshape(-1), contrib)
-    out += torch.view_as_complex(acc.reshape(-1, n_vol, 2).permute(1, 0, 2).contiguous()
-                                 ).reshape(out.shape)
-
-
-def _orthogonalise(components: torch.Tensor, second_moment: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Orthogonal components ordered by variance, and the map of old to new coordinates.
-
-    Parameters
-    ----------
-    components
-        ``(K, M)`` components (rows), float64.
-    second_moment
-        ``(K, K)`` mean ``E[z z^T]`` of the coordinates.
-
-    Returns
-    -------
-    new_components, transform
-        ``(K, M)`` components with orthogonal rows of decreasing norm and the
-        ``(K, K)`` matrix ``T`` with ``z_new = T z`` (``U^T z = U_new^T z_new``).
-    """
-    q, r = torch.linalg.qr(components.T)  # (M, K), (K, K)
-    cov = r @ second_moment @ r.T
-    cov = 0.5 * (cov + cov.T)
-    evals, evecs = torch.linalg.eigh(cov)
-    order = torch.argsort(evals, descending=True)
-    evals = evals[order].clamp(min=1e-30)
-    evecs = evecs[:, order]
-    new = (q @ evecs * evals.sqrt()).T  # (K, M)
-    # deterministic signs: largest-magnitude entry positive
-    peak = new.abs().argmax(dim=1)
-    sign = torch.sign(new[torch.arange(new.shape[0]), peak])
-    sign[sign == 0] = 1.0
-    new = new * sign[:, None]
-    transform = (sign / evals.sqrt())[:, None] * (evecs.T @ r)
-    return new, transform
 
 
 def iter_ppca(
@@ -485,7 +281,7 @@ def iter_ppca(
     with ImageSource(particles) as source:
         for start in range(0, n, batch_size):
             index = np.arange(start, min(n, start + batch_size))
-            ft = _crop_images_fourier(source.images(index).to(device, torch.float64), d)
+            ft = crop_images_fourier(source.images(index).to(device, torch.float64), d)
             sel = torch.as_tensor(index)
             cache[sel] = ft.to(torch.complex64).cpu()
             ones = torch.ones(ft.shape, dtype=torch.complex128, device=device)
@@ -537,8 +333,8 @@ def iter_ppca(
         sh = None if shifts is None else shifts[sel].to(device)
         ctf = None if ctf_all is None else ctf_all.subset(sel)
         x = cache[sel].to(device, torch.complex128)
-        idx, wgt, _ = _corners(rot, d, padded)
-        slices = _extract_many(volumes_ft, idx, wgt, (len(index), d, d // 2 + 1))
+        idx, wgt, _ = slice_corners(rot, d, padded)
+        slices = extract_many(volumes_ft, idx, wgt, (len(index), d, d // 2 + 1))
         slices = slices * modulation[sel].to(device, torch.complex128)
         resid = x - slices[0]
         comp = slices[1:].permute(1, 0, 2, 3).reshape(len(index), len(slices) - 1, d * (d // 2 + 1))
@@ -574,7 +370,7 @@ def iter_ppca(
         _, _, _, _, resid, _ = batch_terms(index, v0_ft[None])
         r = resid.reshape(len(index), -1)[:, layout.pixels]
         total += shell_sum(r.real**2 + r.imag**2)
-    sigma2 = _finish_sigma2(total, layout, n)
+    sigma2 = finish_sigma2(total, layout, n)
 
     log_likelihoods: list[float] = []
     mu_all = torch.zeros((n, k_comp), dtype=torch.float64)
@@ -621,17 +417,17 @@ def iter_ppca(
                 imag = (ctf2 * moment[:, pairs[j + 1][0], pairs[j + 1][1], None, None]
                         if j + 1 < len(pairs) else torch.zeros_like(real))
                 channels.append(torch.complex(real, imag))
-            idx, wgt, keep = _corners(rot, padded, padded, k_max)
-            _insert_many(torch.stack(channels), idx, wgt, keep, accumulators)
+            idx, wgt, keep = slice_corners(rot, padded, padded, k_max)
+            insert_many(torch.stack(channels), idx, wgt, keep, accumulators)
         log_likelihoods.append(total_ll)
         if final:
             break
-        sigma2 = _finish_sigma2(residual_power, layout, n)
-        components = _solve_components(accumulators[:k_comp], accumulators[k_comp:], pairs,
+        sigma2 = finish_sigma2(residual_power, layout, n)
+        components = solve_components(accumulators[:k_comp], accumulators[k_comp:], pairs,
                                        k_comp, inside, ridge, d, grid_corr)
         components = torch.stack([lowpass_volume(u, resolution_angstrom, apix_w)
                                   for u in components]) if k_max < 0.5 else components
-        new, _ = _orthogonalise(components.reshape(k_comp, -1), second / n)
+        new, _ = orthogonalise(components.reshape(k_comp, -1), second / n)
         components = new.reshape(k_comp, d, d, d)
         norms = components.flatten(1).norm(dim=1)
         yield_progress = PPCAProgress(
@@ -672,128 +468,7 @@ def iter_ppca(
     )
 
 
-def _finish_sigma2(power: torch.Tensor, layout: HalfPlaneShells, n: int) -> torch.Tensor:
-    """Per-shell noise variance from summed residual power; unused shells copy neighbours."""
-    sigma2 = power / (2.0 * n * layout.count.clamp(min=1e-30))
-    used = layout.count > 0
-    values = sigma2[used]
-    first = int(torch.nonzero(used).flatten()[0])
-    last = int(torch.nonzero(used).flatten()[-1])
-    sigma2[:first] = values[0]
-    sigma2[last + 1:] = values[-1]
-    return sigma2.clamp(min=1e-30 * float(values.max()))
-
-
-def _solve_components(rhs: torch.Tensor, weights: torch.Tensor, pairs: list[tuple[int, int]],
-                      k_comp: int, inside: torch.Tensor, ridge: float, d: int,
-                      grid_corr: torch.Tensor) -> torch.Tensor:
-    """Per-voxel ``K x K`` solves on the padded grid, back to ``(K, d, d, d)`` real maps."""
-    rhs = rhs + torch.conj(hermitian_mirror(rhs))
-    # unpack the weight volumes (two per complex accumulator)
-    packed = weights
-    weights = torch.cat([packed.real, packed.imag])[
-        [j // 2 + (len(packed) if j % 2 else 0) for j in range(len(pairs))]]
-    weights = weights + hermitian_mirror(weights)
-    padded = rhs.shape[-1]
-    matrix = torch.zeros((padded, padded, padded, k_comp, k_comp), dtype=torch.float64,
-                         device=rhs.device)
-    for j, (a, b) in enumerate(pairs):
-        matrix[..., a, b] = weights[j]
-        matrix[..., b, a] = weights[j]
-    diag = torch.diagonal(matrix, dim1=-2, dim2=-1)[inside]
-    lam = ridge * float(diag.mean().clamp(min=1e-30))
-    matrix = matrix + lam * torch.eye(k_comp, dtype=torch.float64, device=rhs.device)
-    b = rhs.permute(1, 2, 3, 0)[inside]  # (M, K)
-    sol = torch.linalg.solve(matrix[inside].to(torch.complex128), b[..., None])[..., 0]
-    full = torch.zeros((padded, padded, padded, k_comp), dtype=torch.complex128,
-                       device=rhs.device)
-    full[inside] = sol
-    maps = centered_ifft3(full.permute(3, 0, 1, 2)).real
-    maps = crop_center(maps, d, ndim=3) / grid_corr
-    return maps
-
-
 def run_ppca(particles: ParticleSet, **kwargs) -> PPCAResult:
     """Run :func:`iter_ppca` to the end and return its result."""
     last = deque(iter_ppca(particles, **kwargs), maxlen=1)
     return last[0].result
-
-
-def eval_ppca(result: PPCAResult, z: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """Maps ``mean + sum_k z_k components_k`` at latent points.
-
-    Parameters
-    ----------
-    result
-        A variability analysis.
-    z
-        ``(K,)`` or ``(M, K)`` coordinates (in the units of ``result.z``).
-
-    Returns
-    -------
-    torch.Tensor
-        ``(M, d, d, d)`` float32 maps (``M = 1`` for a single point).
-    """
-    points = torch.as_tensor(np.asarray(z), dtype=torch.float32)
-    if points.ndim == 1:
-        points = points[None]
-    if points.ndim != 2 or points.shape[1] != result.n_components:
-        raise InputError(None, "z", f"(M, {result.n_components}) coordinates",
-                         tuple(points.shape))
-    maps = torch.einsum("mk,kzyx->mzyx", points, result.components)
-    return result.mean_map[None] + maps
-
-
-def write_ppca(result: PPCAResult, output_dir: str | Path) -> dict:
-    """Write the variability analysis (all files atomically).
-
-    * ``volumes/mean.mrc`` and ``volumes/component_<k>.mrc`` (unit-norm maps) with
-      the working voxel size;
-    * ``latents.npz``: ``mu`` ``(N, K)`` float32 posterior means, ``var``
-      ``(N, K)`` float32 posterior variances, ``covariance`` ``(N, K, K)``,
-      ``particle_ids`` ``(N,)`` int64;
-    * ``z.pkl``: the ``(N, K)`` float32 means as a pickled array (cryoDRGN's
-      ``z.pkl`` layout);
-    * ``metrics.json``: sizes, component standard deviations, log-likelihood per
-      iteration, ``sigma2``.
-
-    Parameters
-    ----------
-    result
-        The analysis.
-    output_dir
-        Folder (created).
-
-    Returns
-    -------
-    dict
-        The metrics written.
-    """
-    out = Path(output_dir)
-    (out / "volumes").mkdir(parents=True, exist_ok=True)
-    apix = result.pixel_size_angstrom
-    write_volume(out / "volumes" / "mean.mrc", result.mean_map.numpy(), apix)
-    for k in range(result.n_components):
-        write_volume(out / "volumes" / f"component_{k}.mrc", result.components[k].numpy(), apix)
-    mu = result.z.numpy().astype(np.float32)
-    with atomic_output(out / "latents.npz") as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, mu=mu, var=result.z_variance.numpy().astype(np.float32),
-                 covariance=result.z_covariance.numpy().astype(np.float32),
-                 particle_ids=result.particle_ids)
-    with atomic_output(out / "z.pkl") as tmp, open(tmp, "wb") as handle:
-        pickle.dump(mu, handle)
-    metrics = {
-        "n_components": result.n_components,
-        "n_particles": int(mu.shape[0]),
-        "n_iterations": result.n_iterations,
-        "box_size": int(result.mean_map.shape[-1]),
-        "pixel_size_angstrom": apix,
-        "resolution_angstrom": result.resolution_angstrom,
-        "seconds": result.seconds,
-        "component_std": [float(v) for v in result.component_std],
-        "log_likelihood_per_iteration": list(result.log_likelihoods),
-        "sigma2_per_shell": [float(v) for v in result.sigma2],
-    }
-    with atomic_output(out / "metrics.json") as tmp:
-        Path(tmp).write_text(json.dumps(metrics, indent=2))
-    return metrics
