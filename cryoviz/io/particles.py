@@ -196,30 +196,39 @@ class ImageSource:
         """Images of particles ``index`` as a ``(B, D, D)`` float32 tensor.
 
         Reads only those images, grouped by stack; raises :class:`InputError`
-        naming the file and image if any pixel is NaN or inf.
+        naming the file and image if any pixel is NaN or inf. Memory: the
+        result plus one stack's share of it while reading (when every image
+        comes from one stack, the array read is returned without a copy).
         """
         index = np.atleast_1d(np.asarray(index, dtype=np.int64))
         p = self.particles
+        stacks = p.stack_index[index]
+        groups = np.unique(stacks)
+        if groups.size == 1:
+            return torch.from_numpy(self._read(int(groups[0]), p.image_index[index]))
         d = p.box_size
         out = np.empty((index.size, d, d), dtype=np.float32)
-        stacks = p.stack_index[index]
-        for k in np.unique(stacks):
+        for k in groups:
             rows = np.flatnonzero(stacks == k)
-            stack = self._stack(int(k))
-            wanted = p.image_index[index[rows]]
-            data = stack.read(wanted)
-            if data.shape[1:] != (d, d):
-                raise InputError(stack.path, "image size", f"{d} x {d} pixels",
-                                 got=f"{data.shape[2]} x {data.shape[1]}")
-            bad = ~np.isfinite(data).all(axis=(1, 2))
-            if bad.any():
-                j = int(np.flatnonzero(bad)[0])
-                raise InputError(
-                    stack.path, f"pixel values of image {int(wanted[j])} (0-based)",
-                    "finite numbers", got="NaN or inf",
-                )
-            out[rows] = data
+            out[rows] = self._read(int(k), p.image_index[index[rows]])
         return torch.from_numpy(out)
+
+    def _read(self, k: int, wanted: np.ndarray) -> np.ndarray:
+        """``(B, D, D)`` float32 images ``wanted`` (0-based) of stack ``k``, checked."""
+        d = self.particles.box_size
+        stack = self._stack(k)
+        data = stack.read(wanted)
+        if data.shape[1:] != (d, d):
+            raise InputError(stack.path, "image size", f"{d} x {d} pixels",
+                             got=f"{data.shape[2]} x {data.shape[1]}")
+        bad = ~np.isfinite(data).all(axis=(1, 2))
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise InputError(
+                stack.path, f"pixel values of image {int(wanted[j])} (0-based)",
+                "finite numbers", got="NaN or inf",
+            )
+        return data
 
     def close(self) -> None:
         """Release all memory maps."""

@@ -17,7 +17,9 @@ import torch
 from cryoviz.fourier import centered_fft2, centered_ifft2, crop_center
 from cryoviz.io.particles import ImageSource
 
-__all__ = ["chunked_order", "fourier_downsample", "ParticleBatches"]
+__all__ = ["chunked_order", "fourier_downsample", "ParticleBatches", "READ_CHUNK_BYTES"]
+
+READ_CHUNK_BYTES = 2**20  # full-size float32 pixels read per downsampling step
 
 
 def chunked_order(n: int, chunk_size: int, window_chunks: int,
@@ -113,12 +115,27 @@ class ParticleBatches:
         return (self.n + self.batch_size - 1) // self.batch_size
 
     def read(self, index: np.ndarray) -> torch.Tensor:
-        """``(B, d, d)`` float32 images of particles ``index`` (read in sorted order)."""
+        """``(B, d, d)`` float32 images of particles ``index``, in that order.
+
+        Only these ``B`` images are read (each stack in sorted order, see
+        :meth:`cryoviz.io.particles.ImageSource.images`); nothing is kept
+        between calls. When downsampling, images are read and downsampled in
+        groups of about ``READ_CHUNK_BYTES`` of full-size pixels, so the
+        temporaries are bounded by that rather than by ``B`` (the result is the
+        same: each image is transformed on its own).
+        """
         index = np.asarray(index, dtype=np.int64)
-        order = np.argsort(index, kind="stable")
-        images = torch.empty((len(index), self.data_box_size, self.data_box_size))
-        images[torch.as_tensor(order)] = self.source.images(index[order])
-        return fourier_downsample(images, self.box_size)
+        if self.box_size == self.data_box_size:
+            return self.source.images(index)
+        # read and downsample a few images at a time: the full-size images and
+        # their complex transforms are the largest temporaries of a batch
+        step = max(1, READ_CHUNK_BYTES // (4 * self.data_box_size**2))
+        out = torch.empty((index.size, self.box_size, self.box_size))
+        for start in range(0, index.size, step):
+            part = index[start:start + step]
+            out[start:start + part.size] = fourier_downsample(self.source.images(part),
+                                                              self.box_size)
+        return out
 
     def epoch_order(self) -> np.ndarray:
         """The next epoch's order ``(N,)`` (advances the generator)."""
