@@ -1,0 +1,127 @@
+"""The pieces of amortized pose inference: a CNN pose encoder and the π-rotation.
+
+An encoder maps a particle image to a rotation (the continuous 6-D
+representation of Zhou et al. 2019, orthonormalised by Gram-Schmidt) and a 2-D
+shift bounded by ``tanh * max_shift``, as in cryoAI (Levy et al. 2022) and
+CryoPoseNet (Nashed et al. 2021).
+
+In-plane rotation by π
+----------------------
+With rotations mapping particle -> lab and projection along lab ``z``, the
+projection at ``Rz(π) @ R`` is the projection at ``R`` rotated by π in-plane
+about the box centre ``D // 2`` (``Rz(π) = diag(-1, -1, 1)``; note: the left
+factor, a rotation of the lab frame; ``R @ Rz(π)`` turns the particle about its
+own axis and is a different view). For a real image with the centred transform
+of :mod:`cryoviz.fourier` the π rotation (periodic, about ``D // 2``) is exactly
+``F(k) -> F(-k) = conj(F(k))``. A shift ``t`` becomes ``-t``; the CTF is even in
+``k`` and is unchanged. Hence ``rot180(CTF * S_t * P_R) = CTF * S_{-t} * P_{Rz(π) R}``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cryoviz.geometry.rotations import rotation_6d_to_matrix
+
+__all__ = ["PoseEncoder", "rotate_images_180", "flip_pose_180", "IN_PLANE_PI"]
+
+IN_PLANE_PI = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
+"""``Rz(π)`` ``(3, 3)``: left-multiplying a pose rotates its projection by π in-plane."""
+
+
+def rotate_images_180(images: torch.Tensor) -> torch.Tensor:
+    """Rotate real images by π in-plane about the centre pixel ``D // 2`` (periodic).
+
+    Parameters
+    ----------
+    images
+        ``(..., D, D)`` real images.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., D, D)`` with ``out[..., y, x] = images[..., (2c - y) % D, (2c - x) % D]``,
+        ``c = D // 2``.
+    """
+    box = int(images.shape[-1])
+    idx = (2 * (box // 2) - torch.arange(box, device=images.device)) % box
+    return images.index_select(-1, idx).index_select(-2, idx)
+
+
+def flip_pose_180(rotations: torch.Tensor, shifts_angstrom: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pose whose image is the π in-plane rotation of the image at the given pose.
+
+    Parameters
+    ----------
+    rotations
+        ``(B, 3, 3)`` particle -> lab.
+    shifts_angstrom
+        ``(B, 2)`` particle displacements in Å.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        ``Rz(π) @ R`` ``(B, 3, 3)`` and ``-t`` ``(B, 2)``.
+    """
+    flip = IN_PLANE_PI.to(device=rotations.device, dtype=rotations.dtype)
+    return flip @ rotations, -shifts_angstrom
+
+
+class PoseEncoder(torch.nn.Module):
+    """CNN: real-space image -> (rotation via 6-D Gram-Schmidt, shift in Å).
+
+    Conv blocks (two 3 x 3 convolutions with ReLU, then 2 x 2 average pooling,
+    channels doubling from ``channels``) run while the feature map is at least
+    6 pixels wide; the flattened features go through a two-layer MLP to a 6-D
+    rotation head and a 2-D shift head.
+
+    Parameters
+    ----------
+    box_size
+        Image side ``D`` (pixels).
+    max_shift_angstrom
+        Bound of each shift component (``tanh`` output times this); 0 disables shifts.
+    channels
+        Channels of the first conv block.
+    hidden
+        Width of the MLP.
+    seed
+        Seed of the initial weights.
+    """
+
+    def __init__(self, box_size: int, max_shift_angstrom: float, channels: int = 16,
+                 hidden: int = 256, seed: int = 0) -> None:
+        super().__init__()
+        if box_size < 8:
+            raise ValueError(f"box_size must be at least 8, got {box_size}")
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        layers: list[torch.nn.Module] = []
+        size, c_in, c_out = int(box_size), 1, int(channels)
+        while size >= 12:
+            layers += [torch.nn.Conv2d(c_in, c_out, 3, padding=1), torch.nn.ReLU(),
+                       torch.nn.Conv2d(c_out, c_out, 3, padding=1), torch.nn.ReLU(),
+                       torch.nn.AvgPool2d(2)]
+            size, c_in, c_out = size // 2, c_out, 2 * c_out
+        self.features = torch.nn.Sequential(*layers)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(c_in * size * size, hidden), torch.nn.ReLU(),
+            torch.nn.Linear(hidden, hidden), torch.nn.ReLU())
+        self.rotation_head = torch.nn.Linear(hidden, 6)
+        self.shift_head = torch.nn.Linear(hidden, 2)
+        torch.random.set_rng_state(gen_state)
+        self.max_shift_angstrom = float(max_shift_angstrom)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Poses of ``(B, D, D)`` normalised images.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Rotations ``(B, 3, 3)`` and shifts ``(B, 2)`` in Å.
+        """
+        h = self.mlp(self.features(images.unsqueeze(1)))
+        rotations = rotation_6d_to_matrix(self.rotation_head(h))
+        shifts = torch.tanh(self.shift_head(h)) * self.max_shift_angstrom
+        return rotations, shifts
