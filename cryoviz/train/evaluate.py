@@ -1,9 +1,15 @@
-"""Load a training run and render its volumes at given latents."""
+"""Load a training run and render its volumes at given latents.
+
+:func:`eval_volumes` decodes a batch of maps; :class:`LatticeDecoder` decodes
+one map after another at a fixed box (the napari latent explorer's clicks),
+with its frequency lattice prepared once and an optional low-pass preview.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -12,12 +18,14 @@ import numpy as np
 import torch
 
 from cryoviz.errors import InputError
+from cryoviz.fourier import centered_ifft3
 from cryoviz.io.mrc import write_volume
 from cryoviz.train.loop import build_models, latest_checkpoint
 from cryoviz.train.recipes import Recipe
-from cryoviz.volumes import VolumeModel
+from cryoviz.volumes import ImplicitVolume, VolumeModel
+from cryoviz.volumes.implicit import canonical_sign
 
-__all__ = ["Run", "load_run", "eval_volumes", "write_volumes", "voxel_size"]
+__all__ = ["Run", "load_run", "eval_volumes", "write_volumes", "voxel_size", "LatticeDecoder"]
 
 
 @dataclass
@@ -139,3 +147,172 @@ def write_volumes(volumes: torch.Tensor | np.ndarray, output_dir: str | PathLike
         write_volume(p, vol, voxel_size_angstrom)
         paths.append(p)
     return paths
+
+
+def _as_latent(volume: VolumeModel, z: np.ndarray | torch.Tensor | None,
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+    """``z`` as a ``(L,)`` tensor (``None`` for homogeneous models); clear errors otherwise."""
+    latent_dim = int(volume.latent_dim)
+    if latent_dim == 0:
+        return None
+    if z is None:
+        raise InputError(None, "z", f"a latent of length {latent_dim}", got="none")
+    zt = torch.as_tensor(np.asarray(z, dtype=np.float32), device=device).to(dtype).reshape(-1)
+    if zt.numel() != latent_dim:
+        raise InputError(None, "z", f"one latent of length {latent_dim}",
+                         got=f"{zt.numel()} values")
+    return zt
+
+
+class LatticeDecoder:
+    """Decode maps of one model at one box, one latent after another.
+
+    For an :class:`~cryoviz.volumes.ImplicitVolume` the frequency lattice is
+    prepared once: the points inside the Nyquist ball that the network must be
+    read at (the canonical half; the other half is their complex conjugate),
+    their lattice indices and their mirrors, sorted by radius. A call then
+    only evaluates the network on those points (``volume.evaluate``, in chunks,
+    under :func:`torch.inference_mode`), scatters the values and inverts one
+    FFT. The map is the one ``volume.volume(z, box_size)`` gives (same
+    frequencies, same values; only the chunking differs).
+
+    :meth:`progressive` first gives a low-pass *preview*: the same map with
+    only the frequencies inside a smaller ball (by default half the decoded
+    band: the content of a decode at half the box, Fourier-upsampled to the
+    full box, for about 1/8 of the network evaluations), then the full map,
+    reusing the preview's values (no work is repeated).
+
+    Other volume models (voxel, Gaussian mixture) are decoded with
+    ``volume.volume(z, box_size)`` (no preview).
+
+    Parameters
+    ----------
+    volume
+        The model (a run's ``run.volume``), in eval mode.
+    box_size
+        Box ``d`` of the maps (same physical extent as the model's box).
+    chunk_points
+        Canonical points per network call (small chunks keep the activations
+        in cache).
+    """
+
+    def __init__(self, volume: VolumeModel, box_size: int | None = None,
+                 chunk_points: int = 4096) -> None:
+        self.volume = volume
+        self.box_size = int(volume.box_size if box_size is None else box_size)
+        if self.box_size < 2:
+            raise InputError(None, "box_size", "at least 2", got=self.box_size)
+        self.chunk_points = max(1, int(chunk_points))
+        self.implicit = isinstance(volume, ImplicitVolume)
+        if self.implicit:
+            self._prepare_lattice()
+
+    @property
+    def n_points(self) -> int:
+        """Lattice points the network is read at for a full map (0 for other models)."""
+        return int(self._points.shape[0]) if self.implicit else 0
+
+    def _prepare_lattice(self) -> None:
+        vol, box = self.volume, self.box_size
+        dtype = vol.pe_frequencies.dtype
+        device = vol.pe_frequencies.device
+        idx = torch.arange(box, device=device)
+        c = box // 2
+        # the lattice of ImplicitVolume.lattice_transform at the same physical extent
+        axis = (idx - c).to(dtype) / box * (box / vol.box_size)
+        gz, gy, gx = torch.meshgrid(axis, axis, axis, indexing="ij")
+        q = torch.stack([gx, gy, gz], dim=-1).reshape(-1, 3)
+        radius = torch.linalg.vector_norm(q, dim=-1)
+        mirror_axis = 2 * c - idx
+        valid_axis = (mirror_axis >= 0) & (mirror_axis < box)
+        mz, my, mx = torch.meshgrid(*(mirror_axis.clamp(0, box - 1),) * 3, indexing="ij")
+        vz, vy, vx = torch.meshgrid(*(valid_axis,) * 3, indexing="ij")
+        mirror = ((mz * box + my) * box + mx).reshape(-1)
+        has_mirror = (vz & vy & vx).reshape(-1)
+        canonical = canonical_sign(q) > 0
+        # read the network at canonical points (and at the few without a partner)
+        need = (radius < 0.5) & (canonical | ~has_mirror)
+        points = torch.nonzero(need).squeeze(1)
+        order = torch.argsort(radius[points], stable=True)
+        points = points[order]
+        self._points = points
+        self._q = q[points].contiguous()
+        self._radius = radius[points].contiguous()
+        mirrored = canonical[points] & has_mirror[points]
+        self._mirror_rows = torch.nonzero(mirrored).squeeze(1)
+        self._mirror_index = mirror[points[self._mirror_rows]]
+        self._value_scale = float(box / vol.box_size) ** 3  # (model pixel / voxel size)^3
+        # the band a full decode covers, in model cycles per pixel
+        self.band_limit = min(0.5, 0.5 * box / vol.box_size)
+
+    def _values(self, z: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+        """Complex transform values ``(stop - start,)`` at the sorted points."""
+        zz = None if z is None else z[None]
+        parts = []
+        for s in range(start, stop, self.chunk_points):
+            e = min(stop, s + self.chunk_points)
+            parts.append(self.volume.evaluate(self._q[s:e][None], zz)[0])
+        if not parts:
+            return torch.zeros(0, dtype=torch.complex64, device=self._q.device)
+        return torch.cat(parts)
+
+    def _map(self, values: torch.Tensor) -> torch.Tensor:
+        """Real map ``(d, d, d)`` float32 from the values at the first ``len(values)`` points."""
+        box = self.box_size
+        n = values.shape[0]
+        ft = torch.zeros(box ** 3, dtype=values.dtype, device=values.device)
+        values = values * self._value_scale
+        ft[self._points[:n]] = values
+        rows = self._mirror_rows[self._mirror_rows < n]
+        ft[self._mirror_index[: rows.shape[0]]] = values[rows].conj()
+        return centered_ifft3(ft.reshape(box, box, box)).real.float().cpu()
+
+    def _latent(self, z) -> torch.Tensor | None:
+        dtype = self._q.dtype if self.implicit else torch.float32
+        device = next(iter(self.volume.buffers()), torch.zeros(())).device
+        return _as_latent(self.volume, z, device, dtype)
+
+    def __call__(self, z: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+        """The map ``(d, d, d)`` (float32, CPU) at latent ``z`` ``(L,)`` (``None``: homogeneous)."""
+        zt = self._latent(z)
+        with torch.inference_mode():
+            if not self.implicit:
+                return self.volume.volume(zt, self.box_size).float().cpu()
+            return self._map(self._values(zt, 0, self.n_points))
+
+    def preview_points(self, preview_fraction: float) -> int:
+        """Network reads of a preview whose ball is ``preview_fraction`` of the band."""
+        if not self.implicit:
+            return 0
+        cutoff = float(preview_fraction) * self.band_limit
+        return int(torch.searchsorted(self._radius, torch.tensor(cutoff, dtype=self._radius.dtype)))
+
+    def progressive(self, z: np.ndarray | torch.Tensor | None = None,
+                    preview_fraction: float = 0.5
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield ``('preview', map)`` then ``('full', map)``, maps ``(d, d, d)`` float32.
+
+        The preview keeps the frequencies below ``preview_fraction`` of the
+        decoded band (``|q| < preview_fraction * band_limit``) and is exactly the
+        full map low-pass filtered with that sharp ball. Models other than
+        implicit ones, and ``preview_fraction`` of 0 or at least 1, yield only
+        the full map.
+        """
+        if not 0.0 <= float(preview_fraction):
+            raise InputError(None, "preview_fraction", "a number >= 0 (>= 1: no preview)",
+                             got=preview_fraction)
+        # Grad mode is thread-local: never yield inside ``inference_mode``, or the
+        # consumer (e.g. a reused worker thread) would run with autograd off.
+        zt = self._latent(z)
+        if not self.implicit:
+            yield "full", self(zt)
+            return
+        n_inner = self.preview_points(preview_fraction) if preview_fraction < 1 else 0
+        with torch.inference_mode():
+            inner = self._values(zt, 0, n_inner)
+            preview = self._map(inner) if n_inner else None
+        if preview is not None:
+            yield "preview", preview
+        with torch.inference_mode():
+            full = self._map(torch.cat([inner, self._values(zt, n_inner, self.n_points)]))
+        yield "full", full

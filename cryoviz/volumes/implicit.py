@@ -19,9 +19,17 @@ when ``s = -1``, so the represented map is real by construction.
 * ``fourier``: one MLP call per point, on canonical points only. A volume needs
   calls on half of the lattice only (the rest is filled by conjugation); an
   image half transform ``(D, D // 2 + 1)`` needs half the calls of the full plane.
-* ``hartley``: ``F`` at ``q`` needs ``H`` at ``+-q``; calls are made for the
-  canonical points and their mirrors (two per canonical point), and the
-  volume's other half is again filled by conjugation.
+* ``hartley``: ``F`` at ``q`` needs ``H`` at ``+-q``; calls are made at ``q``
+  and ``-q`` (two per point, the same set as a canonical point and its mirror),
+  and the volume's other half is again filled by conjugation.
+
+Speed
+-----
+The features at ``-q`` are ``(cos, -sin)`` of the phases at ``q`` (computed
+once); :meth:`ImplicitVolume.slices` rotates only an image's half-plane points
+inside Nyquist (cached per box) and adds each image's latent to the first
+layer once (``W [f, z] = W_f f + W_z z``) instead of concatenating it to every
+point. Training time is then dominated by the MLP's matrix products.
 """
 
 from __future__ import annotations
@@ -57,7 +65,13 @@ def canonical_sign(q: torch.Tensor) -> torch.Tensor:
 
 
 class _ResidualMLP(torch.nn.Module):
-    """``Linear -> ReLU -> depth x (x + ReLU(Linear x)) -> Linear``."""
+    """``Linear -> ReLU -> depth x (x + ReLU(Linear x)) -> Linear``.
+
+    The first layer's input is ``[features, latent]``; :meth:`forward` takes the
+    two apart so that a latent shared by many points is multiplied by its
+    columns of the first weight once per image, not once per point (the same
+    affine map as on the concatenation).
+    """
 
     def __init__(self, in_dim: int, width: int, depth: int, out_dim: int) -> None:
         super().__init__()
@@ -65,8 +79,24 @@ class _ResidualMLP(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(depth))
         self.out = torch.nn.Linear(width, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = torch.relu(self.inp(x))
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs ``(..., out_dim)``.
+
+        Parameters
+        ----------
+        x
+            ``(..., F)`` point features.
+        cond
+            ``None`` or the latents: ``(..., L)`` (one per point) or, with ``x`` of
+            shape ``(B, P, F)``, ``(B, L)`` (one per image, shared by its points).
+        """
+        n_feat = x.shape[-1]
+        weight = self.inp.weight
+        h = torch.nn.functional.linear(x, weight[:, :n_feat], self.inp.bias)
+        if cond is not None and cond.shape[-1] > 0:
+            shift = torch.nn.functional.linear(cond.to(x.dtype), weight[:, n_feat:])
+            h = h + (shift.unsqueeze(-2) if cond.dim() < x.dim() else shift)
+        h = torch.relu(h)
         for block in self.blocks:
             h = h + torch.relu(block(h))
         return self.out(h)
@@ -90,7 +120,9 @@ class ImplicitVolume(VolumeModel):
     pe_sigma
         Standard deviation of the random frequencies' real-space offsets, as a
         fraction of the box (``b ~ N(0, (pe_sigma D)^2)`` px; features
-        ``cos / sin (2 pi q . b)``).
+        ``cos / sin (2 pi q . b)``). The training recipes use ``1 / (8 pi)``,
+        cryoDRGN's scale (:data:`cryoviz.train.recipes.CRYODRGN_PE_SIGMA`): the
+        larger default here learns markedly more slowly from noisy images.
     domain
         ``'hartley'`` (one real output) or ``'fourier'`` (real, imaginary).
     seed
@@ -130,31 +162,53 @@ class ImplicitVolume(VolumeModel):
         self.points_evaluated = 0  # MLP evaluations so far (for tests and benchmarks)
 
     # -- the network on explicit points ---------------------------------------------------
-    def _features(self, q: torch.Tensor) -> torch.Tensor:
-        phase = 2.0 * math.pi * (q @ self.pe_frequencies.to(q.dtype))
-        return torch.cat([torch.cos(phase), torch.sin(phase)], dim=-1)
+    def _values(self, q: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Complex ``F`` at frequencies inside Nyquist.
 
-    def _mlp(self, q: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """Raw outputs ``(N, n_out)`` at points ``q`` ``(N, 3)`` with latents ``(N, L)``."""
-        self.points_evaluated += int(q.shape[0])
-        x = self._features(q)
-        if self.latent_dim:
-            x = torch.cat([x, z.to(x.dtype)], dim=-1)
-        return self.mlp(x)
+        Parameters
+        ----------
+        q
+            ``(N, 3)`` or ``(B, P, 3)`` frequencies with ``|q| < 0.5``.
+        z
+            ``None`` (homogeneous), ``(N, L)`` per point, or ``(B, L)`` per image for
+            ``q`` of shape ``(B, P, 3)``.
 
-    def _canonical_values(self, qc: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """Complex ``F`` ``(N,)`` at canonical points ``qc`` ``(N, 3)``."""
-        if self.domain == "fourier":
-            out = self._mlp(qc, z)
-            # F(0) is real: q = 0 is its own mirror
-            nonzero = (qc != 0).any(dim=-1).to(out.dtype)
-            value = torch.complex(out[:, 0], out[:, 1] * nonzero)
-        else:
-            n = qc.shape[0]
-            zz = None if z is None else torch.cat([z, z])
-            h = self._mlp(torch.cat([qc, -qc]), zz)[:, 0]
-            a, b = h[:n], h[n:]
+        Returns
+        -------
+        torch.Tensor
+            ``(N,)`` or ``(B, P)`` complex.
+
+        Notes
+        -----
+        The features at ``-q`` are ``(cos, -sin)`` of the phases at ``q``, so one
+        set of phases serves both ``q`` and its mirror. Hartley: ``F(q) = (H(q) +
+        H(-q)) / 2 - i (H(q) - H(-q)) / 2`` directly (no canonical mapping
+        needed). Fourier: the network is read at the canonical point ``s q`` and
+        conjugated where ``s = -1``.
+        """
+        if not self.latent_dim:
+            z = None
+        elif z is None:
+            raise ValueError(f"this model needs z of length {self.latent_dim}")
+        phase = (2.0 * math.pi) * (q @ self.pe_frequencies.to(q.dtype))
+        cos, sin = torch.cos(phase), torch.sin(phase)
+        if self.domain == "hartley":
+            n = q.shape[-2]
+            feats = torch.cat([torch.cat([cos, sin], dim=-1), torch.cat([cos, -sin], dim=-1)],
+                              dim=-2)
+            cond = z if (z is None or z.dim() < q.dim()) else torch.cat([z, z], dim=-2)
+            self.points_evaluated += int(feats.shape[:-1].numel())
+            h = self.mlp(feats, cond)[..., 0]
+            a, b = h[..., :n], h[..., n:]
             value = torch.complex(0.5 * (a + b), -0.5 * (a - b))
+        else:
+            sign = canonical_sign(q)
+            feats = torch.cat([cos, sin * sign[..., None]], dim=-1)
+            self.points_evaluated += int(feats.shape[:-1].numel())
+            out = self.mlp(feats, z)
+            # F(0) is real: q = 0 is its own mirror
+            imag = out[..., 1] * ((q != 0).any(dim=-1).to(out.dtype) * sign)
+            value = torch.complex(out[..., 0], imag)
         return value * self.output_scale
 
     def evaluate(self, q: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
@@ -175,7 +229,6 @@ class ImplicitVolume(VolumeModel):
         """
         batch, points, _ = q.shape
         flat = q.reshape(-1, 3)
-        sign = canonical_sign(flat)
         inside = torch.nonzero(torch.linalg.vector_norm(flat, dim=-1) < 0.5).squeeze(1)
         zz = None
         if self.latent_dim:
@@ -183,30 +236,50 @@ class ImplicitVolume(VolumeModel):
                 raise ValueError(f"this model needs z of length {self.latent_dim}")
             zz = z[:, None, :].expand(batch, points, self.latent_dim).reshape(-1, self.latent_dim)
             zz = zz[inside]
-        qc = flat[inside] * sign[inside, None]
-        values = self._canonical_values(qc, zz)
-        # conjugate where the point was mirrored
-        s = sign[inside]
-        values = torch.complex(values.real, values.imag * s)
+        values = self._values(flat[inside], zz)
         out = torch.zeros(flat.shape[0], dtype=values.dtype, device=q.device)
         out = out.index_put((inside,), values)
         return out.reshape(batch, points)
 
     # -- the protocol ---------------------------------------------------------------------
+    def _image_lattice(self, box_size: int, pixel_size_angstrom: float,
+                       device: torch.device, dtype: torch.dtype
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Model frequencies ``(P, 3)`` of an image's half-plane points inside Nyquist.
+
+        Returns the points ``(kx, ky, 0)`` (in model units) with ``|k| < 0.5`` and
+        their flat indices ``(P,)`` in the ``(D, D // 2 + 1)`` half transform;
+        cached per box, pixel size, device and dtype (not saved with the model).
+        """
+        key = (int(box_size), float(pixel_size_angstrom), str(device), dtype)
+        cache = self.__dict__.setdefault("_lattice_cache", {})
+        if key not in cache:
+            ky, kx = frequency_grid_2d(box_size, rfft=True, device=device, dtype=dtype)
+            k = torch.stack([kx, ky, torch.zeros_like(kx)], dim=-1).reshape(-1, 3)
+            k = k * (self.pixel_size_angstrom / pixel_size_angstrom)
+            inside = torch.nonzero(torch.linalg.vector_norm(k, dim=-1) < 0.5).squeeze(1)
+            cache[key] = (k[inside].contiguous(), inside)
+        return cache[key]
+
     def slices(self, rotations: torch.Tensor, z: torch.Tensor | None, box_size: int,
                pixel_size_angstrom: float) -> torch.Tensor:
         """``(B, D, D // 2 + 1)`` transforms of the projections (central slices).
 
         Image frequencies are converted to model frequencies through their
         physical frequency (``pixel_size_angstrom`` vs the model's pixel size).
+        Only the half-plane points inside Nyquist are rotated and evaluated (the
+        rest is zero); each image's latent enters the first layer once.
         """
         dtype = self.pe_frequencies.dtype
-        ky, kx = frequency_grid_2d(box_size, rfft=True, device=rotations.device, dtype=dtype)
-        k = torch.stack([kx, ky, torch.zeros_like(kx)], dim=-1)
-        k = k * (self.pixel_size_angstrom / pixel_size_angstrom)
-        q = torch.einsum("bij,hwi->bhwj", rotations.to(dtype), k)
-        batch, height, width, _ = q.shape
-        return self.evaluate(q.reshape(batch, -1, 3), z).reshape(batch, height, width)
+        k, inside = self._image_lattice(box_size, pixel_size_angstrom, rotations.device, dtype)
+        q = torch.matmul(k, rotations.to(dtype))  # (B, P, 3): q = R^T k
+        zz = None if z is None else z.to(dtype)
+        values = self._values(q, zz)
+        batch = rotations.shape[0]
+        width = box_size // 2 + 1
+        out = torch.zeros(batch, box_size * width, dtype=values.dtype, device=values.device)
+        out = out.index_copy(1, inside, values)
+        return out.reshape(batch, box_size, width)
 
     def lattice_transform(self, z: torch.Tensor | None, box_size: int | None = None,
                           pixel_size_angstrom: float | None = None,

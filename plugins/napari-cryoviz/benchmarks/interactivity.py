@@ -2,20 +2,33 @@
 
 For each box size, a cryoDRGN run with the recipe's default network is trained
 for one epoch on a small simulated dataset of that box (the weights do not
-change the timing). Then, in a shown napari viewer with the latent explorer:
+change the timing). Then, for each torch thread count, in a shown napari
+viewer with the latent explorer dock:
 
-* ``click_to_shown_ms``: decode the map at a particle's ``z`` (the same call
-  the explorer's click makes), put it in the volume layer and render one
-  frame of the 3-D canvas (forced by a canvas screenshot, which also reads the
-  frame back: an upper bound on the time to shown);
-* ``decode_ms``: the decoding alone;
-* ``click_to_preview_shown_ms``: the same for the explorer's coarse preview
-  (decoded at ``--preview-box``, same physical extent), shown before the full map;
+* engine only (no GUI), wall and process CPU time (``*_cpu_ms``: with one
+  thread, the wall time the same work takes on an otherwise idle core):
+  ``eval_volumes_ms`` (the batch decoder,
+  ``api.eval_volumes``, one map), ``decoder_full_ms`` and
+  ``decoder_preview_ms`` (``api.LatticeDecoder``: the full map, and the
+  low-pass preview with the frequencies below half the band), and
+  ``decoder_setup_ms`` (preparing its lattice, once per run and box);
+* ``click_to_*``: wall time from the explorer's click handler
+  (``LatentExplorer.click_particle``, which also redraws the scatter) to the
+  preview's data set in the layer, to the full map's data set, and to a
+  rendered frame of the full map (forced with a canvas screenshot, which also
+  reads the frame back: an upper bound). The decode runs in the explorer's
+  worker thread; the Qt event loop is run in between (with 2 ms sleeps), so
+  renders of the preview that napari schedules are included, as in the app.
+  With the preview off, only the full map is decoded and shown.
+  ``first_click_ms``: the first click of a run (the layer is made; the
+  decoder's lattice was prepared when the run was loaded).
 * ``movie_fps``: frames per second stepping a 10-map path layer along napari's
-  time axis, each step rendered (and read back) as above.
+  time axis, each step rendered (and read back) as above; ``path_decode_ms``:
+  decoding those 10 maps.
 
 Figures go to ``interactivity.json`` beside this script with the machine,
-torch and napari versions and the OpenGL renderer. Run under a display, e.g.
+torch and napari versions, the OpenGL renderer and the load averages. Run
+under a display, e.g.
 ``xvfb-run -a python plugins/napari-cryoviz/benchmarks/interactivity.py``.
 """
 
@@ -34,7 +47,7 @@ import napari
 import numpy as np
 import torch
 from napari_cryoviz._session import RunSession
-from napari_cryoviz.latent import PATH_LAYER, VOLUME_LAYER, show_volume
+from napari_cryoviz.latent import PATH_LAYER, VOLUME_LAYER, LatentExplorer, show_volume
 from qtpy.QtWidgets import QApplication
 
 from cryoviz import api
@@ -56,7 +69,7 @@ def make_run(root: Path, box: int) -> Path:
 
 
 def render(viewer: napari.Viewer) -> None:
-    """Process pending events and render one frame of the canvas."""
+    """Process pending events and render one frame of the canvas (read back)."""
     QApplication.instance().processEvents()
     viewer.screenshot(canvas_only=True, flash=False)
 
@@ -70,37 +83,97 @@ def gl_renderer() -> str:
         return f"unknown ({type(err).__name__})"
 
 
-def bench_box(viewer: napari.Viewer, session: RunSession, box: int, repeats: int,
-              preview_box: int) -> dict:
+def load() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def timed_ms(func, repeats: int) -> tuple[list[float], list[float]]:
+    """Wall and process CPU milliseconds of ``repeats`` calls."""
+    wall, cpu = [], []
+    for _ in range(repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        func()
+        wall.append(1e3 * (time.perf_counter() - t0))
+        cpu.append(1e3 * (time.process_time() - c0))
+    return wall, cpu
+
+
+def engine_times(session: RunSession, box: int, repeats: int) -> dict:
+    """Decode times without the GUI (the same calls the explorer's worker makes)."""
     z = session.z
-    voxel = session.voxel_size(box)
-    show_volume(viewer, session.decode(z[:1], box)[0], VOLUME_LAYER, voxel, rendering="mip")
-    viewer.dims.ndisplay = 3
-    render(viewer)
-    decode_ms, shown_ms, preview_ms = [], [], []
-    for i in range(repeats):
-        zi = z[(i + 1) % len(z)][None]
-        t0 = time.perf_counter()
-        volume = session.decode(zi, box)[0]
-        t1 = time.perf_counter()
-        show_volume(viewer, volume, VOLUME_LAYER, voxel, rendering="mip")
-        render(viewer)
-        t2 = time.perf_counter()
-        decode_ms.append(1e3 * (t1 - t0))
-        shown_ms.append(1e3 * (t2 - t0))
-        if preview_box < box:
-            t0 = time.perf_counter()
-            coarse = session.decode(zi, preview_box)[0]
-            show_volume(viewer, coarse, VOLUME_LAYER + " preview",
-                        session.voxel_size(preview_box), rendering="mip")
-            render(viewer)
-            preview_ms.append(1e3 * (time.perf_counter() - t0))
-    if preview_ms:
-        viewer.layers.remove(VOLUME_LAYER + " preview")
-    path = session.straight_path(0, len(z) - 1, 10)
-    series = session.volume_series(path, box)
+    t0 = time.perf_counter()
+    decoder = api.LatticeDecoder(session.run.volume, box)
+    setup_ms = 1e3 * (time.perf_counter() - t0)
+    decoder(z[0])  # warm-up
+    full, full_cpu = timed_ms(lambda: decoder(z[1]), repeats)
+    preview, preview_cpu = timed_ms(lambda: next(decoder.progressive(z[1], 0.5)), repeats)
+    old, old_cpu = timed_ms(lambda: api.eval_volumes(session.run, z[1:2], box),
+                            max(1, repeats // 3))
+    return {"decoder_setup_ms": setup_ms, "network_points_full": decoder.n_points,
+            "network_points_preview": decoder.preview_points(0.5),
+            "decoder_full_ms_median": statistics.median(full), "decoder_full_ms_min": min(full),
+            "decoder_full_cpu_ms_median": statistics.median(full_cpu),
+            "decoder_preview_ms_median": statistics.median(preview),
+            "decoder_preview_cpu_ms_median": statistics.median(preview_cpu),
+            "eval_volumes_ms_median": statistics.median(old),
+            "eval_volumes_cpu_ms_median": statistics.median(old_cpu)}
+
+
+def click(viewer: napari.Viewer, dock: LatentExplorer, index: int) -> tuple[float, ...]:
+    """One click: ms to the preview's data set (or None), to the full's, to a rendered frame."""
+    app = QApplication.instance()
+    dock.last_decode_seconds = dock.last_preview_seconds = None
+    t0 = time.perf_counter()
+    dock.click_particle(index)
+    while dock.last_decode_seconds is None or dock.workers:
+        app.processEvents()
+        time.sleep(0.002)
+    viewer.screenshot(canvas_only=True, flash=False)
+    rendered = 1e3 * (time.perf_counter() - t0)
+    preview = None if dock.last_preview_seconds is None else 1e3 * dock.last_preview_seconds
+    return preview, 1e3 * dock.last_decode_seconds, rendered
+
+
+def gui_times(viewer: napari.Viewer, session: RunSession, box: int, repeats: int) -> dict:
+    dock = LatentExplorer(viewer)
+    viewer.window.add_dock_widget(dock)
+    dock.set_session(session)  # starts preparing the decoder at the training box
+    dock.decode_box.setValue(box)
+    app = QApplication.instance()
+    while dock.workers:
+        app.processEvents()
+        time.sleep(0.002)
+    n = len(session.z)
+    out: dict = {}
+    for preview in (True, False):
+        dock.preview.setChecked(preview)
+        first = click(viewer, dock, 0)
+        if preview:
+            out["first_click_ms"] = first[1]
+        rows = [click(viewer, dock, (i + 1) % n) for i in range(repeats)]
+        key = "with_preview" if preview else "no_preview"
+        out[key] = {"click_to_full_data_set_ms_median": statistics.median(r[1] for r in rows),
+                    "click_to_full_data_set_ms_max": max(r[1] for r in rows),
+                    "click_to_full_rendered_ms_median": statistics.median(r[2] for r in rows)}
+        if preview:
+            out[key]["click_to_preview_data_set_ms_median"] = statistics.median(
+                r[0] for r in rows)
+            out[key]["click_to_preview_data_set_ms_max"] = max(r[0] for r in rows)
+    viewer.window.remove_dock_widget(dock)
     viewer.layers.remove(VOLUME_LAYER)
-    show_volume(viewer, series, PATH_LAYER, voxel, rendering="mip")
+    return out
+
+
+def movie(viewer: napari.Viewer, session: RunSession, box: int) -> dict:
+    path = session.straight_path(0, len(session.z) - 1, 10)
+    t0 = time.perf_counter()
+    series = session.volume_series(path, box)
+    decode_ms = 1e3 * (time.perf_counter() - t0)
+    show_volume(viewer, series, PATH_LAYER, session.voxel_size(box), rendering="mip")
+    viewer.dims.ndisplay = 3
     viewer.dims.set_current_step(0, 0)
     render(viewer)
     frames = 30
@@ -110,23 +183,15 @@ def bench_box(viewer: napari.Viewer, session: RunSession, box: int, repeats: int
         render(viewer)
     fps = frames / (time.perf_counter() - t0)
     viewer.layers.remove(PATH_LAYER)
-    return {"box": box, "voxel_size_angstrom": voxel, "repeats": repeats,
-            "decode_ms_median": statistics.median(decode_ms),
-            "click_to_shown_ms_median": statistics.median(shown_ms),
-            "click_to_shown_ms_max": max(shown_ms),
-            "preview_box": preview_box if preview_ms else None,
-            "click_to_preview_shown_ms_median": (statistics.median(preview_ms) if preview_ms
-                                                 else None),
-            "movie_fps": fps,
-            "movie_volumes": len(series)}
+    return {"movie_fps": fps, "movie_volumes": len(series), "path_decode_ms": decode_ms}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--boxes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch thread counts to run with")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--preview-box", type=int, default=32,
-                        help="also time the explorer's coarse preview at this box")
     parser.add_argument("--work", type=Path, default=None, help="where the runs are built")
     parser.add_argument("--out", type=Path, default=HERE / "interactivity.json")
     args = parser.parse_args()
@@ -136,31 +201,37 @@ def main() -> None:
     results: list[dict] = []
     for box in args.boxes:
         session = RunSession(make_run(work, box))
-        row = bench_box(viewer, session, box, args.repeats, args.preview_box)
-        print(json.dumps(row))
-        results.append(row)
-        write_results(args.out, results)  # after every box: partial results survive
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            repeats = args.repeats if box <= 64 else max(3, args.repeats // 2)
+            row = {"box": box, "torch_threads": threads,
+                   "voxel_size_angstrom": session.voxel_size(box), "repeats": repeats,
+                   "load_average_before": load()}
+            row.update(engine_times(session, box, repeats))
+            row.update(gui_times(viewer, session, box, repeats))
+            row.update(movie(viewer, session, box))
+            row["load_average_after"] = load()
+            print(json.dumps(row), flush=True)
+            results.append(row)
+            write_results(args.out, results)  # after every row: partial results survive
     print(f"wrote {args.out}")
     viewer.close()
 
 
 def write_results(path: Path, results: list[dict]) -> None:
     """Write the figures with the machine description."""
-    try:
-        load = os.getloadavg()
-    except OSError:
-        load = None
     out = {
         "benchmark": "napari-cryoviz interactivity",
-        "goal": "click_to_shown_ms_median < 200 at box 64 on CPU",
+        "goal": "click to the map shown under 200 ms at box 64 on CPU",
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(), "device": "cpu",
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": "cpu",
                     "napari": napari.__version__, "numpy": np.__version__,
-                    "gl_renderer": gl_renderer()},
-        "model": "cryodrgn recipe defaults (implicit Hartley MLP width 128, depth 3), "
-                 "maps decoded at the training box",
-        "load_average_1_5_15_min": load,
+                    "gl_renderer": gl_renderer(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+        "model": "cryodrgn recipe defaults (implicit Hartley MLP width 128, depth 3, "
+                 "pe_dim 64, zdim 8), float32, maps decoded at the training box",
+        "viewer": "napari window 1200 x 900, volume layer rendered as MIP",
+        "load_average_1_5_15_min_at_end": load(),
         "results": results,
     }
     path.write_text(json.dumps(out, indent=2) + "\n")

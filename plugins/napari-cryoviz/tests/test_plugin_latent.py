@@ -24,27 +24,50 @@ def test_click_adds_a_volume_with_the_run_voxel_size(explorer, wait_workers):
     viewer, dock = explorer
     seen = []
     dock.particle_clicked.connect(seen.append)
+    run = api.load_run(dock.session.path)
+    dock.preview.setChecked(False)
     dock.click_particle(5)
     wait_workers(dock)
     layer = viewer.layers[VOLUME_LAYER]
-    assert layer.data.shape == (16, 16, 16)
+    assert layer.data.shape == (16, 16, 16) and dock.shown_stages == ["full"]
     np.testing.assert_allclose(layer.scale, [6.0] * 3)
-    run = api.load_run(dock.session.path)
     expected = api.eval_volumes(run, run.mu[5:6]).numpy()[0]
     np.testing.assert_allclose(layer.data, expected, rtol=1e-5, atol=1e-6)
     assert seen == [5] and viewer.dims.ndisplay == 3
+    assert dock.last_decode_seconds > 0
+    limits = tuple(layer.contrast_limits)
+    np.testing.assert_allclose(limits, [expected.min(), expected.max()], rtol=1e-6)
+    # the next click replaces the data in the same layer and keeps the run's limits
+    dock.preview.setChecked(True)
+    dock.click_particle(7)
+    wait_workers(dock)
+    assert viewer.layers[VOLUME_LAYER] is layer and dock.shown_stages == ["preview", "full"]
+    np.testing.assert_allclose(layer.data, api.eval_volumes(run, run.mu[7:8]).numpy()[0],
+                               rtol=1e-5, atol=1e-6)
+    assert tuple(layer.contrast_limits) == limits
+    assert 0 < dock.last_preview_seconds <= dock.last_decode_seconds
     # a different decode box keeps the physical extent: voxel size scales
     dock.decode_box.setValue(32)
     dock.click_particle(7)
     wait_workers(dock)
     layer = viewer.layers[VOLUME_LAYER]
-    assert layer.data.shape == (32, 32, 32) and dock.shown_boxes == [32]
+    assert layer.data.shape == (32, 32, 32) and dock.shown_stages == ["preview", "full"]
     np.testing.assert_allclose(layer.scale, [3.0] * 3)
-    # a smaller preview box shows a coarse map of the same extent first
-    dock.preview_box.setValue(8)
-    dock.click_particle(7)
+    np.testing.assert_allclose(layer.data, api.eval_volumes(run, run.mu[7:8], 32).numpy()[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_newer_click_wins_over_an_older_decode(explorer, wait_workers):
+    viewer, dock = explorer
+    dock.decode_box.setValue(32)
+    for index in (3, 11, 20):
+        dock.click_particle(index)
     wait_workers(dock)
-    assert dock.shown_boxes == [8, 32] and viewer.layers[VOLUME_LAYER].data.shape == (32,) * 3
+    run = api.load_run(dock.session.path)
+    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data,
+                               api.eval_volumes(run, run.mu[20:21], 32).numpy()[0],
+                               rtol=1e-5, atol=1e-6)
+    assert dock.shown_stages[-1] == "full"
 
 
 @pytest.mark.parametrize("kind", ["pc", "straight", "knn"])

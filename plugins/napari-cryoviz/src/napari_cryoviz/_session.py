@@ -73,6 +73,7 @@ class RunSession:
         self._umap: np.ndarray | None = None
         self._columns: dict[str, np.ndarray] | None = None
         self._posterior = None
+        self._decoders: dict[int, api.LatticeDecoder] = {}
         poses = self.path / "poses.npz"
         if poses.is_file():
             self._posterior = api.read_pose_posterior(poses)
@@ -117,9 +118,30 @@ class RunSession:
         return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
     # -- volumes -------------------------------------------------------------------------
+    def decoder(self, box_size: int | None = None) -> api.LatticeDecoder:
+        """The run's :class:`~cryoviz.api.LatticeDecoder` at ``box_size`` (made once per box)."""
+        box = self.run.box_size if box_size is None else int(box_size)
+        if box not in self._decoders:
+            self._decoders[box] = api.LatticeDecoder(self.run.volume, box)
+        return self._decoders[box]
+
     def decode(self, z: np.ndarray | None, box_size: int | None = None) -> np.ndarray:
         """Maps ``(M, d, d, d)`` float32 at latents ``(M, L)`` (``None``: homogeneous)."""
-        return api.eval_volumes(self.run, z, box_size=box_size).numpy()
+        if self.latent_dim == 0:
+            return api.eval_volumes(self.run, z, box_size=box_size).numpy()
+        zs = np.asarray(z, dtype=np.float32).reshape(-1, self.latent_dim)
+        dec = self.decoder(box_size)
+        return np.stack([dec(zi).numpy() for zi in zs])
+
+    def decode_progressive(self, z: np.ndarray | None, box_size: int | None = None,
+                           preview_fraction: float = 0.5):
+        """Yield ``(stage, map)``: a low-pass ``'preview'`` map first, then the ``'full'`` one.
+
+        ``z`` is one latent ``(L,)`` (``None``: homogeneous); maps are ``(d, d, d)``
+        float32 (see :meth:`cryoviz.api.LatticeDecoder.progressive`).
+        """
+        for stage, volume in self.decoder(box_size).progressive(z, preview_fraction):
+            yield stage, volume.numpy()
 
     def representative_volume(self, box_size: int | None = None) -> np.ndarray:
         """One map ``(d, d, d)``: the homogeneous map or the one at the median latent."""

@@ -10,7 +10,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayo
 
 from cryoviz import api
 
-from ._common import ErrorLabel, PlotCanvas, RunPicker
+from ._common import ErrorLabel, PlotCanvas, RunPicker, start_worker
 from ._session import RunSession
 
 __all__ = ["ParticleInspector"]
@@ -24,6 +24,10 @@ class ParticleInspector(QWidget):
     direction on the sphere over the orientation density of all particles,
     and its pose posterior (top-k weights and angular spread, from
     ``poses.npz``) or, without one, the latent posterior std the encoder gave.
+
+    The computations run in a napari worker (the GUI stays responsive); only
+    the drawing happens on the GUI thread. When particles are picked faster
+    than they are computed, only the latest one is drawn.
     """
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
@@ -31,8 +35,9 @@ class ParticleInspector(QWidget):
         self.viewer = napari_viewer
         self.session: RunSession | None = None
         self.inspection: api.ParticleInspection | None = None
-        self._directions: np.ndarray | None = None
-        self._density: api.OrientationDensity | None = None
+        self._orientation_cache: tuple | None = None
+        self.workers: list = []
+        self._request = 0
         self.picker = RunPicker(self.load_run)
         self.index = QSpinBox()
         self.index.setRange(0, 0)
@@ -66,31 +71,50 @@ class ParticleInspector(QWidget):
         self.session = session
         self.picker.edit.setText(str(session.path))
         self.index.setRange(0, max(0, session.n_particles - 1))
-        self._directions = self._density = None
+        self._orientation_cache = None
 
-    def _orientations(self) -> tuple[np.ndarray, api.OrientationDensity]:
-        if self._directions is None:
-            rot = self.session.particles.rotations
-            self._directions = api.viewing_directions(rot)
-            self._density = api.orientation_density(self._directions, n_bins=12)
-        return self._directions, self._density
+    def _orientations(self, session: RunSession
+                      ) -> tuple[np.ndarray, api.OrientationDensity]:
+        """Viewing directions ``(N, 3)`` and their density (computed once per session)."""
+        cached = self._orientation_cache
+        if cached is None or cached[0] is not session:
+            directions = api.viewing_directions(session.particles.rotations)
+            cached = (session, directions, api.orientation_density(directions, n_bins=12))
+            self._orientation_cache = cached
+        return cached[1], cached[2]
 
-    def show_particle(self, index: int) -> api.ParticleInspection | None:
-        """Compute and draw the panels for particle ``index`` (a position in the run)."""
+    def show_particle(self, index: int) -> None:
+        """Compute the panels for particle ``index`` (a position in the run) in a worker.
+
+        The panels are drawn, and :attr:`inspection` set, when the worker
+        returns; errors are shown in the dock.
+        """
         if self.session is None:
             self.errors.show_error("load a run first")
-            return None
+            return
         self.errors.clear_error()
-        try:
-            self.index.setValue(int(index))
-            result = self.session.inspect(int(index))
-            directions, density = self._orientations()
-        except Exception as err:  # noqa: BLE001 - shown as a message
-            self.errors.show_error(err)
-            return None
-        self.inspection = result
-        self._draw(result, directions, density)
-        return result
+        self.index.blockSignals(True)
+        self.index.setValue(int(index))
+        self.index.blockSignals(False)
+        self._request += 1
+        request, session = self._request, self.session
+
+        def compute():
+            result = session.inspect(int(index))
+            directions, density = self._orientations(session)
+            return request, result, directions, density
+
+        def done(out) -> None:
+            if out[0] != self._request:
+                return
+            self.inspection = out[1]
+            self._draw(*out[1:])
+
+        def failed(err: BaseException) -> None:
+            if request == self._request:
+                self.errors.show_error(err)
+
+        start_worker(self, compute, on_done=done, on_error=failed)
 
     def _draw(self, result: api.ParticleInspection, directions: np.ndarray,
               density: api.OrientationDensity) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from matplotlib.widgets import LassoSelector
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFileDialog,
     QFormLayout,
@@ -24,37 +25,57 @@ from qtpy.QtWidgets import (
 from ._common import ErrorLabel, PlotCanvas, RunPicker, start_worker
 from ._session import LatentPath, RunSession
 
-__all__ = ["LatentExplorer", "VOLUME_LAYER", "PATH_LAYER", "show_volume"]
+__all__ = ["LatentExplorer", "VOLUME_LAYER", "PATH_LAYER", "PREVIEW_FRACTION", "show_volume",
+           "data_limits"]
 
 VOLUME_LAYER = "cryoviz z volume"
 PATH_LAYER = "cryoviz latent path"
+PREVIEW_FRACTION = 0.5  # the preview keeps frequencies below this fraction of the band
 PATH_KINDS = {"along PC (x axis)": "pc", "straight line (last 2 clicks)": "straight",
               "kNN graph (last 2 clicks)": "knn"}
 
 
+def data_limits(data: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` of ``data`` as contrast limits (widened when the map is flat)."""
+    lo, hi = float(np.min(data)), float(np.max(data))
+    return lo, (hi if hi > lo else lo + 1e-6)
+
+
 def show_volume(viewer: napari.Viewer, data: np.ndarray, name: str, voxel_size: float,
+                contrast_limits: tuple[float, float] | None = None,
                 **kwargs) -> napari.layers.Image:
-    """Put ``data`` (``(..., D, D, D)``) in layer ``name`` (replaced in place when it exists)."""
+    """Put ``data`` (``(..., D, D, D)``) in layer ``name``.
+
+    An existing layer of the same shape and scale gets the new data in place
+    (much cheaper than a new layer: no new visual, no new texture object);
+    otherwise the layer is (re)created with ``kwargs``. ``contrast_limits``:
+    fixed limits to use; ``None`` computes them from ``data``.
+    """
     scale = (1.0,) * (data.ndim - 3) + (voxel_size,) * 3
+    limits = data_limits(data) if contrast_limits is None else tuple(contrast_limits)
     if name in viewer.layers:
         layer = viewer.layers[name]
         if layer.data.shape == data.shape and np.allclose(layer.scale, scale):
             layer.data = data
-            layer.contrast_limits = (float(data.min()), float(data.max()) + 1e-6)
+            if tuple(layer.contrast_limits) != limits:
+                layer.contrast_limits = limits
             return layer
         viewer.layers.remove(name)
-    return viewer.add_image(data, name=name, scale=scale, **kwargs)
+    return viewer.add_image(data, name=name, scale=scale, contrast_limits=limits, **kwargs)
 
 
 class LatentExplorer(QWidget):
     """2-D scatter of a run's latents (PCA or UMAP, any two axes), coloured by a column.
 
     Click a point: the map at that particle's ``z`` is decoded (in a worker) and
-    shown in 3-D (a coarse preview first when the decode box exceeds the
-    preview box). Lasso: selects particles, exported as STAR / ``.cs`` / index
-    pickle. Paths (along a PC, straight between the last two clicks, or the
-    kNN-graph path between them) are drawn on the scatter and become a 4-D
-    layer whose first axis is napari's time slider.
+    shown in 3-D: with "low-pass preview" on, first the map with only the
+    frequencies below half the band (about 1/8 of the work), then the full
+    map in the same layer (data replaced in place; contrast limits fixed from
+    the first full map of the run at that box). Lasso: selects particles,
+    exported as STAR / ``.cs`` / index pickle. Paths (along a PC, straight
+    between the last two clicks, or the kNN-graph path between them) are drawn
+    on the scatter and become a 4-D layer whose first axis is napari's time
+    slider.
 
     Signals
     -------
@@ -72,7 +93,12 @@ class LatentExplorer(QWidget):
         self.clicked: list[int] = []
         self.selection = np.zeros(0, dtype=np.int64)
         self.path: LatentPath | None = None
-        self.last_decode_seconds: float | None = None
+        self.last_decode_seconds: float | None = None  # click -> full map's data set
+        self.last_preview_seconds: float | None = None  # click -> preview's data set
+        self.shown_stages: list[str] = []
+        self._limits: dict[int, tuple[float, float]] = {}
+        self._click_id = 0
+        self._decode_worker = None
         self._lasso: LassoSelector | None = None
 
         self.picker = RunPicker(self.load_run)
@@ -84,11 +110,10 @@ class LatentExplorer(QWidget):
         self.decode_box = QSpinBox()
         self.decode_box.setRange(8, 512)
         self.decode_box.setSingleStep(2)
-        self.preview_box = QSpinBox()
-        self.preview_box.setRange(0, 512)
-        self.preview_box.setValue(32)
-        self.preview_box.setToolTip("show a map decoded at this box first (0: off)")
-        self.shown_boxes: list[int] = []
+        self.preview = QCheckBox("low-pass preview first")
+        self.preview.setChecked(True)
+        self.preview.setToolTip("show the map's low frequencies (half the band) while the "
+                                "full map is decoded")
         self.path_kind = QComboBox()
         self.path_kind.addItems(list(PATH_KINDS))
         self.path_points = QSpinBox()
@@ -123,7 +148,7 @@ class LatentExplorer(QWidget):
         form.addRow("axes (x, y)", axes_row)
         form.addRow("colour by", self.colour_box)
         form.addRow("decode box", self.decode_box)
-        form.addRow("preview box", self.preview_box)
+        form.addRow("", self.preview)
         form.addRow("path", self.path_kind)
         form.addRow("path volumes", self.path_points)
         buttons = QHBoxLayout()
@@ -151,6 +176,7 @@ class LatentExplorer(QWidget):
         self.session = session
         self.picker.edit.setText(str(session.path))
         self.clicked, self.path = [], None
+        self._limits = {}
         self.selection = np.zeros(0, dtype=np.int64)
         if session.latent_dim == 0 or session.run.mu is None:
             self.status.setText("this run has no latent space (homogeneous)")
@@ -165,6 +191,9 @@ class LatentExplorer(QWidget):
             spin.blockSignals(False)
         self.y_axis.setValue(min(1, n_pcs - 1))
         self.decode_box.setValue(session.run.box_size)
+        # prepare the decoder's lattice now, so that the first click does not wait for it
+        start_worker(self, session.decoder, session.run.box_size,
+                     on_error=self.errors.show_error)
         self.colour_box.blockSignals(True)
         self.colour_box.clear()
         self.colour_box.addItems(["none", *session.columns()])
@@ -243,33 +272,46 @@ class LatentExplorer(QWidget):
     def click_particle(self, index: int) -> None:
         """Pick particle ``index``: decode and show the map at its ``z`` (in a worker).
 
-        With a preview box smaller than the decode box, a coarse map of the
-        same physical extent is shown first and replaced by the full one.
+        With the preview on, the low-pass map is shown first and replaced by the
+        full one. A newer click stops an older decode, and an older decode's maps
+        are never shown over a newer click's.
         """
         self.clicked = [*self.clicked[-1:], int(index)]
         self.particle_clicked.emit(int(index))
         session = self.session
-        z = session.z[int(index)][None]
+        z = session.z[int(index)]
         box = int(self.decode_box.value())
-        preview = int(self.preview_box.value())
-        boxes = [preview, box] if 0 < preview < box else [box]
+        fraction = PREVIEW_FRACTION if self.preview.isChecked() else 1.0
         start = time.perf_counter()
-        self.shown_boxes = []
+        self._click_id += 1
+        click_id = self._click_id
+        self.shown_stages = []
+        if self._decode_worker is not None:
+            self._decode_worker.quit()  # a generator worker stops at its next yield
 
         def decode():
-            for b in boxes:
-                yield b, session.decode(z, b)[0]
+            yield from session.decode_progressive(z, box, fraction)
 
-        def shown(item: tuple[int, np.ndarray]) -> None:
-            b, volume = item
-            show_volume(self.viewer, volume, VOLUME_LAYER, session.voxel_size(b),
-                        rendering="mip")
-            self.viewer.dims.ndisplay = 3
-            self.shown_boxes.append(b)
-            if b == box:
-                self.last_decode_seconds = time.perf_counter() - start
+        def shown(item: tuple[str, np.ndarray]) -> None:
+            if click_id != self._click_id:
+                return
+            stage, volume = item
+            limits = self._limits.get(box)
+            if limits is None and stage == "full":
+                limits = self._limits[box] = data_limits(volume)
+            show_volume(self.viewer, volume, VOLUME_LAYER, session.voxel_size(box),
+                        contrast_limits=limits, rendering="mip")
+            if self.viewer.dims.ndisplay != 3:
+                self.viewer.dims.ndisplay = 3
+            self.shown_stages.append(stage)
+            elapsed = time.perf_counter() - start
+            if stage == "preview":
+                self.last_preview_seconds = elapsed
+            else:
+                self.last_decode_seconds = elapsed
 
-        start_worker(self, decode, on_yield=shown, on_error=self.errors.show_error)
+        self._decode_worker = start_worker(self, decode, on_yield=shown,
+                                           on_error=self.errors.show_error)
         self.redraw()
 
     # -- lasso and export ----------------------------------------------------------------
