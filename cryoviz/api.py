@@ -38,6 +38,13 @@ from cryoviz.analysis.run_analysis import AnalysisSettings, analyze_run, run_lat
 from cryoviz.ctf import CTFParams, compute_ctf_2d
 from cryoviz.errors import InputError
 from cryoviz.imaging import render_images
+from cryoviz.inference.amortized_pose import (
+    AmortizedPoseProgress,
+    AmortizedPoseResult,
+    AmortizedPoseSettings,
+    iter_amortized_pose,
+    write_amortized_pose,
+)
 from cryoviz.inference.class_em import iter_class_em, write_class_em
 from cryoviz.inference.posterior import PosePosterior, read_pose_posterior, write_pose_posterior
 from cryoviz.inference.ppca import eval_ppca, iter_ppca, write_ppca
@@ -47,6 +54,13 @@ from cryoviz.inference.refine import (
     RefineSettings,
     iter_refine,
     write_refine,
+)
+from cryoviz.inference.variational import (
+    VariationalProgress,
+    VariationalResult,
+    VariationalSettings,
+    iter_variational,
+    write_variational,
 )
 from cryoviz.io import (
     ImageSource,
@@ -60,14 +74,25 @@ from cryoviz.io import (
 from cryoviz.metrics import FSCCurve, align_volume, fsc, rotation_error_deg, soft_spherical_mask
 from cryoviz.reconstruct import iter_reconstruct, write_reconstruction
 from cryoviz.simulate import SimulationConfig, iter_simulate, simulate
-from cryoviz.train.evaluate import Run, eval_volumes, load_run, voxel_size, write_volumes
+from cryoviz.train.evaluate import (
+    LatticeDecoder,
+    Run,
+    eval_volumes,
+    load_run,
+    voxel_size,
+    write_volumes,
+)
 from cryoviz.train.loop import TrainProgress, iter_train, train
 from cryoviz.train.recipes import RECIPES, Recipe, get_recipe
 
 __all__ = [
+    "AmortizedPoseProgress", "AmortizedPoseResult", "AmortizedPoseSettings",
+    "iter_amortized_pose", "write_amortized_pose",
     "RefineProgress", "RefineResult", "RefineSettings", "iter_refine", "write_refine",
+    "VariationalProgress", "VariationalResult", "VariationalSettings", "iter_variational",
+    "write_variational",
     "AnalysisSettings", "CTFParams", "FSCCurve", "ImageSource", "InputError", "KMeansResult",
-    "PCAResult", "ParticleSet", "PosePosterior", "RECIPES", "Recipe", "Run",
+    "LatticeDecoder", "PCAResult", "ParticleSet", "PosePosterior", "RECIPES", "Recipe", "Run",
     "SimulationConfig", "TrainProgress", "align_volume", "analyze_run",
     "cluster_centres_on_data", "compute_ctf_2d", "eval_ppca", "eval_volumes",
     "export_selection", "fsc", "get_recipe", "iter_class_em", "iter_ppca",

@@ -44,3 +44,27 @@ from cryoviz.inference.vaegan import (  # noqa: E402
 )
 
 __all__ += ["CryoVAEGANSettings", "CryoVAEGANProgress", "iter_cryovaegan", "train_cryovaegan"]
+
+# fstdiff: variational EM over per-particle Gaussian pose posteriors (cryoviz.inference.variational)
+from cryoviz.inference.variational import (  # noqa: E402
+    VariationalProgress,
+    VariationalResult,
+    VariationalSettings,
+    iter_variational,
+    run_variational,
+    write_variational,
+)
+
+__all__ += ["VariationalSettings", "VariationalProgress", "VariationalResult",
+            "iter_variational", "run_variational", "write_variational"]
+
+# Amortized pose inference: CNN pose encoder + map (recipes cryoai, cryoposenet)
+from cryoviz.inference.amortized_pose import (  # noqa: E402
+    AmortizedPoseProgress,
+    AmortizedPoseSettings,
+    iter_amortized_pose,
+    write_amortized_pose,
+)
+
+__all__ += ["AmortizedPoseSettings", "AmortizedPoseProgress", "iter_amortized_pose",
+            "write_amortized_pose"]

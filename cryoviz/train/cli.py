@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def add_parsers(subparsers) -> None:
 
     tr = subparsers.add_parser("train", help="train a (heterogeneous) volume model, known poses")
     tr.add_argument("particles", help="particles: .star, .cs or .mrcs (with --poses/--ctf)")
-    names = [*RECIPES, "relion-class3d", "3dva", "relion-refine", "cryovaegan"]
+    names = [*RECIPES, "relion-class3d", "3dva", "relion-refine", "fstdiff", "cryovaegan",
+             "cryoai", "cryoposenet"]
     tr.add_argument("--recipe", required=True, help=f"one of {', '.join(names)}")
     tr.add_argument("-o", "--output", required=True, help="run folder")
     tr.add_argument("--epochs", type=int)
@@ -35,7 +37,10 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--depth", type=int)
     tr.add_argument("--seed", type=int)
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    tr.add_argument("--device", default="cpu")
+    tr.add_argument("--device", default="cpu",
+                    help="cpu or cuda; under torchrun, cuda means cuda:LOCAL_RANK")
+    tr.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                    help="autocast dtype of the networks (default fp32; fp16 needs CUDA)")
     tr.add_argument("--stack", help="use this image stack instead of the metadata's")
     tr.add_argument("--poses", help="cryoDRGN pose pickle")
     tr.add_argument("--ctf", help="cryoDRGN CTF pickle")
@@ -147,6 +152,38 @@ def _run_refine(args: argparse.Namespace, particles) -> int:
     return 0
 
 
+def _run_fstdiff(args: argparse.Namespace, particles) -> int:
+    """``fstdiff``: map and per-particle Gaussian pose posteriors by variational EM."""
+    from cryoviz.inference.variational import (  # noqa: PLC0415
+        VariationalSettings,
+        iter_variational,
+        write_variational,
+    )
+    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+
+    if args.initial_map is None:
+        raise InputError(None, "--initial-map", "a starting map (MRC) for fstdiff")
+    initial, voxel = read_volume(args.initial_map)
+    apix = particles.pixel_size_angstrom
+    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
+        raise InputError(args.initial_map, "voxel size", f"{apix:g} Å (the particles')",
+                         got=f"{voxel:g} Å")
+    settings = VariationalSettings(
+        n_epochs=args.epochs or 5, coarse_order=args.healpix_order,
+        initial_lowpass_angstrom=args.initial_lowpass, batch_size=args.batch_size or 64,
+        seed=args.seed if args.seed is not None else 0)
+    result = None
+    for p in iter_variational(particles, initial, settings, device=args.device):
+        print(f"epoch {p.epoch}/{p.n_epochs}  E-step to {p.e_step_resolution_angstrom:.1f} Å  "
+              f"resolution {p.resolution_angstrom:.1f} Å  ELBO {p.elbo:.1f}  median spread "
+              f"{p.median_angular_spread_deg:.2f} deg  {p.seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        result = p.result if p.result is not None else result
+    write_variational(result, particles, args.output)
+    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _run_cryovaegan(args: argparse.Namespace, particles) -> int:
     """``cryovaegan``: in-plane angle and CTF per image by a VAE-GAN, no volume, no poses."""
     from cryoviz.inference.vaegan.train import CryoVAEGANSettings, iter_cryovaegan  # noqa: PLC0415
@@ -171,10 +208,51 @@ def _run_cryovaegan(args: argparse.Namespace, particles) -> int:
     return 0
 
 
+def _run_amortized(args: argparse.Namespace, particles) -> int:
+    """``cryoai`` / ``cryoposenet``: CNN pose encoder and map trained jointly (poses unknown)."""
+    from cryoviz.inference.amortized_pose import (  # noqa: PLC0415
+        AmortizedPoseSettings,
+        iter_amortized_pose,
+        write_amortized_pose,
+    )
+
+    given = {"batch_size": args.batch_size, "lr_encoder": args.lr, "seed": args.seed}
+    settings = AmortizedPoseSettings(recipe=args.recipe,
+                                     **{k: v for k, v in given.items() if v is not None})
+    if args.epochs:  # an epoch is one pass over the particles
+        per_epoch = -(-len(particles) // settings.batch_size)
+        settings = dataclasses.replace(settings, n_steps=args.epochs * per_epoch)
+    result = None
+    for p in iter_amortized_pose(particles, settings, device=args.device):
+        print(f"step {p.step}/{p.n_steps}  loss {p.loss:.4f}  band {p.band:.3f}  "
+              f"pi-flipped {p.flipped_fraction:.2f}  {p.seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        result = p.result if p.result is not None else result
+    write_amortized_pose(result, particles, args.output)
+    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
+    from cryoviz.train.distributed import init_distributed, shutdown_distributed  # noqa: PLC0415
+    from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
+
+    if args.recipe in ("cryovaegan", "relion-refine", "fstdiff", "relion-class3d", "3dva",
+                       "cryoai", "cryoposenet"):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise InputError(None, "--recipe", f"one of {', '.join(RECIPES)} under torchrun "
+                             "(data-parallel training)", args.recipe)
+        return _run_other(args)
+    info, args.device = init_distributed(args.device)  # a no-op outside torchrun
+    try:
+        return _run_loop(args, info)
+    finally:
+        shutdown_distributed()
+
+
+def _run_other(args: argparse.Namespace) -> int:
+    """Recipes with their own algorithm (not the shared training loop)."""
     from cryoviz.io.particles import load_particles  # noqa: PLC0415
-    from cryoviz.train.loop import iter_train  # noqa: PLC0415
-    from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
     if args.recipe == "cryovaegan":
         return _run_cryovaegan(args, load_particles(
@@ -184,24 +262,47 @@ def _run_train(args: argparse.Namespace) -> int:
         return _run_refine(args, load_particles(
             args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
             datadir=args.datadir, require_ctf=True))
+    if args.recipe == "fstdiff":
+        return _run_fstdiff(args, load_particles(
+            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
+            datadir=args.datadir, require_ctf=True))
+    if args.recipe in ("cryoai", "cryoposenet"):
+        return _run_amortized(args, load_particles(
+            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
+            datadir=args.datadir))
     if args.recipe in ("relion-class3d", "3dva"):
         particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                    ctf=args.ctf, datadir=args.datadir, require_poses=True)
         if args.recipe == "3dva":
             return _run_3dva(args, particles)
         return _run_class3d(args, particles)
+    raise InputError(None, "--recipe", "cryovaegan, relion-refine, fstdiff, relion-class3d or 3dva",
+                     args.recipe)
+
+
+def _run_loop(args: argparse.Namespace, info) -> int:
+    """Recipes of the shared loop, in one process or as one rank of a torchrun job."""
+    from cryoviz.io.particles import load_particles  # noqa: PLC0415
+    from cryoviz.train.loop import iter_train  # noqa: PLC0415
+    from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
+
     recipe = get_recipe(args.recipe, epochs=args.epochs, zdim=args.zdim, box=args.box,
                         batch_size=args.batch_size, lr=args.lr, width=args.width,
-                        depth=args.depth, seed=args.seed)
+                        depth=args.depth, seed=args.seed, precision=args.precision)
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                ctf=args.ctf, datadir=args.datadir, require_poses=True)
-    print(f"training {recipe.name} on {len(particles)} particles -> {args.output}",
-          file=sys.stderr, flush=True)
+    say = info.is_main  # rank 0 alone prints
+    if say:
+        ranks = f" on {info.world_size} ranks" if info.enabled else ""
+        print(f"training {recipe.name} on {len(particles)} particles{ranks} -> {args.output}",
+              file=sys.stderr, flush=True)
     for p in iter_train(particles, recipe, args.output, resume=args.resume,
                         device=args.device):
-        print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.5f}  kl {p.kl:.3f}  "
-              f"{p.seconds:.1f} s", file=sys.stderr, flush=True)
-    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+        if say:
+            print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.5f}  kl {p.kl:.3f}  "
+                  f"{p.seconds:.1f} s", file=sys.stderr, flush=True)
+    if say:
+        print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
     return 0
 
 

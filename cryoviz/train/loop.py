@@ -44,9 +44,19 @@ from cryoviz.imaging import apply_shift_and_ctf
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.train.data import ParticleBatches
+from cryoviz.train.distributed import (
+    all_sum,
+    barrier,
+    dist_info,
+    local_batches,
+    make_grad_scaler,
+    wrap_model,
+)
 from cryoviz.train.encoders import LatentTable, MLPEncoder
+from cryoviz.train.memory import release_free_heap
 from cryoviz.train.recipes import Recipe
 from cryoviz.volumes import ImplicitVolume, VolumeModel, VoxelVolume
+from cryoviz.volumes.deformation import DeformationVolume, consensus_map
 from cryoviz.volumes.gmm import GaussianMixtureVolume, fit_amplitude_scale, frc_loss, load_reference
 
 __all__ = ["TrainProgress", "iter_train", "train", "build_models", "write_toml",
@@ -141,6 +151,13 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
     """The recipe's volume model and encoder (``None`` for homogeneous recipes)."""
     if recipe.volume == "voxel":
         volume: VolumeModel = VoxelVolume(box_size, pixel_size_angstrom)
+    elif recipe.volume == "deformation":
+        volume = DeformationVolume(
+            box_size, pixel_size_angstrom, recipe.latent_dim,
+            control_points=recipe.control_points, width=recipe.width, depth=recipe.depth,
+            displacement_scale_px=recipe.max_shift_px,
+            smoothness_weight=recipe.smoothness_weight,
+            rigidity_weight=recipe.rigidity_weight, seed=recipe.seed)
     elif recipe.volume == "gmm":
         initial = (None if recipe.reference is None else
                    load_reference(recipe.reference, recipe.reference_level,
@@ -248,7 +265,8 @@ def iter_train(
         The method (:func:`cryoviz.train.recipes.get_recipe`).
     output_dir
         Run folder: ``config.toml``, ``checkpoints/epoch_NNNN.pt``, ``log.jsonl``;
-        at the end ``latents.npz`` and ``z.pkl`` (latent recipes) or
+        at the end ``latents.npz`` and ``z.pkl`` (latent recipes; ``3dflex`` also
+        ``volumes/canonical.mrc``) or
         ``volumes/map.mrc`` (homogeneous recipes).
     resume
         Continue from the last checkpoint in ``output_dir`` (a fresh start when
@@ -268,12 +286,18 @@ def iter_train(
     The global torch, numpy and python RNGs are seeded with ``recipe.seed`` at
     the start (and restored from the checkpoint on resume); the data order and
     the latent noise use their own generators.
+
+    Under an initialised ``torch.distributed`` group (``torchrun``) every rank
+    trains its slice of each global batch through DDP and rank 0 alone writes
+    files; ``recipe.precision`` runs the networks under autocast (see
+    :mod:`cryoviz.train.distributed`).
     """
     recipe.validate()
     _check_particles(particles)
     out = Path(output_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
+    info = dist_info()  # ranks of a torchrun / DDP run (rank 0 alone writes files)
     source = ImageSource(particles)
     batches = ParticleBatches(source, recipe.batch_size, chunk_size=recipe.chunk_size,
                               window_chunks=recipe.window_chunks, seed=recipe.seed,
@@ -289,6 +313,7 @@ def iter_train(
         encoder.to(device)
     params = list(volume.parameters()) + ([] if encoder is None else list(encoder.parameters()))
     optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    scaler = make_grad_scaler(recipe.precision, device)  # enabled for fp16 only
 
     shells = shell_index_2d(box, rfft=True, device=device)
     ky, kx = frequency_grid_2d(box, rfft=True, device=device)
@@ -309,17 +334,25 @@ def iter_train(
         if encoder is not None:
             encoder.load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"], batches, noise_gen)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         data_scale = float(state["data_scale"])
-        _truncate_log(out / "log.jsonl", start_epoch)
+        if info.is_main:
+            _truncate_log(out / "log.jsonl", start_epoch)
     else:
         data_scale, image_std = _data_scales(batches, inside.cpu())
         with torch.no_grad():
             if isinstance(volume, ImplicitVolume):
                 volume.output_scale.fill_(data_scale)
-            elif isinstance(volume, VoxelVolume):
+            elif isinstance(volume, (VoxelVolume, DeformationVolume)):
                 volume.scale.fill_(data_scale / box**1.5)
+                if isinstance(volume, DeformationVolume) and recipe.canonical_init == "consensus":
+                    volume.set_canonical(consensus_map(
+                        batches.read, batches.n, _tensor(particles.rotations, device), apix,
+                        _tensor(particles.shifts_angstrom, device),
+                        None if particles.ctf is None else particles.ctf.to(device)))
             elif isinstance(volume, GaussianMixtureVolume):
                 first = np.arange(min(batches.n, 256))
                 volume.amplitude_scale.fill_(fit_amplitude_scale(
@@ -331,23 +364,30 @@ def iter_train(
                     particles.ctf.subset(torch.as_tensor(first)).to(device), apix))
             if isinstance(encoder, MLPEncoder):
                 encoder.input_scale.fill_(image_std)
-        (out / "log.jsonl").unlink(missing_ok=True)
-        for old in (out / "checkpoints").glob("epoch_*.pt"):
-            old.unlink()
-    write_toml(out / "config.toml", {
-        "recipe": dataclasses.asdict(recipe),
-        "data": {"n_particles": n, "box_size": box, "pixel_size_angstrom": apix,
-                 "data_box_size": particles.box_size,
-                 "data_pixel_size_angstrom": particles.pixel_size_angstrom,
-                 "source": None if particles.source_path is None else
-                 str(particles.source_path)},
-        "run": {"device": str(device), "data_scale": data_scale},
-    })
+        if info.is_main:
+            (out / "log.jsonl").unlink(missing_ok=True)
+            for old in (out / "checkpoints").glob("epoch_*.pt"):
+                old.unlink()
+    if info.is_main:
+        write_toml(out / "config.toml", {
+            "recipe": dataclasses.asdict(recipe),
+            "data": {"n_particles": n, "box_size": box, "pixel_size_angstrom": apix,
+                     "data_box_size": particles.box_size,
+                     "data_pixel_size_angstrom": particles.pixel_size_angstrom,
+                     "source": None if particles.source_path is None else
+                     str(particles.source_path)},
+            "run": {"device": str(device), "data_scale": data_scale,
+                    "world_size": info.world_size},
+        })
 
     rotations = _tensor(particles.rotations, device)
     shifts = _tensor(particles.shifts_angstrom, device)
     ctf = None if particles.ctf is None else particles.ctf.to(device)
     beta = recipe.kl_weight
+    # the networks as the loop calls them: autocast for bf16 / fp16, DDP across ranks
+    encode = None if encoder is None else wrap_model(encoder, "forward", recipe.precision,
+                                                     device, info)
+    slice_volume = wrap_model(volume, "slices", recipe.precision, device, info)
 
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
@@ -355,23 +395,25 @@ def iter_train(
         if encoder is not None:
             encoder.train()
         total_loss, total_kl, n_batches, n_seen = 0.0, 0.0, 0, 0
-        for index, images in batches.epoch():
+        for part, index, images in local_batches(batches, info):  # this rank's slice
             sel = torch.as_tensor(index, device=device)
             images = images.to(device)
             target = centered_rfft2(images)
             z, kl = None, torch.zeros((), device=device)
             if encoder is not None:
-                mu, logvar = encoder(images, sel)
+                mu, logvar = encode(images, sel)
                 if logvar is not None:
-                    eps = torch.randn(mu.shape, generator=noise_gen, device=device)
+                    eps = part.rows(torch.randn((part.total, mu.shape[1]), generator=noise_gen,
+                                                 device=device))
                     z = mu + torch.exp(0.5 * logvar) * eps
                     kl = -0.5 * (1.0 + logvar - mu**2 - logvar.exp()).sum(dim=-1).mean()
                 elif encoder.noise_std > 0:
-                    eps = torch.randn(mu.shape, generator=noise_gen, device=device)
+                    eps = part.rows(torch.randn((part.total, mu.shape[1]), generator=noise_gen,
+                                                 device=device))
                     z = mu + encoder.noise_std * eps
                 else:
                     z = mu
-            slices = volume.slices(rotations[sel], z, box, apix)
+            slices = slice_volume(rotations[sel], z, box, apix)
             model = apply_shift_and_ctf(slices, apix, None if shifts is None else shifts[sel],
                                         None if ctf is None else ctf.subset(sel))
             if recipe.loss == "frc":
@@ -380,39 +422,49 @@ def iter_train(
                 residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
                 data_term = residual.mean() / (data_scale**2 * n_coeff)
             loss = data_term + beta * kl / n_coeff
+            if isinstance(volume, DeformationVolume):  # 3dflex smoothness + rigidity
+                loss = loss + volume.regularization_loss(z)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            # DDP averages gradients over ranks: weight n_rank * W / B gives the global mean
+            scaler.scale(loss * part.gradient_weight).backward()
+            scaler.step(optimizer)
+            scaler.update()
             step += 1
             n_batches += 1
-            n_seen += len(index)
-            total_loss += float(loss.detach())
-            total_kl += float(kl.detach()) * len(index)
+            n_seen += part.counted
+            total_loss += part.weighted(loss.detach())
+            total_kl += part.weighted(kl.detach()) * part.total
         seconds = time.perf_counter() - t0
+        total_loss, total_kl, n_seen = all_sum(total_loss, total_kl, n_seen, info=info)
         ckpt_path = out / "checkpoints" / f"epoch_{epoch:04d}.pt"
         state = {
             "epoch": epoch, "step": step, "data_scale": data_scale,
             "volume": volume.state_dict(),
             "encoder": {} if encoder is None else encoder.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
             "rng": _rng_state(batches, noise_gen),
         }
-        with atomic_output(ckpt_path) as tmp:
-            torch.save(state, tmp)
         mean_loss = total_loss / max(n_batches, 1)
         mean_kl = total_kl / max(n_seen, 1)
-        with open(out / "log.jsonl", "a") as fh:
-            fh.write(json.dumps({"epoch": epoch, "step": step, "loss": mean_loss,
-                                 "kl": mean_kl, "seconds": seconds}) + "\n")
         done = epoch == recipe.epochs
-        if done:
-            _write_final(out, volume, encoder, batches, particles, apix, device)
+        if info.is_main:
+            with atomic_output(ckpt_path) as tmp:
+                torch.save(state, tmp)
+            with open(out / "log.jsonl", "a") as fh:
+                fh.write(json.dumps({"epoch": epoch, "step": step, "loss": mean_loss,
+                                     "kl": mean_kl, "seconds": seconds}) + "\n")
+            if done:
+                _write_final(out, volume, encoder, batches, particles, apix, device)
+        barrier(info)  # the checkpoint (and final outputs) exist on every rank's return
         yield TrainProgress(epoch=epoch, epochs=recipe.epochs, step=step, loss=mean_loss,
                             kl=mean_kl, seconds=seconds, checkpoint=ckpt_path,
                             output_dir=out, done=done)
     if start_epoch >= recipe.epochs and ckpt is not None:
         # resumed a finished run: make sure the final outputs exist
-        _write_final(out, volume, encoder, batches, particles, apix, device)
+        if info.is_main:
+            _write_final(out, volume, encoder, batches, particles, apix, device)
+        barrier(info)
     source.close()
 
 
@@ -427,21 +479,35 @@ def _truncate_log(path: Path, last_epoch: int) -> None:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def encode_all(encoder: torch.nn.Module, batches: ParticleBatches,
                device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-    """Latent means ``(N, L)`` and log-variances ``(N, L)`` (or None) of every particle."""
+    """Latent means ``(N, L)`` and log-variances ``(N, L)`` (or None) of every particle.
+
+    Images are read one batch at a time (``batches.batch_size``) in stack order.
+    The outputs are filled in place in two ``(N, L)`` float32 arrays allocated at
+    the first batch, rather than kept as one small tensor per batch: small
+    long-lived blocks allocated between each batch's large temporaries pin the
+    malloc heap, which then grew with the number of batches (about 200 MB for a
+    4,800-image stack of 128 px images, measured 2026-11-25).
+    """
     encoder.eval()
     if isinstance(encoder, LatentTable):
         return encoder.table.detach().cpu().numpy().astype(np.float32), None
-    mus, logvars = [], []
+    mu_all: np.ndarray | None = None
+    logvar_all: np.ndarray | None = None
     for index, images in batches.sequential():
         mu, logvar = encoder(images.to(device), torch.as_tensor(index, device=device))
-        mus.append(mu.cpu())
-        if logvar is not None:
-            logvars.append(logvar.cpu())
-    mu = torch.cat(mus).numpy().astype(np.float32)
-    return mu, (torch.cat(logvars).numpy().astype(np.float32) if logvars else None)
+        if mu_all is None:
+            mu_all = np.empty((batches.n, mu.shape[1]), dtype=np.float32)
+            if logvar is not None:
+                logvar_all = np.empty((batches.n, logvar.shape[1]), dtype=np.float32)
+        mu_all[index] = mu.cpu().numpy()
+        if logvar_all is not None and logvar is not None:
+            logvar_all[index] = logvar.cpu().numpy()
+        del mu, logvar, images
+    if mu_all is None:
+        raise ValueError("encode_all needs at least one particle")
+    return mu_all, logvar_all
 
 
 def _write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None,
@@ -457,10 +523,15 @@ def _write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
         write_z_pkl(out / "z.pkl", mu)
+        if isinstance(volume, DeformationVolume):  # 3dflex: the canonical map too
+            with torch.no_grad():
+                canonical = volume.volume(None).detach().cpu().numpy()
+            write_volume(out / "volumes" / "canonical.mrc", canonical, apix)
     else:
         with torch.no_grad():
             vol = volume.volume(None).detach().cpu().numpy()
         write_volume(out / "volumes" / "map.mrc", vol, apix)
+    release_free_heap()  # glibc keeps the freed batch buffers resident otherwise
 
 
 def train(particles: ParticleSet, recipe: Recipe, output_dir: str | Path,

@@ -7,6 +7,7 @@ real-space maps in the data's normalisation.
 """
 
 from cryoviz.volumes.base import VolumeModel, resample_volume
+from cryoviz.volumes.deformation import DeformationVolume
 from cryoviz.volumes.gmm import GaussianMixtureVolume
 from cryoviz.volumes.implicit import ImplicitVolume
 from cryoviz.volumes.voxel import VoxelVolume
@@ -16,5 +17,6 @@ __all__ = [
     "VoxelVolume",
     "ImplicitVolume",
     "GaussianMixtureVolume",
+    "DeformationVolume",
     "resample_volume",
 ]
