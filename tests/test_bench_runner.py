@@ -14,14 +14,16 @@ import torch
 from cryoviz.bench import cli as bench_cli
 from cryoviz.bench.diagnostics import perturb_rotations
 from cryoviz.bench.entries import (
+    EM_ITERATIONS,
     ENTRIES,
     HETEROGENEOUS_KINDS,
+    TRAIN_SETTINGS,
     BenchEntry,
     RunContext,
     train_entry,
 )
 from cryoviz.bench.runner import run_bench, select_entries
-from cryoviz.bench.suite import DatasetSpec
+from cryoviz.bench.suite import KINDS, DatasetSpec
 from cryoviz.bench.tasks import RunOutputs, load_truth
 from cryoviz.errors import InputError
 from cryoviz.geometry import axis_angle_to_matrix
@@ -212,16 +214,99 @@ def test_cli_bench_runs_a_filtered_suite(bench, tmp_path, capsys):
     assert "--sweep" in capsys.readouterr().err
 
 
-@pytest.mark.slow
+def by_epochs(rows: list[dict]) -> set:
+    """The training epochs recorded in the rows of training recipes."""
+    return {r["metrics"]["epochs"] for r in rows if "epochs" in r["metrics"]}
+
+
 def test_ci_subset_of_the_tiny_suite(tmp_path):
-    """``cryoviz bench --suite tiny --subset ci``: every CI recipe runs and is scored."""
+    """``cryoviz bench --suite tiny --subset ci``: every registered recipe runs and is scored.
+
+    About a minute on a quiet machine (one thread); this is the CI run of the bench.
+    """
     parser = argparse.ArgumentParser()
     bench_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--suite", "tiny", "--subset", "ci", "-o", str(tmp_path)])
     assert bench_cli.run(args) == 0
-    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
-    recipes = {r["recipe"] for r in rows}
-    assert recipes == set(bench_cli.CI_SUBSET["recipes"])
-    assert all(r["status"] == "ok" and r["metrics"]["fsc_auc"] is not None for r in rows)
-    # 3 volume recipes on 1 homogeneous dataset, 4 conformation recipes on 3 others
-    assert len(rows) == 3 + 4 * 3
+    results = json.loads((tmp_path / "results.json").read_text())
+    rows = results["rows"]
+    assert {r["recipe"] for r in rows} == {name for name, _ in ENTRIES}
+    assert all(r["status"] == "ok" for r in rows)
+    # one high-SNR, uniform-pose dataset per kind; every entry on every dataset of its kinds
+    datasets = {r["dataset"] for r in rows}
+    assert datasets == {f"{k}-hi-uniform-tiny" for k in KINDS}
+    expected = sum(len(e.kinds) for e in ENTRIES.values())
+    assert len(rows) == expected
+    assert results["overrides"] == {"epochs": 2, "em_iterations": 3, "halves": False}
+    assert by_epochs(rows) == {2}
+    by = {(r["recipe"], r["dataset"]): r["metrics"] for r in rows}
+    for r in rows:
+        if r["task"] in ("volume", "conformation", "abinit"):
+            assert r["metrics"]["fsc_auc"] is not None
+        assert "half_w2" not in r["metrics"]  # no half-set trainings in the CI subset
+    # a map from the true poses resolves the structure; random in-plane angles would not
+    assert by[("backprojection", "homogeneous-hi-uniform-tiny")]["fsc_auc"] > 0.3
+    vaegan = by[("cryovaegan", "inplane-hi-uniform-tiny")]
+    assert vaegan["angle_median_error_deg"] < 10.0  # chance: ~90 degrees
+    assert vaegan["angle_within_5deg"] > 0.5
+    assert 0.0 <= vaegan["frc_auc_loss_fraction"] < 0.5
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "## Task: inplane" in md and "## Task: pose" in md
+
+
+def test_epoch_and_iteration_overrides(capsys):
+    """``--epochs`` / ``--em-iterations`` reach every recipe (cryoDRGN's command line too)."""
+    from cryoviz.bench.entries import _recipe  # noqa: PLC0415
+    from cryoviz.bench.external import _train_cmd  # noqa: PLC0415
+
+    default = RunContext(render=np.zeros(0, dtype=np.int64), size="small")
+    assert _recipe("cryodrgn", default, {}).epochs == TRAIN_SETTINGS["small"]["epochs"]
+    assert _recipe("e2gmm", default, {}).epochs == TRAIN_SETTINGS["small"]["epochs"] + 1
+    assert default.iterations == EM_ITERATIONS["small"]
+    short = RunContext(render=np.zeros(0, dtype=np.int64), size="small", epochs=3,
+                       em_iterations=2)
+    assert _recipe("cryodrgn", short, {}).epochs == 3
+    assert _recipe("e2gmm", short, {}).epochs == 3
+    assert _recipe("cryodrgn", short, {"epochs": 7}).epochs == 7  # a sweep's own value wins
+    assert short.iterations == 2
+    recipe = _recipe("cryodrgn", short, {})
+    cmd = _train_cmd("cryodrgn", Path("p.mrcs"), Path("pose.pkl"), Path("ctf.pkl"),
+                     Path("out"), recipe)
+    assert cmd[cmd.index("-n") + 1] == "3"
+    assert cmd[cmd.index("--dec-dim") + 1] == str(recipe.width)  # the same network
+    assert cmd[cmd.index("--enc-dim") + 1] == str(recipe.enc_width)
+    assert cmd[cmd.index("--zdim") + 1] == str(recipe.zdim)
+    with pytest.raises(InputError, match="epochs"):
+        RunContext(render=np.zeros(0, dtype=np.int64), epochs=0)
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    assert bench_cli.run(parser.parse_args(["bench", "--em-iterations", "0"])) == 2
+    assert "--em-iterations" in capsys.readouterr().err
+
+
+def test_cli_merges_bench_folders(bench, tmp_path, capsys):
+    """``cryoviz bench merge``: the rows of parallel runs in one leaderboard."""
+    from cryoviz.bench.leaderboard import read_results, write_leaderboard  # noqa: PLC0415
+
+    out, _ = bench
+    results = read_results(out)
+    rows = results.pop("rows")
+    volume = [r for r in rows if r["task"] == "volume"]
+    others = [r for r in rows if r["task"] != "volume"]
+    write_leaderboard(tmp_path / "a", volume, results)
+    write_leaderboard(tmp_path / "b", others, {**results, "overrides": {"epochs": 1}})
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "merge", str(tmp_path / "a"), str(tmp_path / "b"),
+                              "-o", str(tmp_path / "m")])
+    assert bench_cli.run(args) == 0
+    merged = read_results(tmp_path / "m")
+    assert merged["rows"] == volume + others
+    assert [m["overrides"] for m in merged["merged_from"]] == [{"halves": True}, {"epochs": 1}]
+    md = (tmp_path / "m" / "leaderboard.md").read_text()
+    assert all(f"| {r['recipe']} | {r['dataset']} |" in md for r in rows)
+    write_leaderboard(tmp_path / "c", volume, {**results, "suite_version": "0"})
+    bad = parser.parse_args(["bench", "merge", str(tmp_path / "a"), str(tmp_path / "c"),
+                             "-o", str(tmp_path / "m2")])
+    assert bench_cli.run(bad) == 2
+    assert "suite_version" in capsys.readouterr().err

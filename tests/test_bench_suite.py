@@ -11,6 +11,7 @@ import pytest
 from cryoviz.bench.suite import (
     KINDS,
     LID_RESIDUES,
+    SINGLE_VIEW_KINDS,
     SIZES,
     DatasetSpec,
     build_dataset,
@@ -24,7 +25,9 @@ from cryoviz.structure import adenylate_kinase_pair
 
 def test_suite_matrix_names_and_seeds():
     tiny = suite_datasets("tiny")
-    assert len(tiny) == len(KINDS) * 2 * 2
+    # 2 SNRs x 2 pose distributions per 3-D kind; single-view kinds: uniform only
+    assert len(tiny) == (len(KINDS) - len(SINGLE_VIEW_KINDS)) * 2 * 2 + len(SINGLE_VIEW_KINDS) * 2
+    assert not [s for s in tiny if s.kind == "inplane" and s.poses == "preferred"]
     names = [s.name for s in tiny]
     assert len(set(names)) == len(names)
     assert len({s.seed for s in tiny}) == len(tiny)
@@ -42,6 +45,10 @@ def test_simulation_configs_follow_the_spec():
     assert cfg.pose_distribution == "preferred"
     assert simulation_config(DatasetSpec("homogeneous")).states == ("4ake",)
     assert simulation_config(DatasetSpec("mixture")).states == ("4ake", "1ake")
+    inplane = simulation_config(DatasetSpec("inplane", "lo", size="small"))
+    assert (inplane.box_size, inplane.pixel_size_angstrom, inplane.n_particles) == SIZES["small"]
+    assert inplane.snr == 0.01
+    assert inplane.seed == DatasetSpec("inplane", "lo", size="small").seed
 
 
 def test_bad_spec_is_input_error():
@@ -51,6 +58,8 @@ def test_bad_spec_is_input_error():
         suite_datasets("huge")
     with pytest.raises(InputError, match="dataset"):
         DatasetSpec.from_name("mixture-hi")
+    with pytest.raises(InputError, match="uniform"):
+        DatasetSpec("inplane", poses="preferred")
 
 
 def test_compositional_dataset_lacks_the_lid_in_one_state(tmp_path):

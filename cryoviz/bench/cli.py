@@ -3,9 +3,11 @@
 Wired into :mod:`cryoviz.cli` with :func:`add_parser` and :func:`run`::
 
     cryoviz bench --suite tiny -o OUT [--subset ci] [--recipes a,b] [--tasks ...]
+    cryoviz bench --suite small -o OUT --epochs 5 --em-iterations 5 --no-halves
     cryoviz bench --suite tiny -o OUT --cryodrgn /path/to/venv/bin/cryodrgn
     cryoviz bench --suite tiny -o OUT --error-propagation --sweep cryodrgn:zdim=2,8
     cryoviz bench regenerate OUT
+    cryoviz bench merge -o OUT A B C
     cryoviz bench zfile --dataset OUT/datasets/NAME --z z.pkl -o zfile.txt
     cryoviz bench import-cryodrgn OUT --dataset OUT/datasets/NAME --z z.pkl --volumes DIR
 
@@ -22,13 +24,17 @@ from cryoviz.errors import InputError
 
 __all__ = ["add_parser", "run", "CI_SUBSET"]
 
-#: ``--subset ci``: one dataset per kind (high SNR, uniform poses) and the fast recipes.
+#: ``--subset ci``: every registered recipe (``recipes`` None) on one dataset per kind
+#: (high SNR, uniform poses), 2 training epochs and 3 EM iterations (instead of the
+#: tiny suite's 4 and 5), without the half-set trainings. The full ``--suite tiny``
+#: run adds the low SNR, the preferred poses, the half sets and the longer training.
 CI_SUBSET = {
     "snrs": ("hi",),
     "poses": ("uniform",),
-    "recipes": ("backprojection", "sgd", "voxel-homogeneous", "consensus-backprojection",
-                "3dva", "e2gmm", "cryodrgn"),
+    "recipes": None,
     "halves": False,
+    "epochs": 2,
+    "em_iterations": 3,
 }
 
 
@@ -43,7 +49,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("bench_out"),
                    help="bench folder (datasets, runs, results.json, leaderboard.md/.html)")
     p.add_argument("--subset", choices=("all", "ci"), default="all",
-                   help="'ci': high SNR, uniform poses, fast recipes, no half-set training")
+                   help="'ci': high SNR, uniform poses, every recipe, 2 epochs, 3 EM "
+                   "iterations, no half-set training")
     p.add_argument("--recipes", help="comma-separated recipe names (default: all; 'none': "
                    "only the --cryodrgn / --sweep entries)")
     p.add_argument("--tasks", help="comma-separated tasks (volume, conformation, pose, abinit)")
@@ -55,6 +62,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="skip the half-set trainings (no half_w2 metric)")
     p.add_argument("--per-state", type=int, default=4,
                    help="particles rendered per true state (conformation task)")
+    p.add_argument("--epochs", type=int,
+                   help="training epochs of every training recipe and cryoDRGN "
+                   "(default: the suite size's)")
+    p.add_argument("--em-iterations", type=int,
+                   help="EM iterations of relion-class3d, 3dva, relion-refine "
+                   "(default: the suite size's)")
     p.add_argument("--cryodrgn", help="cryodrgn executable: add cryoDRGN train_vae rows")
     p.add_argument("--error-propagation", action="store_true",
                    help="also FSC vs injected pose / defocus error (homogeneous datasets)")
@@ -66,6 +79,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     reg = sub.add_parser("regenerate", help="rewrite leaderboard.md/.html from results.json")
     reg.add_argument("folder", type=Path)
     reg.set_defaults(func=_run_regenerate)
+
+    mg = sub.add_parser("merge", help="one leaderboard from several bench folders")
+    mg.add_argument("folders", type=Path, nargs="+", help="bench folders with results.json")
+    mg.add_argument("-o", "--output", dest="merged", type=Path, required=True,
+                    help="folder to write (results.json, leaderboard.md/.html)")
+    mg.set_defaults(func=_run_merge)
 
     zf = sub.add_parser("zfile", help="z values of the particles the conformation task scores")
     zf.add_argument("--dataset", type=Path, required=True, help="suite dataset folder")
@@ -127,12 +146,17 @@ def _run_bench(args: argparse.Namespace) -> int:
         suite_datasets,
     )
 
+    for flag, value in (("--epochs", args.epochs), ("--em-iterations", args.em_iterations)):
+        if value is not None and value < 1:
+            raise InputError(None, flag, "a positive integer", value)
     ci = args.subset == "ci"
     kinds = _csv(args.kinds) or KINDS
     snrs = _csv(args.snrs) or (CI_SUBSET["snrs"] if ci else tuple(SNRS))
     poses = _csv(args.poses) or (CI_SUBSET["poses"] if ci else POSES)
     recipes = _csv(args.recipes) or (CI_SUBSET["recipes"] if ci else None)
     halves = not args.no_halves and not (ci and not CI_SUBSET["halves"])
+    epochs = args.epochs or (CI_SUBSET["epochs"] if ci else None)
+    em_iterations = args.em_iterations or (CI_SUBSET["em_iterations"] if ci else None)
     datasets = suite_datasets(args.suite, kinds, snrs, poses)
     entries = [] if recipes == ("none",) else select_entries(recipes, _csv(args.tasks))
     if args.cryodrgn:
@@ -148,7 +172,7 @@ def _run_bench(args: argparse.Namespace) -> int:
                 path = write_error_propagation(result, args.output / "diagnostics" / spec.name)
                 print(f"error propagation: {path}", file=sys.stderr, flush=True)
     rows = run_bench(datasets, args.output, entries, device=args.device, halves=halves,
-                     per_state=args.per_state)
+                     per_state=args.per_state, epochs=epochs, em_iterations=em_iterations)
     failed = [r for r in rows if r.status != "ok"]
     for r in rows:
         auc = r.metrics.get("fsc_auc")
@@ -164,6 +188,14 @@ def _run_regenerate(args: argparse.Namespace) -> int:
 
     results = regenerate(args.folder)
     print(f"leaderboard: {args.folder / 'leaderboard.md'} ({len(results['rows'])} rows)")
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from cryoviz.bench.leaderboard import merge  # noqa: PLC0415
+
+    results = merge(args.merged, list(args.folders))
+    print(f"leaderboard: {args.merged / 'leaderboard.md'} ({len(results['rows'])} rows)")
     return 0
 
 

@@ -21,10 +21,12 @@ from cryoviz.errors import InputError
 from cryoviz.io.particles import ImageSource, ParticleSet, load_particles
 
 __all__ = ["RunContext", "BenchEntry", "ENTRIES", "register", "train_entry", "TRAIN_SETTINGS",
-           "HOMOGENEOUS_KINDS", "HETEROGENEOUS_KINDS"]
+           "HOMOGENEOUS_KINDS", "HETEROGENEOUS_KINDS", "INPLANE_KINDS", "EM_ITERATIONS",
+           "VAEGAN_SETTINGS"]
 
 HOMOGENEOUS_KINDS = ("homogeneous",)
 HETEROGENEOUS_KINDS = ("mixture", "continuous", "compositional")
+INPLANE_KINDS = ("inplane",)
 
 #: Training settings per suite size (applied to every training recipe).
 TRAIN_SETTINGS: dict[str, dict] = {
@@ -56,6 +58,12 @@ class RunContext:
         Also train on each half of the data, for the half-set latent distance.
     seed
         Seed of the recipe.
+    epochs
+        Training epochs of every training recipe (and cryoDRGN); None: the
+        suite size's (:data:`TRAIN_SETTINGS`, ``e2gmm`` one more).
+    em_iterations
+        EM iterations (``relion-class3d``, ``3dva``, ``relion-refine``); None:
+        the suite size's (:data:`EM_ITERATIONS`).
     """
 
     render: np.ndarray
@@ -64,6 +72,24 @@ class RunContext:
     device: str = "cpu"
     halves: bool = True
     seed: int = 0
+    epochs: int | None = None
+    em_iterations: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "em_iterations"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise InputError(None, name, "a positive integer", value)
+
+    @property
+    def train_epochs(self) -> int:
+        """Epochs of a training recipe: :attr:`epochs` or the suite size's."""
+        return self.epochs or TRAIN_SETTINGS[self.size]["epochs"]
+
+    @property
+    def iterations(self) -> int:
+        """EM iterations: :attr:`em_iterations` or the suite size's."""
+        return self.em_iterations or EM_ITERATIONS[self.size]
 
 
 @dataclass(frozen=True)
@@ -117,8 +143,7 @@ def _reconstruct(method: str, per_particle: bool = False
         from cryoviz.reconstruct import reconstruct, write_reconstruction  # noqa: PLC0415
 
         particles = _particles(dataset)
-        epochs = TRAIN_SETTINGS[ctx.size]["epochs"]
-        result = reconstruct(particles, method=method, epochs=epochs, seed=ctx.seed,
+        result = reconstruct(particles, method=method, epochs=ctx.train_epochs, seed=ctx.seed,
                              device=ctx.device)
         write_reconstruction(result, output)
         maps = result.full_map[None]
@@ -134,9 +159,9 @@ def _reconstruct(method: str, per_particle: bool = False
 def _recipe(name: str, ctx: RunContext, overrides: dict):
     from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
-    settings = dict(TRAIN_SETTINGS[ctx.size])
-    if name == "e2gmm":  # its own widths and batch; epochs from the size
-        settings = {"epochs": settings["epochs"] + 1}
+    settings = {**TRAIN_SETTINGS[ctx.size], "epochs": ctx.train_epochs}
+    if name == "e2gmm":  # its own widths and batch; one epoch more than the size's default
+        settings = {"epochs": ctx.epochs or settings["epochs"] + 1}
     if name == "voxel-homogeneous":  # no implicit network
         settings = {"epochs": settings["epochs"], "batch_size": settings["batch_size"]}
     return get_recipe(name, seed=ctx.seed, **{**settings, **overrides})
@@ -192,27 +217,27 @@ def _class3d(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
 
     particles = _particles(dataset)
     k = max(2, ctx.n_states)
-    result = run_class_em(particles, k, n_iterations=EM_ITERATIONS[ctx.size], seed=ctx.seed,
+    result = run_class_em(particles, k, n_iterations=ctx.iterations, seed=ctx.seed,
                           device=ctx.device)
     write_class_em(result, output)
     best = result.best_class
     return RunOutputs(volumes=result.maps[best[ctx.render]],
                       pixel_size_angstrom=result.pixel_size_angstrom,
                       z=result.posteriors.numpy().astype(np.float64),
-                      extra={"classes": k})
+                      extra={"classes": k, "iterations": ctx.iterations})
 
 
 def _ppca(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
     from cryoviz.inference.ppca import eval_ppca, run_ppca, write_ppca  # noqa: PLC0415
 
     particles = _particles(dataset)
-    result = run_ppca(particles, n_components=2, n_iterations=EM_ITERATIONS[ctx.size],
+    result = run_ppca(particles, n_components=2, n_iterations=ctx.iterations,
                       box_size=particles.box_size, seed=ctx.seed, device=ctx.device)
     write_ppca(result, output)
     z = result.z.numpy().astype(np.float64)
     return RunOutputs(volumes=eval_ppca(result, z[ctx.render]),
                       pixel_size_angstrom=result.pixel_size_angstrom, z=z,
-                      extra={"components": 2})
+                      extra={"components": 2, "iterations": ctx.iterations})
 
 
 def _refine(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
@@ -222,7 +247,7 @@ def _refine(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
 
     particles = load_particles(dataset / "particles.star")
     truth = load_truth(dataset)
-    settings = RefineSettings(n_iterations=EM_ITERATIONS[ctx.size], seed=ctx.seed,
+    settings = RefineSettings(n_iterations=ctx.iterations, seed=ctx.seed,
                               initial_lowpass_angstrom=20.0)
     result = run_refine(particles, truth.maps[0], settings=settings, device=ctx.device)
     write_refine(result, particles, output)
@@ -231,6 +256,34 @@ def _refine(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
                       extra={"iterations": settings.n_iterations,
                              "median_angular_spread_deg":
                              float(np.median(result.posterior.angular_spread_deg))})
+
+
+#: cryovaegan settings per suite size (the recipe's defaults otherwise).
+VAEGAN_SETTINGS: dict[str, dict] = {
+    "tiny": {"channels": 8, "width": 64, "batch_size": 32, "latent_dim": 1, "refine_rounds": 4},
+    "small": {},
+    "full": {},
+}
+
+
+def _cryovaegan(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    """``cryovaegan`` on an in-plane dataset: angles and CTFs from the images alone."""
+    import json  # noqa: PLC0415
+
+    from cryoviz.bench.tasks import inplane_metrics  # noqa: PLC0415
+    from cryoviz.inference.vaegan.train import (  # noqa: PLC0415
+        CryoVAEGANSettings,
+        train_cryovaegan,
+    )
+
+    particles = load_particles(dataset / "particles.star")
+    config = json.loads((dataset / "simulation.json").read_text())
+    microscope = {k: float(config[k]) for k in ("voltage_kv", "cs_mm", "amplitude_contrast")}
+    settings = CryoVAEGANSettings(epochs=ctx.train_epochs, seed=ctx.seed, **microscope,
+                                  **VAEGAN_SETTINGS[ctx.size])
+    train_cryovaegan(particles, settings, output)
+    return RunOutputs(pixel_size_angstrom=particles.pixel_size_angstrom,
+                      extra={**inplane_metrics(output, dataset), "epochs": settings.epochs})
 
 
 def _builtin() -> None:
@@ -253,6 +306,30 @@ def _builtin() -> None:
                         "linear subspace, 2 components, PPCA-EM"))
     register(BenchEntry("relion-refine", "pose", _refine, HOMOGENEOUS_KINDS,
                         "exact EM over SO(3) x shifts from a 20 Å low-pass of the truth"))
+    register(BenchEntry("cryovaegan", "inplane", _cryovaegan, INPLANE_KINDS,
+                        "VAE-GAN: in-plane angle and CTF per image, no poses, no CTF given"))
+    _register_other_training_recipes()
+
+
+def _register_other_training_recipes() -> None:
+    """Every training recipe of :data:`cryoviz.train.recipes.RECIPES` not registered above.
+
+    Recipes without latents go to the volume task, the others to the
+    conformation task, with the generic :func:`train_entry`.
+    """
+    from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
+
+    registered = {name for name, _ in ENTRIES}
+    for name, recipe in RECIPES.items():
+        if name in registered:
+            continue
+        if recipe.encoder == "none":
+            register(BenchEntry(name, "volume", train_entry(name), HOMOGENEOUS_KINDS,
+                                f"training recipe {name}, true poses"))
+        else:
+            register(BenchEntry(name, "conformation", train_entry(name), HETEROGENEOUS_KINDS,
+                                f"training recipe {name} (volume {recipe.volume}, "
+                                f"encoder {recipe.encoder})"))
 
 
 _builtin()

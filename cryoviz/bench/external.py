@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoviz.bench.entries import HETEROGENEOUS_KINDS, TRAIN_SETTINGS, BenchEntry, RunContext
+from cryoviz.bench.entries import HETEROGENEOUS_KINDS, BenchEntry, RunContext, _recipe
 from cryoviz.bench.measure import Measurement, run_child
 from cryoviz.bench.tasks import RunOutputs, load_truth, render_plan
 from cryoviz.errors import InputError
@@ -145,15 +145,15 @@ def import_cryodrgn(z_pkl: str | Path, volumes: str | Path | list, n_render: int
                       extra={"source": "cryoDRGN (imported)"})
 
 
-def _train_cmd(exe: str, stack: Path, pose: Path, ctf: Path, out: Path, ctx: RunContext,
-               width: int, index: Path | None = None) -> list[str]:
-    settings = TRAIN_SETTINGS[ctx.size]
+def _train_cmd(exe: str, stack: Path, pose: Path, ctf: Path, out: Path, recipe,
+               index: Path | None = None) -> list[str]:
+    """``cryodrgn train_vae`` with the sizes of cryoviz's ``recipe`` (a :class:`Recipe`)."""
     cmd = [exe, "train_vae", str(stack), "--poses", str(pose), "--ctf", str(ctf),
-           "-o", str(out), "--zdim", "8", "-n", str(settings["epochs"]),
-           "-b", str(settings["batch_size"]), "--seed", str(ctx.seed),
-           "--encode-mode", "mlp", "--enc-layers", "1", "--enc-dim", str(width),
-           "--dec-layers", "3", "--dec-dim", str(width), "--domain", "hartley",
-           "--no-analysis"]
+           "-o", str(out), "--zdim", str(recipe.zdim), "-n", str(recipe.epochs),
+           "-b", str(recipe.batch_size), "--seed", str(recipe.seed),
+           "--encode-mode", "mlp", "--enc-layers", "1", "--enc-dim", str(recipe.enc_width),
+           "--dec-layers", str(recipe.depth), "--dec-dim", str(recipe.width),
+           "--domain", "hartley", "--no-analysis"]
     if index is not None:
         cmd += ["--ind", str(index)]
     return cmd
@@ -162,9 +162,10 @@ def _train_cmd(exe: str, stack: Path, pose: Path, ctf: Path, out: Path, ctx: Run
 def cryodrgn_entry(executable: str, name: str = "cryodrgn-4.3.1") -> BenchEntry:
     """A conformation entry that runs cryoDRGN ``train_vae`` + ``eval_vol`` (+ ``eval_images``).
 
-    The network matches cryoviz's ``cryodrgn`` recipe at the same suite size
-    (decoder width ``width``, 3 residual layers, Hartley; MLP encoder with 2
-    hidden layers; zdim 8; same epochs and batch size). Wall time and peak
+    The network takes its sizes from cryoviz's ``cryodrgn`` recipe at the same
+    suite size (:func:`cryoviz.bench.entries._recipe`: decoder width and
+    residual layers, encoder width, zdim, epochs, batch size, seed; Hartley; MLP
+    encoder with ``--enc-layers 1``). Wall time and peak
     memory are those of the cryoDRGN processes (sum of wall times, largest
     ``ru_maxrss``).
     """
@@ -179,15 +180,14 @@ def cryodrgn_entry(executable: str, name: str = "cryodrgn-4.3.1") -> BenchEntry:
         write_pose_pkl(pose, rot, trans)
         write_ctf_pkl(ctf, ctf_array_from_params(particles.ctf, box, apix))
         stack = dataset / "particles.mrcs"
-        width = TRAIN_SETTINGS[ctx.size].get("width", 256)
+        recipe = _recipe("cryodrgn", ctx, {})
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if ctx.device == "cpu" else None
         costs: list[Measurement] = []
 
         def child(cmd: list[str], log: str) -> None:
             costs.append(run_child(cmd, output / log, env))
 
-        child(_train_cmd(executable, stack, pose, ctf, output / "train", ctx, width),
-              "train.log")
+        child(_train_cmd(executable, stack, pose, ctf, output / "train", recipe), "train.log")
         z_path = newest_pickle(output / "train", "z")
         zfile = output / "render_z.txt"
         np.savetxt(zfile, read_z_pkl(z_path)[ctx.render])
@@ -204,7 +204,7 @@ def cryodrgn_entry(executable: str, name: str = "cryodrgn-4.3.1") -> BenchEntry:
                 index = output / f"half_{h}_index.pkl"
                 write_index_pkl(index, np.flatnonzero(halves == h))
                 run_dir = output / f"half_{h}"
-                child(_train_cmd(executable, stack, pose, ctf, run_dir, ctx, width, index),
+                child(_train_cmd(executable, stack, pose, ctf, run_dir, recipe, index),
                       f"half_{h}_train.log")
                 z_all = output / f"half_{h}_z_all.pkl"
                 child([executable, "eval_images", str(stack),
@@ -220,7 +220,8 @@ def cryodrgn_entry(executable: str, name: str = "cryodrgn-4.3.1") -> BenchEntry:
                              wall_s=sum(c.wall_s for c in costs),
                              peak_rss_mb=max(c.peak_rss_mb for c in costs),
                              method=costs[0].method),
-                         "epochs": TRAIN_SETTINGS[ctx.size]["epochs"]}
+                         "epochs": recipe.epochs, "width": recipe.width,
+                         "enc_width": recipe.enc_width}
         return outputs
 
     return BenchEntry(name, "conformation", run, HETEROGENEOUS_KINDS,

@@ -15,8 +15,8 @@ from pathlib import Path
 from cryoviz.errors import InputError
 from cryoviz.io.mrc import atomic_output
 
-__all__ = ["COLUMNS", "write_leaderboard", "read_results", "regenerate", "markdown_table",
-           "html_page"]
+__all__ = ["COLUMNS", "write_leaderboard", "read_results", "regenerate", "merge",
+           "markdown_table", "html_page"]
 
 #: ``task -> [(header, metric key)]``; ``wall_s`` etc. are row fields, the rest metrics.
 COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -34,6 +34,12 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "abinit": [("median error °", "pose_median_error_deg"),
                ("mean error °", "pose_mean_error_deg"), ("≤10°", "pose_within_10deg"),
                ("FSC-AUC", "fsc_auc"), ("FSC=0.5 Å", "resolution_05_angstrom")],
+    "inplane": [("angle median error °", "angle_median_error_deg"),
+                ("≤5°", "angle_within_5deg"),
+                ("defocus median error Å", "defocus_median_error_angstrom"),
+                ("(% of range)", "defocus_median_error_percent_of_range"),
+                ("encoder angle error °", "encoder_angle_median_error_deg"),
+                ("average FRC-AUC loss", "frc_auc_loss_fraction")],
 }
 _TAIL = [("wall s", "wall_s"), ("peak RSS MiB", "peak_rss_mb"), ("device", "device"),
          ("source", "source")]
@@ -52,7 +58,8 @@ def _fmt(value) -> str:
 def _sorted(rows: list[dict], task: str) -> list[dict]:
     def key(r: dict):
         auc = r["metrics"].get("fsc_auc")
-        err = r["metrics"].get("pose_median_error_deg")
+        err = r["metrics"].get("pose_median_error_deg",
+                                r["metrics"].get("angle_median_error_deg"))
         return (r["dataset"], -(auc if auc is not None else -1.0),
                 err if err is not None else 1e9, r["recipe"])
     return sorted((r for r in rows if r["task"] == task and r["status"] == "ok"), key=key)
@@ -193,3 +200,31 @@ def regenerate(output_dir: str | Path, extra_rows: list | None = None) -> dict:
     rows = results.pop("rows") + [r if isinstance(r, dict) else r.to_dict()
                                   for r in (extra_rows or [])]
     return write_leaderboard(output_dir, rows, results)
+
+
+def merge(output_dir: str | Path, folders: list) -> dict:
+    """One leaderboard from several bench folders (e.g. runs made in parallel).
+
+    The rows are concatenated in the order of ``folders``; the header
+    (suite version, machine) is the first folder's, and ``merged_from`` records
+    every folder with its own machine, datasets and overrides.
+
+    Raises
+    ------
+    InputError
+        For fewer than one folder, or folders of different suite versions.
+    """
+    if not folders:
+        raise InputError(None, "folders", "at least one bench folder", got="none")
+    parts = [read_results(f) for f in folders]
+    versions = {p.get("suite_version") for p in parts}
+    if len(versions) != 1:
+        raise InputError(folders[0], "suite_version", "the same suite version in every folder",
+                         got=sorted(map(str, versions)))
+    rows = [r for p in parts for r in p["rows"]]
+    info = {k: v for k, v in parts[0].items() if k != "rows"}
+    info["datasets"] = sorted({d for p in parts for d in p.get("datasets", [])})
+    info["merged_from"] = [{"folder": str(f), "machine": p.get("machine"),
+                            "datasets": p.get("datasets"), "overrides": p.get("overrides")}
+                           for f, p in zip(folders, parts, strict=True)]
+    return write_leaderboard(output_dir, rows, info)

@@ -89,7 +89,8 @@ def select_entries(recipes: Iterable[str] | None = None, tasks: Iterable[str] | 
 
 def iter_bench(datasets: list[DatasetSpec], output_dir: str | Path,
                entries: list[BenchEntry] | None = None, device: str = "cpu",
-               halves: bool = True, per_state: int = 4, raise_errors: bool = False
+               halves: bool = True, per_state: int = 4, raise_errors: bool = False,
+               epochs: int | None = None, em_iterations: int | None = None
                ) -> Iterator[BenchRow]:
     """Run every entry on every dataset of its kinds; yield one row per run.
 
@@ -109,6 +110,9 @@ def iter_bench(datasets: list[DatasetSpec], output_dir: str | Path,
         Particles rendered per true state in the conformation task.
     raise_errors
         Re-raise a failing run's exception (default: record it in the row).
+    epochs, em_iterations
+        Override the suite size's training epochs / EM iterations
+        (:class:`cryoviz.bench.entries.RunContext`); each row records its own.
     """
     out = Path(output_dir)
     entries = list(ENTRIES.values()) if entries is None else entries
@@ -123,7 +127,7 @@ def iter_bench(datasets: list[DatasetSpec], output_dir: str | Path,
             ctx = RunContext(render=render if entry.task == "conformation" else
                              np.zeros(0, dtype=np.int64),
                              n_states=spec.n_states, size=spec.size, device=device,
-                             halves=halves)
+                             halves=halves, epochs=epochs, em_iterations=em_iterations)
             run_dir = out / "runs" / spec.name / _safe(f"{entry.name}-{entry.task}")
             run_dir.mkdir(parents=True, exist_ok=True)
             row = BenchRow(recipe=entry.name, task=entry.task, dataset=spec.name,
@@ -157,7 +161,9 @@ def run_bench(datasets: list[DatasetSpec], output_dir: str | Path,
     out = Path(output_dir)
     rows = list(extra_rows or [])
     info = {"suite_version": SUITE_VERSION, "machine": machine_info(device),
-            "datasets": [s.name for s in datasets]}
+            "datasets": [s.name for s in datasets],
+            "overrides": {k: kwargs[k] for k in ("epochs", "em_iterations", "halves")
+                          if kwargs.get(k) is not None}}
     write_leaderboard(out, rows, info)
     for row in iter_bench(datasets, out, entries, device=device, **kwargs):
         rows.append(row)

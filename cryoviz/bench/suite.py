@@ -8,7 +8,11 @@ kind               ``homogeneous`` (open adenylate kinase 4AKE, asymmetric),
                    ``mixture`` (open 4AKE / closed 1AKE, 50 / 50),
                    ``continuous`` (linear path open -> closed, uniform coordinate),
                    ``compositional`` (4AKE with / without its LID domain,
-                   residues 122-159, 50 / 50; given to the simulator as two maps)
+                   residues 122-159, 50 / 50; given to the simulator as two maps),
+                   ``inplane`` (4AKE seen from one direction, uniform in-plane
+                   angles, CTF unknown to the recipe:
+                   :func:`cryoviz.inference.vaegan.data.simulate_inplane`;
+                   ``uniform`` poses only)
 snr                ``hi`` (0.1) or ``lo`` (0.01, CryoBench's SNR)
 poses              ``uniform`` on SO(3) or ``preferred`` (half of the particles
                    within ~20° of one view, von Mises-Fisher kappa 10)
@@ -34,13 +38,14 @@ import numpy as np
 
 from cryoviz.errors import InputError
 from cryoviz.gaussians import gaussians_volume, structure_to_gaussians
+from cryoviz.inference.vaegan.data import InplaneSimulationConfig, simulate_inplane
 from cryoviz.io.mrc import write_volume
 from cryoviz.simulate import SimulationConfig, simulate
 from cryoviz.structure import adenylate_kinase_pair
 
 __all__ = [
     "SUITE_VERSION", "SIZES", "KINDS", "SNRS", "POSES", "DatasetSpec", "suite_datasets",
-    "simulation_config", "build_dataset", "LID_RESIDUES",
+    "simulation_config", "build_dataset", "LID_RESIDUES", "SINGLE_VIEW_KINDS",
 ]
 
 SUITE_VERSION = "1"
@@ -51,7 +56,9 @@ SIZES: dict[str, tuple[int, float, int]] = {
     "small": (64, 2.0, 4_000),
     "full": (128, 1.0, 100_000),
 }
-KINDS = ("homogeneous", "mixture", "continuous", "compositional")
+KINDS = ("homogeneous", "mixture", "continuous", "compositional", "inplane")
+#: Kinds with one viewing direction (2-D data): no ``preferred`` pose distribution.
+SINGLE_VIEW_KINDS = ("inplane",)
 SNRS: dict[str, float] = {"hi": 0.1, "lo": 0.01}
 POSES = ("uniform", "preferred")
 
@@ -85,6 +92,9 @@ class DatasetSpec:
                                       ("poses", self.poses, POSES), ("size", self.size, SIZES)):
             if value not in allowed:
                 raise InputError(None, field, f"one of {', '.join(allowed)}", value)
+        if self.kind in SINGLE_VIEW_KINDS and self.poses != "uniform":
+            raise InputError(None, "poses", f"'uniform' for the {self.kind} kind (one "
+                             "viewing direction, uniform in-plane angles)", self.poses)
 
     @property
     def name(self) -> str:
@@ -99,7 +109,8 @@ class DatasetSpec:
     @property
     def n_states(self) -> int:
         """Distinct true conformations (1 homogeneous, 2 discrete, 0 = continuous)."""
-        return {"homogeneous": 1, "mixture": 2, "compositional": 2, "continuous": 0}[self.kind]
+        return {"homogeneous": 1, "mixture": 2, "compositional": 2, "continuous": 0,
+                "inplane": 1}[self.kind]
 
     @staticmethod
     def from_name(name: str) -> DatasetSpec:
@@ -113,16 +124,20 @@ class DatasetSpec:
 def suite_datasets(size: str, kinds: tuple[str, ...] = KINDS,
                    snrs: tuple[str, ...] = tuple(SNRS),
                    poses: tuple[str, ...] = POSES) -> list[DatasetSpec]:
-    """All datasets of a size (``4 kinds x 2 SNRs x 2 pose distributions`` by default)."""
+    """All datasets of a size: ``kinds x snrs x poses`` (single-view kinds: uniform only)."""
     if size not in SIZES:
         raise InputError(None, "suite", f"one of {', '.join(SIZES)}", size)
-    return [DatasetSpec(k, s, p, size) for k in kinds for s in snrs for p in poses]
+    return [DatasetSpec(k, s, p, size) for k in kinds for s in snrs for p in poses
+            if not (k in SINGLE_VIEW_KINDS and p != "uniform")]
 
 
 def simulation_config(spec: DatasetSpec, states: tuple[str, ...] | None = None
-                      ) -> SimulationConfig:
+                      ) -> SimulationConfig | InplaneSimulationConfig:
     """The simulator settings of a dataset (``states`` overrides the state list: maps)."""
     box, apix, n = SIZES[spec.size]
+    if spec.kind == "inplane":
+        return InplaneSimulationConfig(n_particles=n, box_size=box, pixel_size_angstrom=apix,
+                                       snr=SNRS[spec.snr], seed=spec.seed)
     default_states = {"homogeneous": ("4ake",), "mixture": ("4ake", "1ake"),
                       "continuous": ("4ake", "1ake"), "compositional": ("4ake", "4ake-lid")}
     return SimulationConfig(
@@ -169,6 +184,9 @@ def build_dataset(spec: DatasetSpec, root: str | Path, force: bool = False) -> P
     if not force and record.is_file() and (folder / "particles.star").is_file():
         if json.loads(record.read_text()) == wanted:
             return folder
-    simulate(replace(config), folder)
+    if isinstance(config, InplaneSimulationConfig):
+        simulate_inplane(config, folder)
+    else:
+        simulate(replace(config), folder)
     record.write_text(json.dumps(wanted, indent=2))
     return folder

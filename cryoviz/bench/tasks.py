@@ -7,6 +7,7 @@ Every task fixes everything but what it measures:
 ``conformation``   poses, shifts, CTF known; per-particle maps / latents
 ``pose``           the true map known; poses inferred (``poses.npz``)
 ``abinit``         nothing known; map and poses inferred
+``inplane``        2-D images of one view: in-plane angle and CTF inferred
 =================  ==========================================================
 
 A recipe's run returns :class:`RunOutputs`; :func:`score` turns them into the
@@ -31,7 +32,14 @@ Metric definitions (see ``docs/bench.md``):
   into the true number of states, scored against the true states
   (:func:`cryoviz.analysis.label_agreement`), and the resolution of its last
   merge (``truth_top_merge_angstrom``: the same for the true maps); the
-  distance is the FSC = :data:`CLUSTER_FSC_THRESHOLD` resolution.
+  distance is the FSC = :data:`CLUSTER_FSC_THRESHOLD` resolution;
+* ``inplane`` task (:func:`inplane_metrics`, from
+  :func:`cryoviz.inference.vaegan.score.score_inplane_run`): median in-plane
+  angle error after the best global offset and mirror, fraction within 5°,
+  median error of the mean defocus (Å and % of the simulated range), the same
+  for the encoder's amortised estimates, and the relative FRC-AUC loss of a
+  CTF-corrected 2-D average made with the estimates against one made with the
+  true parameters (first 200 images).
 """
 
 from __future__ import annotations
@@ -59,9 +67,12 @@ from cryoviz.metrics.landscape import (
 from cryoviz.metrics.poses import align_rotations, apply_rotation_alignment
 
 __all__ = ["TASKS", "RunOutputs", "Truth", "load_truth", "render_plan", "score",
-           "CLUSTER_FSC_THRESHOLD"]
+           "CLUSTER_FSC_THRESHOLD", "INPLANE_METRICS", "inplane_metrics"]
 
-TASKS = ("volume", "conformation", "pose", "abinit")
+TASKS = ("volume", "conformation", "pose", "abinit", "inplane")
+#: Metrics an ``inplane`` run must report (from :func:`inplane_metrics`).
+INPLANE_METRICS = ("angle_median_error_deg", "angle_within_5deg",
+                   "defocus_median_error_angstrom", "frc_auc_loss_fraction")
 
 #: FSC threshold of the clustering distance. Maps decoded from latents carry no
 #: noise, and states that share most of their mass (a subunit present or absent:
@@ -135,14 +146,25 @@ class Truth:
 
 
 def load_truth(dataset: str | Path) -> Truth:
-    """Read ``truth/`` of a dataset written by ``cryoviz simulate``."""
+    """Read ``truth/`` of a dataset written by ``cryoviz simulate`` (or ``simulate_inplane``).
+
+    An in-plane dataset (no ``labels`` in ``truth.npz``) is one state: its
+    ``map.mrc``, every particle labelled 0.
+    """
     folder = Path(dataset) / "truth"
     npz_path = folder / "truth.npz"
     if not npz_path.is_file():
         raise InputError(npz_path, "truth", "a dataset simulated by cryoviz", got="no such file")
     with np.load(npz_path) as npz:
-        labels, coord, rot = npz["labels"], npz["path_coordinate"], npz["rotations"]
-    paths = sorted(folder.glob("path_*.mrc")) or sorted(folder.glob("state_*.mrc"))
+        rot = npz["rotations"]
+        inplane = "labels" not in npz.files and "psi_deg" in npz.files
+        if inplane:
+            labels = np.zeros(len(rot), dtype=np.int64)
+            coord = np.full(len(rot), np.nan)
+        else:
+            labels, coord = npz["labels"], npz["path_coordinate"]
+    paths = ([folder / "map.mrc"] if inplane else
+             sorted(folder.glob("path_*.mrc")) or sorted(folder.glob("state_*.mrc")))
     vols, apix = [], None
     for p in paths:
         v, apix = read_volume(p)
@@ -253,6 +275,41 @@ def _score_conformation(out: RunOutputs, truth: Truth, render: np.ndarray, k: in
     return metrics
 
 
+def inplane_metrics(run_dir: str | Path, dataset: str | Path) -> dict:
+    """Flat leaderboard figures of a ``cryovaegan`` run on an in-plane dataset.
+
+    Parameters
+    ----------
+    run_dir
+        The finished run (``estimates.npz`` of :mod:`cryoviz.inference.vaegan.outputs`).
+    dataset
+        The in-plane suite dataset it ran on.
+
+    Returns
+    -------
+    dict
+        :data:`INPLANE_METRICS`, ``defocus_median_error_percent_of_range``,
+        ``angle_mirrored``, ``encoder_angle_median_error_deg``,
+        ``encoder_defocus_median_error_angstrom``, ``frc_auc_loss_fraction_all``.
+    """
+    from cryoviz.inference.vaegan.score import score_inplane_run  # noqa: PLC0415
+
+    full = score_inplane_run(run_dir, dataset)
+    final, encoder = full["final"], full["encoder"]
+    return {
+        "angle_median_error_deg": final["angle_median_error_deg"],
+        "angle_within_5deg": final["angle_within_5deg"],
+        "angle_mirrored": bool(final["angle_mirrored"]),
+        "defocus_median_error_angstrom": final["defocus_median_error_angstrom"],
+        "defocus_median_error_percent_of_range":
+            final["defocus_median_error_percent_of_range"],
+        "encoder_angle_median_error_deg": encoder["angle_median_error_deg"],
+        "encoder_defocus_median_error_angstrom": encoder["defocus_median_error_angstrom"],
+        "frc_auc_loss_fraction": full["average_subset"]["frc_auc_loss_fraction"],
+        "frc_auc_loss_fraction_all": full["average"]["frc_auc_loss_fraction"],
+    }
+
+
 def score(task: str, out: RunOutputs, truth: Truth, render: np.ndarray | None = None,
           knn_k: int = 10) -> dict:
     """Metrics of one run (see the module docstring); non-finite values become None."""
@@ -262,6 +319,12 @@ def score(task: str, out: RunOutputs, truth: Truth, render: np.ndarray | None = 
         metrics = _score_single_map(out, truth, align=False)
     elif task == "conformation":
         metrics = _score_conformation(out, truth, np.asarray(render), knn_k)
+    elif task == "inplane":
+        missing = [k for k in INPLANE_METRICS if k not in out.extra]
+        if missing:
+            raise InputError(None, "inplane metrics", ", ".join(INPLANE_METRICS),
+                             got=f"missing {', '.join(missing)}")
+        metrics = {}
     else:
         metrics = _score_poses(out, truth)
         if out.volumes is not None:
