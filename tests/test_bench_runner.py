@@ -252,6 +252,33 @@ def test_ci_subset_of_the_tiny_suite(tmp_path):
     assert 0.0 <= vaegan["frc_auc_loss_fraction"] < 0.5
     md = (tmp_path / "leaderboard.md").read_text()
     assert "## Task: inplane" in md and "## Task: pose" in md
+    # cryofold's residues, 2 epochs: closer to the true CA than 4AKE is to 1AKE (8.0 Å)
+    assert 0 < by[("cryofold", "mixture-hi-uniform-tiny")]["ca_rmsd_angstrom"] < 6.0
+
+
+def test_ca_rmsd_of_the_base_structure_is_the_known_distance(tmp_path):
+    """A cryofold model that does not move its residues sits on 4AKE: RMSD 0 for open
+    particles and the 4AKE-1AKE RMSD (no superposition) for closed ones."""
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    from cryoviz.bench.entries import _adk_ca_rmsd  # noqa: PLC0415
+    from cryoviz.simulate import SimulationConfig, simulate  # noqa: PLC0415
+    from cryoviz.volumes import GaussianMixtureVolume  # noqa: PLC0415
+    from cryoviz.volumes.gmm_init import load_reference  # noqa: PLC0415
+
+    simulate(SimulationConfig(n_particles=12, box_size=16, pixel_size_angstrom=6.0, snr=1.0,
+                              states=("4ake", "1ake"), seed=4), tmp_path)
+    labels = np.load(tmp_path / "truth" / "truth.npz")["labels"]
+    open_ca, closed_ca = (load_reference(s).centres_angstrom.numpy() for s in ("4ake", "1ake"))
+    apart = float(np.sqrt(((open_ca - closed_ca) ** 2).sum(1).mean()))
+    volume = GaussianMixtureVolume(16, 6.0, latent_dim=2, initial=load_reference("4ake"),
+                                   width=8, bond_weight=1.0)  # decoder head starts at zero
+    torch.nn.init.zeros_(volume.decoder[-1].weight)
+    run = SimpleNamespace(volume=volume)
+    render = np.arange(12)
+    got = _adk_ca_rmsd(run, np.ones((12, 2)), tmp_path, render)
+    assert 0 < labels.sum() < 12
+    assert got == pytest.approx(apart * labels.mean(), rel=1e-5)
 
 
 def test_epoch_and_iteration_overrides(capsys):

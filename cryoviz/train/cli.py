@@ -41,6 +41,9 @@ def add_parsers(subparsers) -> None:
                     help="cpu or cuda; under torchrun, cuda means cuda:LOCAL_RANK")
     tr.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                     help="autocast dtype of the networks (default fp32; fp16 needs CUDA)")
+    tr.add_argument("--reference",
+                    help="e2gmm / cryofold: base structure (PDB / mmCIF, or the built-in 4ake "
+                    "/ 1ake) or map (MRC, e2gmm only) the Gaussians start from")
     tr.add_argument("--stack", help="use this image stack instead of the metadata's")
     tr.add_argument("--poses", help="cryoDRGN pose pickle")
     tr.add_argument("--ctf", help="cryoDRGN CTF pickle")
@@ -280,6 +283,13 @@ def _run_other(args: argparse.Namespace) -> int:
                      args.recipe)
 
 
+def _reference_path(reference: str | None) -> str | None:
+    """A reference file as an absolute path (the run reloads it later); names as given."""
+    if reference is None or not Path(reference).exists():
+        return reference
+    return str(Path(reference).resolve())
+
+
 def _run_loop(args: argparse.Namespace, info) -> int:
     """Recipes of the shared loop, in one process or as one rank of a torchrun job."""
     from cryoviz.io.particles import load_particles  # noqa: PLC0415
@@ -288,7 +298,8 @@ def _run_loop(args: argparse.Namespace, info) -> int:
 
     recipe = get_recipe(args.recipe, epochs=args.epochs, zdim=args.zdim, box=args.box,
                         batch_size=args.batch_size, lr=args.lr, width=args.width,
-                        depth=args.depth, seed=args.seed, precision=args.precision)
+                        depth=args.depth, seed=args.seed, precision=args.precision,
+                        reference=_reference_path(args.reference))
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                ctf=args.ctf, datadir=args.datadir, require_poses=True)
     say = info.is_main  # rank 0 alone prints

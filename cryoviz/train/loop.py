@@ -165,7 +165,10 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
         volume = GaussianMixtureVolume(
             box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, initial=initial,
             n_gaussians=recipe.gaussians, width=recipe.width, depth=recipe.depth,
-            max_shift_px=recipe.max_shift_px, seed=recipe.seed)
+            max_shift_px=recipe.max_shift_px, seed=recipe.seed,
+            move_amplitudes=recipe.move_amplitudes, bond_weight=recipe.bond_weight,
+            contact_weight=recipe.contact_weight,
+            contact_cutoff_angstrom=recipe.contact_cutoff_angstrom)
     else:
         volume = ImplicitVolume(
             box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, width=recipe.width,
@@ -422,8 +425,8 @@ def iter_train(
                 residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
                 data_term = residual.mean() / (data_scale**2 * n_coeff)
             loss = data_term + beta * kl / n_coeff
-            if isinstance(volume, DeformationVolume):  # 3dflex smoothness + rigidity
-                loss = loss + volume.regularization_loss(z)
+            # the model's own regularisers (3dflex smoothness / rigidity, cryofold bonds)
+            loss = loss + volume.regularization_loss(z)
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks: weight n_rank * W / B gives the global mean
             scaler.scale(loss * part.gradient_weight).backward()

@@ -18,6 +18,11 @@
                           of ``z`` (3DFlex, Punjani & Fleet 2023), auto-decoder
                           latents with fixed noise, smoothness and rigidity
                           regularisers
+``cryofold``              residue Gaussians of a base structure (``reference``,
+                          required) moved by a decoder of ``z`` (centres only),
+                          VAE encoder, FRC loss, bond-length and elastic-network
+                          restraints to the base (after CryoFold, Zhong et al.
+                          2021)
 ========================  ======================================================
 """
 
@@ -108,6 +113,13 @@ class Recipe:
     canonical_init
         ``deformation`` volume's starting canonical map: ``'consensus'`` (Wiener
         backprojection of the training images with their poses) or ``'zeros'``.
+    move_amplitudes
+        ``gmm`` volume: whether the decoder changes amplitudes as well as centres.
+    bond_weight, contact_weight, contact_cutoff_angstrom
+        ``gmm`` volume from a structure ``reference``: weights (Å^-2) of the
+        bond-length and elastic-network restraints of the decoded centres to the
+        reference's distances (:mod:`cryoviz.volumes.elastic`), and the
+        network's contact cutoff in Å.
     """
 
     name: str
@@ -143,6 +155,10 @@ class Recipe:
     smoothness_weight: float = 0.0
     rigidity_weight: float = 0.0
     canonical_init: str = "consensus"
+    move_amplitudes: bool = True
+    bond_weight: float = 0.0
+    contact_weight: float = 0.0
+    contact_cutoff_angstrom: float = 10.0
 
     @property
     def kl_weight(self) -> float:
@@ -193,6 +209,17 @@ class Recipe:
              "'residue' or 'atom'", self.reference_level)
         need(self.precision in ("fp32", "bf16", "fp16"), "precision",
              "'fp32', 'bf16' or 'fp16'", self.precision)
+        need(self.bond_weight >= 0 and self.contact_weight >= 0,
+             "bond_weight / contact_weight", ">= 0", (self.bond_weight, self.contact_weight))
+        need(self.contact_cutoff_angstrom > 0, "contact_cutoff_angstrom", "> 0",
+             self.contact_cutoff_angstrom)
+        restrained = self.bond_weight > 0 or self.contact_weight > 0
+        need(not restrained or self.volume == "gmm", "volume",
+             "'gmm' for bond / contact restraints", self.volume)
+        need(not restrained or (self.reference is not None and not str(self.reference)
+                                .lower().endswith((".mrc", ".map", ".mrcs"))),
+             "reference", "a base structure (PDB / mmCIF path, or 4ake / 1ake) for bond and "
+             "contact restraints (e.g. --reference model.pdb)", self.reference)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -205,6 +232,10 @@ RECIPES: dict[str, Recipe] = {
     "e2gmm": Recipe(name="e2gmm", volume="gmm", encoder="vae", zdim=4, loss="frc",
                     lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
                     gaussians=256, enc_width=128, enc_depth=2),
+    "cryofold": Recipe(name="cryofold", volume="gmm", encoder="vae", zdim=4, loss="frc",
+                       lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
+                       enc_width=128, enc_depth=2, reference_level="residue",
+                       move_amplitudes=False, bond_weight=1.0, contact_weight=0.1),
     "3dflex": Recipe(name="3dflex", volume="deformation", encoder="table", zdim=2,
                      lr=1e-2, table_noise_std=0.1, epochs=20, batch_size=64, width=64,
                      depth=2, control_points=6, max_shift_px=1.0,

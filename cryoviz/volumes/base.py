@@ -64,6 +64,15 @@ class VolumeModel(torch.nn.Module):
         """
         raise NotImplementedError
 
+    def regularization_loss(self, z: torch.Tensor | None) -> torch.Tensor:
+        """The model's weighted regulariser at latents ``z`` ``(B, L)``, a scalar.
+
+        Added to the data term by the training loop; 0 unless a model defines
+        one (deformation smoothness / rigidity, Gaussian-mixture bonds).
+        """
+        param = next(iter(self.parameters()), None)
+        return torch.zeros((), device=None if param is None else param.device)
+
 
 def resample_volume(volume: torch.Tensor, box_size: int) -> torch.Tensor:
     """Fourier crop / zero-pad a real ``(D, D, D)`` map to ``(d, d, d)`` (same extent).

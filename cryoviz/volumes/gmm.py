@@ -39,6 +39,7 @@ import torch
 
 from cryoviz.gaussians import GaussianMixture, gaussians_volume
 from cryoviz.volumes.base import VolumeModel
+from cryoviz.volumes.elastic import ElasticRestraints
 from cryoviz.volumes.gmm_init import (
     load_reference,
     mixture_from_map,
@@ -254,6 +255,15 @@ class GaussianMixtureVolume(VolumeModel):
         ``max_shift_px * p`` (no bound), so O(1) outputs move a Gaussian a few pixels.
     seed
         Seed of the random ball and of the decoder's initial weights.
+    move_amplitudes
+        If False the decoder changes the centres only (its amplitude outputs are
+        ignored): every component keeps its mass, as atoms and residues do.
+    bond_weight, contact_weight, contact_cutoff_angstrom
+        Restraints of the decoded centres to the distances of ``initial``
+        (:class:`cryoviz.volumes.elastic.ElasticRestraints`: consecutive
+        components as bonds, pairs closer than the cutoff as an elastic network);
+        meaningful when ``initial`` comes from a structure in chain order. Both
+        weights 0: no restraints.
 
     Notes
     -----
@@ -275,6 +285,10 @@ class GaussianMixtureVolume(VolumeModel):
         depth: int = 2,
         max_shift_px: float = 2.0,
         seed: int = 0,
+        move_amplitudes: bool = True,
+        bond_weight: float = 0.0,
+        contact_weight: float = 0.0,
+        contact_cutoff_angstrom: float = 10.0,
     ) -> None:
         super().__init__()
         self.box_size = int(box_size)
@@ -293,6 +307,12 @@ class GaussianMixtureVolume(VolumeModel):
         self.log_amplitudes = torch.nn.Parameter(torch.log(mix.amplitudes.clamp(min=1e-12)))
         self.log_sigmas = torch.nn.Parameter(torch.log(mix.sigmas_angstrom.clamp(min=1e-6)))
         self.register_buffer("amplitude_scale", torch.ones(()))
+        self.move_amplitudes = bool(move_amplitudes)
+        self.restraints: ElasticRestraints | None = None
+        if bond_weight > 0 or contact_weight > 0:
+            self.restraints = ElasticRestraints(mix.centres_angstrom, bond_weight,
+                                                contact_weight,
+                                                cutoff_angstrom=contact_cutoff_angstrom)
         self.decoder: torch.nn.Module | None = None
         if self.latent_dim:
             gen_state = torch.get_rng_state()
@@ -334,7 +354,19 @@ class GaussianMixtureVolume(VolumeModel):
         out = self.decoder(z.to(self.centres_px.dtype))
         m = self.n_gaussians
         dc = out[:, : 3 * m].reshape(-1, m, 3) * (self.max_shift_px * self.pixel_size_angstrom)
-        return dc, out[:, 3 * m:]
+        da = out[:, 3 * m:]
+        return dc, (da if self.move_amplitudes else torch.zeros_like(da))
+
+    def regularization_loss(self, z: torch.Tensor | None) -> torch.Tensor:
+        """Weighted bond and elastic-network penalty of the centres at ``z`` ``(B, L)``.
+
+        0 without restraints. With ``z`` None (homogeneous) the neutral centres
+        are restrained.
+        """
+        if self.restraints is None:
+            return self.centres_px.new_zeros(())
+        centres, _, _ = self.mixture_parameters(z)
+        return self.restraints(centres)
 
     def mixture_parameters(self, z: torch.Tensor | None, batch: int = 1
                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
