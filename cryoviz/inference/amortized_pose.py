@@ -44,14 +44,10 @@ from cryoviz.fourier import frequency_grid_2d, lowpass_volume
 from cryoviz.geometry import geodesic_distance_deg
 from cryoviz.imaging import apply_shift_and_ctf, images_to_fourier
 from cryoviz.inference.amortized_encoder import PoseEncoder, flip_pose_180
-from cryoviz.inference.posterior import PosePosterior, write_pose_posterior
+from cryoviz.inference.posterior import PosePosterior, export_poses
 from cryoviz.inference.refine import fit_map_scale
-from cryoviz.io.conventions import internal_to_cryodrgn
-from cryoviz.io.cryodrgn import write_pose_pkl
-from cryoviz.io.cryosparc import write_cs
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.io.star import write_star
 from cryoviz.volumes import ImplicitVolume, VoxelVolume
 
 __all__ = ["AmortizedPoseSettings", "AmortizedPoseProgress", "AmortizedPoseResult",
@@ -421,14 +417,7 @@ def write_amortized_pose(result: AmortizedPoseResult, particles: ParticleSet,
     out = Path(output_dir)
     apix = result.pixel_size_angstrom
     write_volume(out / "volumes" / "map.mrc", result.map.numpy(), apix)
-    write_pose_posterior(out / "poses.npz", result.posterior)
-    posed = replace(particles, rotations=result.posterior.rotations.copy(),
-                    shifts_angstrom=result.posterior.shifts_angstrom.copy())
-    write_star(posed, out / "particles.star")
-    write_cs(posed, out / "particles.cs")
-    rot, trans = internal_to_cryodrgn(posed.rotations, posed.shifts_angstrom,
-                                      particles.box_size, apix)
-    write_pose_pkl(out / "poses.pkl", rot, trans)
+    export_poses(result.posterior, particles, out)
     spread = result.posterior.angular_spread_deg
     metrics = {
         "recipe": result.settings.recipe,

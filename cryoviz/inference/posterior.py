@@ -19,16 +19,21 @@ Arrays (``N`` particles, ``K`` alternatives, best first):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from os import PathLike
 from pathlib import Path
 
 import numpy as np
 
 from cryoviz.errors import InputError
+from cryoviz.io.conventions import internal_to_cryodrgn
+from cryoviz.io.cryodrgn import write_pose_pkl
+from cryoviz.io.cryosparc import write_cs
 from cryoviz.io.mrc import atomic_output
+from cryoviz.io.star import write_star
 
-__all__ = ["PosePosterior", "write_pose_posterior", "read_pose_posterior", "POSES_FILE"]
+__all__ = ["PosePosterior", "write_pose_posterior", "read_pose_posterior", "export_poses",
+           "POSES_FILE"]
 
 POSES_FILE = "poses.npz"
 _FIELDS = ("rotations", "shifts_angstrom", "angular_spread_deg", "shift_spread_angstrom",
@@ -79,6 +84,35 @@ def write_pose_posterior(path: str | PathLike, posterior: PosePosterior) -> Path
         with open(tmp, "wb") as fh:
             np.savez(fh, **{name: getattr(posterior, name) for name in _FIELDS})
     return target
+
+
+def export_poses(posterior: PosePosterior, particles, output_dir: str | PathLike) -> Path:
+    """Write ``poses.npz`` and the particles with the posterior's best poses.
+
+    Files in ``output_dir``: ``poses.npz``, ``particles.star`` (RELION 3.1),
+    ``particles.cs`` (cryoSPARC) and ``poses.pkl`` (cryoDRGN pose pickle); every
+    other column (CTF, image names, ids) is the particles' own.
+
+    Parameters
+    ----------
+    posterior
+        Summaries of the ``N`` particles, in their order.
+    particles
+        The :class:`cryoviz.io.particles.ParticleSet` the poses belong to.
+    output_dir
+        Folder (created if needed).
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_pose_posterior(out / POSES_FILE, posterior)
+    posed = replace(particles, rotations=np.asarray(posterior.rotations).copy(),
+                    shifts_angstrom=np.asarray(posterior.shifts_angstrom).copy())
+    write_star(posed, out / "particles.star")
+    write_cs(posed, out / "particles.cs")
+    rot, trans = internal_to_cryodrgn(posed.rotations, posed.shifts_angstrom,
+                                      particles.box_size, particles.pixel_size_angstrom)
+    write_pose_pkl(out / "poses.pkl", rot, trans)
+    return out
 
 
 def read_pose_posterior(path: str | PathLike) -> PosePosterior:

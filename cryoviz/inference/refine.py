@@ -44,7 +44,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +70,9 @@ from cryoviz.inference.pose_search import (
     summarise,
     top_rotations,
 )
-from cryoviz.inference.posterior import PosePosterior, write_pose_posterior
-from cryoviz.io.conventions import internal_to_cryodrgn
-from cryoviz.io.cryodrgn import write_pose_pkl
-from cryoviz.io.cryosparc import write_cs
+from cryoviz.inference.posterior import PosePosterior, export_poses
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.io.star import write_star
 from cryoviz.metrics.fsc import FSCCurve
 from cryoviz.noise import half_plane_shells
 from cryoviz.projection import extract_points
@@ -492,14 +488,7 @@ def write_refine(result: RefineResult, particles: ParticleSet, output_dir: str |
     write_volume(out / "volumes" / "map.mrc", result.map.numpy(), apix)
     for i, half in enumerate(result.half_maps.numpy()):
         write_volume(out / "volumes" / f"half_{i + 1}.mrc", half, apix)
-    write_pose_posterior(out / "poses.npz", result.posterior)
-    refined = replace(particles, rotations=result.posterior.rotations.copy(),
-                      shifts_angstrom=result.posterior.shifts_angstrom.copy())
-    write_star(refined, out / "particles.star")
-    write_cs(refined, out / "particles.cs")
-    rot, trans = internal_to_cryodrgn(refined.rotations, refined.shifts_angstrom,
-                                      particles.box_size, apix)
-    write_pose_pkl(out / "poses.pkl", rot, trans)
+    export_poses(result.posterior, particles, out)
     metrics = {
         "recipe": "relion-refine",
         "n_particles": len(particles),

@@ -48,7 +48,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ from cryoviz.geometry import SO3Grid
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.inference.class_em import e_step_limit_shell
 from cryoviz.inference.pose_scoring import pixel_set
-from cryoviz.inference.posterior import PosePosterior, write_pose_posterior
+from cryoviz.inference.posterior import PosePosterior, export_poses
 from cryoviz.inference.refine import _check, fit_map_scale
 from cryoviz.inference.variational_q import (
     PoseQ,
@@ -72,12 +72,8 @@ from cryoviz.inference.variational_q import (
     sample_rotations,
     sample_shifts,
 )
-from cryoviz.io.conventions import internal_to_cryodrgn
-from cryoviz.io.cryodrgn import write_pose_pkl
-from cryoviz.io.cryosparc import write_cs
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.io.star import write_star
 from cryoviz.metrics.fsc import FSCCurve
 from cryoviz.noise import half_plane_shells
 from cryoviz.projection import extract_points
@@ -419,19 +415,12 @@ def write_variational(result: VariationalResult, particles: ParticleSet,
     write_volume(out / "volumes" / "map.mrc", result.map.numpy(), apix)
     for i, half in enumerate(result.half_maps.numpy()):
         write_volume(out / "volumes" / f"half_{i + 1}.mrc", half, apix)
-    write_pose_posterior(out / "poses.npz", result.posterior)
     with atomic_output(out / "q_sigmas.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, sigma_rotation_deg=result.sigma_rotation_deg,
                      sigma_shift_angstrom=result.sigma_shift_angstrom,
                      noise_scale=result.noise_scale, particle_ids=result.particle_ids)
-    refined = replace(particles, rotations=result.posterior.rotations.copy(),
-                      shifts_angstrom=result.posterior.shifts_angstrom.copy())
-    write_star(refined, out / "particles.star")
-    write_cs(refined, out / "particles.cs")
-    rot, trans = internal_to_cryodrgn(refined.rotations, refined.shifts_angstrom,
-                                      particles.box_size, apix)
-    write_pose_pkl(out / "poses.pkl", rot, trans)
+    export_poses(result.posterior, particles, out)
     metrics = {
         "recipe": "fstdiff",
         "n_particles": len(particles),
