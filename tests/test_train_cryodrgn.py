@@ -90,6 +90,24 @@ def test_cryodrgn_separates_open_and_closed(tmp_path):
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 
+def test_reference_based_cryodrgn_sharpens_the_reference_state(tmp_path):
+    """``reference='4ake'``: V(z) = V0 + dV(z) against the reference-free recipe, SNR 0.1.
+
+    Measured 2026-12-04 (2,000 particles, box 32 at 4 Å/px trained at 24, 3 epochs):
+    2-means agreement 0.937 vs 0.918; open state (the reference) own-state FSC
+    0.985 vs 0.875; closed state 0.903 vs 0.905, but its FSC with the open state
+    0.728 vs 0.697 (the reference pulls it a little towards itself).
+    """
+    settings = dict(n=2000, box=32, apix=4.0, snr=0.1, train_box=24, epochs=3,
+                    min_accuracy=0.85, fsc_band=(0.1, 0.35))
+    common = dict(zdim=4, width=64, depth=2, lr=1e-3, batch_size=32)
+    with_ref = _run_science(tmp_path / "ref", overrides={**common, "reference": "4ake"},
+                            **settings)
+    without = _run_science(tmp_path / "free", overrides=common, **settings)
+    assert with_ref["state0_own"] > without["state0_own"] + 0.05, (with_ref, without)
+    assert with_ref["state1_own"] > without["state1_own"] - 0.03, (with_ref, without)
+
+
 @pytest.mark.slow
 def test_cryodrgn_separates_states_at_issue_scale(tmp_path):
     """The issue's scale: box 64, 2 Å/px, SNR 0.1 (hours on 2 CPU cores; not run here)."""

@@ -42,8 +42,10 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                     help="autocast dtype of the networks (default fp32; fp16 needs CUDA)")
     tr.add_argument("--reference",
-                    help="e2gmm / cryofold: base structure (PDB / mmCIF, or the built-in 4ake "
-                    "/ 1ake) or map (MRC, e2gmm only) the Gaussians start from")
+                    help="reference-based model: the structure (PDB / mmCIF, or the built-in "
+                    "4ake / 1ake) or map (MRC) the Gaussians start from (e2gmm, cryofold: "
+                    "structure only) or V0 of V(z) = V0 + dV(z) (cryodrgn, cryodrgn-ae, "
+                    "autodecoder)")
     tr.add_argument("--stack", help="use this image stack instead of the metadata's")
     tr.add_argument("--poses", help="cryoDRGN pose pickle")
     tr.add_argument("--ctf", help="cryoDRGN CTF pickle")

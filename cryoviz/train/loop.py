@@ -58,6 +58,11 @@ from cryoviz.train.recipes import Recipe
 from cryoviz.volumes import ImplicitVolume, VolumeModel, VoxelVolume
 from cryoviz.volumes.deformation import DeformationVolume, consensus_map
 from cryoviz.volumes.gmm import GaussianMixtureVolume, fit_amplitude_scale, frc_loss, load_reference
+from cryoviz.volumes.residual import (
+    ReferenceResidualVolume,
+    fit_reference_scale,
+    load_reference_map,
+)
 
 __all__ = ["TrainProgress", "iter_train", "train", "build_models", "write_toml",
            "latest_checkpoint", "write_z_pkl"]
@@ -175,6 +180,10 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
             depth=recipe.depth, pe_dim=recipe.pe_dim, pe_sigma=recipe.pe_sigma,
             domain=recipe.domain, seed=recipe.seed,
         )
+        if recipe.reference is not None:  # V(z) = V0 + dV(z)
+            volume = ReferenceResidualVolume(
+                load_reference_map(recipe.reference, box_size, pixel_size_angstrom,
+                                   recipe.reference_bfactor_a2), volume)
     if recipe.encoder in ("vae", "ae"):
         encoder: torch.nn.Module | None = MLPEncoder(
             box_size, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,
@@ -347,7 +356,19 @@ def iter_train(
     else:
         data_scale, image_std = _data_scales(batches, inside.cpu())
         with torch.no_grad():
-            if isinstance(volume, ImplicitVolume):
+            if isinstance(volume, ReferenceResidualVolume):
+                first = np.arange(min(batches.n, 256))
+                volume.reference_scale.fill_(fit_reference_scale(
+                    volume, centered_rfft2(batches.read(first)).to(device),
+                    _tensor(particles.rotations[first], device),
+                    None if particles.shifts_angstrom is None else
+                    _tensor(particles.shifts_angstrom[first], device),
+                    None if particles.ctf is None else
+                    particles.ctf.subset(torch.as_tensor(first)).to(device), apix))
+                volume.delta.output_scale.fill_(data_scale)
+                volume.delta.mlp.out.weight.zero_()  # dV = 0 at the start: V = V0
+                volume.delta.mlp.out.bias.zero_()
+            elif isinstance(volume, ImplicitVolume):
                 volume.output_scale.fill_(data_scale)
             elif isinstance(volume, (VoxelVolume, DeformationVolume)):
                 volume.scale.fill_(data_scale / box**1.5)

@@ -92,7 +92,10 @@ class Recipe:
         Number of Gaussians of a reference-free ``gmm`` volume.
     reference
         ``gmm`` initial model: ``None`` (random ball), ``'4ake'`` / ``'1ake'``, a
-        PDB / mmCIF path or an MRC map (see :func:`cryoviz.volumes.gmm.load_reference`).
+        PDB / mmCIF path or an MRC map (see :func:`cryoviz.volumes.gmm.load_reference`);
+        ``implicit`` volume: the fixed map ``V0`` of ``V(z) = V0 + dV(z)``
+        (:class:`cryoviz.volumes.residual.ReferenceResidualVolume`; a structure
+        or an MRC map of the particles' extent), ``None``: reference-free.
     reference_level
         ``'residue'`` (one Gaussian per residue, at the CA) or ``'atom'``.
     reference_bfactor_a2
@@ -188,6 +191,9 @@ class Recipe:
         need(self.smoothness_weight >= 0 and self.rigidity_weight >= 0,
              "smoothness_weight / rigidity_weight", ">= 0",
              (self.smoothness_weight, self.rigidity_weight))
+        need(self.reference is None or self.volume in ("gmm", "implicit"), "reference",
+             "none for a voxel or deformation volume (a reference is used by the gmm and "
+             "implicit volumes)", self.reference)
         need(self.domain in ("hartley", "fourier"), "domain", "'hartley' or 'fourier'",
              self.domain)
         need(self.encoder in ("vae", "ae", "table", "none"), "encoder",
