@@ -46,6 +46,13 @@ from cryoviz.inference.amortized_pose import (
     write_amortized_pose,
 )
 from cryoviz.inference.class_em import iter_class_em, write_class_em
+from cryoviz.inference.cryogan import (
+    CryoGANProgress,
+    CryoGANResult,
+    CryoGANSettings,
+    iter_cryogan,
+    write_cryogan,
+)
 from cryoviz.inference.posterior import PosePosterior, read_pose_posterior, write_pose_posterior
 from cryoviz.inference.ppca import eval_ppca, iter_ppca, write_ppca
 from cryoviz.inference.refine import (
@@ -89,6 +96,7 @@ __all__ = [
     "AmortizedPoseProgress", "AmortizedPoseResult", "AmortizedPoseSettings",
     "iter_amortized_pose", "write_amortized_pose",
     "RefineProgress", "RefineResult", "RefineSettings", "iter_refine", "write_refine",
+    "CryoGANProgress", "CryoGANResult", "CryoGANSettings", "iter_cryogan", "write_cryogan",
     "VariationalProgress", "VariationalResult", "VariationalSettings", "iter_variational",
     "write_variational",
     "AnalysisSettings", "CTFParams", "FSCCurve", "ImageSource", "InputError", "KMeansResult",

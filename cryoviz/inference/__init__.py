@@ -68,3 +68,16 @@ from cryoviz.inference.amortized_pose import (  # noqa: E402
 
 __all__ += ["AmortizedPoseSettings", "AmortizedPoseProgress", "iter_amortized_pose",
             "write_amortized_pose"]
+
+# CryoGAN: a homogeneous map learned adversarially (cryoviz.inference.cryogan)
+from cryoviz.inference.cryogan import (  # noqa: E402
+    CryoGANProgress,
+    CryoGANResult,
+    CryoGANSettings,
+    iter_cryogan,
+    run_cryogan,
+    write_cryogan,
+)
+
+__all__ += ["CryoGANSettings", "CryoGANProgress", "CryoGANResult", "iter_cryogan",
+            "run_cryogan", "write_cryogan"]

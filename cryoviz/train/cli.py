@@ -25,7 +25,7 @@ def add_parsers(subparsers) -> None:
     tr = subparsers.add_parser("train", help="train a (heterogeneous) volume model, known poses")
     tr.add_argument("particles", help="particles: .star, .cs or .mrcs (with --poses/--ctf)")
     names = [*RECIPES, "relion-class3d", "3dva", "relion-refine", "fstdiff", "cryovaegan",
-             "cryoai", "cryoposenet"]
+             "cryoai", "cryoposenet", "cryogan"]
     tr.add_argument("--recipe", required=True, help=f"one of {', '.join(names)}")
     tr.add_argument("-o", "--output", required=True, help="run folder")
     tr.add_argument("--epochs", type=int)
@@ -238,12 +238,36 @@ def _run_amortized(args: argparse.Namespace, particles) -> int:
     return 0
 
 
+def _run_cryogan(args: argparse.Namespace, particles) -> int:
+    """``cryogan``: a homogeneous map learned adversarially (poses never inferred)."""
+    from cryoviz.inference.cryogan import (  # noqa: PLC0415
+        CryoGANSettings,
+        iter_cryogan,
+        write_cryogan,
+    )
+
+    given = {"batch_size": args.batch_size, "lr_volume": args.lr, "seed": args.seed}
+    settings = CryoGANSettings(**{k: v for k, v in given.items() if v is not None})
+    if args.epochs:  # an epoch: as many map steps as real batches in the stack
+        per_epoch = -(-len(particles) // settings.batch_size)
+        settings = dataclasses.replace(settings, n_steps=args.epochs * per_epoch)
+    result = None
+    for p in iter_cryogan(particles, settings, device=args.device):
+        print(f"step {p.step}/{p.n_steps}  Wasserstein {p.wasserstein:.4f}  "
+              f"critic {p.critic_loss:.4f}  band {p.band:.3f}  {p.seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        result = p.result if p.result is not None else result
+    write_cryogan(result, particles, args.output)
+    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from cryoviz.train.distributed import init_distributed, shutdown_distributed  # noqa: PLC0415
     from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
 
     if args.recipe in ("cryovaegan", "relion-refine", "fstdiff", "relion-class3d", "3dva",
-                       "cryoai", "cryoposenet"):
+                       "cryoai", "cryoposenet", "cryogan"):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError(None, "--recipe", f"one of {', '.join(RECIPES)} under torchrun "
                              "(data-parallel training)", args.recipe)
@@ -275,14 +299,18 @@ def _run_other(args: argparse.Namespace) -> int:
         return _run_amortized(args, load_particles(
             args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
             datadir=args.datadir))
+    if args.recipe == "cryogan":
+        return _run_cryogan(args, load_particles(
+            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
+            datadir=args.datadir, require_ctf=True))
     if args.recipe in ("relion-class3d", "3dva"):
         particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                    ctf=args.ctf, datadir=args.datadir, require_poses=True)
         if args.recipe == "3dva":
             return _run_3dva(args, particles)
         return _run_class3d(args, particles)
-    raise InputError(None, "--recipe", "cryovaegan, relion-refine, fstdiff, relion-class3d or 3dva",
-                     args.recipe)
+    raise InputError(None, "--recipe", "cryovaegan, relion-refine, fstdiff, relion-class3d, "
+                     "3dva, cryoai, cryoposenet or cryogan", args.recipe)
 
 
 def _reference_path(reference: str | None) -> str | None:
