@@ -20,7 +20,8 @@ import torch
 from cryoviz.errors import InputError
 from cryoviz.fourier import centered_ifft3
 from cryoviz.io.mrc import write_volume
-from cryoviz.train.loop import build_models, latest_checkpoint
+from cryoviz.train.loop import latest_checkpoint
+from cryoviz.train.models import build_models
 from cryoviz.train.recipes import Recipe
 from cryoviz.volumes import ImplicitVolume, VolumeModel
 from cryoviz.volumes.implicit import canonical_sign

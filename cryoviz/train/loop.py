@@ -52,17 +52,13 @@ from cryoviz.train.distributed import (
     make_grad_scaler,
     wrap_model,
 )
-from cryoviz.train.encoders import LatentTable, MLPEncoder
+from cryoviz.train.encoders import LatentTable
 from cryoviz.train.memory import release_free_heap
+from cryoviz.train.models import as_tensor, build_models, initialise_models
 from cryoviz.train.recipes import Recipe
-from cryoviz.volumes import ImplicitVolume, VolumeModel, VoxelVolume
-from cryoviz.volumes.deformation import DeformationVolume, consensus_map
-from cryoviz.volumes.gmm import GaussianMixtureVolume, fit_amplitude_scale, frc_loss, load_reference
-from cryoviz.volumes.residual import (
-    ReferenceResidualVolume,
-    fit_reference_scale,
-    load_reference_map,
-)
+from cryoviz.volumes import VolumeModel
+from cryoviz.volumes.deformation import DeformationVolume
+from cryoviz.volumes.gmm import frc_loss
 
 __all__ = ["TrainProgress", "iter_train", "train", "build_models", "write_toml",
            "latest_checkpoint", "write_z_pkl"]
@@ -151,51 +147,6 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
-                 n_particles: int) -> tuple[VolumeModel, torch.nn.Module | None]:
-    """The recipe's volume model and encoder (``None`` for homogeneous recipes)."""
-    if recipe.volume == "voxel":
-        volume: VolumeModel = VoxelVolume(box_size, pixel_size_angstrom)
-    elif recipe.volume == "deformation":
-        volume = DeformationVolume(
-            box_size, pixel_size_angstrom, recipe.latent_dim,
-            control_points=recipe.control_points, width=recipe.width, depth=recipe.depth,
-            displacement_scale_px=recipe.max_shift_px,
-            smoothness_weight=recipe.smoothness_weight,
-            rigidity_weight=recipe.rigidity_weight, seed=recipe.seed)
-    elif recipe.volume == "gmm":
-        initial = (None if recipe.reference is None else
-                   load_reference(recipe.reference, recipe.reference_level,
-                                  recipe.reference_bfactor_a2, recipe.gaussians))
-        volume = GaussianMixtureVolume(
-            box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, initial=initial,
-            n_gaussians=recipe.gaussians, width=recipe.width, depth=recipe.depth,
-            max_shift_px=recipe.max_shift_px, seed=recipe.seed,
-            move_amplitudes=recipe.move_amplitudes, bond_weight=recipe.bond_weight,
-            contact_weight=recipe.contact_weight,
-            contact_cutoff_angstrom=recipe.contact_cutoff_angstrom)
-    else:
-        volume = ImplicitVolume(
-            box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, width=recipe.width,
-            depth=recipe.depth, pe_dim=recipe.pe_dim, pe_sigma=recipe.pe_sigma,
-            domain=recipe.domain, seed=recipe.seed,
-        )
-        if recipe.reference is not None:  # V(z) = V0 + dV(z)
-            volume = ReferenceResidualVolume(
-                load_reference_map(recipe.reference, box_size, pixel_size_angstrom,
-                                   recipe.reference_bfactor_a2), volume)
-    if recipe.encoder in ("vae", "ae"):
-        encoder: torch.nn.Module | None = MLPEncoder(
-            box_size, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,
-            variational=recipe.encoder == "vae")
-    elif recipe.encoder == "table":
-        encoder = LatentTable(n_particles, recipe.zdim, noise_std=recipe.table_noise_std,
-                              seed=recipe.seed)
-    else:
-        encoder = None
-    return volume, encoder
-
-
 def _rng_state(batches: ParticleBatches, noise: torch.Generator) -> dict:
     np_state = np.random.get_state()  # noqa: NPY002 - the global state is saved
     py_state = random.getstate()
@@ -223,30 +174,6 @@ def _set_rng_state(state: dict, batches: ParticleBatches, noise: torch.Generator
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
     batches.generator.set_state(state["data"])
     noise.set_state(state["noise"])
-
-
-def _tensor(array: np.ndarray | None, device) -> torch.Tensor | None:
-    return None if array is None else torch.as_tensor(array, dtype=torch.float32, device=device)
-
-
-def _data_scales(batches: ParticleBatches, inside: torch.Tensor) -> tuple[float, float]:
-    """RMS of the image transforms within Nyquist and the real-space std (first images).
-
-    Read in batches of 64 so that memory stays bounded for large boxes.
-    """
-    n_images = min(batches.n, 512)
-    power_sum, value_sum, square_sum, count = 0.0, 0.0, 0.0, 0
-    for start in range(0, n_images, 64):
-        images = batches.read(np.arange(start, min(n_images, start + 64))).double()
-        power_sum += float((centered_rfft2(images).abs() ** 2)[:, inside].sum())
-        value_sum += float(images.sum())
-        square_sum += float((images**2).sum())
-        count += int(images.shape[0])
-    power = power_sum / (count * int(inside.sum()))
-    pixels = count * batches.box_size**2
-    variance = max(square_sum / pixels - (value_sum / pixels) ** 2, 0.0) * pixels / max(
-        pixels - 1, 1)
-    return math.sqrt(max(power, 1e-30)), max(math.sqrt(variance), 1e-12)
 
 
 def _check_particles(particles: ParticleSet) -> None:
@@ -354,40 +281,8 @@ def iter_train(
         if info.is_main:
             _truncate_log(out / "log.jsonl", start_epoch)
     else:
-        data_scale, image_std = _data_scales(batches, inside.cpu())
-        with torch.no_grad():
-            if isinstance(volume, ReferenceResidualVolume):
-                first = np.arange(min(batches.n, 256))
-                volume.reference_scale.fill_(fit_reference_scale(
-                    volume, centered_rfft2(batches.read(first)).to(device),
-                    _tensor(particles.rotations[first], device),
-                    None if particles.shifts_angstrom is None else
-                    _tensor(particles.shifts_angstrom[first], device),
-                    None if particles.ctf is None else
-                    particles.ctf.subset(torch.as_tensor(first)).to(device), apix))
-                volume.delta.output_scale.fill_(data_scale)
-                volume.delta.mlp.out.weight.zero_()  # dV = 0 at the start: V = V0
-                volume.delta.mlp.out.bias.zero_()
-            elif isinstance(volume, ImplicitVolume):
-                volume.output_scale.fill_(data_scale)
-            elif isinstance(volume, (VoxelVolume, DeformationVolume)):
-                volume.scale.fill_(data_scale / box**1.5)
-                if isinstance(volume, DeformationVolume) and recipe.canonical_init == "consensus":
-                    volume.set_canonical(consensus_map(
-                        batches.read, batches.n, _tensor(particles.rotations, device), apix,
-                        _tensor(particles.shifts_angstrom, device),
-                        None if particles.ctf is None else particles.ctf.to(device)))
-            elif isinstance(volume, GaussianMixtureVolume):
-                first = np.arange(min(batches.n, 256))
-                volume.amplitude_scale.fill_(fit_amplitude_scale(
-                    volume, centered_rfft2(batches.read(first)).to(device),
-                    _tensor(particles.rotations[first], device),
-                    None if particles.shifts_angstrom is None else
-                    _tensor(particles.shifts_angstrom[first], device),
-                    None if particles.ctf is None else
-                    particles.ctf.subset(torch.as_tensor(first)).to(device), apix))
-            if isinstance(encoder, MLPEncoder):
-                encoder.input_scale.fill_(image_std)
+        data_scale = initialise_models(volume, encoder, recipe, particles, batches,
+                                       inside.cpu(), device)
         if info.is_main:
             (out / "log.jsonl").unlink(missing_ok=True)
             for old in (out / "checkpoints").glob("epoch_*.pt"):
@@ -404,8 +299,8 @@ def iter_train(
                     "world_size": info.world_size},
         })
 
-    rotations = _tensor(particles.rotations, device)
-    shifts = _tensor(particles.shifts_angstrom, device)
+    rotations = as_tensor(particles.rotations, device)
+    shifts = as_tensor(particles.shifts_angstrom, device)
     ctf = None if particles.ctf is None else particles.ctf.to(device)
     beta = recipe.kl_weight
     # the networks as the loop calls them: autocast for bf16 / fp16, DDP across ranks

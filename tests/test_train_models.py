@@ -1,0 +1,73 @@
+"""build_models and initialise_models: every recipe's models, put on the data's scale."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cryoviz.fourier import frequency_grid_2d
+from cryoviz.io.particles import ImageSource, load_particles
+from cryoviz.simulate import SimulationConfig, simulate
+from cryoviz.train.data import ParticleBatches
+from cryoviz.train.encoders import LatentTable, MLPEncoder
+from cryoviz.train.models import as_tensor, build_models, initialise_models
+from cryoviz.train.recipes import RECIPES, get_recipe
+from cryoviz.volumes import (
+    DeformationVolume,
+    GaussianMixtureVolume,
+    ImplicitVolume,
+    VoxelVolume,
+)
+from cryoviz.volumes.residual import ReferenceResidualVolume
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    simulate(SimulationConfig(n_particles=40, box_size=16, pixel_size_angstrom=7.5, snr=1.0,
+                              states=("4ake", "1ake"), seed=2), folder)
+    return load_particles(folder / "particles.star")
+
+
+EXPECTED = {"implicit": ImplicitVolume, "voxel": VoxelVolume, "gmm": GaussianMixtureVolume,
+            "deformation": DeformationVolume}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_every_recipe_is_built_and_put_on_the_data_scale(name, data):
+    overrides = {"reference": "4ake"} if name == "cryofold" else {}
+    recipe = get_recipe(name, width=16, depth=1, **overrides)
+    volume, encoder = build_models(recipe, 16, 7.5, len(data))
+    assert isinstance(volume, EXPECTED[recipe.volume])
+    assert encoder is None or isinstance(encoder, (MLPEncoder, LatentTable))
+    with ImageSource(data) as source:
+        batches = ParticleBatches(source, 8, seed=0)
+        ky, kx = frequency_grid_2d(16, rfft=True)
+        scale = initialise_models(volume, encoder, recipe, data, batches,
+                                  (ky**2 + kx**2).sqrt() < 0.5, torch.device("cpu"))
+    assert scale > 0
+    if isinstance(encoder, MLPEncoder):  # the data's real-space standard deviation
+        with ImageSource(data) as source:
+            std = float(source.images(np.arange(len(data))).double().std())
+        assert float(encoder.input_scale) == pytest.approx(std, rel=1e-3)
+    z = None if volume.latent_dim == 0 else torch.zeros(2, volume.latent_dim)
+    rot = as_tensor(data.rotations[:2], "cpu")
+    assert torch.isfinite(torch.view_as_real(volume.slices(rot, z, 16, 7.5))).all()
+
+
+def test_a_reference_model_starts_at_the_scaled_reference(data):
+    recipe = get_recipe("cryodrgn", width=16, depth=1, reference="4ake")
+    volume, encoder = build_models(recipe, 16, 7.5, len(data))
+    assert isinstance(volume, ReferenceResidualVolume)
+    with ImageSource(data) as source:
+        batches = ParticleBatches(source, 8, seed=0)
+        ky, kx = frequency_grid_2d(16, rfft=True)
+        initialise_models(volume, encoder, recipe, data, batches,
+                          (ky**2 + kx**2).sqrt() < 0.5, torch.device("cpu"))
+    assert float(volume.reference_scale) > 0
+    z = torch.randn(3, recipe.zdim)
+    with torch.no_grad():  # dV is zero whatever z: the model is the reference
+        torch.testing.assert_close(volume.volume(z[0]),
+                                   volume.reference_map * volume.reference_scale)
+    assert as_tensor(None, "cpu") is None
