@@ -46,6 +46,8 @@ def test_click_adds_a_volume_with_the_run_voxel_size(explorer, wait_workers):
                                rtol=1e-5, atol=1e-6)
     assert tuple(layer.contrast_limits) == limits
     assert 0 < dock.last_preview_seconds <= dock.last_decode_seconds
+    # the last two clicked particles are marked on the scatter (moved, not redrawn)
+    np.testing.assert_allclose(dock._click_artist.get_offsets(), dock.coords_2d()[[5, 7]])
     # a different decode box keeps the physical extent: voxel size scales
     dock.decode_box.setValue(32)
     dock.click_particle(7)

@@ -100,6 +100,7 @@ class LatentExplorer(QWidget):
         self._click_id = 0
         self._decode_worker = None
         self._lasso: LassoSelector | None = None
+        self._click_artist = None  # the clicked-point markers on the scatter
 
         self.picker = RunPicker(self.load_run)
         self.embedding_box = QComboBox()
@@ -243,9 +244,10 @@ class LatentExplorer(QWidget):
         if len(self.selection):
             ax.scatter(xy[self.selection, 0], xy[self.selection, 1], s=8, facecolors="none",
                        edgecolors="orange", linewidths=0.6)
+        # the clicked points: one artist, moved by later clicks without a redraw
+        self._click_artist = ax.scatter(np.zeros(0), np.zeros(0), s=60, marker="x", c="red")
         if self.clicked:
-            pts = xy[self.clicked[-2:]]
-            ax.scatter(pts[:, 0], pts[:, 1], s=60, marker="x", c="red")
+            self._click_artist.set_offsets(xy[self.clicked[-2:]])
         if self.path is not None:
             p = self.session.embed_path(self.path, self.embedding_box.currentText(),
                                         self.axes_pair())
@@ -309,10 +311,20 @@ class LatentExplorer(QWidget):
                 self.last_preview_seconds = elapsed
             else:
                 self.last_decode_seconds = elapsed
+                self.canvas.draw_idle()  # the moved click markers
 
         self._decode_worker = start_worker(self, decode, on_yield=shown,
                                            on_error=self.errors.show_error)
-        self.redraw()
+        self._mark_clicked()
+
+    def _mark_clicked(self) -> None:
+        """Move the clicked-point markers. The canvas is drawn when the full map is
+        shown: drawing many points while the decode runs would compete with it."""
+        artist = self._click_artist
+        if artist is None or artist.axes is not self.axes:
+            self.redraw()
+            return
+        artist.set_offsets(self.coords_2d()[self.clicked[-2:]])
 
     # -- lasso and export ----------------------------------------------------------------
     def set_lasso(self, on: bool) -> None:
