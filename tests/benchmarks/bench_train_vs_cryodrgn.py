@@ -47,6 +47,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -260,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--encode-mode", "mlp", "--enc-layers", "1", "--enc-dim", str(args.enc_width),
                 "--dec-layers", str(args.depth), "--dec-dim", str(args.width),
                 "--domain", "hartley", "--no-analysis"]
+    # a previous run's folder would add its epochs to run.log (cryoDRGN appends)
+    shutil.rmtree(drgn_dir, ignore_errors=True)
     drgn_run = run_cpu_timed(drgn_cmd, work / "cryodrgn_train.log", env)
     # run.log repeats what cryoDRGN prints: read one of them, not both
     run_log = drgn_dir / "run.log"
@@ -276,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
               "--zdim", str(args.zdim), "--width", str(args.width), "--depth", str(args.depth),
               "--seed", str(args.seed), "--device", args.device]
+    shutil.rmtree(cv_dir, ignore_errors=True)
     cv_run = run_cpu_timed(cv_cmd, work / "cryoviz_train.log")
     cv_log = [json.loads(line) for line in (cv_dir / "log.jsonl").read_text().splitlines()
               if line.strip()]
