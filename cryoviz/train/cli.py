@@ -9,7 +9,9 @@ import argparse
 import dataclasses
 import os
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,8 +106,7 @@ def _run_class3d(args: argparse.Namespace, particles) -> int:
               file=sys.stderr, flush=True)
         result = p.result if p.result is not None else result
     write_class_em(result, args.output)
-    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
-    return 0
+    return _done(args)
 
 
 def _run_3dva(args: argparse.Namespace, particles) -> int:
@@ -122,8 +123,7 @@ def _run_3dva(args: argparse.Namespace, particles) -> int:
               f"component std {stds}", file=sys.stderr, flush=True)
         result = p.result if p.result is not None else result
     write_ppca(result, args.output)
-    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
-    return 0
+    return _done(args)
 
 
 def _run_refine(args: argparse.Namespace, particles) -> int:
@@ -144,17 +144,38 @@ def _run_refine(args: argparse.Namespace, particles) -> int:
         n_global_iterations=min(args.global_iterations, iterations),
         max_order=args.max_order, initial_lowpass_angstrom=args.initial_lowpass,
         batch_size=args.batch_size or 64, seed=args.seed if args.seed is not None else 0)
-    result = None
-    for p in iter_refine(particles, initial, settings, device=args.device):
-        print(f"iteration {p.iteration}/{p.n_iterations}  order {p.coarse_order}"
-              f"{' global' if p.global_search else ' local'}  E-step to "
-              f"{p.e_step_resolution_angstrom:.1f} Å  resolution {p.resolution_angstrom:.1f} Å  "
-              f"median change {p.median_angular_change_deg:.2f} deg  {p.seconds:.1f} s",
-              file=sys.stderr, flush=True)
-        result = p.result if p.result is not None else result
+    result = _follow(iter_refine(particles, initial, settings, device=args.device), lambda p: (
+        f"iteration {p.iteration}/{p.n_iterations}  order {p.coarse_order}"
+        f"{' global' if p.global_search else ' local'}  E-step to "
+        f"{p.e_step_resolution_angstrom:.1f} Å  resolution {p.resolution_angstrom:.1f} Å  "
+        f"median change {p.median_angular_change_deg:.2f} deg  {p.seconds:.1f} s"))
     write_refine(result, particles, args.output)
+    return _done(args)
+
+
+def _follow(progress: Iterable, line: Callable[[Any], str]) -> Any:
+    """Print ``line(state)`` to stderr for every progress state; return the last result.
+
+    The states of the algorithms run here carry ``result`` (None until the end).
+    """
+    result = None
+    for state in progress:
+        print(line(state), file=sys.stderr, flush=True)
+        result = state.result if state.result is not None else result
+    return result
+
+
+def _done(args: argparse.Namespace) -> int:
     print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
     return 0
+
+
+def _steps_for_epochs(settings: Any, n_particles: int, epochs: int | None) -> Any:
+    """``settings`` with ``n_steps`` for ``epochs`` passes of ``settings.batch_size`` images."""
+    if not epochs:
+        return settings
+    per_epoch = -(-n_particles // settings.batch_size)
+    return dataclasses.replace(settings, n_steps=epochs * per_epoch)
 
 
 def _run_fstdiff(args: argparse.Namespace, particles) -> int:
@@ -177,16 +198,13 @@ def _run_fstdiff(args: argparse.Namespace, particles) -> int:
         n_epochs=args.epochs or 5, coarse_order=args.healpix_order,
         initial_lowpass_angstrom=args.initial_lowpass, batch_size=args.batch_size or 64,
         seed=args.seed if args.seed is not None else 0)
-    result = None
-    for p in iter_variational(particles, initial, settings, device=args.device):
-        print(f"epoch {p.epoch}/{p.n_epochs}  E-step to {p.e_step_resolution_angstrom:.1f} Å  "
-              f"resolution {p.resolution_angstrom:.1f} Å  ELBO {p.elbo:.1f}  median spread "
-              f"{p.median_angular_spread_deg:.2f} deg  {p.seconds:.1f} s",
-              file=sys.stderr, flush=True)
-        result = p.result if p.result is not None else result
+    result = _follow(iter_variational(particles, initial, settings, device=args.device),
+                     lambda p: (
+        f"epoch {p.epoch}/{p.n_epochs}  E-step to {p.e_step_resolution_angstrom:.1f} Å  "
+        f"resolution {p.resolution_angstrom:.1f} Å  ELBO {p.elbo:.1f}  median spread "
+        f"{p.median_angular_spread_deg:.2f} deg  {p.seconds:.1f} s"))
     write_variational(result, particles, args.output)
-    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
-    return 0
+    return _done(args)
 
 
 def _run_cryovaegan(args: argparse.Namespace, particles) -> int:
@@ -209,8 +227,7 @@ def _run_cryovaegan(args: argparse.Namespace, particles) -> int:
               f"{p.reconstruction:.4f}  kl {p.kl:.3f}  geometric {p.geometric:.3f}  "
               f"sleep {p.sleep:.3f}  discriminator {p.discriminator:.3f}  {p.seconds:.1f} s",
               file=sys.stderr, flush=True)
-    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
-    return 0
+    return _done(args)
 
 
 def _run_amortized(args: argparse.Namespace, particles) -> int:
@@ -224,18 +241,12 @@ def _run_amortized(args: argparse.Namespace, particles) -> int:
     given = {"batch_size": args.batch_size, "lr_encoder": args.lr, "seed": args.seed}
     settings = AmortizedPoseSettings(recipe=args.recipe,
                                      **{k: v for k, v in given.items() if v is not None})
-    if args.epochs:  # an epoch is one pass over the particles
-        per_epoch = -(-len(particles) // settings.batch_size)
-        settings = dataclasses.replace(settings, n_steps=args.epochs * per_epoch)
-    result = None
-    for p in iter_amortized_pose(particles, settings, device=args.device):
-        print(f"step {p.step}/{p.n_steps}  loss {p.loss:.4f}  band {p.band:.3f}  "
-              f"pi-flipped {p.flipped_fraction:.2f}  {p.seconds:.1f} s",
-              file=sys.stderr, flush=True)
-        result = p.result if p.result is not None else result
+    settings = _steps_for_epochs(settings, len(particles), args.epochs)
+    result = _follow(iter_amortized_pose(particles, settings, device=args.device), lambda p: (
+        f"step {p.step}/{p.n_steps}  loss {p.loss:.4f}  band {p.band:.3f}  "
+        f"pi-flipped {p.flipped_fraction:.2f}  {p.seconds:.1f} s"))
     write_amortized_pose(result, particles, args.output)
-    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
-    return 0
+    return _done(args)
 
 
 def _run_cryogan(args: argparse.Namespace, particles) -> int:
@@ -248,18 +259,12 @@ def _run_cryogan(args: argparse.Namespace, particles) -> int:
 
     given = {"batch_size": args.batch_size, "lr_volume": args.lr, "seed": args.seed}
     settings = CryoGANSettings(**{k: v for k, v in given.items() if v is not None})
-    if args.epochs:  # an epoch: as many map steps as real batches in the stack
-        per_epoch = -(-len(particles) // settings.batch_size)
-        settings = dataclasses.replace(settings, n_steps=args.epochs * per_epoch)
-    result = None
-    for p in iter_cryogan(particles, settings, device=args.device):
-        print(f"step {p.step}/{p.n_steps}  Wasserstein {p.wasserstein:.4f}  "
-              f"critic {p.critic_loss:.4f}  band {p.band:.3f}  {p.seconds:.1f} s",
-              file=sys.stderr, flush=True)
-        result = p.result if p.result is not None else result
+    settings = _steps_for_epochs(settings, len(particles), args.epochs)
+    result = _follow(iter_cryogan(particles, settings, device=args.device), lambda p: (
+        f"step {p.step}/{p.n_steps}  Wasserstein {p.wasserstein:.4f}  "
+        f"critic {p.critic_loss:.4f}  band {p.band:.3f}  {p.seconds:.1f} s"))
     write_cryogan(result, particles, args.output)
-    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
-    return 0
+    return _done(args)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -343,8 +348,7 @@ def _run_loop(args: argparse.Namespace, info) -> int:
             print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.5f}  kl {p.kl:.3f}  "
                   f"{p.seconds:.1f} s", file=sys.stderr, flush=True)
     if say:
-        print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
-    return 0
+        return _done(args)
 
 
 def _run_eval(args: argparse.Namespace) -> int:
