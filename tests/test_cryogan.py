@@ -149,3 +149,36 @@ def test_cli_train_cryogan(tiny_dataset, tmp_path, capsys):
     assert saved["settings"]["batch_size"] == 200
     vol, apix = read_volume(out / "volumes" / "map.mrc")
     assert vol.shape == (16, 16, 16) and apix == pytest.approx(8.0)
+
+
+def test_a_stopped_run_resumes_to_the_same_map(tiny_dataset, tmp_path):
+    """Checkpoints at every report; a run stopped after step 20 and resumed ends with the
+    map of an unbroken run (one thread: the same sequence of kernels)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        particles = load_particles(tiny_dataset / "particles.star")
+        settings = CryoGANSettings(n_steps=40, batch_size=16, n_critic=2, seed=2)
+        whole = run_cryogan(particles, settings, log_every=10)
+        stopped = iter_cryogan(particles, settings, log_every=10, output_dir=tmp_path)
+        assert [next(stopped).step for _ in range(2)] == [10, 20]
+        stopped.close()
+        assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+            "step_000010.pt", "step_000020.pt"]
+        resumed = list(iter_cryogan(particles, settings, log_every=10, output_dir=tmp_path,
+                                    resume=True))
+        assert [p.step for p in resumed] == [30, 40]
+        torch.testing.assert_close(resumed[-1].result.map, whole.map, rtol=0, atol=0)
+        def losses(history):  # the reports without their wall times
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+        assert losses(resumed[-1].result.history) == losses(whole.history)
+        # resuming a finished run gives its result again; other settings are refused
+        again = list(iter_cryogan(particles, settings, output_dir=tmp_path, resume=True))
+        assert len(again) == 1 and again[0].step == 40
+        torch.testing.assert_close(again[0].result.map, whole.map, rtol=0, atol=0)
+        with pytest.raises(InputError, match="settings"):
+            next(iter_cryogan(particles, replace(settings, n_critic=3), output_dir=tmp_path,
+                              resume=True))
+    finally:
+        torch.set_num_threads(threads)

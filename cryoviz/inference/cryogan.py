@@ -48,6 +48,7 @@ from cryoviz.inference.cryogan_models import (
     lowpass_images,
     spherical_mask,
 )
+from cryoviz.inference.cryogan_state import clear_states, latest_state, save_state
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
 
@@ -253,7 +254,8 @@ def _start_blob(gen: PhysicsGenerator, s: CryoGANSettings, signal_var: float,
 
 
 def iter_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None,
-                 device: str | torch.device = "cpu", log_every: int = 100
+                 device: str | torch.device = "cpu", log_every: int = 100,
+                 output_dir: str | Path | None = None, resume: bool = False
                  ) -> Iterator[CryoGANProgress]:
     """Train the map adversarially; yield progress every ``log_every`` map steps.
 
@@ -268,6 +270,13 @@ def iter_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None
         Torch device.
     log_every
         Map steps between reports (the last step always reports).
+    output_dir
+        Run folder for checkpoints (:mod:`cryoviz.inference.cryogan_state`),
+        written atomically at every report; None: no checkpoints.
+    resume
+        Continue from the last checkpoint in ``output_dir`` (a fresh start when
+        there is none). A resumed run ends with the map an unbroken run gives
+        (bit-identical with one CPU thread).
 
     Yields
     ------
@@ -298,6 +307,24 @@ def iter_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None
     opt_v = torch.optim.Adam(gen.parameters(), lr=s.lr_volume, betas=(s.beta1, s.beta2))
     opt_c = torch.optim.Adam(critic.parameters(), lr=s.lr_critic, betas=(s.beta1, s.beta2))
     order, pos = rng.permutation(n), 0
+    history: list[dict] = []
+    start_step = 0
+    if output_dir is not None:
+        saved = latest_state(output_dir) if resume else None
+        if saved is None:
+            clear_states(output_dir)
+        else:
+            if saved["settings"] != asdict(s):
+                raise InputError(Path(output_dir) / "checkpoints", "settings",
+                                 "the settings the run was started with", asdict(s))
+            gen.load_state_dict(saved["generator"])
+            critic.load_state_dict(saved["critic"])
+            opt_v.load_state_dict(saved["opt_volume"])
+            opt_c.load_state_dict(saved["opt_critic"])
+            draws.set_state(saved["draws"])
+            rng.bit_generator.state = saved["rng"]
+            order, pos = saved["order"].numpy(), int(saved["pos"])
+            history, start_step = list(saved["history"]), int(saved["step"])
 
     def real_batch() -> torch.Tensor:
         nonlocal order, pos
@@ -307,10 +334,16 @@ def iter_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None
         pos += s.batch_size
         return source.images(idx).to(device) / image_std
 
-    history: list[dict] = []
+    def finish() -> CryoGANResult:
+        with torch.no_grad():
+            vol = gen.volume.volume().float().cpu() * image_std
+        return CryoGANResult(map=vol, noise_std=noise_std, shift_sigma_angstrom=shift_sigma,
+                             history=tuple(history), pixel_size_angstrom=apix,
+                             seconds=time.perf_counter() - t0, settings=s)
+
     window: dict[str, list[float]] = {k: [] for k in ("critic_loss", "wasserstein",
                                                       "gradient_penalty", "generator_loss")}
-    for step in range(s.n_steps):
+    for step in range(start_step, s.n_steps):
         band = s.band(step)
         for _ in range(s.n_critic):
             real = lowpass_images(real_batch(), band)
@@ -344,21 +377,27 @@ def iter_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None
                       "band": band, "seconds": time.perf_counter() - t0}
             history.append(record)
             window = {k: [] for k in window}
-            result = None
-            if last:
-                with torch.no_grad():
-                    vol = gen.volume.volume().float().cpu() * image_std
-                result = CryoGANResult(map=vol, noise_std=noise_std,
-                                       shift_sigma_angstrom=shift_sigma,
-                                       history=tuple(history), pixel_size_angstrom=apix,
-                                       seconds=time.perf_counter() - t0, settings=s)
-            yield CryoGANProgress(
-                step=step + 1, n_steps=s.n_steps, critic_loss=record["critic_loss"],
-                wasserstein=record["wasserstein"],
-                gradient_penalty=record["gradient_penalty"],
-                generator_loss=record["generator_loss"], band=band,
-                seconds=record["seconds"], result=result)
+            if output_dir is not None:
+                save_state(output_dir, step + 1, {
+                    "step": step + 1, "settings": asdict(s), "history": list(history),
+                    "generator": gen.state_dict(), "critic": critic.state_dict(),
+                    "opt_volume": opt_v.state_dict(), "opt_critic": opt_c.state_dict(),
+                    "draws": draws.get_state(), "rng": rng.bit_generator.state,
+                    "order": torch.from_numpy(order.copy()), "pos": pos})
+            yield _progress(record, s, finish() if last else None)
+    if start_step >= s.n_steps and history:  # resumed a finished run
+        yield _progress(history[-1], s, finish())
     source.close()
+
+
+def _progress(record: dict, s: CryoGANSettings, result: CryoGANResult | None
+              ) -> CryoGANProgress:
+    """The progress state of a history ``record``."""
+    return CryoGANProgress(
+        step=record["step"], n_steps=s.n_steps, critic_loss=record["critic_loss"],
+        wasserstein=record["wasserstein"], gradient_penalty=record["gradient_penalty"],
+        generator_loss=record["generator_loss"], band=record["band"],
+        seconds=record["seconds"], result=result)
 
 
 def run_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None,

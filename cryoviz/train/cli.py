@@ -260,7 +260,8 @@ def _run_cryogan(args: argparse.Namespace, particles) -> int:
     given = {"batch_size": args.batch_size, "lr_volume": args.lr, "seed": args.seed}
     settings = CryoGANSettings(**{k: v for k, v in given.items() if v is not None})
     settings = _steps_for_epochs(settings, len(particles), args.epochs)
-    result = _follow(iter_cryogan(particles, settings, device=args.device), lambda p: (
+    result = _follow(iter_cryogan(particles, settings, device=args.device,
+                                  output_dir=args.output, resume=args.resume), lambda p: (
         f"step {p.step}/{p.n_steps}  Wasserstein {p.wasserstein:.4f}  "
         f"critic {p.critic_loss:.4f}  band {p.band:.3f}  {p.seconds:.1f} s"))
     write_cryogan(result, particles, args.output)
