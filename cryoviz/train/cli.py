@@ -348,8 +348,7 @@ def _run_loop(args: argparse.Namespace, info) -> int:
         if say:
             print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.5f}  kl {p.kl:.3f}  "
                   f"{p.seconds:.1f} s", file=sys.stderr, flush=True)
-    if say:
-        return _done(args)
+    return _done(args) if say else 0  # rank 0 alone prints
 
 
 def _run_eval(args: argparse.Namespace) -> int:
