@@ -44,8 +44,8 @@ from cryoviz.fourier import frequency_grid_2d, lowpass_volume
 from cryoviz.geometry import geodesic_distance_deg
 from cryoviz.imaging import apply_shift_and_ctf, images_to_fourier
 from cryoviz.inference.amortized_encoder import PoseEncoder, flip_pose_180
+from cryoviz.inference.em_start import fit_map_scale
 from cryoviz.inference.posterior import PosePosterior, export_poses
-from cryoviz.inference.refine import fit_map_scale
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.volumes import ImplicitVolume, VoxelVolume

@@ -40,7 +40,6 @@ rotations with their weights) are returned as a
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -53,10 +52,14 @@ import torch
 from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
 from cryoviz.ctf import compute_ctf_2d
 from cryoviz.errors import InputError
-from cryoviz.fourier import lowpass_volume
 from cryoviz.geometry import SO3Grid, geodesic_distance_deg, nearest_grid_index
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.inference.class_em import e_step_limit_shell
+from cryoviz.inference.em_start import (
+    fit_map_scale,
+    image_batches,
+    prepare_em_start,
+)
 from cryoviz.inference.pose_scoring import (
     PixelSet,
     pixel_set,
@@ -72,11 +75,9 @@ from cryoviz.inference.pose_search import (
 )
 from cryoviz.inference.posterior import PosePosterior, export_poses
 from cryoviz.io.mrc import atomic_output, write_volume
-from cryoviz.io.particles import ImageSource, ParticleSet
+from cryoviz.io.particles import ParticleSet
 from cryoviz.metrics.fsc import FSCCurve
-from cryoviz.noise import half_plane_shells
 from cryoviz.projection import extract_points
-from cryoviz.reconstruct import half_sets
 
 __all__ = ["RefineSettings", "RefineProgress", "RefineResult", "iter_refine", "run_refine",
            "write_refine", "fit_map_scale"]
@@ -233,18 +234,6 @@ class RefineProgress:
     result: RefineResult | None = None
 
 
-def _check(particles: ParticleSet, initial_map: torch.Tensor) -> None:
-    if particles.ctf is None:
-        raise InputError(particles.source_path, "ctf", "CTF parameters for every particle",
-                         "none")
-    box = particles.box_size
-    if tuple(initial_map.shape) != (box,) * 3:
-        raise InputError(None, "initial_map", f"a ({box}, {box}, {box}) map",
-                         f"shape {tuple(initial_map.shape)}")
-    if not torch.isfinite(initial_map).all():
-        raise InputError(None, "initial_map", "finite values", "NaN or inf")
-
-
 def _coarse(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor, volume_ft: torch.Tensor,
             pix: PixelSet, settings: RefineSettings, iteration: int,
             grid_projections: torch.Tensor | None, prev_rot: torch.Tensor | None,
@@ -280,44 +269,6 @@ def _coarse(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor, volume_ft: torc
     return index.gather(1, top), best_shift, step
 
 
-def fit_map_scale(volume: torch.Tensor, particles: ParticleSet, n_images: int = 256,
-                  order: int = 1, resolution_angstrom: float = 20.0,
-                  device: str | torch.device = "cpu") -> float:
-    """Scale ``a`` that best matches ``a * volume``'s projections to the images.
-
-    For up to ``n_images`` particles, the best pose on ``SO3Grid(order)`` (white
-    noise, shells up to ``resolution_angstrom``) gives a least-squares scale
-    ``Re<X, M> / <M, M>``; the median over particles is returned. A starting map
-    from another source (other units, other normalisation) is put on the data's
-    scale this way before the first E-step.
-    """
-    box, apix = particles.box_size, particles.pixel_size_angstrom
-    last = max(1, min(box // 2, int(box * apix / resolution_angstrom)))
-    pix = pixel_set(box, last, device)
-    index = np.arange(min(n_images, len(particles)))
-    with ImageSource(particles) as source:
-        images = source.images(index).to(device, torch.float64)
-    x = pix.take(images_to_fourier(images))
-    ctf = pix.take(compute_ctf_2d(particles.ctf.subset(torch.as_tensor(index)).to(device),
-                                  box, apix, rfft=True, dtype=torch.float64, device=device))
-    w = pix.layout.weight
-    volume_ft = volume_to_fourier(volume.to(device, torch.float64))
-    grid_proj = extract_points(volume_ft, SO3Grid(order).rotations(torch.float64, device),
-                               pix.frequencies)
-    shifts = shift_grid(3.0, 1.0, device)
-    scores = score_poses(x, ctf, w, grid_proj, shift_phases(shifts, pix))
-    flat = scores.reshape(len(index), -1).argmax(dim=1)
-    t, r = flat // grid_proj.shape[0], flat % grid_proj.shape[0]
-    model = ctf * shift_phases(shifts[t][:, None], pix)[:, 0] * grid_proj[r]
-    cross = (w * (x.conj() * model).real).sum(dim=1)
-    norm = (w * model.abs() ** 2).sum(dim=1)
-    scale = float(torch.median(cross / norm.clamp(min=1e-30)))
-    if not math.isfinite(scale) or scale <= 0:
-        raise InputError(None, "initial_map", "a map whose projections correlate positively "
-                         "with the images", f"fitted scale {scale}")
-    return scale
-
-
 def iter_refine(
     particles: ParticleSet,
     initial_map: torch.Tensor | np.ndarray,
@@ -349,28 +300,14 @@ def iter_refine(
     settings.validate()
     start_time = time.perf_counter()
     device = torch.device(device)
-    vol0 = torch.as_tensor(np.asarray(initial_map), dtype=torch.float64)
-    _check(particles, vol0)
     n, box, apix = len(particles), particles.box_size, particles.pixel_size_angstrom
-    halves = half_sets(particles, settings.seed)
-    if settings.initial_lowpass_angstrom is not None:
-        vol0 = lowpass_volume(vol0, settings.initial_lowpass_angstrom, apix).to(torch.float64)
-    vol0 = vol0 * fit_map_scale(vol0.float(), particles, device=device)
-    half_maps = torch.stack([vol0, vol0])
-    full_layout = half_plane_shells(box, device=device)
-    cap = full_layout.n_shells - 1
-    if settings.resolution_limit_angstrom is not None:
-        cap = max(1, min(cap, int(box * apix / settings.resolution_limit_angstrom)))
-    first_limit = cap
-    if settings.initial_lowpass_angstrom is not None:
-        first_limit = max(1, min(cap, int(box * apix / settings.initial_lowpass_angstrom)))
-    ctf_all = particles.ctf.to(device)
+    em = prepare_em_start(particles, initial_map, settings.initial_lowpass_angstrom,
+                          settings.resolution_limit_angstrom, settings.seed, device)
+    half_maps, halves, full_layout = em.half_maps, em.halves, em.layout
+    cap, first_limit, ctf_all = em.cap, em.first_limit, em.ctf
 
     def batches() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        with ImageSource(particles) as source:
-            for start in range(0, n, settings.batch_size):
-                index = np.arange(start, min(n, start + settings.batch_size))
-                yield index, source.images(index).to(device, torch.float64)
+        return image_batches(particles, settings.batch_size, device)
 
     power = torch.zeros(full_layout.n_shells, dtype=torch.float64, device=device)
     for _, images in batches():

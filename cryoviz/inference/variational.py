@@ -57,13 +57,12 @@ import torch
 from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
 from cryoviz.ctf import compute_ctf_2d
 from cryoviz.errors import InputError
-from cryoviz.fourier import lowpass_volume
 from cryoviz.geometry import SO3Grid
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.inference.class_em import e_step_limit_shell
+from cryoviz.inference.em_start import image_batches, prepare_em_start
 from cryoviz.inference.pose_scoring import pixel_set
 from cryoviz.inference.posterior import PosePosterior, export_poses
-from cryoviz.inference.refine import _check, fit_map_scale
 from cryoviz.inference.variational_q import (
     PoseQ,
     fit_batch,
@@ -73,11 +72,9 @@ from cryoviz.inference.variational_q import (
     sample_shifts,
 )
 from cryoviz.io.mrc import atomic_output, write_volume
-from cryoviz.io.particles import ImageSource, ParticleSet
+from cryoviz.io.particles import ParticleSet
 from cryoviz.metrics.fsc import FSCCurve
-from cryoviz.noise import half_plane_shells
 from cryoviz.projection import extract_points
-from cryoviz.reconstruct import half_sets
 
 __all__ = ["VariationalSettings", "VariationalProgress", "VariationalResult",
            "iter_variational", "run_variational", "write_variational"]
@@ -245,7 +242,7 @@ def iter_variational(
         ``N`` particles with CTF parameters (their poses, if any, are ignored).
     initial_map
         ``(D, D, D)`` starting map; low-passed to ``settings.initial_lowpass_angstrom``
-        and put on the data's scale (:func:`cryoviz.inference.refine.fit_map_scale`).
+        and put on the data's scale (:func:`cryoviz.inference.em_start.fit_map_scale`).
         It also fixes the frame, and the initial poses come from an exact search
         against it (variational EM is local).
     settings
@@ -262,29 +259,15 @@ def iter_variational(
     settings.validate()
     start_time = time.perf_counter()
     device = torch.device(device)
-    vol0 = torch.as_tensor(np.asarray(initial_map), dtype=torch.float64)
-    _check(particles, vol0)
     n, box, apix = len(particles), particles.box_size, particles.pixel_size_angstrom
-    halves = half_sets(particles, settings.seed)
+    em = prepare_em_start(particles, initial_map, settings.initial_lowpass_angstrom,
+                          settings.resolution_limit_angstrom, settings.seed, device)
+    half_maps, halves, layout = em.half_maps, em.halves, em.layout
+    cap, first_limit, ctf_all = em.cap, em.first_limit, em.ctf
     gen = torch.Generator(device=device).manual_seed(settings.seed)
-    if settings.initial_lowpass_angstrom is not None:
-        vol0 = lowpass_volume(vol0, settings.initial_lowpass_angstrom, apix).to(torch.float64)
-    vol0 = vol0 * fit_map_scale(vol0.float(), particles, device=device)
-    half_maps = torch.stack([vol0, vol0])
-    layout = half_plane_shells(box, device=device)
-    cap = layout.n_shells - 1
-    if settings.resolution_limit_angstrom is not None:
-        cap = max(1, min(cap, int(box * apix / settings.resolution_limit_angstrom)))
-    first_limit = cap
-    if settings.initial_lowpass_angstrom is not None:
-        first_limit = max(1, min(cap, int(box * apix / settings.initial_lowpass_angstrom)))
-    ctf_all = particles.ctf.to(device)
 
     def batches() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        with ImageSource(particles) as source:
-            for start in range(0, n, settings.batch_size):
-                index = np.arange(start, min(n, start + settings.batch_size))
-                yield index, source.images(index).to(device, torch.float64)
+        return image_batches(particles, settings.batch_size, device)
 
     power = torch.zeros((n, layout.n_shells), dtype=torch.float64, device=device)
     for index, images in batches():
