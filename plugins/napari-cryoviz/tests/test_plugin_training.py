@@ -40,9 +40,9 @@ def test_pause_resume_and_cancel(make_napari_viewer, qtbot, tiny_star, tmp_path,
     _, dock = _dock(make_napari_viewer, tiny_star, tmp_path / "run")
     dock.epochs.value = 6
     dock.start()
-    dock.pause()
+    # listen before asking: the worker thread may pause (and emit) at once
     with qtbot.waitSignal(dock.worker.paused, timeout=60_000):
-        pass
+        dock.pause()
     qtbot.wait(200)  # let yields queued before the pause arrive
     n_paused = len(dock.history)
     assert n_paused <= 1 and dock.status.text() == "paused"
