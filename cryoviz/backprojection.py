@@ -76,6 +76,7 @@ class FourierAccumulator:
         shifts_angstrom: torch.Tensor | None = None,
         ctf: CTFParams | None = None,
         particle_weights: torch.Tensor | None = None,
+        max_frequency: float = 0.5,
     ) -> None:
         """Insert a batch.
 
@@ -94,6 +95,9 @@ class FourierAccumulator:
         particle_weights
             ``(B,)`` non-negative weights (e.g. class posteriors in EM): image ``i``
             adds ``w_i CTF X`` and ``w_i CTF^2``.
+        max_frequency
+            Insert only frequencies up to this (cycles / pixel of the images; 0.5:
+            Nyquist). A search at limited resolution backprojects only what it used.
         """
         size = self.padded_size
         imgs = images.to(self.device, torch.float32)
@@ -116,7 +120,7 @@ class FourierAccumulator:
         ft = ft * values
         insert_slices(
             ft, rotations.to(self.device, torch.float32), size, weights=weights,
-            rfft=True, max_frequency=0.5, volume_ft=self.data, weight_volume=self.weight,
+            rfft=True, max_frequency=max_frequency, volume_ft=self.data, weight_volume=self.weight,
         )
         self.count += int(images.shape[0])
 

@@ -7,7 +7,14 @@ import torch
 
 from cryoviz.fourier import centered_irfft2, centered_rfft2
 from cryoviz.imaging import project_fourier, render_images, volume_to_fourier
-from cryoviz.projection import extract_points, extract_slices, insert_slices, slice_frequencies
+from cryoviz.projection import (
+    extract_points,
+    extract_slices,
+    insert_slices,
+    sample_trilinear,
+    slice_frequencies,
+    trilinear_corners,
+)
 from tests._phantoms import (
     blob_projections,
     blob_volume,
@@ -175,3 +182,19 @@ def test_extract_points_equals_extract_slices_at_those_pixels(box):
     pick = torch.randperm(k.shape[0], generator=gen)[:40]
     got = extract_points(volume_ft, rotations, k[pick])
     assert torch.allclose(got, full[:, pick], atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_sample_trilinear_equals_the_weighted_corners(dtype):
+    """grid_sample's trilinear samples are the 8-corner weighted sums, zero outside."""
+    generator = torch.Generator().manual_seed(0)
+    size = 9
+    volume = torch.randn((size,) * 3, dtype=dtype, generator=generator)
+    # points inside, on the faces and partly or wholly outside the volume
+    coords = torch.rand(500, 3, generator=generator, dtype=torch.float64) * (size + 3) - 1.5
+    index, weight = trilinear_corners(coords, size)
+    expected = (volume.reshape(-1)[index] * weight.to(dtype)).sum(dim=1)
+    got = sample_trilinear(volume, coords)
+    tol = 1e-5 if dtype == torch.complex64 else 1e-12
+    torch.testing.assert_close(got, expected, atol=tol, rtol=tol)
+    assert (got[((coords < -1) | (coords > size)).any(dim=1)] == 0).all()
