@@ -292,6 +292,43 @@ def _refine(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
                              float(np.median(result.posterior.angular_spread_deg))})
 
 
+#: Initial-model settings of the ab initio entries per suite size.
+ABINIT_SETTINGS: dict[str, dict] = {
+    "tiny": {"n_steps": 20, "batch_size": 100, "box_size": 24, "memory_images": 400,
+             "initial_images": 200, "final_resolution_angstrom": 14.0, "n_starts": 1},
+    "small": {},
+    "full": {"box_size": 64},
+}
+
+
+def _abinit(modal: bool) -> Callable[[Path, Path, RunContext], RunOutputs]:
+    """Ab initio (the abinit task): initial model, then modal or exact-EM refinement."""
+
+    def run(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+        from cryoviz.inference.abinit import AbinitSettings  # noqa: PLC0415
+        from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
+            iter_ab_initio,
+            refinement_after_abinit,
+        )
+        from cryoviz.inference.refine import RefineProgress, write_refine  # noqa: PLC0415
+
+        particles = load_particles(dataset / "particles.star")
+        abinit = AbinitSettings(seed=ctx.seed, **ABINIT_SETTINGS[ctx.size])
+        refine = refinement_after_abinit(abinit, modal=modal, n_iterations=ctx.iterations)
+        result = None
+        for state in iter_ab_initio(particles, abinit, refine, device=ctx.device):
+            if isinstance(state, RefineProgress) and state.result is not None:
+                result = state.result
+        recipe = "cryosparc-abinit" if modal else "relion-refine"
+        write_refine(result, particles, output, recipe=recipe, extra_metrics={"ab_initio": True})
+        return RunOutputs(volumes=result.map[None], pixel_size_angstrom=result.pixel_size_angstrom,
+                          poses_file=output / "poses.npz",
+                          extra={"iterations": refine.n_iterations,
+                                 "abinit_steps": abinit.n_steps, "abinit_starts": abinit.n_starts})
+
+    return run
+
+
 #: cryovaegan settings per suite size (the recipe's defaults otherwise).
 VAEGAN_SETTINGS: dict[str, dict] = {
     "tiny": {"channels": 8, "width": 64, "batch_size": 32, "latent_dim": 1, "refine_rounds": 4},
@@ -340,6 +377,11 @@ def _builtin() -> None:
                         "linear subspace, 2 components, PPCA-EM"))
     register(BenchEntry("relion-refine", "pose", _refine, HOMOGENEOUS_KINDS,
                         "exact EM over SO(3) x shifts from a 20 Å low-pass of the truth"))
+    register(BenchEntry("cryosparc-abinit", "abinit", _abinit(modal=True), HOMOGENEOUS_KINDS,
+                        "stochastic modal EM initial model, then one-pose-per-image "
+                        "refinement (nothing given)"))
+    register(BenchEntry("relion-refine", "abinit", _abinit(modal=False), HOMOGENEOUS_KINDS,
+                        "the same initial model, then exact EM (nothing given)"))
     register(BenchEntry("cryofold", "conformation", train_entry("cryofold", reference="4ake"),
                         ("mixture", "continuous"),
                         "residue Gaussians of 4AKE moved by a VAE decoder, bond and "

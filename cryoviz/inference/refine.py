@@ -218,6 +218,8 @@ class RefineProgress:
         (``nan`` on the first iteration).
     seconds
         Wall time of the iteration.
+    map
+        ``(D, D, D)`` float32 full map after the iteration's M-step.
     result
         The :class:`RefineResult` on the last iteration, else ``None``.
     """
@@ -231,6 +233,7 @@ class RefineProgress:
     log_likelihood: float
     median_angular_change_deg: float
     seconds: float
+    map: torch.Tensor | None = None
     result: RefineResult | None = None
 
 
@@ -404,7 +407,7 @@ def iter_refine(
             e_step_resolution_angstrom=box * apix / limit,
             resolution_angstrom=curve.resolution_angstrom(apix, 0.143),
             log_likelihood=total_ll, median_angular_change_deg=change,
-            seconds=time.perf_counter() - t0, result=result)
+            seconds=time.perf_counter() - t0, map=full_map.cpu(), result=result)
 
 
 def run_refine(particles: ParticleSet, initial_map, **kwargs) -> RefineResult:
@@ -412,13 +415,15 @@ def run_refine(particles: ParticleSet, initial_map, **kwargs) -> RefineResult:
     return deque(iter_refine(particles, initial_map, **kwargs), maxlen=1)[0].result
 
 
-def write_refine(result: RefineResult, particles: ParticleSet, output_dir: str | Path) -> dict:
+def write_refine(result: RefineResult, particles: ParticleSet, output_dir: str | Path,
+                 recipe: str = "relion-refine", extra_metrics: dict | None = None) -> dict:
     """Write the refinement into ``output_dir``.
 
     Files: ``volumes/map.mrc`` and ``volumes/half_{1,2}.mrc`` (with the voxel
     size), ``poses.npz`` (:mod:`cryoviz.inference.posterior`), the particles with
     their refined poses as ``particles.star`` (RELION 3.1), ``particles.cs``
-    (cryoSPARC) and ``poses.pkl`` (cryoDRGN), and ``metrics.json``.
+    (cryoSPARC) and ``poses.pkl`` (cryoDRGN), and ``metrics.json`` (``recipe``
+    and ``extra_metrics`` added to its fields).
     """
     out = Path(output_dir)
     apix = result.pixel_size_angstrom
@@ -427,7 +432,7 @@ def write_refine(result: RefineResult, particles: ParticleSet, output_dir: str |
         write_volume(out / "volumes" / f"half_{i + 1}.mrc", half, apix)
     export_poses(result.posterior, particles, out)
     metrics = {
-        "recipe": "relion-refine",
+        "recipe": recipe,
         "n_particles": len(particles),
         "resolution_angstrom_fsc0143": result.half_fsc.resolution_angstrom(apix, 0.143),
         "resolution_angstrom_fsc05": result.half_fsc.resolution_angstrom(apix, 0.5),
@@ -435,6 +440,7 @@ def write_refine(result: RefineResult, particles: ParticleSet, output_dir: str |
         "log_likelihoods": list(result.log_likelihoods),
         "seconds": result.seconds,
         "settings": {k: v for k, v in vars(result.settings).items()},
+        **(extra_metrics or {}),
     }
     with atomic_output(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(metrics, indent=2))

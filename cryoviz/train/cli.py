@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -26,8 +28,8 @@ def add_parsers(subparsers) -> None:
 
     tr = subparsers.add_parser("train", help="train a (heterogeneous) volume model, known poses")
     tr.add_argument("particles", help="particles: .star, .cs or .mrcs (with --poses/--ctf)")
-    names = [*RECIPES, "relion-class3d", "3dva", "relion-refine", "fstdiff", "cryovaegan",
-             "cryoai", "cryoposenet", "cryogan"]
+    names = [*RECIPES, "relion-class3d", "3dva", "relion-refine", "cryosparc-abinit", "fstdiff",
+             "cryovaegan", "cryoai", "cryoposenet", "cryogan"]
     tr.add_argument("--recipe", required=True, help=f"one of {', '.join(names)}")
     tr.add_argument("-o", "--output", required=True, help="run folder")
     tr.add_argument("--epochs", type=int)
@@ -56,7 +58,8 @@ def add_parsers(subparsers) -> None:
                     help="K for relion-class3d (EM over classes, known poses)")
     tr.add_argument("--components", type=int, default=2,
                     help="K for 3dva (linear subspace by PPCA-EM, known poses)")
-    tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed")
+    tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed; "
+                    "without it, relion-refine builds one ab initio first")
     tr.add_argument("--initial-lowpass", type=float, default=20.0,
                     help="relion-refine: low-pass of the starting map in Å (default 20)")
     tr.add_argument("--healpix-order", type=int, default=1,
@@ -65,6 +68,13 @@ def add_parsers(subparsers) -> None:
                     help="relion-refine: finest HEALPix order of the local search")
     tr.add_argument("--global-iterations", type=int, default=2,
                     help="relion-refine: iterations with a global pose search")
+    tr.add_argument("--abinit-steps", type=int, default=150,
+                    help="cryosparc-abinit, relion-refine without --initial-map: minibatch "
+                    "steps of the initial model (default 150)")
+    tr.add_argument("--abinit-starts", type=int, default=3,
+                    help="independent starts of the initial model; the best is kept (default 3)")
+    tr.add_argument("--abinit-box", type=int, default=32,
+                    help="working box of the initial model (default 32, at most the box)")
     tr.set_defaults(func=_run_train)
 
     ev = subparsers.add_parser("eval-vol", help="render maps of a trained run at latents z")
@@ -126,13 +136,76 @@ def _run_3dva(args: argparse.Namespace, particles) -> int:
     return _done(args)
 
 
+def _run_abinit(args: argparse.Namespace, particles) -> int:
+    """Ab initio: an initial model by stochastic modal EM, then refinement (poses unknown).
+
+    ``cryosparc-abinit`` refines with one pose per image, ``relion-refine`` (no
+    ``--initial-map``) by exact EM. Writes what ``relion-refine`` writes, plus
+    ``volumes/abinit_map.mrc``, ``volumes/map_iter_###.mrc`` per refinement
+    iteration and ``log.jsonl`` (one line per step and iteration).
+    """
+    from cryoviz.inference.abinit import AbinitProgress, AbinitSettings  # noqa: PLC0415
+    from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
+        iter_ab_initio,
+        progress_record,
+        refinement_after_abinit,
+    )
+    from cryoviz.inference.refine import write_refine  # noqa: PLC0415
+    from cryoviz.io.mrc import atomic_output, write_volume  # noqa: PLC0415
+
+    seed = args.seed if args.seed is not None else 0
+    box = particles.box_size
+    working = min(args.abinit_box, box)
+    batch = AbinitSettings.batch_size
+    abinit = AbinitSettings(n_steps=args.abinit_steps, box_size=working - working % 2,
+                            n_starts=args.abinit_starts, seed=seed,
+                            memory_images=max(batch, min(AbinitSettings.memory_images,
+                                                         len(particles))))
+    refine = refinement_after_abinit(abinit, modal=args.recipe == "cryosparc-abinit",
+                                     n_iterations=args.epochs or 4,
+                                     batch_size=args.batch_size or 64,
+                                     max_order=args.max_order)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    apix = particles.pixel_size_angstrom
+    lines: list[str] = []
+    result = None
+    started = time.perf_counter()
+    for state in iter_ab_initio(particles, abinit, refine, device=args.device):
+        record = progress_record(state)
+        lines.append(json.dumps(record))
+        with atomic_output(out / "log.jsonl") as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+        if isinstance(state, AbinitProgress):
+            if state.step % 10 == 0 or state.result is not None:
+                print(f"initial model start {state.start + 1}/{abinit.n_starts} step "
+                      f"{state.step}/{state.n_steps}  limit "
+                      f"{state.resolution_angstrom:.1f} Å  {state.images_per_second:.0f} "
+                      f"images/s  {state.elapsed_seconds:.0f} s", file=sys.stderr, flush=True)
+            if state.result is not None:
+                write_volume(out / "volumes" / "abinit_map.mrc", state.result.map.numpy(), apix)
+            continue
+        write_volume(out / "volumes" / f"map_iter_{state.iteration:03d}.mrc",
+                     state.map.numpy(), apix)
+        print(f"refine iteration {state.iteration}/{state.n_iterations}"
+              f"{' global' if state.global_search else ' local'}  E-step to "
+              f"{state.e_step_resolution_angstrom:.1f} Å  resolution "
+              f"{state.resolution_angstrom:.1f} Å  {state.seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        result = state.result if state.result is not None else result
+    write_refine(result, particles, out, recipe=args.recipe, extra_metrics={
+        "ab_initio": True, "abinit_settings": dataclasses.asdict(abinit),
+        "total_seconds": time.perf_counter() - started})
+    return _done(args)
+
+
 def _run_refine(args: argparse.Namespace, particles) -> int:
     """``relion-refine``: map and poses by exact EM over SO(3) x shifts (poses unknown)."""
     from cryoviz.inference.refine import RefineSettings, iter_refine, write_refine  # noqa: PLC0415
     from cryoviz.io.mrc import read_volume  # noqa: PLC0415
 
     if args.initial_map is None:
-        raise InputError(None, "--initial-map", "a starting map (MRC) for relion-refine")
+        return _run_abinit(args, particles)
     initial, voxel = read_volume(args.initial_map)
     apix = particles.pixel_size_angstrom
     if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
@@ -272,8 +345,8 @@ def _run_train(args: argparse.Namespace) -> int:
     from cryoviz.train.distributed import init_distributed, shutdown_distributed  # noqa: PLC0415
     from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
 
-    if args.recipe in ("cryovaegan", "relion-refine", "fstdiff", "relion-class3d", "3dva",
-                       "cryoai", "cryoposenet", "cryogan"):
+    if args.recipe in ("cryovaegan", "relion-refine", "cryosparc-abinit", "fstdiff",
+                       "relion-class3d", "3dva", "cryoai", "cryoposenet", "cryogan"):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError(None, "--recipe", f"one of {', '.join(RECIPES)} under torchrun "
                              "(data-parallel training)", args.recipe)
@@ -293,10 +366,12 @@ def _run_other(args: argparse.Namespace) -> int:
         return _run_cryovaegan(args, load_particles(
             args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
             datadir=args.datadir))
-    if args.recipe == "relion-refine":
-        return _run_refine(args, load_particles(
-            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
-            datadir=args.datadir, require_ctf=True))
+    if args.recipe in ("relion-refine", "cryosparc-abinit"):
+        particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
+                                   ctf=args.ctf, datadir=args.datadir, require_ctf=True)
+        if args.recipe == "cryosparc-abinit":
+            return _run_abinit(args, particles)
+        return _run_refine(args, particles)
     if args.recipe == "fstdiff":
         return _run_fstdiff(args, load_particles(
             args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
@@ -315,8 +390,8 @@ def _run_other(args: argparse.Namespace) -> int:
         if args.recipe == "3dva":
             return _run_3dva(args, particles)
         return _run_class3d(args, particles)
-    raise InputError(None, "--recipe", "cryovaegan, relion-refine, fstdiff, relion-class3d, "
-                     "3dva, cryoai, cryoposenet or cryogan", args.recipe)
+    raise InputError(None, "--recipe", "cryovaegan, relion-refine, cryosparc-abinit, fstdiff, "
+                     "relion-class3d, 3dva, cryoai, cryoposenet or cryogan", args.recipe)
 
 
 def _reference_path(reference: str | None) -> str | None:

@@ -1,0 +1,78 @@
+"""Ab initio reconstruction end to end: a stochastic initial model, then refinement.
+
+Two recipes share it, as cryoSPARC's *ab initio* + *homogeneous refinement* and
+RELION's *3D initial model* + *3D auto-refine* do:
+
+``cryosparc-abinit`` (modal EM)
+    :func:`~cryoviz.inference.abinit.iter_abinit` on a Fourier-cropped box,
+    then a full-box refinement that backprojects each image at its single most
+    probable pose (``max_significant = 1``) found by the beam search.
+``relion-refine`` without a starting map (exact EM)
+    the same initial model, then exact EM: every image backprojected at its
+    significant poses weighted by their posterior.
+
+Both refinements start with one global search (order ``global_order``) from the
+initial model low-passed to its final resolution, then search locally.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import torch
+
+from cryoviz.inference.abinit import AbinitProgress, AbinitSettings, iter_abinit
+from cryoviz.inference.refine import RefineProgress, RefineSettings, iter_refine
+from cryoviz.io.particles import ParticleSet
+
+__all__ = ["refinement_after_abinit", "iter_ab_initio", "progress_record"]
+
+
+def refinement_after_abinit(abinit: AbinitSettings, modal: bool, n_iterations: int = 4,
+                            **overrides) -> RefineSettings:
+    """Refinement settings that continue from :func:`iter_abinit`'s map.
+
+    One global iteration at order 1 from the initial model low-passed to
+    ``abinit.final_resolution_angstrom``, then local ones; ``modal`` keeps one
+    pose per image (cryoSPARC-style), else up to 8 (exact EM).
+    """
+    settings = RefineSettings(
+        n_iterations=n_iterations, global_order=1, n_global_iterations=1,
+        initial_lowpass_angstrom=abinit.final_resolution_angstrom,
+        max_significant=1 if modal else 8, seed=abinit.seed)
+    return dataclasses.replace(settings, **overrides)
+
+
+def iter_ab_initio(particles: ParticleSet, abinit: AbinitSettings, refine: RefineSettings,
+                   device: str | torch.device = "cpu"
+                   ) -> Iterator[AbinitProgress | RefineProgress]:
+    """Yield the initial model's steps, then the refinement's iterations.
+
+    The last state is a :class:`~cryoviz.inference.refine.RefineProgress` with the
+    final :class:`~cryoviz.inference.refine.RefineResult`.
+    """
+    initial = None
+    for state in iter_abinit(particles, abinit, device=device):
+        initial = state.result if state.result is not None else initial
+        yield state
+    yield from iter_refine(particles, initial.map, refine, device=device)
+
+
+def progress_record(state: AbinitProgress | RefineProgress) -> dict:
+    """One ``log.jsonl`` line: phase, step, per-step and resolution figures (JSON types)."""
+    if isinstance(state, AbinitProgress):
+        return {"phase": "abinit", "start": state.start, "step": state.step,
+                "n_steps": state.n_steps,
+                "resolution_limit_angstrom": state.resolution_angstrom,
+                "resolution_angstrom": state.half_map_resolution_angstrom,
+                "log_likelihood": state.log_likelihood, "seconds": state.step_seconds}
+    return {"phase": "refine", "iteration": state.iteration, "n_iterations": state.n_iterations,
+            "global_search": state.global_search,
+            "resolution_limit_angstrom": state.e_step_resolution_angstrom,
+            "resolution_angstrom": state.resolution_angstrom,
+            "log_likelihood": state.log_likelihood,
+            "median_angular_change_deg": (None if math.isnan(state.median_angular_change_deg)
+                                          else state.median_angular_change_deg),
+            "seconds": state.seconds}

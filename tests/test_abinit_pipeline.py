@@ -1,0 +1,113 @@
+"""Ab initio end to end from the command line: initial model, then refinement.
+
+``cryoviz train --recipe cryosparc-abinit`` (modal refinement) and ``relion-refine``
+without ``--initial-map`` (exact EM) on small simulated adenylate kinase (box 32,
+4 Å/px, SNR 1, 1,200 particles, no poses used). The refinement must improve on
+its initial model against the truth, and the run folder must hold what a user
+reads back: maps with the voxel size, a per-step log, poses in every format.
+
+Measured on 2026-12-04 (one start of 40 steps, 2 refinement iterations): FSC 0.5
+against the truth 17.4 Å for the initial model, 14.2 Å (modal) and 14.0 Å (exact
+EM) after refinement; median rotation error 53° (better half 26°). At this size
+(a 12-pixel particle at 4 Å/px) many views are ambiguous; the figures that the
+pose-inference issue asks for (box 64, 2 Å/px, SNR 0.1) are measured by
+``tests/benchmarks/bench_abinit_vs_cryodrgn.py`` and recorded in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cryoviz.cli import main
+from cryoviz.inference.abinit import AbinitProgress, AbinitSettings
+from cryoviz.inference.abinit_pipeline import (
+    iter_ab_initio,
+    progress_record,
+    refinement_after_abinit,
+)
+from cryoviz.inference.posterior import read_pose_posterior
+from cryoviz.inference.refine import RefineProgress
+from cryoviz.io import load_particles, read_cs, read_volume
+from cryoviz.metrics import fsc, rotation_error_deg
+from cryoviz.metrics.alignment import align_volume
+from cryoviz.simulate import SimulationConfig, simulate
+
+BOX = 32
+APIX = 4.0
+STEPS = 40
+FLAGS = ["--abinit-steps", str(STEPS), "--abinit-box", "24", "--abinit-starts", "1",
+         "--epochs", "2", "--max-order", "4"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("abinit_pipeline")
+    config = SimulationConfig(n_particles=1200, box_size=BOX, pixel_size_angstrom=APIX,
+                              snr=1.0, seed=11)
+    folder = simulate(config, root / "data")
+    return root, folder
+
+
+def _train(root, folder, recipe: str) -> tuple:
+    out = root / recipe
+    assert main(["train", str(folder / "particles.star"), "--recipe", recipe, "-o", str(out),
+                 *FLAGS]) == 0
+    return out
+
+
+def _score(volume, truth) -> tuple[float, float]:
+    aligned = align_volume(torch.as_tensor(volume), truth)
+    return aligned.correlation, fsc(aligned.aligned, truth).resolution_angstrom(APIX, 0.5)
+
+
+@pytest.mark.parametrize("recipe", ["cryosparc-abinit", "relion-refine"])
+def test_ab_initio_command_refines_its_initial_model(data, recipe):
+    root, folder = data
+    out = _train(root, folder, recipe)
+    truth = torch.as_tensor(read_volume(folder / "truth" / "state_0.mrc")[0])
+    final, voxel = read_volume(out / "volumes" / "map.mrc")
+    assert final.shape == (BOX,) * 3 and voxel == pytest.approx(APIX)
+    initial, voxel0 = read_volume(out / "volumes" / "abinit_map.mrc")
+    assert voxel0 == pytest.approx(APIX)
+    corr0, res0 = _score(initial, truth)
+    corr, res = _score(final, truth)
+    assert res < res0, (corr0, res0, corr, res)
+    assert res < 17.0, res
+    post = read_pose_posterior(out / "poses.npz")
+    err = rotation_error_deg(torch.as_tensor(post.rotations),
+                             torch.as_tensor(load_particles(folder / "particles.star").rotations),
+                             align=True)
+    better_half = float(err.sort().values[: len(err) // 2].median())
+    assert better_half < 40.0, better_half  # random poses: ~126 degrees
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == recipe and metrics["ab_initio"] is True
+    assert metrics["abinit_settings"]["n_steps"] == STEPS
+    assert metrics["settings"]["max_significant"] == (1 if recipe == "cryosparc-abinit" else 8)
+    lines = [json.loads(t) for t in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in lines] == ["abinit"] * STEPS + ["refine"] * 2
+    assert all(r["seconds"] > 0 for r in lines)
+    assert lines[STEPS]["median_angular_change_deg"] is None  # no previous poses
+    for i in (1, 2):
+        assert read_volume(out / "volumes" / f"map_iter_{i:03d}.mrc")[0].shape == (BOX,) * 3
+    cs = read_cs(out / "particles.cs")
+    assert len(cs) == 1200
+
+
+def test_pipeline_yields_both_phases_in_order(data):
+    _, folder = data
+    particles = load_particles(folder / "particles.star")
+    abinit = AbinitSettings(n_steps=3, batch_size=100, box_size=16, n_starts=1)
+    refine = refinement_after_abinit(abinit, modal=True, n_iterations=1, batch_size=200)
+    states = list(iter_ab_initio(particles, abinit, refine))
+    assert [type(s) for s in states] == [AbinitProgress] * 3 + [RefineProgress]
+    assert states[-1].result is not None and states[-1].result.map.shape == (BOX,) * 3
+    assert refine.initial_lowpass_angstrom == abinit.final_resolution_angstrom
+    assert refine.n_global_iterations == 1 and refine.max_significant == 1
+    records = [progress_record(s) for s in states]
+    assert [r["phase"] for r in records] == ["abinit"] * 3 + ["refine"]
+    json.dumps(records, allow_nan=False)  # plain JSON: no NaN
+    assert np.isfinite(records[-1]["resolution_angstrom"])
