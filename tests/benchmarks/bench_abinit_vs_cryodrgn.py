@@ -328,8 +328,11 @@ def run_cryoviz(args, star: Path, work: Path, truth: torch.Tensor, rot_true: np.
     run_dir = work / "cryoviz"
     cmd = [exe, "train", str(star), "--recipe", "cryosparc-abinit", "-o", str(run_dir),
            "--seed", str(args.seed), "--device", args.device, *shlex.split(args.cryoviz_args)]
-    shutil.rmtree(run_dir, ignore_errors=True)
-    res = run_recorded(cmd, work / "cryoviz_train.log", args.time_limit)
+    if args.score_existing:  # an interrupted or remote run: score what it wrote
+        res = {"cmd": cmd, "scored_existing_run": str(run_dir)}
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        res = run_recorded(cmd, work / "cryoviz_train.log", args.time_limit)
     try:
         metrics_path = run_dir / "metrics.json"
         if metrics_path.is_file():
@@ -474,6 +477,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure the cryoDRGN side alone")
     parser.add_argument("--skip-cryodrgn", action="store_true",
                         help="measure the cryoviz side alone")
+    parser.add_argument("--score-existing", action="store_true",
+                        help="do not run cryoviz: score the run already in WORK/cryoviz "
+                             "(e.g. one stopped early: its per-iteration maps and log)")
     parser.add_argument("--no-score-every-epoch", dest="score_every_epoch",
                         action="store_false",
                         help="score only the final maps (no time-to-target)")
