@@ -27,7 +27,6 @@ not determined (a mirrored map is an equally good solution).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,14 +60,14 @@ from cryoviz.inference.pose_search import (
     top_rotations,
 )
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.metrics.fsc import FSCCurve
+from cryoviz.metrics.fsc import FSCCurve, soft_spherical_mask
 from cryoviz.noise import half_plane_shells
 from cryoviz.projection import extract_points
 from cryoviz.reconstruct import half_sets
 from cryoviz.train.data import fourier_downsample
 
 __all__ = ["AbinitSettings", "AbinitProgress", "AbinitResult", "iter_abinit", "run_abinit",
-           "upsample_map", "soft_sphere"]
+           "upsample_map"]
 
 
 @dataclass(frozen=True)
@@ -254,17 +253,6 @@ class AbinitProgress:
     result: AbinitResult | None = None
 
 
-def soft_sphere(box_size: int, radius_px: float, edge_px: float = 3.0,
-                device: torch.device | str | None = None) -> torch.Tensor:
-    """``(D, D, D)`` float64 mask: 1 inside ``radius_px`` of voxel ``D // 2``, a raised
-    cosine to 0 over ``edge_px``."""
-    axis = torch.arange(box_size, device=device, dtype=torch.float64) - box_size // 2
-    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-    r = torch.sqrt(x**2 + y**2 + z**2)
-    t = ((r - radius_px) / edge_px).clamp(0.0, 1.0)
-    return 0.5 * (1.0 + torch.cos(math.pi * t))
-
-
 def upsample_map(volume: torch.Tensor, box_size: int) -> torch.Tensor:
     """Fourier-pad a real ``(d, d, d)`` map to ``(D, D, D)`` (voxel values kept)."""
     small = int(volume.shape[-1])
@@ -308,16 +296,19 @@ class _Context:
         return images, images_to_fourier(images), self.particles.ctf.subset(
             torch.as_tensor(index)).to(self.device)
 
-    def search(self, volume: torch.Tensor, x_full: torch.Tensor, ctf, sigma2: torch.Tensor,
+    def search(self, volume_ft: torch.Tensor, x_full: torch.Tensor, ctf, sigma2: torch.Tensor,
                limit: int) -> PoseCandidates:
-        """Exhaustive search on the global grid, then the beam search below it."""
+        """Exhaustive search on the global grid, then the beam search below it.
+
+        ``volume_ft`` is the map's padded transform (:func:`volume_to_fourier`).
+        """
         settings, b = self.settings, x_full.shape[0]
         pix = pixel_set(self.box, limit, self.device)
         w = pix.inverse_variance(sigma2)
         ctf_full = compute_ctf_2d(ctf, self.box, self.apix, rfft=True, dtype=torch.float64,
                                   device=self.device)
         x, c = pix.take(x_full), pix.take(ctf_full)
-        volume_ft = volume_to_fourier(volume).to(torch.complex64)
+        volume_ft = volume_ft.to(torch.complex64)
         grid_proj = extract_points(volume_ft, self.grid_rots, pix.frequencies)
         scores = score_poses(x, c, w, grid_proj, shift_phases(self.shifts, pix))
         if settings.n_levels == 0:
@@ -374,8 +365,8 @@ def _step(ctx: _Context, state: _StartState, index: np.ndarray, step: int, layou
     resolution = max(settings.resolution_angstrom(step), 2.0 * apix)
     limit = max(1, min(box // 2, int(box * apix / resolution)))
     images, x_full, ctf = ctx.read(index)
-    fine = ctx.search(state.volume, x_full, ctf, state.sigma2 * settings.noise_factor(step),
-                      limit)
+    volume_ft = volume_to_fourier(state.volume)
+    fine = ctx.search(volume_ft, x_full, ctf, state.sigma2 * settings.noise_factor(step), limit)
     summ = summarise(fine, 1, apix)
     rows, rots_m, shifts_m, weight_m = significant_poses(fine, settings.max_significant)
     half_of_row = ctx.halves[torch.as_tensor(index, device=ctx.device)][rows]
@@ -387,7 +378,7 @@ def _step(ctx: _Context, state: _StartState, index: np.ndarray, step: int, layou
         acc.add(images[rows[keep]], rots_m[keep], apix, shifts_m[keep] * apix,
                 ctf.subset(rows[keep].cpu()), particle_weights=weight_m[keep],
                 max_frequency=(limit + 2) / box)
-    model = forward_fourier(volume_to_fourier(state.volume), summ["rotations"], box, apix,
+    model = forward_fourier(volume_ft, summ["rotations"], box, apix,
                             summ["shifts_angstrom"], ctf)
     residual = layout.sums((x_full - model).abs() ** 2).sum(dim=0) / (
         2.0 * len(index) * layout.count.clamp(min=1e-30))
@@ -442,7 +433,8 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
                        halves=torch.as_tensor(half_sets(particles, settings.seed), device=device),
                        grid_rots=SO3Grid(settings.global_order).rotations(torch.float64, device),
                        shifts=shift_grid(settings.shift_range_px, settings.shift_step_px, device),
-                       mask=soft_sphere(box, settings.mask_radius_fraction * box, device=device))
+                       mask=soft_spherical_mask(box, settings.mask_radius_fraction * box,
+                                                dtype=torch.float64, device=device))
         states: list[_StartState] = []
         evidences: list[float] = []
         for start in range(settings.n_starts):
@@ -460,7 +452,8 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
                 if step == settings.n_steps:
                     # every start's map scored on the same images with the same noise
                     _, x_common, ctf_common = ctx.read(common)
-                    evidences.append(float(ctx.search(state.volume, x_common, ctf_common,
+                    evidences.append(float(ctx.search(volume_to_fourier(state.volume), x_common,
+                                                      ctf_common,
                                                       noise0, final_limit).evidence.mean()))
                     states.append(state)
                 if last:
