@@ -46,6 +46,17 @@ def _volume_coordinates(
     return q * volume_size + volume_size // 2
 
 
+def _within(box_size: int, rfft: bool, max_frequency: float, device, dtype) -> torch.Tensor:
+    """``(H, W)`` mask of the in-plane frequencies with ``|k| <= max_frequency``.
+
+    Taken from the unrotated frequencies (``|R k| = |k|``): the rotated
+    coordinates' rounding would decide samples on the boundary (Nyquist) one way
+    or the other depending on the rotation's last bit, and so on the device.
+    """
+    k = slice_frequencies(box_size, rfft=rfft, device=device, dtype=dtype)
+    return torch.linalg.vector_norm(k, dim=-1) <= max_frequency
+
+
 def trilinear_corners(
     coords: torch.Tensor, volume_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,10 +151,10 @@ def extract_slices(
     coords = _volume_coordinates(rotations, box_size, size, rfft, rdtype)
     batch, height, width, _ = coords.shape
     out = sample_trilinear(volume_ft, coords.reshape(-1, 3))
+    out = out.reshape(batch, height, width)
     if max_frequency is not None:
-        radius = torch.linalg.vector_norm(coords.reshape(-1, 3) - size // 2, dim=-1) / size
-        out = out * (radius <= max_frequency)
-    return out.reshape(batch, height, width)
+        out = out * _within(box_size, rfft, max_frequency, rotations.device, rdtype)
+    return out
 
 
 def extract_points(
@@ -224,8 +235,8 @@ def insert_slices(
     coords = _volume_coordinates(rotations, box_size, volume_size, rfft, rdtype).reshape(-1, 3)
     keep = None
     if max_frequency is not None:
-        radius = torch.linalg.vector_norm(coords - volume_size // 2, dim=-1) / volume_size
-        keep = radius <= max_frequency
+        keep = _within(box_size, rfft, max_frequency, slices.device, rdtype)
+        keep = keep.expand(slices.shape[0], -1, -1).reshape(-1)
         coords = coords[keep]
     index, weight = trilinear_corners(coords, volume_size)
     values = torch.view_as_real(slices).reshape(-1, 2)
