@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cryoviz.errors import InputError
 
 __all__ = ["add_parsers", "run", "parse_z"]
+
+_DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_parsers(subparsers) -> None:
@@ -41,8 +44,9 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--depth", type=int)
     tr.add_argument("--seed", type=int)
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    tr.add_argument("--device", default="cpu",
-                    help="cpu or cuda; under torchrun, cuda means cuda:LOCAL_RANK")
+    tr.add_argument("--device", default=_DEFAULT_DEVICE,
+                    help="cpu or cuda (default: cuda when one is visible); under torchrun, "
+                    "cuda means cuda:LOCAL_RANK")
     tr.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
                     help="autocast dtype of the networks (default fp32; fp16 needs CUDA)")
     tr.add_argument("--reference",
@@ -86,7 +90,8 @@ def add_parsers(subparsers) -> None:
     ev.add_argument("--n", type=int, default=10, help="maps along --path")
     ev.add_argument("--box", type=int, help="render at this box (same physical extent)")
     ev.add_argument("-o", "--output", required=True, help="output folder for the maps")
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default=_DEFAULT_DEVICE,
+                    help="cpu or cuda (default: cuda when one is visible)")
     ev.set_defaults(func=_run_eval)
 
 

@@ -165,15 +165,17 @@ def _rng_state(batches: ParticleBatches, noise: torch.Generator) -> dict:
 
 
 def _set_rng_state(state: dict, batches: ParticleBatches, noise: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
+    # generator states are CPU byte tensors, also for a CUDA generator; a checkpoint
+    # loaded with map_location="cuda" brings them back on the GPU
+    torch.set_rng_state(state["torch"].cpu())
     n = state["numpy"]
-    np_state = (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+    np_state = (n["name"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                 n["cached_gaussian"])
     np.random.set_state(np_state)  # noqa: NPY002
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
-    batches.generator.set_state(state["data"])
-    noise.set_state(state["noise"])
+    batches.generator.set_state(state["data"].cpu())
+    noise.set_state(state["noise"].cpu())
 
 
 def _check_particles(particles: ParticleSet) -> None:
