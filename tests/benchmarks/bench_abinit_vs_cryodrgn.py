@@ -420,7 +420,8 @@ def markdown(res: dict) -> str:
             lines.append(f"| {label} | failed: {r['error'].splitlines()[0][:80]} "
                          "| | | | | | | | | | |")
             continue
-        f, p = r.get("final", {}), r.get("poses") or {}
+        # a run stopped by the time limit has no final map: its last scored one
+        f, p = r.get("final") or (r.get("trajectory") or [{}])[-1], r.get("poses") or {}
         load = r.get("load_average_before")
         to_target = (r.get("time_to_target_since_start_s") if key == "cryodrgn"
                      else r.get("time_to_target_cumulative_s"))
@@ -444,6 +445,12 @@ def markdown(res: dict) -> str:
                       f"{t['epoch']} {t['kind']}: {_fmt(t['resolution_05_angstrom'], 1)} Å @ "
                       f"{_fmt(t['cumulative_epoch_seconds'], 0)} s"
                       for t in drgn["trajectory"]) + "."]
+    cv = res.get("cryoviz") or {}
+    if cv.get("trajectory"):
+        lines += ["", "cryoviz per refinement iteration (FSC=0.5 vs truth after alignment, Å; "
+                  "cumulative s of the run's log): " + ", ".join(
+                      f"{t['iteration']}: {_fmt(t['resolution_05_angstrom'], 2)} Å @ "
+                      f"{_fmt(t['cumulative_seconds'], 0)} s" for t in cv["trajectory"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -518,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in (("cryoDRGN", drgn), ("cryoviz", cv)):
         if r is None:
             continue
-        f, p = r.get("final", {}), r.get("poses") or {}
+        # a run stopped by the time limit has no final map: its last scored one
+        f, p = r.get("final") or (r.get("trajectory") or [{}])[-1], r.get("poses") or {}
         print(f"{name:9s} wall {_fmt(r.get('wall_s'), 1)} s  FSC=0.5 "
               f"{_fmt(f.get('resolution_05_angstrom'))} Å  FSC-AUC {_fmt(f.get('fsc_auc'), 4)}  "
               f"mirrored {_fmt(f.get('mirrored'))}  median pose error "
