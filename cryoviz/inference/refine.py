@@ -74,6 +74,11 @@ from cryoviz.inference.pose_search import (
     top_rotations,
 )
 from cryoviz.inference.posterior import PosePosterior, export_poses
+from cryoviz.inference.refine_state import (
+    RefineCheckpoint,
+    load_refine_state,
+    save_refine_state,
+)
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ParticleSet
 from cryoviz.metrics.fsc import FSCCurve
@@ -277,6 +282,8 @@ def iter_refine(
     initial_map: torch.Tensor | np.ndarray,
     settings: RefineSettings | None = None,
     device: str | torch.device = "cpu",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
 ) -> Iterator[RefineProgress]:
     """Refine a map and the particles' poses by exact EM, yielding per iteration.
 
@@ -293,6 +300,14 @@ def iter_refine(
         :class:`RefineSettings` (defaults when ``None``).
     device
         Torch device.
+    checkpoint_dir
+        If given, the state after every iteration is written there atomically
+        (``refine_state.pt``, :mod:`cryoviz.inference.refine_state`).
+    resume
+        Continue from the checkpoint in ``checkpoint_dir`` (a fresh start if there is
+        none). The settings must match the first run's, except ``n_iterations``;
+        the resumed run ends with the result of an unbroken one. Iterations already
+        done are not yielded again, except the last when the run had finished.
 
     Yields
     ------
@@ -301,7 +316,11 @@ def iter_refine(
     """
     settings = settings or RefineSettings()
     settings.validate()
-    start_time = time.perf_counter()
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume needs checkpoint_dir")
+    ids = np.asarray(particles.particle_ids, dtype=np.int64)
+    saved = load_refine_state(checkpoint_dir, settings, ids) if resume else None
+    start_time = time.perf_counter() - (saved.elapsed_seconds if saved else 0.0)
     device = torch.device(device)
     n, box, apix = len(particles), particles.box_size, particles.pixel_size_angstrom
     em = prepare_em_start(particles, initial_map, settings.initial_lowpass_angstrom,
@@ -312,19 +331,33 @@ def iter_refine(
     def batches() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         return image_batches(particles, settings.batch_size, device)
 
-    power = torch.zeros(full_layout.n_shells, dtype=torch.float64, device=device)
-    for _, images in batches():
-        ft = images_to_fourier(images)
-        power += full_layout.sums(ft.real**2 + ft.imag**2).sum(dim=0)
-    sigma2 = power / (2.0 * n * full_layout.count.clamp(min=1e-30))
-    sigma2[0] = sigma2[1]
-
     summaries: dict[str, torch.Tensor] = {}
     prev_rot: torch.Tensor | None = None
     prev_shift_px: torch.Tensor | None = None
     curve: FSCCurve | None = None
     log_likelihoods: list[float] = []
-    for iteration in range(1, settings.n_iterations + 1):
+    if saved is None:
+        power = torch.zeros(full_layout.n_shells, dtype=torch.float64, device=device)
+        for _, images in batches():
+            ft = images_to_fourier(images)
+            power += full_layout.sums(ft.real**2 + ft.imag**2).sum(dim=0)
+        sigma2 = power / (2.0 * n * full_layout.count.clamp(min=1e-30))
+        sigma2[0] = sigma2[1]
+    else:
+        half_maps, sigma2 = saved.half_maps.to(device), saved.sigma2.to(device)
+        curve, summaries = saved.curve, saved.summaries
+        log_likelihoods = list(saved.log_likelihoods)
+        prev_rot = summaries["rotations"].to(device)
+        prev_shift_px = (summaries["shifts_angstrom"] / apix).to(device)
+        if saved.iteration == settings.n_iterations:  # a finished run: its result again
+            yield _progress(saved.iteration, settings, box, apix, saved.e_step_limit, curve,
+                            log_likelihoods, float("nan"), 0.0, saved.full_map,
+                            _result(saved.full_map, half_maps, curve, summaries, sigma2,
+                                    log_likelihoods, particles, apix,
+                                    time.perf_counter() - start_time, settings))
+            return
+    first_iteration = 1 if saved is None else saved.iteration + 1
+    for iteration in range(first_iteration, settings.n_iterations + 1):
         t0 = time.perf_counter()
         order = settings.coarse_order(iteration)
         limit = first_limit if curve is None else e_step_limit_shell([curve], full_layout.n_shells,
@@ -390,24 +423,46 @@ def iter_refine(
         full_map, half_maps, curve = gold_standard_maps(accs)
         half_maps = half_maps.to(torch.float64)
         log_likelihoods.append(total_ll)
+        if checkpoint_dir is not None:
+            save_refine_state(checkpoint_dir, RefineCheckpoint(
+                iteration=iteration, full_map=full_map.cpu(), half_maps=half_maps.cpu(),
+                sigma2=sigma2.cpu(), curve=curve, summaries=summaries,
+                log_likelihoods=tuple(log_likelihoods),
+                elapsed_seconds=time.perf_counter() - start_time, e_step_limit=limit),
+                settings, ids)
         result = None
         if iteration == settings.n_iterations:
-            posterior = PosePosterior(
-                particle_ids=np.asarray(particles.particle_ids, dtype=np.int64).copy(),
-                **{k: v.numpy().astype(np.float64) for k, v in summaries.items()})
-            result = RefineResult(
-                map=full_map.cpu(), half_maps=half_maps.float().cpu(), half_fsc=curve,
-                posterior=posterior, sigma2=sigma2.cpu(),
-                log_likelihoods=tuple(log_likelihoods), pixel_size_angstrom=apix,
-                particle_ids=posterior.particle_ids, seconds=time.perf_counter() - start_time,
-                settings=settings)
-        yield RefineProgress(
-            iteration=iteration, n_iterations=settings.n_iterations, coarse_order=order,
-            global_search=settings.is_global(iteration),
-            e_step_resolution_angstrom=box * apix / limit,
-            resolution_angstrom=curve.resolution_angstrom(apix, 0.143),
-            log_likelihood=total_ll, median_angular_change_deg=change,
-            seconds=time.perf_counter() - t0, map=full_map.cpu(), result=result)
+            result = _result(full_map, half_maps, curve, summaries, sigma2, log_likelihoods,
+                             particles, apix, time.perf_counter() - start_time, settings)
+        yield _progress(iteration, settings, box, apix, limit, curve, log_likelihoods, change,
+                        time.perf_counter() - t0, full_map, result)
+
+
+def _result(full_map: torch.Tensor, half_maps: torch.Tensor, curve: FSCCurve,
+            summaries: dict[str, torch.Tensor], sigma2: torch.Tensor,
+            log_likelihoods: list[float], particles: ParticleSet, apix: float,
+            seconds: float, settings: RefineSettings) -> RefineResult:
+    posterior = PosePosterior(
+        particle_ids=np.asarray(particles.particle_ids, dtype=np.int64).copy(),
+        **{k: v.numpy().astype(np.float64) for k, v in summaries.items()})
+    return RefineResult(
+        map=full_map.cpu(), half_maps=half_maps.float().cpu(), half_fsc=curve,
+        posterior=posterior, sigma2=sigma2.cpu(), log_likelihoods=tuple(log_likelihoods),
+        pixel_size_angstrom=apix, particle_ids=posterior.particle_ids, seconds=seconds,
+        settings=settings)
+
+
+def _progress(iteration: int, settings: RefineSettings, box: int, apix: float, limit: int,
+              curve: FSCCurve, log_likelihoods: list[float], change: float, seconds: float,
+              full_map: torch.Tensor, result: RefineResult | None) -> RefineProgress:
+    return RefineProgress(
+        iteration=iteration, n_iterations=settings.n_iterations,
+        coarse_order=settings.coarse_order(iteration),
+        global_search=settings.is_global(iteration),
+        e_step_resolution_angstrom=box * apix / limit,
+        resolution_angstrom=curve.resolution_angstrom(apix, 0.143),
+        log_likelihood=log_likelihoods[-1], median_angular_change_deg=change,
+        seconds=seconds, map=full_map.cpu(), result=result)
 
 
 def run_refine(particles: ParticleSet, initial_map, **kwargs) -> RefineResult:

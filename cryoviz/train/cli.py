@@ -222,7 +222,9 @@ def _run_refine(args: argparse.Namespace, particles) -> int:
         n_global_iterations=min(args.global_iterations, iterations),
         max_order=args.max_order, initial_lowpass_angstrom=args.initial_lowpass,
         batch_size=args.batch_size or 64, seed=args.seed if args.seed is not None else 0)
-    result = _follow(iter_refine(particles, initial, settings, device=args.device), lambda p: (
+    progress = iter_refine(particles, initial, settings, device=args.device,
+                           checkpoint_dir=args.output, resume=args.resume)
+    result = _follow(progress, lambda p: (
         f"iteration {p.iteration}/{p.n_iterations}  order {p.coarse_order}"
         f"{' global' if p.global_search else ' local'}  E-step to "
         f"{p.e_step_resolution_angstrom:.1f} Å  resolution {p.resolution_angstrom:.1f} Å  "
@@ -355,6 +357,11 @@ def _run_train(args: argparse.Namespace) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError(None, "--recipe", f"one of {', '.join(RECIPES)} under torchrun "
                              "(data-parallel training)", args.recipe)
+        checkpoints = ("cryovaegan", "cryogan") + (("relion-refine",) if args.initial_map else ())
+        if args.resume and args.recipe not in checkpoints:
+            raise InputError(None, "--resume", "a recipe that writes checkpoints (the training "
+                             "loop's, cryovaegan, cryogan, relion-refine with --initial-map)",
+                             args.recipe + ("" if args.initial_map else " without --initial-map"))
         return _run_other(args)
     info, args.device = init_distributed(args.device)  # a no-op outside torchrun
     try:
