@@ -111,3 +111,25 @@ def test_pipeline_yields_both_phases_in_order(data):
     assert [r["phase"] for r in records] == ["abinit"] * 3 + ["refine"]
     json.dumps(records, allow_nan=False)  # plain JSON: no NaN
     assert np.isfinite(records[-1]["resolution_angstrom"])
+
+
+def test_resume_skips_the_initial_model_and_continues_the_refinement(data, capsys):
+    root, folder = data
+    out = root / "resume"
+    flags = list(FLAGS)
+    flags[flags.index("--epochs") + 1] = "1"
+    base = ["train", str(folder / "particles.star"), "--recipe", "cryosparc-abinit", "-o",
+            str(out)]
+    assert main([*base, *flags]) == 0
+    initial = (out / "volumes" / "abinit_map.mrc").read_bytes()
+    capsys.readouterr()
+    flags[flags.index("--epochs") + 1] = "2"
+    assert main([*base, *flags, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming after the initial model" in err and "initial model start" not in err
+    assert "refine iteration 2/2" in err and "refine iteration 1/2" not in err
+    assert (out / "volumes" / "abinit_map.mrc").read_bytes() == initial
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert sum(r["phase"] == "abinit" for r in log) == STEPS
+    assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
+    assert read_volume(out / "volumes" / "map.mrc")[0].shape == (BOX,) * 3

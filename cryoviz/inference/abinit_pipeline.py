@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -46,18 +47,37 @@ def refinement_after_abinit(abinit: AbinitSettings, modal: bool, n_iterations: i
 
 
 def iter_ab_initio(particles: ParticleSet, abinit: AbinitSettings, refine: RefineSettings,
-                   device: str | torch.device = "cpu"
+                   device: str | torch.device = "cpu", checkpoint_dir: str | Path | None = None,
+                   initial_map: torch.Tensor | None = None
                    ) -> Iterator[AbinitProgress | RefineProgress]:
     """Yield the initial model's steps, then the refinement's iterations.
 
     The last state is a :class:`~cryoviz.inference.refine.RefineProgress` with the
     final :class:`~cryoviz.inference.refine.RefineResult`.
+
+    Parameters
+    ----------
+    checkpoint_dir
+        Where the refinement writes its per-iteration checkpoint
+        (:mod:`cryoviz.inference.refine_state`).
+    initial_map
+        ``(D, D, D)`` initial model of an earlier run of the same settings (its
+        ``abinit_map.mrc``): the initial-model steps are skipped (they are not
+        checkpointed) and the refinement resumes from ``checkpoint_dir``, or starts
+        from this map if no iteration had finished.
     """
+    if initial_map is not None:
+        if checkpoint_dir is None:
+            raise ValueError("resuming from an initial map needs checkpoint_dir")
+        yield from iter_refine(particles, initial_map, refine, device=device,
+                               checkpoint_dir=checkpoint_dir, resume=True)
+        return
     initial = None
     for state in iter_abinit(particles, abinit, device=device):
         initial = state.result if state.result is not None else initial
         yield state
-    yield from iter_refine(particles, initial.map, refine, device=device)
+    yield from iter_refine(particles, initial.map, refine, device=device,
+                           checkpoint_dir=checkpoint_dir)
 
 
 def progress_record(state: AbinitProgress | RefineProgress) -> dict:

@@ -147,7 +147,9 @@ def _run_abinit(args: argparse.Namespace, particles) -> int:
     ``cryosparc-abinit`` refines with one pose per image, ``relion-refine`` (no
     ``--initial-map``) by exact EM. Writes what ``relion-refine`` writes, plus
     ``volumes/abinit_map.mrc``, ``volumes/map_iter_###.mrc`` per refinement
-    iteration and ``log.jsonl`` (one line per step and iteration).
+    iteration and ``log.jsonl`` (one line per step and iteration). With ``--resume``
+    an initial model already written (``abinit_map.mrc``) is kept and the
+    refinement continues from its checkpoint; without one, ab initio starts again.
     """
     from cryoviz.inference.abinit import AbinitProgress, AbinitSettings  # noqa: PLC0415
     from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
@@ -156,7 +158,7 @@ def _run_abinit(args: argparse.Namespace, particles) -> int:
         refinement_after_abinit,
     )
     from cryoviz.inference.refine import write_refine  # noqa: PLC0415
-    from cryoviz.io.mrc import atomic_output, write_volume  # noqa: PLC0415
+    from cryoviz.io.mrc import atomic_output, read_volume, write_volume  # noqa: PLC0415
 
     seed = args.seed if args.seed is not None else 0
     box = particles.box_size
@@ -174,9 +176,20 @@ def _run_abinit(args: argparse.Namespace, particles) -> int:
     out.mkdir(parents=True, exist_ok=True)
     apix = particles.pixel_size_angstrom
     lines: list[str] = []
+    saved_map = out / "volumes" / "abinit_map.mrc"
+    initial = None
+    if args.resume and saved_map.is_file():
+        initial = torch.as_tensor(read_volume(saved_map)[0])
+        if (out / "log.jsonl").is_file():
+            lines = [line for line in (out / "log.jsonl").read_text().splitlines() if line]
+        print(f"resuming after the initial model in {saved_map}", file=sys.stderr, flush=True)
+    elif args.resume:
+        print(f"no initial model in {saved_map} yet: ab initio starts again (its steps are "
+              "not checkpointed)", file=sys.stderr, flush=True)
     result = None
     started = time.perf_counter()
-    for state in iter_ab_initio(particles, abinit, refine, device=args.device):
+    for state in iter_ab_initio(particles, abinit, refine, device=args.device,
+                                checkpoint_dir=out, initial_map=initial):
         record = progress_record(state)
         lines.append(json.dumps(record))
         with atomic_output(out / "log.jsonl") as tmp:
@@ -357,11 +370,10 @@ def _run_train(args: argparse.Namespace) -> int:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError(None, "--recipe", f"one of {', '.join(RECIPES)} under torchrun "
                              "(data-parallel training)", args.recipe)
-        checkpoints = ("cryovaegan", "cryogan") + (("relion-refine",) if args.initial_map else ())
+        checkpoints = ("cryovaegan", "cryogan", "relion-refine", "cryosparc-abinit")
         if args.resume and args.recipe not in checkpoints:
             raise InputError(None, "--resume", "a recipe that writes checkpoints (the training "
-                             "loop's, cryovaegan, cryogan, relion-refine with --initial-map)",
-                             args.recipe + ("" if args.initial_map else " without --initial-map"))
+                             f"loop's, {', '.join(checkpoints)})", args.recipe)
         return _run_other(args)
     info, args.device = init_distributed(args.device)  # a no-op outside torchrun
     try:
