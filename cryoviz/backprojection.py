@@ -77,6 +77,7 @@ class FourierAccumulator:
         ctf: CTFParams | None = None,
         particle_weights: torch.Tensor | None = None,
         max_frequency: float = 0.5,
+        image_rows: torch.Tensor | None = None,
     ) -> None:
         """Insert a batch.
 
@@ -85,33 +86,43 @@ class FourierAccumulator:
         images
             ``(B, D, D)`` real images.
         rotations
-            ``(B, 3, 3)`` particle -> lab.
+            ``(M, 3, 3)`` particle -> lab, one per inserted slice (``M = B`` unless
+            ``image_rows`` is given).
         pixel_size_angstrom
             Pixel size in Å.
         shifts_angstrom
-            ``(B, 2)`` particle displacements in Å (undone before insertion).
+            ``(M, 2)`` particle displacements in Å (undone before insertion).
         ctf
-            CTF of the ``B`` particles (``None``: no CTF, weight 1).
+            CTF of the ``B`` images (``None``: no CTF, weight 1).
         particle_weights
-            ``(B,)`` non-negative weights (e.g. class posteriors in EM): image ``i``
-            adds ``w_i CTF X`` and ``w_i CTF^2``.
+            ``(M,)`` non-negative weights (e.g. pose or class posteriors in EM):
+            slice ``j`` adds ``w_j CTF X`` and ``w_j CTF^2``.
         max_frequency
             Insert only frequencies up to this (cycles / pixel of the images; 0.5:
             Nyquist). A search at limited resolution backprojects only what it used.
+        image_rows
+            ``(M,)`` index into ``images`` of each slice: an image inserted at
+            several poses (exact EM) is transformed and its CTF computed once.
+            ``None``: slice ``j`` is image ``j``.
         """
         size = self.padded_size
         imgs = images.to(self.device, torch.float32)
         ft = centered_rfft2(pad_center(imgs, size, ndim=2))
-        if shifts_angstrom is not None:
-            shifts_px = shifts_angstrom.to(self.device, torch.float32) / pixel_size_angstrom
-            ft = phase_shift(ft, -shifts_px, size, rfft=True)
         if ctf is not None:
             values = compute_ctf_2d(
                 ctf, size, pixel_size_angstrom, rfft=True, dtype=torch.float32,
                 device=self.device,
             )
         else:
-            values = torch.ones(ft.shape, dtype=torch.float32, device=self.device)
+            values = torch.ones(ft.shape[-2:], dtype=torch.float32, device=self.device)
+        if image_rows is not None:
+            rows = image_rows.to(self.device)
+            ft = ft[rows]
+            values = values[rows] if values.ndim == 3 else values
+        if shifts_angstrom is not None:
+            shifts_px = shifts_angstrom.to(self.device, torch.float32) / pixel_size_angstrom
+            ft = phase_shift(ft, -shifts_px, size, rfft=True)
+        values = values.expand(ft.shape)
         weights = values**2
         if particle_weights is not None:
             pw = particle_weights.to(self.device, torch.float32).reshape(-1, 1, 1)
@@ -122,7 +133,7 @@ class FourierAccumulator:
             ft, rotations.to(self.device, torch.float32), size, weights=weights,
             rfft=True, max_frequency=max_frequency, volume_ft=self.data, weight_volume=self.weight,
         )
-        self.count += int(images.shape[0])
+        self.count += int(ft.shape[0])
 
     def merged(self, other: FourierAccumulator) -> FourierAccumulator:
         """A new accumulator holding the sums of both."""

@@ -78,20 +78,21 @@ def trilinear_corners(
     """
     base = torch.floor(coords)
     frac = coords - base
-    low = base.long()
-    # per axis: the two neighbouring indices (N, 3, 2) and their weights (N, 3, 2)
-    idx = torch.stack([low, low + 1], dim=-1)
-    w = torch.stack([1.0 - frac, frac], dim=-1)
-    inside = (idx >= 0) & (idx < volume_size)
-    w = w * inside
-    idx = idx.clamp(0, volume_size - 1)
-    ix, iy, iz = idx[:, 0], idx[:, 1], idx[:, 2]
-    wx, wy, wz = w[:, 0], w[:, 1], w[:, 2]
+    # int32 arithmetic (Dp^3 < 2^31), int64 at the end for index_add_
+    low = base.to(torch.int32)
+    high = low + 1
+    w_low = (1.0 - frac) * ((low >= 0) & (low < volume_size))
+    w_high = frac * ((high >= 0) & (high < volume_size))
+    x0, y0, z0 = low.clamp(0, volume_size - 1).unbind(-1)
+    x1, y1, z1 = high.clamp(0, volume_size - 1).unbind(-1)
+    ax0, ay0, az0 = w_low.unbind(-1)
+    ax1, ay1, az1 = w_high.unbind(-1)
     # corners ordered (dz, dy, dx)
-    index = (iz[:, :, None, None] * volume_size + iy[:, None, :, None]) * volume_size
-    index = index + ix[:, None, None, :]
-    weight = wz[:, :, None, None] * wy[:, None, :, None] * wx[:, None, None, :]
-    return index.reshape(-1, 8), weight.reshape(-1, 8)
+    rows = [(z * volume_size + y) * volume_size for z in (z0, z1) for y in (y0, y1)]
+    row_weights = [wz * wy for wz in (az0, az1) for wy in (ay0, ay1)]
+    index = torch.stack([r + x for r in rows for x in (x0, x1)], dim=-1).long()
+    weight = torch.stack([w * wx for w in row_weights for wx in (ax0, ax1)], dim=-1)
+    return index, weight
 
 
 def sample_trilinear(volume_ft: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -242,9 +243,10 @@ def insert_slices(
     values = torch.view_as_real(slices).reshape(-1, 2)
     if keep is not None:
         values = values[keep]
+    index = index.reshape(-1)
     acc = torch.view_as_real(volume_ft).view(-1, 2)
     contrib = (weight[..., None] * values[:, None, :].to(weight.dtype)).reshape(-1, 2)
-    acc.index_add_(0, index.reshape(-1), contrib.to(acc.dtype))
+    _scatter_add(acc, index, contrib)
     if weights is not None:
         if weight_volume is None:
             weight_volume = torch.zeros(
@@ -253,7 +255,21 @@ def insert_slices(
         w = weights.reshape(-1)
         if keep is not None:
             w = w[keep]
-        weight_volume.view(-1).index_add_(
-            0, index.reshape(-1), (weight * w[:, None].to(weight.dtype)).reshape(-1).to(acc.dtype)
-        )
+        w_contrib = (weight * w[:, None].to(weight.dtype)).reshape(-1)
+        _scatter_add(weight_volume.view(-1), index, w_contrib)
     return volume_ft, weight_volume
+
+
+def _scatter_add(target: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
+    """``target.index_add_(0, index, values)``, summed in ``values``' precision first.
+
+    A float64 accumulator fed float32 samples gets the batch's sum (one scratch
+    buffer) instead of casting every sample: fewer bytes moved, the same sums to
+    float32 rounding within one call.
+    """
+    if target.dtype == values.dtype:
+        target.index_add_(0, index, values)
+        return
+    scratch = torch.zeros(target.shape, dtype=values.dtype, device=target.device)
+    scratch.index_add_(0, index, values)
+    target += scratch

@@ -152,3 +152,25 @@ def test_reconstruction_is_stable_to_the_last_bit_of_the_rotations():
 
     a, b = reconstruction(rotations), reconstruction(rotations * (1 + 2e-7))
     assert float((a - b).norm() / a.norm()) < 1e-4
+
+
+def test_image_rows_insert_one_image_at_several_poses():
+    """``image_rows`` (one transform and CTF per image) equals inserting the copies."""
+    from cryoviz.ctf import CTFParams
+
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(6, 16, 16, generator=g)
+    rows = torch.tensor([0, 0, 1, 3, 3, 3, 5, 2])
+    rotations = random_rotations(len(rows), generator=g).float()
+    shifts = torch.randn(len(rows), 2, generator=g)
+    weights = torch.rand(len(rows), generator=g)
+    defocus = (12000.0 + 1000.0 * torch.arange(6.0)).numpy()
+    ctf = CTFParams.from_arrays(defocus_u_angstrom=defocus, defocus_v_angstrom=defocus + 200.0,
+                                astigmatism_angle_deg=20.0, voltage_kv=300.0, cs_mm=2.7,
+                                amplitude_contrast=0.1)
+    shared, copies = FourierAccumulator(16), FourierAccumulator(16)
+    shared.add(images, rotations, 3.0, shifts, ctf, particle_weights=weights, image_rows=rows)
+    copies.add(images[rows], rotations, 3.0, shifts, ctf.subset(rows), particle_weights=weights)
+    torch.testing.assert_close(shared.data, copies.data)
+    torch.testing.assert_close(shared.weight, copies.weight)
+    assert shared.count == copies.count == len(rows)

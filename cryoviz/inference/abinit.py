@@ -375,9 +375,9 @@ def _step(ctx: _Context, state: _StartState, index: np.ndarray, step: int, layou
         acc.data.mul_(decay)
         acc.weight.mul_(decay)
         keep = half_of_row == h
-        acc.add(images[rows[keep]], rots_m[keep], apix, shifts_m[keep] * apix,
-                ctf.subset(rows[keep].cpu()), particle_weights=weight_m[keep],
-                max_frequency=(limit + 2) / box)
+        acc.add(images, rots_m[keep], apix, shifts_m[keep] * apix, ctf,
+                particle_weights=weight_m[keep], max_frequency=(limit + 2) / box,
+                image_rows=rows[keep])
     model = forward_fourier(volume_ft, summ["rotations"], box, apix,
                             summ["shifts_angstrom"], ctf)
     residual = layout.sums((x_full - model).abs() ** 2).sum(dim=0) / (

@@ -400,8 +400,8 @@ def iter_refine(
                     new.setdefault(key, []).append((index[loc.cpu().numpy()], value.cpu()))
                 rows, rots_m, shifts_m, weight_m = significant_poses(fine, settings.max_significant)
                 ctf_h = ctf_b.subset(loc.cpu())
-                accs[h].add(images[loc][rows], rots_m, apix, shifts_m * apix,
-                            ctf_h.subset(rows.cpu()), particle_weights=weight_m)
+                accs[h].add(images[loc], rots_m, apix, shifts_m * apix, ctf_h,
+                            particle_weights=weight_m, image_rows=rows)
                 model = forward_fourier(maps_ft[h], summ["rotations"].to(device), box, apix,
                                         summ["shifts_angstrom"].to(device), ctf_h)
                 residual += full_layout.sums((x_full[loc] - model).abs() ** 2).sum(dim=0)

@@ -327,9 +327,10 @@ def iter_variational(
                 shifts = sample_shifts(q.shift_px, q.log_sigma_shift.exp(), m, gen)
                 rows = torch.arange(len(loc)).repeat_interleave(m)
                 ctf_h = ctf_b.subset(loc.cpu())
-                accs[h].add(images[loc][rows], rots.reshape(-1, 3, 3), apix,
-                            shifts.reshape(-1, 2) * apix, ctf_h.subset(rows),
-                            particle_weights=(1.0 / (m * alpha[sel])).cpu()[rows])
+                accs[h].add(images[loc], rots.reshape(-1, 3, 3), apix,
+                            shifts.reshape(-1, 2) * apix, ctf_h,
+                            particle_weights=(1.0 / (m * alpha[sel])).cpu()[rows],
+                            image_rows=rows)
                 model = forward_fourier(maps_ft[h], q.base, box, apix, q.shift_px * apix, ctf_h)
                 residual[sel] = layout.sums((x_full[loc] - model).abs() ** 2)
         sigma2, alpha = noise_model(residual, layout.count)
