@@ -325,8 +325,8 @@ def run_cryoviz(args, star: Path, work: Path, truth: torch.Tensor, rot_true: np.
                 mask: torch.Tensor) -> dict:
     cryoviz_exe = Path(sys.executable).parent / "cryoviz"
     exe = str(cryoviz_exe) if cryoviz_exe.exists() else "cryoviz"
-    run_dir = work / "cryoviz"
-    cmd = [exe, "train", str(star), "--recipe", "cryosparc-abinit", "-o", str(run_dir),
+    run_dir = work / ("cryoviz" if args.recipe == "cryosparc-abinit" else f"cryoviz-{args.recipe}")
+    cmd = [exe, "train", str(star), "--recipe", args.recipe, "-o", str(run_dir),
            "--seed", str(args.seed), "--device", args.device, *shlex.split(args.cryoviz_args)]
     if args.score_existing:  # an interrupted or remote run: score what it wrote
         res = {"cmd": cmd, "scored_existing_run": str(run_dir)}
@@ -363,6 +363,12 @@ def run_cryoviz(args, star: Path, work: Path, truth: torch.Tensor, rot_true: np.
         if (run_dir / "poses.npz").is_file():
             post = read_pose_posterior(run_dir / "poses.npz")
             res["poses"] = score_poses(post.rotations, rot_true[post.particle_ids])
+        elif (run_dir / "refine_state.pt").is_file():  # stopped: the last iteration's poses
+            saved = torch.load(run_dir / "refine_state.pt", map_location="cpu",
+                               weights_only=True)
+            ids = saved["particle_ids"].numpy()
+            res["poses"] = score_poses(saved["summaries"]["rotations"].numpy(), rot_true[ids])
+            res["poses_from_checkpoint_iteration"] = int(saved["iteration"])
         res["time_to_target_cumulative_s"] = first_reaching(trajectory, args.target_px,
                                                             "cumulative_seconds")
         for point in trajectory:
@@ -410,7 +416,8 @@ def markdown(res: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, label in (("cryodrgn", "cryoDRGN 4.3.1 `abinit --zdim 0`"),
-                       ("cryoviz", "cryoviz `train --recipe cryosparc-abinit`")):
+                       ("cryoviz", "cryoviz `train --recipe "
+                        f"{st.get('cryoviz_recipe', 'cryosparc-abinit')}`")):
         r = res.get(key)
         if r is None:
             lines.append(f"| {label} | skipped | | | | | | | | | | |")
@@ -480,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="more cryodrgn abinit options, one shell-quoted string")
     parser.add_argument("--cryoviz-args", default="",
                         help="more cryoviz train options, one shell-quoted string")
+    parser.add_argument("--recipe", default="cryosparc-abinit",
+                        choices=("cryosparc-abinit", "relion-refine"),
+                        help="cryoviz recipe: modal refinement, or exact EM (relion-refine "
+                             "without a starting map)")
     parser.add_argument("--skip-cryoviz", action="store_true",
                         help="measure the cryoDRGN side alone")
     parser.add_argument("--skip-cryodrgn", action="store_true",
@@ -568,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
                      "cryodrgn_epochs_pose_search": args.epochs_pose_search,
                      "cryodrgn_n_imgs_pretrain": args.n_imgs_pretrain,
                      "cryodrgn_args": args.cryodrgn_args, "cryoviz_args": args.cryoviz_args,
-                     "target_px": args.target_px, "seed": args.seed},
+                     "target_px": args.target_px, "seed": args.seed,
+                     "cryoviz_recipe": args.recipe},
         "cryodrgn": drgn,
         "cryoviz": cv,
         "fsc_mask": {"kind": "soft spherical", "radius_px": 0.375 * box, "edge_px": 3.0},
