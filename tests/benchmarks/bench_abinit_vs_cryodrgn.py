@@ -332,7 +332,11 @@ def run_cryoviz(args, star: Path, work: Path, truth: torch.Tensor, rot_true: np.
         res = {"cmd": cmd, "scored_existing_run": str(run_dir)}
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
-        res = run_recorded(cmd, work / "cryoviz_train.log", args.time_limit)
+        if args.initial_model is not None:  # refinement only, from another run's model
+            (run_dir / "volumes").mkdir(parents=True)
+            shutil.copyfile(args.initial_model, run_dir / "volumes" / "abinit_map.mrc")
+            cmd.append("--resume")
+        res = run_recorded(cmd, work / f"{run_dir.name}_train.log", args.time_limit)
     try:
         metrics_path = run_dir / "metrics.json"
         if metrics_path.is_file():
@@ -487,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="more cryodrgn abinit options, one shell-quoted string")
     parser.add_argument("--cryoviz-args", default="",
                         help="more cryoviz train options, one shell-quoted string")
+    parser.add_argument("--initial-model", type=Path, default=None,
+                        help="abinit_map.mrc of an earlier run with the same initial-model "
+                             "settings: skip that stage and time the refinement alone")
     parser.add_argument("--recipe", default="cryosparc-abinit",
                         choices=("cryosparc-abinit", "relion-refine"),
                         help="cryoviz recipe: modal refinement, or exact EM (relion-refine "
@@ -580,7 +587,9 @@ def main(argv: list[str] | None = None) -> int:
                      "cryodrgn_n_imgs_pretrain": args.n_imgs_pretrain,
                      "cryodrgn_args": args.cryodrgn_args, "cryoviz_args": args.cryoviz_args,
                      "target_px": args.target_px, "seed": args.seed,
-                     "cryoviz_recipe": args.recipe},
+                     "cryoviz_recipe": args.recipe,
+                     "cryoviz_initial_model": (None if args.initial_model is None
+                                               else str(args.initial_model))},
         "cryodrgn": drgn,
         "cryoviz": cv,
         "fsc_mask": {"kind": "soft spherical", "radius_px": 0.375 * box, "edge_px": 3.0},
