@@ -133,3 +133,40 @@ def test_resume_skips_the_initial_model_and_continues_the_refinement(data, capsy
     assert sum(r["phase"] == "abinit" for r in log) == STEPS
     assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
     assert read_volume(out / "volumes" / "map.mrc")[0].shape == (BOX,) * 3
+
+
+def test_resume_continues_an_interrupted_initial_model(data, capsys, monkeypatch):
+    """Killed during the initial model: --resume continues from abinit_state.pt."""
+    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
+
+    root, folder = data
+    flags = ["--abinit-steps", "6", "--abinit-box", "16", "--abinit-starts", "1",
+             "--epochs", "1", "--max-order", "3", "--batch-size", "200"]
+    star = str(folder / "particles.star")
+    unbroken = root / "unbroken_small"
+    assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(unbroken),
+                 *flags]) == 0
+    real = pipeline.iter_abinit
+
+    def killed_after_four_steps(*args, **kwargs):
+        for k, state in enumerate(real(*args, **kwargs, checkpoint_interval_s=0.0), start=1):
+            yield state
+            if k == 4:
+                raise KeyboardInterrupt
+
+    out = root / "killed"
+    monkeypatch.setattr(pipeline, "iter_abinit", killed_after_four_steps)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
+    monkeypatch.setattr(pipeline, "iter_abinit", real)
+    assert not (out / "volumes" / "abinit_map.mrc").exists()
+    capsys.readouterr()
+    assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
+                 "--resume"]) == 0
+    assert "initial model continues at start 1 step 5" in capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r.get("step")) for r in log] == [
+        *(("abinit", s) for s in range(1, 7)), ("refine", None)]
+    for name in ("abinit_map.mrc", "map.mrc"):
+        np.testing.assert_array_equal(read_volume(out / "volumes" / name)[0],
+                                      read_volume(unbroken / "volumes" / name)[0])

@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,6 +46,15 @@ from cryoviz.fourier import (
 )
 from cryoviz.geometry import SO3Grid, random_rotations
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
+from cryoviz.inference.abinit_result import AbinitProgress, AbinitResult
+from cryoviz.inference.abinit_state import (
+    AbinitCheckpoint,
+    BestStart,
+    Schedule,
+    StartState,
+    load_abinit_state,
+    save_abinit_state,
+)
 from cryoviz.inference.pose_scoring import (
     normalise_scores,
     pixel_set,
@@ -60,7 +70,7 @@ from cryoviz.inference.pose_search import (
     top_rotations,
 )
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.metrics.fsc import FSCCurve, soft_spherical_mask
+from cryoviz.metrics.fsc import soft_spherical_mask
 from cryoviz.noise import half_plane_shells
 from cryoviz.projection import extract_points
 from cryoviz.reconstruct import half_sets
@@ -176,83 +186,6 @@ class AbinitSettings:
         return self.initial_noise_factor ** (1.0 - self.progress(step))
 
 
-@dataclass(frozen=True)
-class AbinitResult:
-    """Outcome of :func:`iter_abinit`.
-
-    Attributes
-    ----------
-    map
-        ``(D, D, D)`` float32 map on the particles' box and voxel size (the
-        working map Fourier-padded).
-    working_map
-        ``(d, d, d)`` float32 map on the working box.
-    half_fsc
-        FSC of the running half maps (working box) at the end.
-    rotations, shifts_angstrom
-        ``(N, 3, 3)`` and ``(N, 2)`` each particle's most probable pose when it
-        was last searched (identity and 0 where ``seen`` is False).
-    seen
-        ``(N,)`` whether the particle was in some minibatch.
-    pixel_size_angstrom, working_pixel_size_angstrom
-        Voxel sizes of ``map`` and ``working_map``.
-    start_evidences
-        ``(n_starts,)`` mean log evidence of the common images under each
-        start's final map.
-    chosen_start
-        Index of the start kept (the largest evidence).
-    seconds, settings
-        Bookkeeping.
-    """
-
-    map: torch.Tensor
-    working_map: torch.Tensor
-    half_fsc: FSCCurve
-    rotations: np.ndarray
-    shifts_angstrom: np.ndarray
-    seen: np.ndarray
-    pixel_size_angstrom: float
-    working_pixel_size_angstrom: float
-    start_evidences: tuple[float, ...]
-    chosen_start: int
-    seconds: float
-    settings: AbinitSettings
-
-
-@dataclass(frozen=True)
-class AbinitProgress:
-    """State after one minibatch step of :func:`iter_abinit`.
-
-    Attributes
-    ----------
-    start, step, n_steps
-        0-based start and the 1-based step within it, of ``n_steps`` per start.
-    resolution_angstrom
-        The step's search and low-pass limit (Å).
-    half_map_resolution_angstrom
-        FSC 0.143 resolution of the running half maps (Å).
-    log_likelihood
-        Mean log evidence of the batch's images over the searched poses.
-    images_per_second
-        Images searched and backprojected per second in this step.
-    step_seconds, elapsed_seconds
-        Wall time of this step and since the start.
-    result
-        The :class:`AbinitResult` on the last step of the last start, else ``None``.
-    """
-
-    start: int
-    step: int
-    n_steps: int
-    resolution_angstrom: float
-    half_map_resolution_angstrom: float
-    log_likelihood: float
-    images_per_second: float
-    step_seconds: float
-    elapsed_seconds: float
-    result: AbinitResult | None = None
-
-
 def upsample_map(volume: torch.Tensor, box_size: int) -> torch.Tensor:
     """Fourier-pad a real ``(d, d, d)`` map to ``(D, D, D)`` (voxel values kept)."""
     small = int(volume.shape[-1])
@@ -261,17 +194,6 @@ def upsample_map(volume: torch.Tensor, box_size: int) -> torch.Tensor:
     ft = centered_fft3(volume.to(torch.float64))
     ft = pad_center(ft, box_size, ndim=3) * (box_size / small) ** 3
     return centered_ifft3(ft).real.to(volume.dtype)
-
-
-def _schedule(n: int, n_steps: int, batch_size: int, rng: np.random.Generator) -> Iterator:
-    """Minibatch indices: passes over a fresh permutation, ``n_steps`` batches in all."""
-    order = rng.permutation(n)
-    position = 0
-    for _ in range(n_steps):
-        if position + batch_size > n:
-            order, position = rng.permutation(n), 0
-        yield np.sort(order[position:position + batch_size])
-        position += batch_size
 
 
 @dataclass
@@ -322,21 +244,8 @@ class _Context:
                                  n_levels=settings.n_levels, n_keep=settings.n_keep)
 
 
-@dataclass
-class _StartState:
-    """One start's model: running half sums, noise, map and latest poses."""
-
-    accs: list[FourierAccumulator]
-    sigma2: torch.Tensor
-    volume: torch.Tensor
-    curve: FSCCurve
-    rotations: np.ndarray
-    shifts_angstrom: np.ndarray
-    seen: np.ndarray
-
-
 def _random_start(ctx: _Context, rng: np.random.Generator, generator: torch.Generator,
-                  layout) -> _StartState:
+                  layout) -> StartState:
     """Images backprojected at random rotations; their power as the first noise."""
     settings, n = ctx.settings, len(ctx.particles)
     first = np.sort(rng.permutation(n)[:min(n, settings.initial_images)])
@@ -353,12 +262,12 @@ def _random_start(ctx: _Context, rng: np.random.Generator, generator: torch.Gene
     full, _, curve = gold_standard_maps(accs)
     volume = lowpass_volume(full.to(torch.float64), settings.initial_resolution_angstrom,
                             ctx.apix) * ctx.mask
-    return _StartState(accs=accs, sigma2=sigma2, volume=volume, curve=curve,
+    return StartState(accs=accs, sigma2=sigma2, volume=volume, curve=curve,
                        rotations=np.tile(np.eye(3), (n, 1, 1)), shifts_angstrom=np.zeros((n, 2)),
                        seen=np.zeros(n, dtype=bool))
 
 
-def _step(ctx: _Context, state: _StartState, index: np.ndarray, step: int, layout
+def _step(ctx: _Context, state: StartState, index: np.ndarray, step: int, layout
           ) -> tuple[float, float]:
     """One minibatch: search, backproject, update noise and map. Returns (limit Å, evidence)."""
     settings, box, apix = ctx.settings, ctx.box, ctx.apix
@@ -393,7 +302,9 @@ def _step(ctx: _Context, state: _StartState, index: np.ndarray, step: int, layou
 
 
 def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
-                device: str | torch.device = "cpu") -> Iterator[AbinitProgress]:
+                device: str | torch.device = "cpu", checkpoint_dir: str | Path | None = None,
+                resume: bool = False, checkpoint_interval_s: float = 30.0
+                ) -> Iterator[AbinitProgress]:
     """Build a map from nothing by stochastic modal EM, yielding per minibatch step.
 
     Parameters
@@ -404,6 +315,16 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
         :class:`AbinitSettings` (defaults when ``None``).
     device
         Torch device.
+    checkpoint_dir
+        Folder for ``abinit_state.pt`` (:mod:`cryoviz.inference.abinit_state`),
+        written atomically after a step when ``checkpoint_interval_s`` have
+        passed since the last one, and at the end of every start; ``None``: none.
+    resume
+        Continue from the checkpoint in ``checkpoint_dir`` (a fresh start if there
+        is none): the remaining steps are the unbroken run's, with the same result.
+        A finished run yields its last step again (``step_seconds`` 0).
+    checkpoint_interval_s
+        Least wall time between two checkpoints within a start (0: every step).
 
     Yields
     ------
@@ -415,10 +336,14 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
     if particles.ctf is None:
         raise InputError(particles.source_path, "ctf", "CTF parameters for every particle",
                          "none")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume needs checkpoint_dir")
     full_box, full_apix = particles.box_size, particles.pixel_size_angstrom
     settings.validate(full_box)
     device = torch.device(device)
-    start_time = time.perf_counter()
+    ids = np.asarray(particles.particle_ids, dtype=np.int64)
+    saved = load_abinit_state(checkpoint_dir, settings, ids) if resume else None
+    start_time = time.perf_counter() - (saved.elapsed_seconds if saved else 0.0)
     n = len(particles)
     box = settings.box_size or full_box
     apix = full_apix * full_box / box
@@ -427,6 +352,24 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
         settings.final_resolution_angstrom, 2.0 * apix))))
     common = np.sort(np.random.default_rng(settings.seed + 7919).permutation(n)[
         :min(n, settings.initial_images)])
+
+    def result_of(best: BestStart, evidences: list[float]) -> AbinitResult:
+        working = best.volume.to(torch.float32).cpu()
+        return AbinitResult(
+            map=upsample_map(working, full_box), working_map=working, half_fsc=best.curve,
+            rotations=best.rotations, shifts_angstrom=best.shifts_angstrom, seen=best.seen,
+            pixel_size_angstrom=full_apix, working_pixel_size_angstrom=apix,
+            start_evidences=tuple(evidences), chosen_start=best.index,
+            seconds=time.perf_counter() - start_time, settings=settings)
+
+    best = saved.best if saved else None
+    evidences = list(saved.evidences) if saved else []
+    if saved and saved.start == settings.n_starts - 1 and saved.step == settings.n_steps:
+        yield AbinitProgress(start=saved.start, step=saved.step, n_steps=settings.n_steps,
+                             **saved.last_progress, images_per_second=0.0, step_seconds=0.0,
+                             elapsed_seconds=saved.elapsed_seconds,
+                             result=result_of(best, evidences))
+        return
     with ImageSource(particles) as source:
         ctx = _Context(particles=particles, source=source, settings=settings, device=device,
                        box=box, apix=apix,
@@ -435,44 +378,51 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
                        shifts=shift_grid(settings.shift_range_px, settings.shift_step_px, device),
                        mask=soft_spherical_mask(box, settings.mask_radius_fraction * box,
                                                 dtype=torch.float64, device=device))
-        states: list[_StartState] = []
-        evidences: list[float] = []
-        for start in range(settings.n_starts):
-            seed = settings.seed + 1000 * start
-            rng = np.random.default_rng(seed)
-            state = _random_start(ctx, rng, torch.Generator().manual_seed(seed), layout)
-            noise0 = state.sigma2.clone()
-            for step, index in enumerate(_schedule(n, settings.n_steps, settings.batch_size, rng),
-                                         start=1):
+        last_save = time.perf_counter()
+        for start in range(saved.start if saved else 0, settings.n_starts):
+            if saved is not None and start == saved.start:
+                if saved.step == settings.n_steps:
+                    continue  # finished and scored before the checkpoint
+                state = StartState.from_payload(saved.current, box, device)
+                schedule = Schedule.restore(n, settings.batch_size, saved.schedule)
+                noise0, first_step = saved.noise0.to(device), saved.step + 1
+            else:
+                seed = settings.seed + 1000 * start
+                rng = np.random.default_rng(seed)
+                state = _random_start(ctx, rng, torch.Generator().manual_seed(seed), layout)
+                schedule = Schedule(n, settings.batch_size, rng)
+                noise0, first_step = state.sigma2.clone(), 1
+            for step in range(first_step, settings.n_steps + 1):
                 t0 = time.perf_counter()
+                index = schedule.next_batch()
                 limit_angstrom, evidence = _step(ctx, state, index, step, layout)
-                now = time.perf_counter()
-                last = start == settings.n_starts - 1 and step == settings.n_steps
-                result = None
                 if step == settings.n_steps:
                     # every start's map scored on the same images with the same noise
                     _, x_common, ctf_common = ctx.read(common)
                     evidences.append(float(ctx.search(volume_to_fourier(state.volume), x_common,
                                                       ctf_common,
                                                       noise0, final_limit).evidence.mean()))
-                    states.append(state)
-                if last:
-                    chosen = int(np.argmax(evidences))
-                    best = states[chosen]
-                    working = best.volume.to(torch.float32).cpu()
-                    result = AbinitResult(
-                        map=upsample_map(working, full_box), working_map=working,
-                        half_fsc=best.curve, rotations=best.rotations,
-                        shifts_angstrom=best.shifts_angstrom, seen=best.seen,
-                        pixel_size_angstrom=full_apix, working_pixel_size_angstrom=apix,
-                        start_evidences=tuple(evidences), chosen_start=chosen,
-                        seconds=time.perf_counter() - start_time, settings=settings)
+                    if best is None or evidences[-1] > max(evidences[:-1]):
+                        best = BestStart.of(start, state)
+                now = time.perf_counter()
+                figures = {"resolution_angstrom": limit_angstrom,
+                           "half_map_resolution_angstrom":
+                               state.curve.resolution_angstrom(apix, 0.143),
+                           "log_likelihood": evidence}
+                if checkpoint_dir is not None and (step == settings.n_steps or
+                                                   now - last_save >= checkpoint_interval_s):
+                    save_abinit_state(checkpoint_dir, AbinitCheckpoint(
+                        start=start, step=step, schedule=schedule.state(),
+                        current=state.to_payload(), noise0=noise0, best=best,
+                        evidences=tuple(evidences), last_progress=figures,
+                        elapsed_seconds=now - start_time), settings, ids)
+                    last_save = time.perf_counter()
+                last = start == settings.n_starts - 1 and step == settings.n_steps
                 yield AbinitProgress(
-                    start=start, step=step, n_steps=settings.n_steps,
-                    resolution_angstrom=limit_angstrom,
-                    half_map_resolution_angstrom=state.curve.resolution_angstrom(apix, 0.143),
-                    log_likelihood=evidence, images_per_second=len(index) / (now - t0),
-                    step_seconds=now - t0, elapsed_seconds=now - start_time, result=result)
+                    start=start, step=step, n_steps=settings.n_steps, **figures,
+                    images_per_second=len(index) / (now - t0), step_seconds=now - t0,
+                    elapsed_seconds=now - start_time,
+                    result=result_of(best, evidences) if last else None)
 
 
 def run_abinit(particles: ParticleSet, **kwargs) -> AbinitResult:

@@ -28,7 +28,7 @@ from cryoviz.inference.abinit import AbinitProgress, AbinitSettings, iter_abinit
 from cryoviz.inference.refine import RefineProgress, RefineSettings, iter_refine
 from cryoviz.io.particles import ParticleSet
 
-__all__ = ["refinement_after_abinit", "iter_ab_initio", "progress_record"]
+__all__ = ["refinement_after_abinit", "iter_ab_initio", "progress_record", "log_position"]
 
 
 def refinement_after_abinit(abinit: AbinitSettings, modal: bool, n_iterations: int = 4,
@@ -48,7 +48,7 @@ def refinement_after_abinit(abinit: AbinitSettings, modal: bool, n_iterations: i
 
 def iter_ab_initio(particles: ParticleSet, abinit: AbinitSettings, refine: RefineSettings,
                    device: str | torch.device = "cpu", checkpoint_dir: str | Path | None = None,
-                   initial_map: torch.Tensor | None = None
+                   initial_map: torch.Tensor | None = None, resume: bool = False
                    ) -> Iterator[AbinitProgress | RefineProgress]:
     """Yield the initial model's steps, then the refinement's iterations.
 
@@ -58,13 +58,17 @@ def iter_ab_initio(particles: ParticleSet, abinit: AbinitSettings, refine: Refin
     Parameters
     ----------
     checkpoint_dir
-        Where the refinement writes its per-iteration checkpoint
-        (:mod:`cryoviz.inference.refine_state`).
+        Where the initial model (:mod:`cryoviz.inference.abinit_state`) and the
+        refinement (:mod:`cryoviz.inference.refine_state`) write their checkpoints.
     initial_map
         ``(D, D, D)`` initial model of an earlier run of the same settings (its
-        ``abinit_map.mrc``): the initial-model steps are skipped (they are not
-        checkpointed) and the refinement resumes from ``checkpoint_dir``, or starts
-        from this map if no iteration had finished.
+        ``abinit_map.mrc``): the initial-model steps are skipped and the refinement
+        resumes from ``checkpoint_dir``, or starts from this map if no iteration
+        had finished.
+    resume
+        Continue from the checkpoints in ``checkpoint_dir``: the initial model from
+        its last saved step (a finished one yields its last step again), then the
+        refinement from its last iteration.
     """
     if initial_map is not None:
         if checkpoint_dir is None:
@@ -73,11 +77,12 @@ def iter_ab_initio(particles: ParticleSet, abinit: AbinitSettings, refine: Refin
                                checkpoint_dir=checkpoint_dir, resume=True)
         return
     initial = None
-    for state in iter_abinit(particles, abinit, device=device):
+    for state in iter_abinit(particles, abinit, device=device, checkpoint_dir=checkpoint_dir,
+                             resume=resume):
         initial = state.result if state.result is not None else initial
         yield state
     yield from iter_refine(particles, initial.map, refine, device=device,
-                           checkpoint_dir=checkpoint_dir)
+                           checkpoint_dir=checkpoint_dir, resume=resume)
 
 
 def progress_record(state: AbinitProgress | RefineProgress) -> dict:
@@ -96,3 +101,14 @@ def progress_record(state: AbinitProgress | RefineProgress) -> dict:
             "median_angular_change_deg": (None if math.isnan(state.median_angular_change_deg)
                                           else state.median_angular_change_deg),
             "seconds": state.seconds}
+
+
+def log_position(record: dict) -> tuple[int, int, int]:
+    """Where a :func:`progress_record` line falls in a run: initial-model steps, then iterations.
+
+    Lines of a log at or after a resumed run's first new line are the ones it
+    repeats (the steps after the last checkpoint).
+    """
+    if record.get("phase") == "abinit":
+        return (0, int(record["start"]), int(record["step"]))
+    return (1, int(record["iteration"]), 0)

@@ -20,7 +20,8 @@ from cryoviz.errors import InputError
 from cryoviz.io.mrc import atomic_output
 from cryoviz.metrics.fsc import FSCCurve
 
-__all__ = ["STATE_FILE", "RefineCheckpoint", "save_refine_state", "load_refine_state"]
+__all__ = ["STATE_FILE", "RefineCheckpoint", "save_refine_state", "load_refine_state",
+           "run_identity", "read_checkpoint", "check_identity"]
 
 STATE_FILE = "refine_state.pt"
 _FORMAT = 1
@@ -67,11 +68,52 @@ class RefineCheckpoint:
     e_step_limit: int
 
 
-def _identity(settings, particle_ids: np.ndarray) -> dict:
-    fixed = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _MAY_CHANGE}
+def run_identity(settings, particle_ids: np.ndarray,
+                 may_change: tuple[str, ...] = _MAY_CHANGE) -> dict:
+    """What a checkpoint must share with the run that resumes it.
+
+    The settings (a dataclass) except the fields in ``may_change``, and the
+    particle ids in the run's order.
+    """
+    fixed = {k: v for k, v in dataclasses.asdict(settings).items() if k not in may_change}
     ids = np.asarray(particle_ids, dtype=np.int64)
     return {"settings": fixed, "n_particles": int(ids.size),
             "particle_ids": torch.from_numpy(ids.copy())}
+
+
+def read_checkpoint(path: Path, what: str, fmt: int) -> dict:
+    """``torch.load`` a checkpoint file; :class:`InputError` if unreadable or of another format.
+
+    ``what`` names the file kind in the message (e.g. ``'refine_state.pt'``).
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise InputError(path, "checkpoint", f"a {what} written by cryoviz",
+                         got=f"unreadable ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(saved, dict) or saved.get("format") != fmt:
+        raise InputError(path, "format", f"version {fmt}",
+                         got=saved.get("format") if isinstance(saved, dict) else type(saved))
+    return saved
+
+
+def check_identity(path: Path, saved: dict, expected: dict, may_change: tuple[str, ...]) -> None:
+    """:class:`InputError` unless ``saved`` has ``expected``'s settings and particles.
+
+    Both are :func:`run_identity` dictionaries; ``may_change`` names the settings
+    that may differ (for the message).
+    """
+    if saved["settings"] != expected["settings"]:
+        changed = sorted(k for k in expected["settings"]
+                         if saved["settings"].get(k) != expected["settings"][k])
+        allowed = f"only {', '.join(may_change)} may change" if may_change else "none may change"
+        raise InputError(path, "settings", f"the settings of the run being resumed ({allowed})",
+                         got=f"different {', '.join(changed)}")
+    if (saved["n_particles"] != expected["n_particles"]
+            or not torch.equal(saved["particle_ids"], expected["particle_ids"])):
+        raise InputError(path, "particles", f"the {saved['n_particles']} particles of the run "
+                         "being resumed, in the same order",
+                         got=f"{expected['n_particles']} particles or another order")
 
 
 def save_refine_state(run_dir: str | Path, state: RefineCheckpoint, settings,
@@ -91,7 +133,7 @@ def save_refine_state(run_dir: str | Path, state: RefineCheckpoint, settings,
     """
     path = Path(run_dir) / STATE_FILE
     payload = {
-        "format": _FORMAT, **_identity(settings, particle_ids),
+        "format": _FORMAT, **run_identity(settings, particle_ids),
         "iteration": state.iteration, "full_map": state.full_map.cpu(),
         "half_maps": state.half_maps.cpu(), "sigma2": state.sigma2.cpu(),
         "curve": {f.name: getattr(state.curve, f.name).cpu()
@@ -119,25 +161,8 @@ def load_refine_state(run_dir: str | Path, settings,
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         return None
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise InputError(path, "checkpoint", "a refine_state.pt written by cryoviz",
-                         got=f"unreadable ({type(exc).__name__}: {exc})") from exc
-    if saved.get("format") != _FORMAT:
-        raise InputError(path, "format", f"version {_FORMAT}", got=saved.get("format"))
-    expected = _identity(settings, particle_ids)
-    if saved["settings"] != expected["settings"]:
-        changed = sorted(k for k in expected["settings"]
-                         if saved["settings"].get(k) != expected["settings"][k])
-        raise InputError(path, "settings", "the settings of the run being resumed "
-                         f"(only {', '.join(_MAY_CHANGE)} may change)",
-                         got=f"different {', '.join(changed)}")
-    if (saved["n_particles"] != expected["n_particles"]
-            or not torch.equal(saved["particle_ids"], expected["particle_ids"])):
-        raise InputError(path, "particles", f"the {saved['n_particles']} particles of the run "
-                         "being resumed, in the same order",
-                         got=f"{expected['n_particles']} particles or another order")
+    saved = read_checkpoint(path, STATE_FILE, _FORMAT)
+    check_identity(path, saved, run_identity(settings, particle_ids), _MAY_CHANGE)
     if saved["iteration"] > settings.n_iterations:
         raise InputError(path, "iteration", f"at most n_iterations = {settings.n_iterations}",
                          got=saved["iteration"])

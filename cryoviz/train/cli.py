@@ -149,11 +149,13 @@ def _run_abinit(args: argparse.Namespace, particles) -> int:
     ``volumes/abinit_map.mrc``, ``volumes/map_iter_###.mrc`` per refinement
     iteration and ``log.jsonl`` (one line per step and iteration). With ``--resume``
     an initial model already written (``abinit_map.mrc``) is kept and the
-    refinement continues from its checkpoint; without one, ab initio starts again.
+    refinement continues from its checkpoint; without one, the initial model
+    continues from ``abinit_state.pt`` (saved every 30 s and after each start).
     """
     from cryoviz.inference.abinit import AbinitProgress, AbinitSettings  # noqa: PLC0415
     from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
         iter_ab_initio,
+        log_position,
         progress_record,
         refinement_after_abinit,
     )
@@ -178,19 +180,24 @@ def _run_abinit(args: argparse.Namespace, particles) -> int:
     lines: list[str] = []
     saved_map = out / "volumes" / "abinit_map.mrc"
     initial = None
+    if args.resume and (out / "log.jsonl").is_file():
+        lines = [line for line in (out / "log.jsonl").read_text().splitlines() if line]
     if args.resume and saved_map.is_file():
         initial = torch.as_tensor(read_volume(saved_map)[0])
-        if (out / "log.jsonl").is_file():
-            lines = [line for line in (out / "log.jsonl").read_text().splitlines() if line]
         print(f"resuming after the initial model in {saved_map}", file=sys.stderr, flush=True)
-    elif args.resume:
-        print(f"no initial model in {saved_map} yet: ab initio starts again (its steps are "
-              "not checkpointed)", file=sys.stderr, flush=True)
     result = None
     started = time.perf_counter()
+    trim_log = bool(lines)
     for state in iter_ab_initio(particles, abinit, refine, device=args.device,
-                                checkpoint_dir=out, initial_map=initial):
+                                checkpoint_dir=out, initial_map=initial, resume=args.resume):
         record = progress_record(state)
+        if trim_log:  # drop the lines this run repeats (those after the checkpoint)
+            first = log_position(record)
+            lines = [line for line in lines if log_position(json.loads(line)) < first]
+            trim_log = False
+            if isinstance(state, AbinitProgress):
+                print(f"initial model continues at start {state.start + 1} step "
+                      f"{state.step}", file=sys.stderr, flush=True)
         lines.append(json.dumps(record))
         with atomic_output(out / "log.jsonl") as tmp:
             tmp.write_text("\n".join(lines) + "\n")

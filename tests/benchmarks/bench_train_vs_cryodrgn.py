@@ -33,7 +33,8 @@ Usage::
 
     cryoviz simulate -o DIR --states 4ake,1ake --n-particles 2000 --box 64
     python tests/benchmarks/bench_train_vs_cryodrgn.py --dataset DIR \\
-        --cryodrgn /tmp/cryodrgn-venv/bin/cryodrgn [--epochs 3] [--batch-size 16]
+        --cryodrgn /tmp/cryodrgn-venv/bin/cryodrgn [--epochs 3] [--batch-size 16] \\
+        [--precision bf16]
 
 Output: ``tests/benchmarks/results/train_vs_cryodrgn_<device>.json``; scratch files go
 to ``DIR/bench_train_vs_cryodrgn/`` (or ``--work``).
@@ -170,7 +171,9 @@ def markdown(res: dict) -> str:
         f"Dataset: `{d['path']}`, {d['n_particles']} particles (true state counts "
         f"{d['true_label_counts']}), box {d['box_size']}, {d['pixel_size_angstrom']} Å/px. "
         f"Settings: {st['epochs']} epochs, batch {st['batch_size']}, zdim {st['zdim']}, "
-        f"encoder {st['encoder']}, decoder {st['decoder']}, seed {st['seed']}.",
+        f"encoder {st['encoder']}, decoder {st['decoder']}, seed {st['seed']}; precision: "
+        f"cryoviz {st.get('cryoviz_precision', 'fp32')}, cryoDRGN "
+        f"{st.get('cryodrgn_precision', 'its default')}.",
         "",
         f"Command: `{res['command']}`",
         "",
@@ -228,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=3, help="decoder residual layers")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="cryoviz train --precision (cryoDRGN keeps its default, AMP: "
+                             "fp16 autocast on CUDA, none on the CPU)")
     parser.add_argument("--output", type=Path, default=None, help="JSON path")
     args = parser.parse_args(argv)
     if args.enc_width != 256:
@@ -278,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     cv_cmd = [exe, "train", str(star), "--recipe", "cryodrgn", "-o", str(cv_dir),
               "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
               "--zdim", str(args.zdim), "--width", str(args.width), "--depth", str(args.depth),
-              "--seed", str(args.seed), "--device", args.device]
+              "--seed", str(args.seed), "--device", args.device,
+              "--precision", args.precision]
     shutil.rmtree(cv_dir, ignore_errors=True)
     cv_run = run_cpu_timed(cv_cmd, work / "cryoviz_train.log")
     cv_log = [json.loads(line) for line in (cv_dir / "log.jsonl").read_text().splitlines()
@@ -374,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
                      "encoder": f"MLP {args.enc_width} x 2 hidden layers",
                      "decoder": f"residual MLP width {args.width}, {args.depth} hidden "
                                 "residual layers, Hartley",
-                     "seed": args.seed},
+                     "seed": args.seed,
+                     "cryoviz_precision": args.precision,
+                     "cryodrgn_precision": ("AMP (fp16 autocast)" if args.device == "cuda"
+                                            else "fp32 (its AMP is CUDA autocast: no effect "
+                                                 "on the CPU)")},
         "cryodrgn": {**drgn_run, **drgn_pe, **results["cryodrgn"]},
         "cryoviz": {**cv_run, **cv_pe, **results["cryoviz"],
                     "loss_per_epoch": [e["loss"] for e in cv_log]},

@@ -16,7 +16,7 @@ Writes ``tests/benchmarks/results/variational_accuracy_<device>.json``.
 Usage::
 
     OMP_NUM_THREADS=1 python tests/benchmarks/bench_variational_accuracy.py \
-        [--particles 1000] [--epochs 5] [--steps 10] [--compare-exact]
+        [--particles 1000] [--epochs 5] [--steps 10] [--compare-exact] [--output FILE]
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--compare-exact", action="store_true",
                         help="also run exact EM (5 iterations, max order 4) on the same data")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="result JSON (default results/variational_accuracy_<device>.json)")
     args = parser.parse_args()
     device = torch.device(args.device)
     info = machine_info(device)
@@ -127,7 +129,7 @@ def main() -> None:
         "fit_seconds": fit_seconds,
         "seconds": time.perf_counter() - t0,
     }
-    path = RESULTS_DIR / f"variational_accuracy_{device.type}.json"
+    path = args.output or RESULTS_DIR / f"variational_accuracy_{device.type}.json"
     path.write_text(json.dumps(out, indent=2))
     print(json.dumps({k: v for k, v in out.items() if k not in ("machine", "epochs")}))
     print(f"wrote {path}")
