@@ -81,6 +81,7 @@ from cryoviz.io import (
 from cryoviz.metrics import FSCCurve, align_volume, fsc, rotation_error_deg, soft_spherical_mask
 from cryoviz.reconstruct import iter_reconstruct, write_reconstruction
 from cryoviz.simulate import SimulationConfig, iter_simulate, simulate
+from cryoviz.train.distributed import bf16_is_fast
 from cryoviz.train.evaluate import (
     LatticeDecoder,
     Run,
@@ -99,7 +100,8 @@ __all__ = [
     "CryoGANProgress", "CryoGANResult", "CryoGANSettings", "iter_cryogan", "write_cryogan",
     "VariationalProgress", "VariationalResult", "VariationalSettings", "iter_variational",
     "write_variational",
-    "AnalysisSettings", "CTFParams", "FSCCurve", "ImageSource", "InputError", "KMeansResult",
+    "AnalysisSettings", "bf16_is_fast", "CTFParams", "FSCCurve", "ImageSource", "InputError",
+    "KMeansResult",
     "LatticeDecoder", "PCAResult", "ParticleSet", "PosePosterior", "RECIPES", "Recipe", "Run",
     "SimulationConfig", "TrainProgress", "align_volume", "analyze_run",
     "cluster_centres_on_data", "compute_ctf_2d", "eval_ppca", "eval_volumes",

@@ -45,7 +45,7 @@ from cryoviz.train.data import ParticleBatches
 
 __all__ = ["DistInfo", "dist_info", "init_distributed", "shutdown_distributed", "BatchPart",
            "split_batch", "local_batches", "ModelCall", "wrap_model", "all_sum", "barrier",
-           "PRECISIONS", "autocast_dtype", "make_grad_scaler"]
+           "PRECISIONS", "autocast_dtype", "make_grad_scaler", "bf16_is_fast"]
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _OWN_GROUP = False  # True when init_distributed created the process group
@@ -339,6 +339,23 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
         raise InputError(None, "precision",
                          "fp16 only on a CUDA device (use bf16 on CPU)", f"fp16 on {device}")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def bf16_is_fast(device: torch.device | str) -> bool:
+    """Whether bfloat16 matrix products run natively on ``device``.
+
+    CUDA: :func:`torch.cuda.is_bf16_supported`. CPU: oneDNN's bfloat16 support
+    (AVX512-BF16 or AMX; without it bfloat16 is emulated and slower than float32).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def make_grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:

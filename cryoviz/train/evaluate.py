@@ -20,6 +20,7 @@ import torch
 from cryoviz.errors import InputError
 from cryoviz.fourier import centered_ifft3
 from cryoviz.io.mrc import write_volume
+from cryoviz.train.distributed import autocast_dtype
 from cryoviz.train.loop import latest_checkpoint
 from cryoviz.train.models import build_models
 from cryoviz.train.recipes import Recipe
@@ -195,11 +196,19 @@ class LatticeDecoder:
     chunk_points
         Canonical points per network call (small chunks keep the activations
         in cache).
+    precision
+        ``'fp32'`` (default) or ``'bf16'``: an implicit model's MLP runs under
+        bfloat16 autocast (faster on CPUs with native bfloat16, see
+        :func:`~cryoviz.train.distributed.bf16_is_fast`; the maps differ slightly
+        from float32 ones: ``tests/test_evaluate.py`` bounds the difference).
     """
 
     def __init__(self, volume: VolumeModel, box_size: int | None = None,
-                 chunk_points: int = 4096) -> None:
+                 chunk_points: int = 4096, precision: str = "fp32") -> None:
         self.volume = volume
+        self.precision = precision
+        device = next(iter(volume.buffers()), torch.zeros(())).device
+        self.network_dtype = autocast_dtype(precision, device)
         self.box_size = int(volume.box_size if box_size is None else box_size)
         if self.box_size < 2:
             raise InputError(None, "box_size", "at least 2", got=self.box_size)
@@ -252,7 +261,7 @@ class LatticeDecoder:
         parts = []
         for s in range(start, stop, self.chunk_points):
             e = min(stop, s + self.chunk_points)
-            parts.append(self.volume.evaluate(self._q[s:e][None], zz)[0])
+            parts.append(self.volume.evaluate(self._q[s:e][None], zz, self.network_dtype)[0])
         if not parts:
             return torch.zeros(0, dtype=torch.complex64, device=self._q.device)
         return torch.cat(parts)

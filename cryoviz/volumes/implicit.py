@@ -162,7 +162,16 @@ class ImplicitVolume(VolumeModel):
         self.points_evaluated = 0  # MLP evaluations so far (for tests and benchmarks)
 
     # -- the network on explicit points ---------------------------------------------------
-    def _values(self, q: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    def _network(self, feats: torch.Tensor, cond: torch.Tensor | None,
+                 network_dtype: torch.dtype | None) -> torch.Tensor:
+        """The MLP on ``feats``, under autocast to ``network_dtype`` if given (float32 out)."""
+        if network_dtype is None:
+            return self.mlp(feats, cond)
+        with torch.autocast(feats.device.type, dtype=network_dtype):
+            return self.mlp(feats, cond).float()
+
+    def _values(self, q: torch.Tensor, z: torch.Tensor | None,
+                network_dtype: torch.dtype | None = None) -> torch.Tensor:
         """Complex ``F`` at frequencies inside Nyquist.
 
         Parameters
@@ -172,6 +181,9 @@ class ImplicitVolume(VolumeModel):
         z
             ``None`` (homogeneous), ``(N, L)`` per point, or ``(B, L)`` per image for
             ``q`` of shape ``(B, P, 3)``.
+        network_dtype
+            Autocast dtype of the MLP alone (e.g. ``torch.bfloat16``); the features'
+            phases and the output stay float32. ``None``: the caller's precision.
 
         Returns
         -------
@@ -198,20 +210,21 @@ class ImplicitVolume(VolumeModel):
                               dim=-2)
             cond = z if (z is None or z.dim() < q.dim()) else torch.cat([z, z], dim=-2)
             self.points_evaluated += int(feats.shape[:-1].numel())
-            h = self.mlp(feats, cond)[..., 0]
+            h = self._network(feats, cond, network_dtype)[..., 0]
             a, b = h[..., :n], h[..., n:]
             value = torch.complex(0.5 * (a + b), -0.5 * (a - b))
         else:
             sign = canonical_sign(q)
             feats = torch.cat([cos, sin * sign[..., None]], dim=-1)
             self.points_evaluated += int(feats.shape[:-1].numel())
-            out = self.mlp(feats, z)
+            out = self._network(feats, z, network_dtype)
             # F(0) is real: q = 0 is its own mirror
             imag = out[..., 1] * ((q != 0).any(dim=-1).to(out.dtype) * sign)
             value = torch.complex(out[..., 0], imag)
         return value * self.output_scale
 
-    def evaluate(self, q: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+    def evaluate(self, q: torch.Tensor, z: torch.Tensor | None,
+                 network_dtype: torch.dtype | None = None) -> torch.Tensor:
         """The volume's transform at arbitrary frequencies.
 
         Parameters
@@ -220,6 +233,8 @@ class ImplicitVolume(VolumeModel):
             ``(B, P, 3)`` frequencies ``(x, y, z)`` in cycles per model pixel.
         z
             ``(B, L)`` latents or ``None``.
+        network_dtype
+            Autocast dtype of the MLP (see :meth:`_values`); ``None``: float32.
 
         Returns
         -------
@@ -236,7 +251,7 @@ class ImplicitVolume(VolumeModel):
                 raise ValueError(f"this model needs z of length {self.latent_dim}")
             zz = z[:, None, :].expand(batch, points, self.latent_dim).reshape(-1, self.latent_dim)
             zz = zz[inside]
-        values = self._values(flat[inside], zz)
+        values = self._values(flat[inside], zz, network_dtype)
         out = torch.zeros(flat.shape[0], dtype=values.dtype, device=q.device)
         out = out.index_put((inside,), values)
         return out.reshape(batch, points)

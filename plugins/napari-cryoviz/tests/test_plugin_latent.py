@@ -16,6 +16,7 @@ def explorer(make_napari_viewer, wait_workers, tiny_run):
     viewer.window.add_dock_widget(dock)
     dock.load_run(tiny_run)
     assert dock.errors.text() == ""
+    dock.fast_decode.setChecked(False)  # float32: maps compared with eval_volumes exactly
     yield viewer, dock
     wait_workers(dock)
 
@@ -57,6 +58,26 @@ def test_click_adds_a_volume_with_the_run_voxel_size(explorer, wait_workers):
     np.testing.assert_allclose(layer.scale, [3.0] * 3)
     np.testing.assert_allclose(layer.data, api.eval_volumes(run, run.mu[7:8], 32).numpy()[0],
                                rtol=1e-5, atol=1e-6)
+
+
+def test_fast_decode_gives_nearly_the_float32_map(explorer, wait_workers):
+    viewer, dock = explorer
+    if not dock.session.fast_decode_available:
+        assert not dock.fast_decode.isEnabled()
+        pytest.skip("no native bfloat16 on this machine")
+    dock.fast_decode.setChecked(True)
+    assert dock.session.decode_precision == "bf16"
+    dock.click_particle(5)
+    wait_workers(dock)
+    run = api.load_run(dock.session.path)
+    expected = api.eval_volumes(run, run.mu[5:6]).numpy()[0]
+    got = viewer.layers[VOLUME_LAYER].data
+    rel = float(np.linalg.norm(got - expected) / np.linalg.norm(expected))
+    assert 0.0 < rel < 0.01, rel
+    dock.fast_decode.setChecked(False)
+    dock.click_particle(5)
+    wait_workers(dock)
+    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_a_newer_click_wins_over_an_older_decode(explorer, wait_workers):
