@@ -6,14 +6,9 @@ Progress is printed to stderr as plain text.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import sys
-import time
-from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,12 +22,13 @@ _DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def add_parsers(subparsers) -> None:
     """Add the ``train`` and ``eval-vol`` sub-commands to an argparse ``subparsers``."""
+    from cryoviz.train.cli_algorithms import OWN_ALGORITHM  # noqa: PLC0415
     from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
 
-    tr = subparsers.add_parser("train", help="train a (heterogeneous) volume model, known poses")
+    tr = subparsers.add_parser("train", help="run a recipe: a (heterogeneous) volume model with "
+                               "given or inferred poses")
     tr.add_argument("particles", help="particles: .star, .cs or .mrcs (with --poses/--ctf)")
-    names = [*RECIPES, "relion-class3d", "3dva", "relion-refine", "cryosparc-abinit", "fstdiff",
-             "cryovaegan", "cryoai", "cryoposenet", "cryogan"]
+    names = [*RECIPES, *OWN_ALGORITHM]
     tr.add_argument("--recipe", required=True, help=f"one of {', '.join(names)}")
     tr.add_argument("-o", "--output", required=True, help="run folder")
     tr.add_argument("--epochs", type=int)
@@ -106,323 +102,21 @@ def parse_z(text: str) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)[None]
 
 
-def _run_class3d(args: argparse.Namespace, particles) -> int:
-    """``relion-class3d``: exact EM over K classes with known poses."""
-    from cryoviz.inference.class_em import iter_class_em, write_class_em  # noqa: PLC0415
-
-    result = None
-    for p in iter_class_em(particles, args.classes,
-                           n_iterations=args.epochs if args.epochs else 10,
-                           seed=args.seed if args.seed is not None else 0,
-                           device=args.device):
-        fractions = ", ".join(f"{f:.2f}" for f in p.class_fractions)
-        print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
-              f"fractions {fractions}  changed {p.changed_fraction:.3f}",
-              file=sys.stderr, flush=True)
-        result = p.result if p.result is not None else result
-    write_class_em(result, args.output)
-    return _done(args)
-
-
-def _run_3dva(args: argparse.Namespace, particles) -> int:
-    """``3dva``: linear subspace V0 + sum z_k U_k by PPCA-EM with known poses."""
-    from cryoviz.inference.ppca import iter_ppca, write_ppca  # noqa: PLC0415
-
-    result = None
-    for p in iter_ppca(particles, n_components=args.components,
-                       n_iterations=args.epochs if args.epochs else 10,
-                       box_size=args.box, seed=args.seed if args.seed is not None else 0,
-                       device=args.device):
-        stds = ", ".join(f"{s:.3g}" for s in p.component_std)
-        print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
-              f"component std {stds}", file=sys.stderr, flush=True)
-        result = p.result if p.result is not None else result
-    write_ppca(result, args.output)
-    return _done(args)
-
-
-def _run_abinit(args: argparse.Namespace, particles) -> int:
-    """Ab initio: an initial model by stochastic modal EM, then refinement (poses unknown).
-
-    ``cryosparc-abinit`` refines with one pose per image, ``relion-refine`` (no
-    ``--initial-map``) by exact EM. Writes what ``relion-refine`` writes, plus
-    ``volumes/abinit_map.mrc``, ``volumes/map_iter_###.mrc`` per refinement
-    iteration and ``log.jsonl`` (one line per step and iteration). With ``--resume``
-    an initial model already written (``abinit_map.mrc``) is kept and the
-    refinement continues from its checkpoint; without one, the initial model
-    continues from ``abinit_state.pt`` (saved every 30 s and after each start).
-    """
-    from cryoviz.inference.abinit import AbinitProgress, AbinitSettings  # noqa: PLC0415
-    from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
-        iter_ab_initio,
-        log_position,
-        progress_record,
-        refinement_after_abinit,
-    )
-    from cryoviz.inference.refine import write_refine  # noqa: PLC0415
-    from cryoviz.io.mrc import atomic_output, read_volume, write_volume  # noqa: PLC0415
-
-    seed = args.seed if args.seed is not None else 0
-    box = particles.box_size
-    working = min(args.abinit_box, box)
-    batch = AbinitSettings.batch_size
-    abinit = AbinitSettings(n_steps=args.abinit_steps, box_size=working - working % 2,
-                            n_starts=args.abinit_starts, seed=seed,
-                            memory_images=max(batch, min(AbinitSettings.memory_images,
-                                                         len(particles))))
-    refine = refinement_after_abinit(abinit, modal=args.recipe == "cryosparc-abinit",
-                                     n_iterations=args.epochs or 4,
-                                     batch_size=args.batch_size or 64,
-                                     max_order=args.max_order)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    apix = particles.pixel_size_angstrom
-    lines: list[str] = []
-    saved_map = out / "volumes" / "abinit_map.mrc"
-    initial = None
-    if args.resume and (out / "log.jsonl").is_file():
-        lines = [line for line in (out / "log.jsonl").read_text().splitlines() if line]
-    if args.resume and saved_map.is_file():
-        initial = torch.as_tensor(read_volume(saved_map)[0])
-        print(f"resuming after the initial model in {saved_map}", file=sys.stderr, flush=True)
-    result = None
-    started = time.perf_counter()
-    trim_log = bool(lines)
-    for state in iter_ab_initio(particles, abinit, refine, device=args.device,
-                                checkpoint_dir=out, initial_map=initial, resume=args.resume):
-        record = progress_record(state)
-        if trim_log:  # drop the lines this run repeats (those after the checkpoint)
-            first = log_position(record)
-            lines = [line for line in lines if log_position(json.loads(line)) < first]
-            trim_log = False
-            if isinstance(state, AbinitProgress):
-                print(f"initial model continues at start {state.start + 1} step "
-                      f"{state.step}", file=sys.stderr, flush=True)
-        lines.append(json.dumps(record))
-        with atomic_output(out / "log.jsonl") as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
-        if isinstance(state, AbinitProgress):
-            if state.step % 10 == 0 or state.result is not None:
-                print(f"initial model start {state.start + 1}/{abinit.n_starts} step "
-                      f"{state.step}/{state.n_steps}  limit "
-                      f"{state.resolution_angstrom:.1f} Å  {state.images_per_second:.0f} "
-                      f"images/s  {state.elapsed_seconds:.0f} s", file=sys.stderr, flush=True)
-            if state.result is not None:
-                write_volume(out / "volumes" / "abinit_map.mrc", state.result.map.numpy(), apix)
-            continue
-        write_volume(out / "volumes" / f"map_iter_{state.iteration:03d}.mrc",
-                     state.map.numpy(), apix)
-        print(f"refine iteration {state.iteration}/{state.n_iterations}"
-              f"{' global' if state.global_search else ' local'}  E-step to "
-              f"{state.e_step_resolution_angstrom:.1f} Å  resolution "
-              f"{state.resolution_angstrom:.1f} Å  {state.seconds:.1f} s",
-              file=sys.stderr, flush=True)
-        result = state.result if state.result is not None else result
-    write_refine(result, particles, out, recipe=args.recipe, extra_metrics={
-        "ab_initio": True, "abinit_settings": dataclasses.asdict(abinit),
-        "total_seconds": time.perf_counter() - started})
-    return _done(args)
-
-
-def _run_refine(args: argparse.Namespace, particles) -> int:
-    """``relion-refine``: map and poses by exact EM over SO(3) x shifts (poses unknown)."""
-    from cryoviz.inference.refine import RefineSettings, iter_refine, write_refine  # noqa: PLC0415
-    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
-
-    if args.initial_map is None:
-        return _run_abinit(args, particles)
-    initial, voxel = read_volume(args.initial_map)
-    apix = particles.pixel_size_angstrom
-    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
-        raise InputError(args.initial_map, "voxel size", f"{apix:g} Å (the particles')",
-                         got=f"{voxel:g} Å")
-    iterations = args.epochs if args.epochs else 6
-    settings = RefineSettings(
-        n_iterations=iterations, global_order=args.healpix_order,
-        n_global_iterations=min(args.global_iterations, iterations),
-        max_order=args.max_order, initial_lowpass_angstrom=args.initial_lowpass,
-        batch_size=args.batch_size or 64, seed=args.seed if args.seed is not None else 0)
-    progress = iter_refine(particles, initial, settings, device=args.device,
-                           checkpoint_dir=args.output, resume=args.resume)
-    result = _follow(progress, lambda p: (
-        f"iteration {p.iteration}/{p.n_iterations}  order {p.coarse_order}"
-        f"{' global' if p.global_search else ' local'}  E-step to "
-        f"{p.e_step_resolution_angstrom:.1f} Å  resolution {p.resolution_angstrom:.1f} Å  "
-        f"median change {p.median_angular_change_deg:.2f} deg  {p.seconds:.1f} s"))
-    write_refine(result, particles, args.output)
-    return _done(args)
-
-
-def _follow(progress: Iterable, line: Callable[[Any], str]) -> Any:
-    """Print ``line(state)`` to stderr for every progress state; return the last result.
-
-    The states of the algorithms run here carry ``result`` (None until the end).
-    """
-    result = None
-    for state in progress:
-        print(line(state), file=sys.stderr, flush=True)
-        result = state.result if state.result is not None else result
-    return result
-
-
-def _done(args: argparse.Namespace) -> int:
-    print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
-    return 0
-
-
-def _steps_for_epochs(settings: Any, n_particles: int, epochs: int | None) -> Any:
-    """``settings`` with ``n_steps`` for ``epochs`` passes of ``settings.batch_size`` images."""
-    if not epochs:
-        return settings
-    per_epoch = -(-n_particles // settings.batch_size)
-    return dataclasses.replace(settings, n_steps=epochs * per_epoch)
-
-
-def _run_fstdiff(args: argparse.Namespace, particles) -> int:
-    """``fstdiff``: map and per-particle Gaussian pose posteriors by variational EM."""
-    from cryoviz.inference.variational import (  # noqa: PLC0415
-        VariationalSettings,
-        iter_variational,
-        write_variational,
-    )
-    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
-
-    if args.initial_map is None:
-        raise InputError(None, "--initial-map", "a starting map (MRC) for fstdiff")
-    initial, voxel = read_volume(args.initial_map)
-    apix = particles.pixel_size_angstrom
-    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
-        raise InputError(args.initial_map, "voxel size", f"{apix:g} Å (the particles')",
-                         got=f"{voxel:g} Å")
-    settings = VariationalSettings(
-        n_epochs=args.epochs or 5, coarse_order=args.healpix_order,
-        initial_lowpass_angstrom=args.initial_lowpass, batch_size=args.batch_size or 64,
-        seed=args.seed if args.seed is not None else 0)
-    result = _follow(iter_variational(particles, initial, settings, device=args.device),
-                     lambda p: (
-        f"epoch {p.epoch}/{p.n_epochs}  E-step to {p.e_step_resolution_angstrom:.1f} Å  "
-        f"resolution {p.resolution_angstrom:.1f} Å  ELBO {p.elbo:.1f}  median spread "
-        f"{p.median_angular_spread_deg:.2f} deg  {p.seconds:.1f} s"))
-    write_variational(result, particles, args.output)
-    return _done(args)
-
-
-def _run_cryovaegan(args: argparse.Namespace, particles) -> int:
-    """``cryovaegan``: in-plane angle and CTF per image by a VAE-GAN, no volume, no poses."""
-    from cryoviz.inference.vaegan.train import CryoVAEGANSettings, iter_cryovaegan  # noqa: PLC0415
-
-    given = {"epochs": args.epochs, "latent_dim": args.zdim, "box": args.box,
-             "batch_size": args.batch_size, "lr": args.lr, "width": args.width,
-             "seed": args.seed}
-    settings = CryoVAEGANSettings(**{k: v for k, v in given.items() if v is not None})
-    if particles.ctf is not None:  # microscope constants only; defoci are estimated
-        c = particles.ctf.as_numpy()
-        settings = dataclasses.replace(settings, voltage_kv=float(c["voltage_kv"][0]),
-                                       cs_mm=float(c["cs_mm"][0]),
-                                       amplitude_contrast=float(c["amplitude_contrast"][0]))
-    print(f"training cryovaegan on {len(particles)} particles -> {args.output}",
-          file=sys.stderr, flush=True)
-    for p in iter_cryovaegan(particles, settings, args.output, resume=args.resume):
-        print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.4f}  reconstruction "
-              f"{p.reconstruction:.4f}  kl {p.kl:.3f}  geometric {p.geometric:.3f}  "
-              f"sleep {p.sleep:.3f}  discriminator {p.discriminator:.3f}  {p.seconds:.1f} s",
-              file=sys.stderr, flush=True)
-    return _done(args)
-
-
-def _run_amortized(args: argparse.Namespace, particles) -> int:
-    """``cryoai`` / ``cryoposenet``: CNN pose encoder and map trained jointly (poses unknown)."""
-    from cryoviz.inference.amortized_pose import (  # noqa: PLC0415
-        AmortizedPoseSettings,
-        iter_amortized_pose,
-        write_amortized_pose,
-    )
-
-    given = {"batch_size": args.batch_size, "lr_encoder": args.lr, "seed": args.seed}
-    settings = AmortizedPoseSettings(recipe=args.recipe,
-                                     **{k: v for k, v in given.items() if v is not None})
-    settings = _steps_for_epochs(settings, len(particles), args.epochs)
-    result = _follow(iter_amortized_pose(particles, settings, device=args.device), lambda p: (
-        f"step {p.step}/{p.n_steps}  loss {p.loss:.4f}  band {p.band:.3f}  "
-        f"pi-flipped {p.flipped_fraction:.2f}  {p.seconds:.1f} s"))
-    write_amortized_pose(result, particles, args.output)
-    return _done(args)
-
-
-def _run_cryogan(args: argparse.Namespace, particles) -> int:
-    """``cryogan``: a homogeneous map learned adversarially (poses never inferred)."""
-    from cryoviz.inference.cryogan import (  # noqa: PLC0415
-        CryoGANSettings,
-        iter_cryogan,
-        write_cryogan,
-    )
-
-    given = {"batch_size": args.batch_size, "lr_volume": args.lr, "seed": args.seed}
-    settings = CryoGANSettings(**{k: v for k, v in given.items() if v is not None})
-    settings = _steps_for_epochs(settings, len(particles), args.epochs)
-    result = _follow(iter_cryogan(particles, settings, device=args.device,
-                                  output_dir=args.output, resume=args.resume), lambda p: (
-        f"step {p.step}/{p.n_steps}  Wasserstein {p.wasserstein:.4f}  "
-        f"critic {p.critic_loss:.4f}  band {p.band:.3f}  {p.seconds:.1f} s"))
-    write_cryogan(result, particles, args.output)
-    return _done(args)
-
-
 def _run_train(args: argparse.Namespace) -> int:
+    from cryoviz.train.cli_algorithms import OWN_ALGORITHM, run_algorithm  # noqa: PLC0415
     from cryoviz.train.distributed import init_distributed, shutdown_distributed  # noqa: PLC0415
     from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
 
-    if args.recipe in ("cryovaegan", "relion-refine", "cryosparc-abinit", "fstdiff",
-                       "relion-class3d", "3dva", "cryoai", "cryoposenet", "cryogan"):
+    if args.recipe in OWN_ALGORITHM:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError(None, "--recipe", f"one of {', '.join(RECIPES)} under torchrun "
                              "(data-parallel training)", args.recipe)
-        checkpoints = ("cryovaegan", "cryogan", "relion-refine", "cryosparc-abinit")
-        if args.resume and args.recipe not in checkpoints:
-            raise InputError(None, "--resume", "a recipe that writes checkpoints (the training "
-                             f"loop's, {', '.join(checkpoints)})", args.recipe)
-        return _run_other(args)
+        return run_algorithm(args)
     info, args.device = init_distributed(args.device)  # a no-op outside torchrun
     try:
         return _run_loop(args, info)
     finally:
         shutdown_distributed()
-
-
-def _run_other(args: argparse.Namespace) -> int:
-    """Recipes with their own algorithm (not the shared training loop)."""
-    from cryoviz.io.particles import load_particles  # noqa: PLC0415
-
-    if args.recipe == "cryovaegan":
-        return _run_cryovaegan(args, load_particles(
-            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
-            datadir=args.datadir))
-    if args.recipe in ("relion-refine", "cryosparc-abinit"):
-        particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
-                                   ctf=args.ctf, datadir=args.datadir, require_ctf=True)
-        if args.recipe == "cryosparc-abinit":
-            return _run_abinit(args, particles)
-        return _run_refine(args, particles)
-    if args.recipe == "fstdiff":
-        return _run_fstdiff(args, load_particles(
-            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
-            datadir=args.datadir, require_ctf=True))
-    if args.recipe in ("cryoai", "cryoposenet"):
-        return _run_amortized(args, load_particles(
-            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
-            datadir=args.datadir))
-    if args.recipe == "cryogan":
-        return _run_cryogan(args, load_particles(
-            args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
-            datadir=args.datadir, require_ctf=True))
-    if args.recipe in ("relion-class3d", "3dva"):
-        particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
-                                   ctf=args.ctf, datadir=args.datadir, require_poses=True)
-        if args.recipe == "3dva":
-            return _run_3dva(args, particles)
-        return _run_class3d(args, particles)
-    raise InputError(None, "--recipe", "cryovaegan, relion-refine, cryosparc-abinit, fstdiff, "
-                     "relion-class3d, 3dva, cryoai, cryoposenet or cryogan", args.recipe)
 
 
 def _reference_path(reference: str | None) -> str | None:
@@ -454,7 +148,9 @@ def _run_loop(args: argparse.Namespace, info) -> int:
         if say:
             print(f"epoch {p.epoch}/{p.epochs}  loss {p.loss:.5f}  kl {p.kl:.3f}  "
                   f"{p.seconds:.1f} s", file=sys.stderr, flush=True)
-    return _done(args) if say else 0  # rank 0 alone prints
+    if say:  # rank 0 alone prints
+        print(f"done: {Path(args.output)}", file=sys.stderr, flush=True)
+    return 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
