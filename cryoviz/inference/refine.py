@@ -89,7 +89,7 @@ from cryoviz.metrics.fsc import FSCCurve
 from cryoviz.projection import extract_points
 
 __all__ = ["RefineSettings", "RefineProgress", "RefineResult", "iter_refine", "run_refine",
-           "write_refine", "fit_map_scale"]
+           "write_refine", "fit_map_scale", "coarse_search"]
 
 
 @dataclass(frozen=True)
@@ -172,15 +172,21 @@ class RefineSettings:
         return iteration <= self.n_global_iterations
 
 
-def _coarse(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor, volume_ft: torch.Tensor,
-            pix: PixelSet, settings: RefineSettings, iteration: int,
-            grid_projections: torch.Tensor | None, prev_rot: torch.Tensor | None,
-            prev_shift_px: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+def coarse_search(x: torch.Tensor, ctf: torch.Tensor, w: torch.Tensor,
+                  volume_ft: torch.Tensor, pix: PixelSet, settings: RefineSettings,
+                  iteration: int, grid_projections: torch.Tensor | None,
+                  prev_rot: torch.Tensor | None, prev_shift_px: torch.Tensor | None
+                  ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Top coarse grid indices ``(B, C)``, fine-shift centre ``(B, 2)`` and shift step.
 
-    Global iterations centre the fine shifts on 0 (the fine pass scores the whole
-    disc at half the step, so that the posterior's shift marginal is complete);
-    local ones on the best coarse shift.
+    The coarse pass of 1-based ``iteration``: ``x``, ``ctf`` ``(B, P)`` and ``w``
+    ``(P,)`` at the pixels ``pix``; ``volume_ft`` the padded map transform;
+    ``grid_projections`` ``(R, P)`` the map's slices on the whole coarse grid
+    (global iterations), ``prev_rot`` ``(B, 3, 3)`` and ``prev_shift_px`` ``(B, 2)``
+    the last best poses (local iterations). Global iterations centre the fine
+    shifts on 0 (the fine pass scores the whole disc at half the step, so that
+    the posterior's shift marginal is complete); local ones on the best coarse
+    shift.
     """
     order = settings.coarse_order(iteration)
     grid = SO3Grid(order)
@@ -315,7 +321,7 @@ def iter_refine(
                     continue
                 x, c = pix.take(x_full[loc]), pix.take(ctf_full[loc])
                 sel = torch.as_tensor(index, device=device)[loc]
-                parents, shift_px, step = _coarse(
+                parents, shift_px, step = coarse_search(
                     x, c, w, search_ft[h], pix, settings, iteration,
                     None if grid_proj is None else grid_proj[h],
                     None if prev_rot is None else prev_rot[sel],

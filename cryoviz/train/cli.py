@@ -55,11 +55,14 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--ctf", help="cryoDRGN CTF pickle")
     tr.add_argument("--datadir", help="folder of the stacks named in the metadata")
     tr.add_argument("--classes", type=int, default=2,
-                    help="K for relion-class3d (EM over classes, known poses)")
+                    help="K for relion-class3d (EM over classes; known poses, or searched "
+                         "with --initial-map)")
     tr.add_argument("--components", type=int, default=2,
                     help="K for 3dva (linear subspace by PPCA-EM, known poses)")
     tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed; "
-                    "without it, relion-refine builds one ab initio first")
+                    "without it, relion-refine builds one ab initio first. relion-class3d: "
+                    "one map (every class, random first classes) or K comma-separated maps "
+                    "(one per class); the poses are then searched")
     tr.add_argument("--initial-lowpass", type=float, default=20.0,
                     help="relion-refine: low-pass of the starting map in Å (default 20)")
     tr.add_argument("--healpix-order", type=int, default=1,

@@ -26,10 +26,63 @@ from cryoviz.errors import InputError
 __all__ = ["OWN_ALGORITHM", "CHECKPOINTING", "RUNNERS", "run_algorithm"]
 
 
+def _read_start_maps(args: argparse.Namespace, particles) -> list[torch.Tensor]:
+    """The ``--initial-map`` file(s) (comma-separated), voxel size checked."""
+    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+
+    apix = particles.pixel_size_angstrom
+    maps = []
+    for name in (n for n in args.initial_map.split(",") if n):
+        volume, voxel = read_volume(name)
+        if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
+            raise InputError(name, "voxel size", f"{apix:g} Å (the particles')",
+                             got=f"{voxel:g} Å")
+        maps.append(torch.as_tensor(volume))
+    return maps
+
+
+def _pose_settings(args: argparse.Namespace, iterations: int):
+    """:class:`RefineSettings` from the pose-search options."""
+    from cryoviz.inference.refine import RefineSettings  # noqa: PLC0415
+
+    return RefineSettings(
+        n_iterations=iterations, global_order=args.healpix_order,
+        n_global_iterations=min(args.global_iterations, iterations),
+        max_order=args.max_order, initial_lowpass_angstrom=args.initial_lowpass,
+        batch_size=args.batch_size or 64, seed=args.seed if args.seed is not None else 0)
+
+
+def _run_class_refine(args: argparse.Namespace, particles) -> int:
+    """``relion-class3d --initial-map``: classes and poses by exact EM (poses searched)."""
+    from cryoviz.inference.class_refine import (  # noqa: PLC0415
+        iter_class_refine,
+        write_class_refine,
+    )
+
+    maps = _read_start_maps(args, particles)
+    if len(maps) not in (1, args.classes):
+        raise InputError(args.initial_map, "--initial-map",
+                         f"one map or {args.classes} (--classes) maps", got=f"{len(maps)} maps")
+    settings = _pose_settings(args, args.epochs if args.epochs else 8)
+    progress = iter_class_refine(
+        particles, maps[0] if len(maps) == 1 else None, args.classes, settings,
+        device=args.device, initial_maps=None if len(maps) == 1 else torch.stack(maps))
+    result = _follow(progress, lambda p: (
+        f"iteration {p.iteration}/{p.n_iterations}"
+        f"{' global' if p.global_search else ' local'}  E-step to "
+        f"{p.e_step_resolution_angstrom:.1f} Å  log-likelihood {p.log_likelihood:.1f}  "
+        f"fractions {', '.join(f'{f:.2f}' for f in p.class_fractions)}  changed "
+        f"{p.changed_fraction:.3f}  {p.seconds:.1f} s"))
+    write_class_refine(result, particles, args.output)
+    return _done(args)
+
+
 def _run_class3d(args: argparse.Namespace, particles) -> int:
-    """``relion-class3d``: exact EM over K classes with known poses."""
+    """``relion-class3d``: exact EM over K classes, known poses (searched with --initial-map)."""
     from cryoviz.inference.class_em import iter_class_em, write_class_em  # noqa: PLC0415
 
+    if args.initial_map is not None:
+        return _run_class_refine(args, particles)
     result = None
     for p in iter_class_em(particles, args.classes,
                            n_iterations=args.epochs if args.epochs else 10,
@@ -146,23 +199,15 @@ def _run_abinit(args: argparse.Namespace, particles) -> int:
 
 def _run_refine(args: argparse.Namespace, particles) -> int:
     """``relion-refine``: map and poses by exact EM over SO(3) x shifts (poses unknown)."""
-    from cryoviz.inference.refine import RefineSettings, iter_refine, write_refine  # noqa: PLC0415
-    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+    from cryoviz.inference.refine import iter_refine, write_refine  # noqa: PLC0415
 
     if args.initial_map is None:
         return _run_abinit(args, particles)
-    initial, voxel = read_volume(args.initial_map)
-    apix = particles.pixel_size_angstrom
-    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
-        raise InputError(args.initial_map, "voxel size", f"{apix:g} Å (the particles')",
-                         got=f"{voxel:g} Å")
-    iterations = args.epochs if args.epochs else 6
-    settings = RefineSettings(
-        n_iterations=iterations, global_order=args.healpix_order,
-        n_global_iterations=min(args.global_iterations, iterations),
-        max_order=args.max_order, initial_lowpass_angstrom=args.initial_lowpass,
-        batch_size=args.batch_size or 64, seed=args.seed if args.seed is not None else 0)
-    progress = iter_refine(particles, initial, settings, device=args.device,
+    initial = _read_start_maps(args, particles)
+    if len(initial) != 1:
+        raise InputError(args.initial_map, "--initial-map", "one map", got=f"{len(initial)}")
+    settings = _pose_settings(args, args.epochs if args.epochs else 6)
+    progress = iter_refine(particles, initial[0], settings, device=args.device,
                            checkpoint_dir=args.output, resume=args.resume)
     result = _follow(progress, lambda p: (
         f"iteration {p.iteration}/{p.n_iterations}  order {p.coarse_order}"
@@ -288,8 +333,12 @@ def _run_cryogan(args: argparse.Namespace, particles) -> int:
     return _done(args)
 
 
-# recipe -> (runner, what its particles must have)
-RUNNERS: dict[str, tuple[Callable[[argparse.Namespace, Any], int], dict[str, bool]]] = {
+def _class3d_needs(args: argparse.Namespace) -> dict[str, bool]:
+    return {"require_ctf": True} if args.initial_map else {"require_poses": True}
+
+
+# recipe -> (runner, what its particles must have: a dict, or a function of the arguments)
+RUNNERS: dict[str, tuple[Callable[[argparse.Namespace, Any], int], Any]] = {
     "cryovaegan": (_run_cryovaegan, {}),
     "relion-refine": (_run_refine, {"require_ctf": True}),
     "cryosparc-abinit": (_run_abinit, {"require_ctf": True}),
@@ -297,7 +346,7 @@ RUNNERS: dict[str, tuple[Callable[[argparse.Namespace, Any], int], dict[str, boo
     "cryoai": (_run_amortized, {}),
     "cryoposenet": (_run_amortized, {}),
     "cryogan": (_run_cryogan, {"require_ctf": True}),
-    "relion-class3d": (_run_class3d, {"require_poses": True}),
+    "relion-class3d": (_run_class3d, _class3d_needs),
     "3dva": (_run_3dva, {"require_poses": True}),
 }
 OWN_ALGORITHM = tuple(RUNNERS)
@@ -315,6 +364,7 @@ def run_algorithm(args: argparse.Namespace) -> int:
         raise InputError(None, "--resume", "a recipe that writes checkpoints (the training "
                          f"loop's, {', '.join(CHECKPOINTING)})", args.recipe)
     runner, needs = RUNNERS[args.recipe]
+    needs = needs(args) if callable(needs) else needs
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
                                datadir=args.datadir, **needs)
     return runner(args, particles)

@@ -26,6 +26,10 @@ viewer with the latent explorer dock:
   time axis, each step rendered (and read back) as above; ``path_decode_ms``:
   decoding those 10 maps.
 
+Each row is one box, torch thread count and decode precision of the clicked
+maps (``fp32``, and ``bf16`` where the CPU multiplies bfloat16 natively: the
+explorer's default there).
+
 Figures go to ``interactivity.json`` beside this script with the machine,
 torch and napari versions, the OpenGL renderer and the load averages. Run
 under a display, e.g.
@@ -35,6 +39,7 @@ under a display, e.g.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -105,7 +110,7 @@ def engine_times(session: RunSession, box: int, repeats: int) -> dict:
     """Decode times without the GUI (the same calls the explorer's worker makes)."""
     z = session.z
     t0 = time.perf_counter()
-    decoder = api.LatticeDecoder(session.run.volume, box)
+    decoder = api.LatticeDecoder(session.run.volume, box, precision=session.decode_precision)
     setup_ms = 1e3 * (time.perf_counter() - t0)
     decoder(z[0])  # warm-up
     full, full_cpu = timed_ms(lambda: decoder(z[1]), repeats)
@@ -191,6 +196,10 @@ def main() -> None:
     parser.add_argument("--boxes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                         help="torch thread counts to run with")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
+                        choices=["fp32", "bf16"],
+                        help="decode precisions of the clicked maps (bf16 only where the "
+                             "CPU has it natively)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--work", type=Path, default=None, help="where the runs are built")
     parser.add_argument("--out", type=Path, default=HERE / "interactivity.json")
@@ -201,10 +210,13 @@ def main() -> None:
     results: list[dict] = []
     for box in args.boxes:
         session = RunSession(make_run(work, box))
-        for threads in args.threads:
+        precisions = [p for p in args.precisions
+                      if p == "fp32" or session.fast_decode_available]
+        for threads, precision in itertools.product(args.threads, precisions):
             torch.set_num_threads(threads)
+            session.decode_precision = precision
             repeats = args.repeats if box <= 64 else max(3, args.repeats // 2)
-            row = {"box": box, "torch_threads": threads,
+            row = {"box": box, "torch_threads": threads, "decode_precision": precision,
                    "voxel_size_angstrom": session.voxel_size(box), "repeats": repeats,
                    "load_average_before": load()}
             row.update(engine_times(session, box, repeats))
@@ -229,7 +241,9 @@ def write_results(path: Path, results: list[dict]) -> None:
                     "gl_renderer": gl_renderer(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
         "model": "cryodrgn recipe defaults (implicit Hartley MLP width 128, depth 3, "
-                 "pe_dim 64, zdim 8), float32, maps decoded at the training box",
+                 "pe_dim 64, zdim 8), maps decoded at the training box; clicks in each "
+                 "row's decode_precision (bf16: the MLP under bfloat16 autocast), "
+                 "path movies in float32",
         "viewer": "napari window 1200 x 900, volume layer rendered as MIP",
         "load_average_1_5_15_min_at_end": load(),
         "results": results,
