@@ -10,8 +10,15 @@ import torch
 
 from cryoviz.errors import InputError
 from cryoviz.fourier import lowpass_volume
-from cryoviz.inference.em_start import image_batches, prepare_em_start
-from cryoviz.io import load_particles, read_volume
+from cryoviz.imaging import images_to_fourier
+from cryoviz.inference.em_start import (
+    assemble_rows,
+    image_batches,
+    initial_noise,
+    prepare_em_start,
+)
+from cryoviz.io import ImageSource, load_particles, read_volume
+from cryoviz.noise import half_plane_shells
 from cryoviz.simulate import SimulationConfig, simulate
 
 
@@ -45,6 +52,26 @@ def test_batches_cover_the_stack_in_order(data):
             if images.dtype == torch.float64 and images.shape[1:] == (24, 24)]
     assert np.array_equal(np.concatenate(seen), np.arange(60))
     assert [len(s) for s in seen] == [25, 25, 10]
+
+
+def test_initial_noise_is_the_images_power_per_shell(data):
+    particles, _ = data
+    layout = half_plane_shells(24)
+    sigma2 = initial_noise(particles, layout, 25, torch.device("cpu"))  # batches of 25, 25, 10
+    with ImageSource(particles) as source:
+        ft = images_to_fourier(source.images(np.arange(60)).double())
+    power = layout.sums(ft.real ** 2 + ft.imag ** 2).sum(dim=0)
+    expected = power / (2.0 * 60 * layout.count)
+    torch.testing.assert_close(sigma2[1:], expected[1:])
+    assert float(sigma2[0]) == float(sigma2[1])  # shell 0 (the mean) copies shell 1
+
+
+def test_assemble_rows_puts_batches_back_in_particle_order():
+    parts = [(np.array([4, 0]), torch.tensor([[4.0, 40.0], [0.0, 0.5]])),
+             (np.array([2, 1, 3]), torch.tensor([[2.0, 20.0], [1.0, 10.0], [3.0, 30.0]]))]
+    out = assemble_rows(parts, 5)
+    torch.testing.assert_close(out[:, 0], torch.arange(5.0))
+    assert out.shape == (5, 2) and out.dtype == torch.float32
 
 
 def test_bad_input_is_a_clear_error(data):

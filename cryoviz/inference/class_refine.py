@@ -49,7 +49,12 @@ from cryoviz.geometry import SO3Grid
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.inference.class_em import e_step_limit_shell
 from cryoviz.inference.class_em_result import ClassEMResult, write_class_em
-from cryoviz.inference.em_start import image_batches, prepare_em_start
+from cryoviz.inference.em_start import (
+    assemble_rows,
+    image_batches,
+    initial_noise,
+    prepare_em_start,
+)
 from cryoviz.inference.pose_scoring import pixel_set
 from cryoviz.inference.pose_search import refine_candidates, significant_poses, summarise
 from cryoviz.inference.posterior import PosePosterior, export_poses
@@ -124,15 +129,6 @@ class ClassRefineProgress:
     result: ClassRefineResult | None = None
 
 
-def _assemble(parts: list[tuple[np.ndarray, torch.Tensor]], n: int) -> torch.Tensor:
-    """``(N, ...)`` from per-batch ``(indices, values)``."""
-    first = parts[0][1]
-    out = torch.zeros((n, *first.shape[1:]), dtype=first.dtype)
-    for idx, value in parts:
-        out[torch.as_tensor(idx)] = value
-    return out
-
-
 def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.ndarray | None,
                       n_classes: int, settings: RefineSettings | None = None,
                       device: str | torch.device = "cpu",
@@ -194,12 +190,7 @@ def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.nda
     previous_best = initial_class.copy() if random_start else None
     fractions = torch.full((k_classes,), 1.0 / k_classes, dtype=torch.float64)
 
-    power = torch.zeros(layout.n_shells, dtype=torch.float64, device=device)
-    for _, images in image_batches(particles, settings.batch_size, device):
-        ft = images_to_fourier(images)
-        power += layout.sums(ft.real**2 + ft.imag**2).sum(dim=0)
-    sigma2 = power / (2.0 * n * layout.count.clamp(min=1e-30))
-    sigma2[0] = sigma2[1]
+    sigma2 = initial_noise(particles, layout, settings.batch_size, device)
 
     prev_rot: list[torch.Tensor | None] = [None] * k_classes
     prev_shift_px: list[torch.Tensor | None] = [None] * k_classes
@@ -281,7 +272,7 @@ def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.nda
                             ctf_h.subset(mine.cpu()))
                         residual += layout.sums(
                             (x_full[loc[mine]] - model).abs() ** 2).sum(dim=0)
-        per_class = [{key: _assemble(parts, n) for key, parts in s.items()} for s in summaries]
+        per_class = [{key: assemble_rows(parts, n) for key, parts in s.items()} for s in summaries]
         for k in range(k_classes):
             prev_rot[k] = per_class[k]["rotations"].to(device)
             prev_shift_px[k] = (per_class[k]["shifts_angstrom"] / apix).to(device)

@@ -26,7 +26,8 @@ from cryoviz.noise import HalfPlaneShells, half_plane_shells
 from cryoviz.projection import extract_points
 from cryoviz.reconstruct import half_sets
 
-__all__ = ["EMStart", "prepare_em_start", "image_batches", "check_em_inputs", "fit_map_scale"]
+__all__ = ["EMStart", "prepare_em_start", "image_batches", "check_em_inputs", "fit_map_scale",
+           "initial_noise", "assemble_rows"]
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,31 @@ def image_batches(particles: ParticleSet, batch_size: int, device: torch.device
         for start in range(0, n, batch_size):
             index = np.arange(start, min(n, start + batch_size))
             yield index, source.images(index).to(device, torch.float64)
+
+
+def initial_noise(particles: ParticleSet, layout: HalfPlaneShells, batch_size: int,
+                  device: torch.device) -> torch.Tensor:
+    """``(S,)`` first noise estimate per shell: the images' own power (signal included).
+
+    ``sigma2(s) = sum |X|^2 / (2 N count(s))`` over all images; shell 0 copies
+    shell 1 (the image mean is not scored).
+    """
+    power = torch.zeros(layout.n_shells, dtype=torch.float64, device=device)
+    for _, images in image_batches(particles, batch_size, device):
+        ft = images_to_fourier(images)
+        power += layout.sums(ft.real**2 + ft.imag**2).sum(dim=0)
+    sigma2 = power / (2.0 * len(particles) * layout.count.clamp(min=1e-30))
+    sigma2[0] = sigma2[1]
+    return sigma2
+
+
+def assemble_rows(parts: list[tuple[np.ndarray, torch.Tensor]], n: int) -> torch.Tensor:
+    """``(n, ...)`` tensor from per-batch ``(row indices (B,), values (B, ...))``."""
+    first = parts[0][1]
+    out = torch.zeros((n, *first.shape[1:]), dtype=first.dtype)
+    for idx, value in parts:
+        out[torch.as_tensor(idx)] = value
+    return out
 
 
 def check_em_inputs(particles: ParticleSet, initial_map: torch.Tensor) -> None:

@@ -55,8 +55,10 @@ from cryoviz.geometry import SO3Grid, geodesic_distance_deg, nearest_grid_index
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.inference.class_em import e_step_limit_shell
 from cryoviz.inference.em_start import (
+    assemble_rows,
     fit_map_scale,
     image_batches,
+    initial_noise,
     prepare_em_start,
 )
 from cryoviz.inference.pose_scoring import (
@@ -273,12 +275,7 @@ def iter_refine(
     curve: FSCCurve | None = None
     log_likelihoods: list[float] = []
     if saved is None:
-        power = torch.zeros(full_layout.n_shells, dtype=torch.float64, device=device)
-        for _, images in batches():
-            ft = images_to_fourier(images)
-            power += full_layout.sums(ft.real**2 + ft.imag**2).sum(dim=0)
-        sigma2 = power / (2.0 * n * full_layout.count.clamp(min=1e-30))
-        sigma2[0] = sigma2[1]
+        sigma2 = initial_noise(particles, full_layout, settings.batch_size, device)
     else:
         half_maps, sigma2 = saved.half_maps.to(device), saved.sigma2.to(device)
         curve, summaries = saved.curve, saved.summaries
@@ -341,13 +338,7 @@ def iter_refine(
                 model = forward_fourier(maps_ft[h], summ["rotations"].to(device), box, apix,
                                         summ["shifts_angstrom"].to(device), ctf_h)
                 residual += full_layout.sums((x_full[loc] - model).abs() ** 2).sum(dim=0)
-        summaries = {}
-        for key, parts in new.items():
-            first = parts[0][1]
-            out = torch.zeros((n, *first.shape[1:]), dtype=first.dtype)
-            for idx, value in parts:
-                out[torch.as_tensor(idx)] = value
-            summaries[key] = out
+        summaries = {key: assemble_rows(parts, n) for key, parts in new.items()}
         change = float("nan")
         if prev_rot is not None:
             change = float(torch.median(geodesic_distance_deg(prev_rot.cpu(),
