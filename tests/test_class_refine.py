@@ -122,3 +122,37 @@ def test_command_line_classifies_with_searched_poses(mixture, tmp_path, capsys):
     assert main([*args, "-o", str(tmp_path / "bad"), "--initial-map",
                  ",".join([*names, names[0]])]) == 2
     assert "one map or 2" in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes_to_the_unbroken_result(mixture, tmp_path):
+    _, particles, truths, _ = mixture
+    short = RefineSettings(n_iterations=3, global_order=1, n_global_iterations=1, max_order=2,
+                           initial_lowpass_angstrom=30.0, resolution_limit_angstrom=16.0,
+                           batch_size=200, seed=0)
+    starts = truths.mean(dim=0)  # one map: the random first classes are part of the state
+    unbroken = list(iter_class_refine(particles, starts, 2, short))[-1].result
+    for state in iter_class_refine(particles, starts, 2, short, checkpoint_dir=tmp_path):
+        if state.iteration == 2:
+            break  # killed after the second iteration's checkpoint
+    resumed = list(iter_class_refine(particles, starts, 2, short, checkpoint_dir=tmp_path,
+                                     resume=True))
+    assert [s.iteration for s in resumed] == [3]
+    got = resumed[-1].result
+    torch.testing.assert_close(got.classes.maps, unbroken.classes.maps, rtol=0, atol=0)
+    torch.testing.assert_close(got.classes.posteriors, unbroken.classes.posteriors)
+    np.testing.assert_array_equal(got.posterior.rotations, unbroken.posterior.rotations)
+    assert got.classes.log_likelihoods == unbroken.classes.log_likelihoods
+    again = list(iter_class_refine(particles, starts, 2, short, checkpoint_dir=tmp_path,
+                                   resume=True))
+    assert len(again) == 1 and again[0].seconds == 0.0
+    torch.testing.assert_close(again[0].result.classes.maps, unbroken.classes.maps)
+    with pytest.raises(InputError, match="n_classes"):
+        next(iter_class_refine(particles, starts, 3, short, checkpoint_dir=tmp_path,
+                               resume=True))
+
+
+def test_known_pose_classification_refuses_resume(mixture, tmp_path, capsys):
+    folder, _, _, _ = mixture
+    code = main(["train", str(folder / "particles.star"), "--recipe", "relion-class3d", "-o",
+                 str(tmp_path / "run"), "--resume"])
+    assert code == 2 and "--initial-map" in capsys.readouterr().err

@@ -49,6 +49,11 @@ from cryoviz.geometry import SO3Grid
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.inference.class_em import e_step_limit_shell
 from cryoviz.inference.class_em_result import ClassEMResult, write_class_em
+from cryoviz.inference.class_refine_state import (
+    ClassRefineCheckpoint,
+    load_class_refine_state,
+    save_class_refine_state,
+)
 from cryoviz.inference.em_start import (
     assemble_rows,
     image_batches,
@@ -132,7 +137,8 @@ class ClassRefineProgress:
 def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.ndarray | None,
                       n_classes: int, settings: RefineSettings | None = None,
                       device: str | torch.device = "cpu",
-                      initial_maps: torch.Tensor | np.ndarray | None = None
+                      initial_maps: torch.Tensor | np.ndarray | None = None,
+                      checkpoint_dir: str | Path | None = None, resume: bool = False
                       ) -> Iterator[ClassRefineProgress]:
     """Classify particles into ``n_classes`` maps with their poses unknown, per iteration.
 
@@ -155,6 +161,13 @@ def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.nda
         ``(K, D, D, D)``: one starting map per class instead (each low-passed and
         scaled); the first M-step then uses the E-step's class posteriors, not
         random classes.
+    checkpoint_dir
+        If given, the state after every iteration is written there atomically
+        (``class_refine_state.pt``, :mod:`cryoviz.inference.class_refine_state`).
+    resume
+        Continue from the checkpoint in ``checkpoint_dir`` (a fresh start if there
+        is none); only ``n_iterations`` may differ from the first run's settings.
+        A finished run yields its last iteration again (``seconds`` 0).
 
     Yields
     ------
@@ -185,18 +198,48 @@ def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.nda
     layout, halves = em.layout, em.halves
     half_maps = [ems[min(k, len(ems) - 1)].half_maps.clone() for k in range(k_classes)]
     random_start = initial_maps is None and k_classes > 1
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume needs checkpoint_dir")
+    ids = np.asarray(particles.particle_ids, dtype=np.int64)
+    saved = (load_class_refine_state(checkpoint_dir, settings, k_classes, random_start, ids)
+             if resume else None)
     rng = np.random.default_rng(settings.seed)
     initial_class = rng.permutation(n) % k_classes
     previous_best = initial_class.copy() if random_start else None
     fractions = torch.full((k_classes,), 1.0 / k_classes, dtype=torch.float64)
-
-    sigma2 = initial_noise(particles, layout, settings.batch_size, device)
-
     prev_rot: list[torch.Tensor | None] = [None] * k_classes
     prev_shift_px: list[torch.Tensor | None] = [None] * k_classes
     curves: list[FSCCurve] | None = None
     log_likelihoods: list[float] = []
-    for iteration in range(1, settings.n_iterations + 1):
+    if saved is None:
+        sigma2 = initial_noise(particles, layout, settings.batch_size, device)
+    else:
+        start_time -= saved.elapsed_seconds
+        half_maps = [m.to(device) for m in saved.half_maps]
+        sigma2, fractions = saved.sigma2.to(device), saved.fractions.clone()
+        curves = list(saved.curves) if saved.limit_from_curves else None
+        log_likelihoods = list(saved.log_likelihoods)
+        previous_best = saved.posteriors.argmax(dim=1).numpy()
+        for k, summaries_k in enumerate(saved.per_class):
+            prev_rot[k] = summaries_k["rotations"].to(device)
+            prev_shift_px[k] = (summaries_k["shifts_angstrom"] / apix).to(device)
+        if saved.iteration == settings.n_iterations:  # a finished run: its result again
+            yield ClassRefineProgress(
+                iteration=saved.iteration, n_iterations=settings.n_iterations,
+                global_search=settings.is_global(saved.iteration),
+                e_step_resolution_angstrom=box * apix / saved.e_step_limit,
+                log_likelihood=log_likelihoods[-1],
+                class_fractions=tuple(float(f) for f in fractions), changed_fraction=0.0,
+                resolution_angstrom=tuple(c.resolution_angstrom(apix, 0.143)
+                                          for c in saved.curves),
+                seconds=0.0, result=_result(
+                    saved.full_maps, half_maps, list(saved.curves), saved.posteriors,
+                    fractions, sigma2, log_likelihoods, list(saved.per_class),
+                    previous_best, particles, settings, random_start,
+                    time.perf_counter() - start_time))
+            return
+    first_iteration = 1 if saved is None else saved.iteration + 1
+    for iteration in range(first_iteration, settings.n_iterations + 1):
         t0 = time.perf_counter()
         order = settings.coarse_order(iteration)
         limit = (em.first_limit if curves is None
@@ -296,10 +339,19 @@ def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.nda
         log_likelihoods.append(total_ll)
         result = None
         progress_curves, curves = curves, limit_next
+        if checkpoint_dir is not None:
+            save_class_refine_state(checkpoint_dir, ClassRefineCheckpoint(
+                iteration=iteration, half_maps=torch.stack(half_maps).cpu(),
+                full_maps=full_maps.cpu(), curves=tuple(progress_curves),
+                limit_from_curves=curves is not None, sigma2=sigma2.cpu(),
+                fractions=fractions, posteriors=posteriors, per_class=tuple(per_class),
+                log_likelihoods=tuple(log_likelihoods),
+                elapsed_seconds=time.perf_counter() - start_time, e_step_limit=limit),
+                settings, k_classes, random_start, ids)
         if iteration == settings.n_iterations:
             result = _result(full_maps, half_maps, progress_curves, posteriors, fractions, sigma2,
                              log_likelihoods, per_class, best, particles, settings,
-                             time.perf_counter() - start_time)
+                             random_start, time.perf_counter() - start_time)
         yield ClassRefineProgress(
             iteration=iteration, n_iterations=settings.n_iterations,
             global_search=settings.is_global(iteration),
@@ -314,7 +366,7 @@ def _result(full_maps: torch.Tensor, half_maps: list[torch.Tensor], curves: list
             posteriors: torch.Tensor, fractions: torch.Tensor, sigma2: torch.Tensor,
             log_likelihoods: list[float], per_class: list[dict[str, torch.Tensor]],
             best: np.ndarray, particles: ParticleSet, settings: RefineSettings,
-            seconds: float) -> ClassRefineResult:
+            random_start: bool, seconds: float) -> ClassRefineResult:
     ids = np.asarray(particles.particle_ids, dtype=np.int64).copy()
     classes = ClassEMResult(
         maps=full_maps.float().cpu(), half_maps=torch.stack(half_maps).float().cpu(),
@@ -322,9 +374,11 @@ def _result(full_maps: torch.Tensor, half_maps: list[torch.Tensor], curves: list
         sigma2=sigma2.cpu(), half_fsc=tuple(curves), log_likelihoods=tuple(log_likelihoods),
         particle_ids=ids, pixel_size_angstrom=particles.pixel_size_angstrom,
         n_iterations=settings.n_iterations,
-        initialisation=("one starting map for every class, low-passed to "
-                        f"{settings.initial_lowpass_angstrom} Å; random equal classes in the "
-                        "first M-step; poses searched"),
+        initialisation=(("one starting map for every class" if random_start
+                         else "one starting map per class")
+                        + f", low-passed to {settings.initial_lowpass_angstrom} Å"
+                        + ("; random equal classes in the first M-step" if random_start else "")
+                        + "; poses searched"),
         seconds=seconds)
     rows = torch.as_tensor(best)
     arange = torch.arange(len(best))

@@ -66,7 +66,8 @@ def _run_class_refine(args: argparse.Namespace, particles) -> int:
     settings = _pose_settings(args, args.epochs if args.epochs else 8)
     progress = iter_class_refine(
         particles, maps[0] if len(maps) == 1 else None, args.classes, settings,
-        device=args.device, initial_maps=None if len(maps) == 1 else torch.stack(maps))
+        device=args.device, initial_maps=None if len(maps) == 1 else torch.stack(maps),
+        checkpoint_dir=args.output, resume=args.resume)
     result = _follow(progress, lambda p: (
         f"iteration {p.iteration}/{p.n_iterations}"
         f"{' global' if p.global_search else ' local'}  E-step to "
@@ -83,6 +84,9 @@ def _run_class3d(args: argparse.Namespace, particles) -> int:
 
     if args.initial_map is not None:
         return _run_class_refine(args, particles)
+    if args.resume:
+        raise InputError(None, "--resume", "relion-class3d with --initial-map (the known-pose "
+                         "classification writes no checkpoints)", "--resume")
     result = None
     for p in iter_class_em(particles, args.classes,
                            n_iterations=args.epochs if args.epochs else 10,
@@ -351,7 +355,8 @@ RUNNERS: dict[str, tuple[Callable[[argparse.Namespace, Any], int], Any]] = {
 }
 OWN_ALGORITHM = tuple(RUNNERS)
 # recipes whose runs can be resumed (--resume)
-CHECKPOINTING = ("cryovaegan", "cryogan", "relion-refine", "cryosparc-abinit")
+CHECKPOINTING = ("cryovaegan", "cryogan", "relion-refine", "cryosparc-abinit",
+                 "relion-class3d")  # the last with --initial-map only
 
 
 def run_algorithm(args: argparse.Namespace) -> int:
