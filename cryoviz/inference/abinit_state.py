@@ -9,7 +9,6 @@ same steps with the same images and ends with the map an unbroken run gives.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,12 @@ import torch
 
 from cryoviz.backprojection import FourierAccumulator
 from cryoviz.errors import InputError
-from cryoviz.inference.refine_state import check_identity, read_checkpoint, run_identity
+from cryoviz.inference.refine_state import (
+    check_identity,
+    curve_payload,
+    read_checkpoint,
+    run_identity,
+)
 from cryoviz.io.mrc import atomic_output
 from cryoviz.metrics.fsc import FSCCurve
 
@@ -104,7 +108,7 @@ class StartState:
         return {"acc_data": [a.data.cpu() for a in self.accs],
                 "acc_weight": [a.weight.cpu() for a in self.accs],
                 "sigma2": self.sigma2.cpu(), "volume": self.volume.cpu(),
-                "curve": _curve_payload(self.curve),
+                "curve": curve_payload(self.curve),
                 "rotations": torch.from_numpy(self.rotations),
                 "shifts_angstrom": torch.from_numpy(self.shifts_angstrom),
                 "seen": torch.from_numpy(self.seen)}
@@ -190,10 +194,6 @@ class AbinitCheckpoint:
     elapsed_seconds: float
 
 
-def _curve_payload(curve: FSCCurve) -> dict:
-    return {f.name: getattr(curve, f.name).cpu() for f in dataclasses.fields(curve)}
-
-
 def save_abinit_state(run_dir: str | Path, state: AbinitCheckpoint, settings,
                       particle_ids: np.ndarray) -> Path:
     """Write ``run_dir/abinit_state.pt`` atomically; returns its path.
@@ -214,7 +214,7 @@ def save_abinit_state(run_dir: str | Path, state: AbinitCheckpoint, settings,
     best = None
     if state.best is not None:
         b = state.best
-        best = {"index": b.index, "volume": b.volume.cpu(), "curve": _curve_payload(b.curve),
+        best = {"index": b.index, "volume": b.volume.cpu(), "curve": curve_payload(b.curve),
                 "rotations": torch.from_numpy(b.rotations),
                 "shifts_angstrom": torch.from_numpy(b.shifts_angstrom),
                 "seen": torch.from_numpy(b.seen)}

@@ -274,7 +274,10 @@ def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.nda
                 x, c = pix.take(x_full[loc]), pix.take(ctf_full[loc])
                 sel = torch.as_tensor(rows_np, device=device)
                 fines = []
-                for k in range(k_classes):
+                # random start, first iteration: every class has the same map, so one
+                # search serves them all
+                searched = 1 if (iteration == 1 and random_start) else k_classes
+                for k in range(searched):
                     parents, shift_px, step = coarse_search(
                         x, c, w, search_ft[k][h], pix, settings, iteration,
                         None if grid_proj is None else grid_proj[k][h],
@@ -284,6 +287,7 @@ def iter_class_refine(particles: ParticleSet, initial_map: torch.Tensor | np.nda
                         x, c, w, search_ft[k][h], pix, order, parents, shift_px, step,
                         shift_range_px=(settings.shift_range_px
                                         if settings.is_global(iteration) else None)))
+                fines += fines[:1] * (k_classes - searched)
                 logits = torch.stack([f.evidence for f in fines], dim=1) + log_pi
                 total_ll += float(torch.logsumexp(logits, dim=1).sum())
                 if iteration == 1 and random_start:  # random classes break the symmetry

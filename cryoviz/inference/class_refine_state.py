@@ -10,7 +10,6 @@ run's classes and poses.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,12 @@ import numpy as np
 import torch
 
 from cryoviz.errors import InputError
-from cryoviz.inference.refine_state import check_identity, read_checkpoint
+from cryoviz.inference.refine_state import (
+    check_identity,
+    curve_payload,
+    read_checkpoint,
+    run_identity,
+)
 from cryoviz.io.mrc import atomic_output
 from cryoviz.metrics.fsc import FSCCurve
 
@@ -78,15 +82,10 @@ class ClassRefineCheckpoint:
 
 
 def _identity(settings, n_classes: int, random_start: bool, particle_ids: np.ndarray) -> dict:
-    fixed = {k: v for k, v in dataclasses.asdict(settings).items() if k not in _MAY_CHANGE}
-    fixed.update(n_classes=int(n_classes), random_start=bool(random_start))
-    ids = np.asarray(particle_ids, dtype=np.int64)
-    return {"settings": fixed, "n_particles": int(ids.size),
-            "particle_ids": torch.from_numpy(ids.copy())}
-
-
-def _curve(curve: FSCCurve) -> dict:
-    return {f.name: getattr(curve, f.name).cpu() for f in dataclasses.fields(curve)}
+    """:func:`run_identity` with the number of classes and the kind of start added."""
+    identity = run_identity(settings, particle_ids, _MAY_CHANGE)
+    identity["settings"].update(n_classes=int(n_classes), random_start=bool(random_start))
+    return identity
 
 
 def save_class_refine_state(run_dir: str | Path, state: ClassRefineCheckpoint, settings,
@@ -102,7 +101,7 @@ def save_class_refine_state(run_dir: str | Path, state: ClassRefineCheckpoint, s
     payload = {
         "format": _FORMAT, **_identity(settings, n_classes, random_start, particle_ids),
         "iteration": state.iteration, "half_maps": state.half_maps.cpu(),
-        "full_maps": state.full_maps.cpu(), "curves": [_curve(c) for c in state.curves],
+        "full_maps": state.full_maps.cpu(), "curves": [curve_payload(c) for c in state.curves],
         "limit_from_curves": state.limit_from_curves, "sigma2": state.sigma2.cpu(),
         "fractions": state.fractions.cpu(), "posteriors": state.posteriors.cpu(),
         "per_class": [{k: v.cpu() for k, v in d.items()} for d in state.per_class],

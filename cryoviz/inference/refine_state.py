@@ -21,7 +21,7 @@ from cryoviz.io.mrc import atomic_output
 from cryoviz.metrics.fsc import FSCCurve
 
 __all__ = ["STATE_FILE", "RefineCheckpoint", "save_refine_state", "load_refine_state",
-           "run_identity", "read_checkpoint", "check_identity"]
+           "run_identity", "read_checkpoint", "check_identity", "curve_payload"]
 
 STATE_FILE = "refine_state.pt"
 _FORMAT = 1
@@ -81,6 +81,11 @@ def run_identity(settings, particle_ids: np.ndarray,
             "particle_ids": torch.from_numpy(ids.copy())}
 
 
+def curve_payload(curve: FSCCurve) -> dict:
+    """An FSC curve's fields as CPU tensors (``FSCCurve(**payload)`` rebuilds it)."""
+    return {f.name: getattr(curve, f.name).cpu() for f in dataclasses.fields(curve)}
+
+
 def read_checkpoint(path: Path, what: str, fmt: int) -> dict:
     """``torch.load`` a checkpoint file; :class:`InputError` if unreadable or of another format.
 
@@ -136,8 +141,7 @@ def save_refine_state(run_dir: str | Path, state: RefineCheckpoint, settings,
         "format": _FORMAT, **run_identity(settings, particle_ids),
         "iteration": state.iteration, "full_map": state.full_map.cpu(),
         "half_maps": state.half_maps.cpu(), "sigma2": state.sigma2.cpu(),
-        "curve": {f.name: getattr(state.curve, f.name).cpu()
-                  for f in dataclasses.fields(state.curve)},
+        "curve": curve_payload(state.curve),
         "summaries": {k: v.cpu() for k, v in state.summaries.items()},
         "log_likelihoods": list(state.log_likelihoods),
         "elapsed_seconds": float(state.elapsed_seconds),
