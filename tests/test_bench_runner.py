@@ -254,6 +254,9 @@ def test_ci_subset_of_the_tiny_suite(tmp_path):
     assert "## Task: inplane" in md and "## Task: pose" in md
     # cryofold's residues, 2 epochs: closer to the true CA than 4AKE is to 1AKE (8.0 Å)
     assert 0 < by[("cryofold", "mixture-hi-uniform-tiny")]["ca_rmsd_angstrom"] < 6.0
+    # atomvae infers its poses (none given): scored like cryofold, by CA RMSD and FSC
+    assert np.isfinite(by[("atomvae", "mixture-hi-uniform-tiny")]["ca_rmsd_angstrom"])
+    assert by[("atomvae", "continuous-hi-uniform-tiny")]["pose_only_epochs"] == 1
 
 
 def test_ca_rmsd_of_the_base_structure_is_the_known_distance(tmp_path):

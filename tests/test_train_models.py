@@ -36,7 +36,7 @@ EXPECTED = {"implicit": ImplicitVolume, "voxel": VoxelVolume, "gmm": GaussianMix
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_every_recipe_is_built_and_put_on_the_data_scale(name, data):
-    overrides = {"reference": "4ake"} if name == "cryofold" else {}
+    overrides = {"reference": "4ake"} if name in ("cryofold", "atomvae") else {}
     recipe = get_recipe(name, width=16, depth=1, **overrides)
     volume, encoder = build_models(recipe, 16, 7.5, len(data))
     assert isinstance(volume, EXPECTED[recipe.volume])

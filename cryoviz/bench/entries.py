@@ -164,6 +164,8 @@ def _recipe(name: str, ctx: RunContext, overrides: dict):
         settings = {"epochs": ctx.epochs or settings["epochs"] + 1}
     if name == "voxel-homogeneous":  # no implicit network
         settings = {"epochs": settings["epochs"], "batch_size": settings["batch_size"]}
+    if name == "atomvae":  # a quarter of the epochs (at least one) trains the poses alone
+        settings["pose_only_epochs"] = max(1, settings["epochs"] // 4)
     return get_recipe(name, seed=ctx.seed, **{**settings, **overrides})
 
 
@@ -207,6 +209,8 @@ def train_entry(name: str, **overrides) -> Callable[[Path, Path, RunContext], Ru
             half_latents = (encoded[0][halves == 0], encoded[1][halves == 1],
                             encoded[0], encoded[1])
         extra = {"epochs": recipe.epochs, **overrides}
+        if recipe.poses == "amortized":  # the poses were inferred, not read
+            extra.update(poses="amortized", pose_only_epochs=recipe.pose_only_epochs)
         if z is not None and recipe.volume == "gmm" and recipe.bond_weight > 0:
             extra["ca_rmsd_angstrom"] = _adk_ca_rmsd(run_all, z[ctx.render], dataset,
                                                      ctx.render)
@@ -386,6 +390,12 @@ def _builtin() -> None:
                         ("mixture", "continuous"),
                         "residue Gaussians of 4AKE moved by a VAE decoder, bond and "
                         "elastic-network restraints (CA RMSD to the true states)"))
+    register(BenchEntry("atomvae", "conformation",
+                        train_entry("atomvae", reference="4ake", reference_level="residue"),
+                        ("mixture", "continuous"),
+                        "residue Gaussians of 4AKE moved by a VAE decoder, poses NOT given: "
+                        "amortized 8-head pose encoder, pose-only warm-up (CA RMSD to the "
+                        "true states)"))
     register(BenchEntry("cryovaegan", "inplane", _cryovaegan, INPLANE_KINDS,
                         "VAE-GAN: in-plane angle and CTF per image, no poses, no CTF given"))
     _register_other_training_recipes()

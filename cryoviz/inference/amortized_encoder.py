@@ -76,6 +76,12 @@ class PoseEncoder(torch.nn.Module):
     6 pixels wide; the flattened features go through a two-layer MLP to a 6-D
     rotation head and a 2-D shift head.
 
+    With ``heads = H > 1`` the heads give ``H`` pose hypotheses per image
+    (:meth:`hypotheses`); trained with a winner-takes-all loss (the minimum over
+    the hypotheses), as in the multi-head encoder of CryoSPIN (Shekarforoush et
+    al. 2024), different heads settle on different modes of the pose
+    likelihood instead of one regression averaging between them.
+
     Parameters
     ----------
     box_size
@@ -88,13 +94,23 @@ class PoseEncoder(torch.nn.Module):
         Width of the MLP.
     seed
         Seed of the initial weights.
+    heads
+        Number of pose hypotheses ``H``.
+
+    Attributes
+    ----------
+    input_scale
+        Buffer: images are divided by it before the first convolution (1 by
+        default; set it to the images' standard deviation).
     """
 
     def __init__(self, box_size: int, max_shift_angstrom: float, channels: int = 16,
-                 hidden: int = 256, seed: int = 0) -> None:
+                 hidden: int = 256, seed: int = 0, heads: int = 1) -> None:
         super().__init__()
         if box_size < 8:
             raise ValueError(f"box_size must be at least 8, got {box_size}")
+        if heads < 1:
+            raise ValueError(f"heads must be at least 1, got {heads}")
         gen_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
         layers: list[torch.nn.Module] = []
@@ -108,20 +124,33 @@ class PoseEncoder(torch.nn.Module):
         self.mlp = torch.nn.Sequential(
             torch.nn.Flatten(), torch.nn.Linear(c_in * size * size, hidden), torch.nn.ReLU(),
             torch.nn.Linear(hidden, hidden), torch.nn.ReLU())
-        self.rotation_head = torch.nn.Linear(hidden, 6)
-        self.shift_head = torch.nn.Linear(hidden, 2)
+        self.rotation_head = torch.nn.Linear(hidden, 6 * heads)
+        self.shift_head = torch.nn.Linear(hidden, 2 * heads)
         torch.random.set_rng_state(gen_state)
         self.max_shift_angstrom = float(max_shift_angstrom)
+        self.heads = int(heads)
+        self.register_buffer("input_scale", torch.ones(()))
+
+    def hypotheses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """All ``H`` pose hypotheses of ``(B, D, D)`` images.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` in Å.
+        """
+        h = self.mlp(self.features((images / self.input_scale).unsqueeze(1)))
+        rotations = rotation_6d_to_matrix(self.rotation_head(h).reshape(-1, self.heads, 6))
+        shifts = torch.tanh(self.shift_head(h).reshape(-1, self.heads, 2))
+        return rotations, shifts * self.max_shift_angstrom
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Poses of ``(B, D, D)`` normalised images.
+        """Poses of ``(B, D, D)`` images from the first head.
 
         Returns
         -------
         tuple of torch.Tensor
             Rotations ``(B, 3, 3)`` and shifts ``(B, 2)`` in Å.
         """
-        h = self.mlp(self.features(images.unsqueeze(1)))
-        rotations = rotation_6d_to_matrix(self.rotation_head(h))
-        shifts = torch.tanh(self.shift_head(h)) * self.max_shift_angstrom
-        return rotations, shifts
+        rotations, shifts = self.hypotheses(images)
+        return rotations[:, 0], shifts[:, 0]

@@ -27,6 +27,7 @@ from cryoviz.projection import extract_points
 from cryoviz.reconstruct import half_sets
 
 __all__ = ["EMStart", "prepare_em_start", "image_batches", "check_em_inputs", "fit_map_scale",
+           "fit_map_scale_to_images",
            "initial_noise", "assemble_rows"]
 
 
@@ -140,22 +141,51 @@ def fit_map_scale(volume: torch.Tensor, particles: ParticleSet, n_images: int = 
     from another source (other units, other normalisation) is put on the data's
     scale this way before the first E-step.
     """
-    box, apix = particles.box_size, particles.pixel_size_angstrom
-    last = max(1, min(box // 2, int(box * apix / resolution_angstrom)))
-    pix = pixel_set(box, last, device)
     index = np.arange(min(n_images, len(particles)))
     with ImageSource(particles) as source:
-        images = source.images(index).to(device, torch.float64)
-    x = pix.take(images_to_fourier(images))
-    ctf = pix.take(compute_ctf_2d(particles.ctf.subset(torch.as_tensor(index)).to(device),
-                                  box, apix, rfft=True, dtype=torch.float64, device=device))
+        images = source.images(index)
+    return fit_map_scale_to_images(
+        volume, images, particles.ctf.subset(torch.as_tensor(index)),
+        particles.pixel_size_angstrom, order, resolution_angstrom, device)
+
+
+def fit_map_scale_to_images(volume: torch.Tensor, images: torch.Tensor, ctf,
+                            pixel_size_angstrom: float, order: int = 1,
+                            resolution_angstrom: float = 20.0,
+                            device: str | torch.device = "cpu") -> float:
+    """:func:`fit_map_scale` on given images (poses unknown).
+
+    Parameters
+    ----------
+    volume
+        ``(D, D, D)`` map at the images' pixel size.
+    images
+        ``(B, D, D)`` real images.
+    ctf
+        :class:`cryoviz.ctf.CTFParams` of the ``B`` images.
+    pixel_size_angstrom
+        Pixel size of the images and the map (Å).
+    order, resolution_angstrom, device
+        As for :func:`fit_map_scale`.
+
+    Returns
+    -------
+    float
+        The median least-squares scale over the images.
+    """
+    box, apix = int(images.shape[-1]), float(pixel_size_angstrom)
+    last = max(1, min(box // 2, int(box * apix / resolution_angstrom)))
+    pix = pixel_set(box, last, device)
+    x = pix.take(images_to_fourier(images.to(device, torch.float64)))
+    ctf = pix.take(compute_ctf_2d(ctf.to(device), box, apix, rfft=True,
+                                  dtype=torch.float64, device=device))
     w = pix.layout.weight
     volume_ft = volume_to_fourier(volume.to(device, torch.float64))
     grid_proj = extract_points(volume_ft, SO3Grid(order).rotations(torch.float64, device),
                                pix.frequencies)
     shifts = shift_grid(3.0, 1.0, device)
     scores = score_poses(x, ctf, w, grid_proj, shift_phases(shifts, pix))
-    flat = scores.reshape(len(index), -1).argmax(dim=1)
+    flat = scores.reshape(x.shape[0], -1).argmax(dim=1)
     t, r = flat // grid_proj.shape[0], flat % grid_proj.shape[0]
     model = ctf * shift_phases(shifts[t][:, None], pix)[:, 0] * grid_proj[r]
     cross = (w * (x.conj() * model).real).sum(dim=1)

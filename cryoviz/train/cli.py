@@ -50,6 +50,11 @@ def add_parsers(subparsers) -> None:
                     "4ake / 1ake) or map (MRC) the Gaussians start from (e2gmm, cryofold: "
                     "structure only) or V0 of V(z) = V0 + dV(z) (cryodrgn, cryodrgn-ae, "
                     "autodecoder)")
+    tr.add_argument("--pose-only-epochs", type=int,
+                    help="amortized poses (atomvae): epochs that train the pose encoder alone "
+                    "against the reference at z = 0")
+    tr.add_argument("--pose-heads", type=int,
+                    help="amortized poses (atomvae): pose hypotheses per image")
     tr.add_argument("--stack", help="use this image stack instead of the metadata's")
     tr.add_argument("--poses", help="cryoDRGN pose pickle")
     tr.add_argument("--ctf", help="cryoDRGN CTF pickle")
@@ -138,9 +143,11 @@ def _run_loop(args: argparse.Namespace, info) -> int:
     recipe = get_recipe(args.recipe, epochs=args.epochs, zdim=args.zdim, box=args.box,
                         batch_size=args.batch_size, lr=args.lr, width=args.width,
                         depth=args.depth, seed=args.seed, precision=args.precision,
-                        reference=_reference_path(args.reference))
+                        reference=_reference_path(args.reference),
+                        pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads)
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
-                               ctf=args.ctf, datadir=args.datadir, require_poses=True)
+                               ctf=args.ctf, datadir=args.datadir,
+                               require_poses=recipe.poses == "given")
     say = info.is_main  # rank 0 alone prints
     if say:
         ranks = f" on {info.world_size} ranks" if info.enabled else ""

@@ -21,9 +21,9 @@ from cryoviz.errors import InputError
 from cryoviz.fourier import centered_ifft3
 from cryoviz.io.mrc import write_volume
 from cryoviz.train.distributed import autocast_dtype
-from cryoviz.train.loop import latest_checkpoint
 from cryoviz.train.models import build_models
 from cryoviz.train.recipes import Recipe
+from cryoviz.train.run_files import latest_checkpoint
 from cryoviz.volumes import ImplicitVolume, VolumeModel
 from cryoviz.volumes.implicit import canonical_sign
 

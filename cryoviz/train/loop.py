@@ -1,4 +1,4 @@
-"""The training loop shared by every recipe (known poses).
+"""The training loop shared by every recipe (poses known, or amortized).
 
 For a batch of particles ``i`` with images ``Y_i`` (centred half transforms
 ``X_i``), latents ``z_i`` (sampled from the encoder's ``N(mu, exp(logvar))``
@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,8 +39,16 @@ import torch
 from cryoviz.errors import InputError
 from cryoviz.fourier import centered_rfft2, frequency_grid_2d, shell_index_2d
 from cryoviz.imaging import apply_shift_and_ctf
+from cryoviz.inference.amortized_encoder import PoseEncoder
+from cryoviz.inference.posterior import export_poses
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
+from cryoviz.train.amortized_poses import (
+    band_limit,
+    build_pose_encoder,
+    hypothesis_errors,
+    pose_posterior,
+)
 from cryoviz.train.data import ParticleBatches
 from cryoviz.train.distributed import (
     all_sum,
@@ -56,14 +62,13 @@ from cryoviz.train.encoders import LatentTable
 from cryoviz.train.memory import release_free_heap
 from cryoviz.train.models import as_tensor, build_models, initialise_models
 from cryoviz.train.recipes import Recipe
+from cryoviz.train.run_files import latest_checkpoint, write_toml, write_z_pkl
 from cryoviz.volumes import VolumeModel
 from cryoviz.volumes.deformation import DeformationVolume
 from cryoviz.volumes.gmm import frc_loss
 
 __all__ = ["TrainProgress", "iter_train", "train", "build_models", "write_toml",
            "latest_checkpoint", "write_z_pkl"]
-
-CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
 
 
 @dataclass(frozen=True)
@@ -102,51 +107,6 @@ class TrainProgress:
 
 
 # -- small helpers ------------------------------------------------------------------------
-def _toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ("nan" if value != value else
-                                                         ("inf" if value > 0 else "-inf"))
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    return json.dumps(str(value))  # a TOML basic string is a JSON string
-
-
-def write_toml(path: str | Path, sections: dict[str, dict]) -> None:
-    """Write ``{section: {key: value}}`` as TOML (``None`` values are left out), atomically."""
-    lines: list[str] = []
-    for section, entries in sections.items():
-        lines.append(f"[{section}]")
-        for key, value in entries.items():
-            if value is not None:
-                lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text("\n".join(lines))
-
-
-def write_z_pkl(path: str | Path, z: np.ndarray) -> None:
-    """Write an ``(N, L)`` float32 array as a protocol-4 pickle (cryoDRGN ``z.pkl``)."""
-    import pickle  # noqa: PLC0415
-
-    arr = np.ascontiguousarray(np.asarray(z, dtype=np.float32))
-    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
-        pickle.dump(arr, fh, protocol=4)
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest epoch in ``run_dir/checkpoints``, or None."""
-    folder = Path(run_dir) / "checkpoints"
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := CHECKPOINT_RE.match(p.name))]
-    return max(found)[1] if found else None
-
-
 def _rng_state(batches: ParticleBatches, noise: torch.Generator) -> dict:
     np_state = np.random.get_state()  # noqa: NPY002 - the global state is saved
     py_state = random.getstate()
@@ -178,8 +138,8 @@ def _set_rng_state(state: dict, batches: ParticleBatches, noise: torch.Generator
     noise.set_state(state["noise"].cpu())
 
 
-def _check_particles(particles: ParticleSet) -> None:
-    if particles.rotations is None:
+def _check_particles(particles: ParticleSet, recipe: Recipe) -> None:
+    if recipe.poses == "given" and particles.rotations is None:
         raise InputError(particles.source_path, "poses",
                          "rotations for every particle (training needs known poses)", "none")
     if len(particles) == 0:
@@ -234,7 +194,7 @@ def iter_train(
     :mod:`cryoviz.train.distributed`).
     """
     recipe.validate()
-    _check_particles(particles)
+    _check_particles(particles, recipe)
     out = Path(output_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
@@ -249,11 +209,15 @@ def iter_train(
     random.seed(recipe.seed)
     noise_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
     volume, encoder = build_models(recipe, box, apix, n)
+    pose_encoder = build_pose_encoder(recipe, box, apix)  # None: poses given
     volume.to(device)
-    if encoder is not None:
-        encoder.to(device)
+    for net in (encoder, pose_encoder):
+        if net is not None:
+            net.to(device)
     params = list(volume.parameters()) + ([] if encoder is None else list(encoder.parameters()))
-    optimizer = torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    pose_params = [] if pose_encoder is None else list(pose_encoder.parameters())
+    optimizer = torch.optim.Adam(params + pose_params, lr=recipe.lr,
+                                 weight_decay=recipe.weight_decay)
     scaler = make_grad_scaler(recipe.precision, device)  # enabled for fp16 only
 
     shells = shell_index_2d(box, rfft=True, device=device)
@@ -274,6 +238,8 @@ def iter_train(
         volume.load_state_dict(state["volume"])
         if encoder is not None:
             encoder.load_state_dict(state["encoder"])
+        if pose_encoder is not None:
+            pose_encoder.load_state_dict(state["pose_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -284,7 +250,7 @@ def iter_train(
             _truncate_log(out / "log.jsonl", start_epoch)
     else:
         data_scale = initialise_models(volume, encoder, recipe, particles, batches,
-                                       inside.cpu(), device)
+                                       inside.cpu(), device, pose_encoder)
         if info.is_main:
             (out / "log.jsonl").unlink(missing_ok=True)
             for old in (out / "checkpoints").glob("epoch_*.pt"):
@@ -301,27 +267,35 @@ def iter_train(
                     "world_size": info.world_size},
         })
 
-    rotations = as_tensor(particles.rotations, device)
-    shifts = as_tensor(particles.shifts_angstrom, device)
+    given = pose_encoder is None  # else the particles' own poses are not used
+    rotations = as_tensor(particles.rotations, device) if given else None
+    shifts = as_tensor(particles.shifts_angstrom, device) if given else None
     ctf = None if particles.ctf is None else particles.ctf.to(device)
     beta = recipe.kl_weight
     # the networks as the loop calls them: autocast for bf16 / fp16, DDP across ranks
     encode = None if encoder is None else wrap_model(encoder, "forward", recipe.precision,
                                                      device, info)
     slice_volume = wrap_model(volume, "slices", recipe.precision, device, info)
+    encode_poses = None if given else wrap_model(pose_encoder, "hypotheses", recipe.precision,
+                                                 device, info)
+    radius = (ky**2 + kx**2).sqrt()
 
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
         volume.train()
-        if encoder is not None:
-            encoder.train()
+        for net in (encoder, pose_encoder):
+            if net is not None:
+                net.train()
+        warm_up = not given and epoch <= recipe.pose_only_epochs  # pose encoder alone
         total_loss, total_kl, n_batches, n_seen = 0.0, 0.0, 0, 0
         for part, index, images in local_batches(batches, info):  # this rank's slice
             sel = torch.as_tensor(index, device=device)
             images = images.to(device)
             target = centered_rfft2(images)
             z, kl = None, torch.zeros((), device=device)
-            if encoder is not None:
+            if warm_up and encoder is not None:  # the volume at z = 0
+                z = torch.zeros((len(index), recipe.latent_dim), device=device)
+            elif encoder is not None:
                 mu, logvar = encode(images, sel)
                 if logvar is not None:
                     eps = part.rows(torch.randn((part.total, mu.shape[1]), generator=noise_gen,
@@ -334,12 +308,22 @@ def iter_train(
                     z = mu + encoder.noise_std * eps
                 else:
                     z = mu
-            slices = slice_volume(rotations[sel], z, box, apix)
-            model = apply_shift_and_ctf(slices, apix, None if shifts is None else shifts[sel],
-                                        None if ctf is None else ctf.subset(sel))
-            if recipe.loss == "frc":
+            if not given:  # the best of the encoder's hypotheses per image
+                band = band_limit(recipe, step, len(batches))
+                errors = hypothesis_errors(
+                    slice_volume, *encode_poses(images), z, target,
+                    None if ctf is None else ctf.subset(sel), weight_2d * (radius < band),
+                    box, apix)
+                data_term = errors.min(dim=1).values.mean() / (data_scale**2 * n_coeff)
+            elif recipe.loss == "frc":
+                model = apply_shift_and_ctf(slice_volume(rotations[sel], z, box, apix), apix,
+                                            None if shifts is None else shifts[sel],
+                                            None if ctf is None else ctf.subset(sel))
                 data_term = frc_loss(model, target, frc_max_shell)
             else:
+                model = apply_shift_and_ctf(slice_volume(rotations[sel], z, box, apix), apix,
+                                            None if shifts is None else shifts[sel],
+                                            None if ctf is None else ctf.subset(sel))
                 residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
                 data_term = residual.mean() / (data_scale**2 * n_coeff)
             loss = data_term + beta * kl / n_coeff
@@ -348,6 +332,9 @@ def iter_train(
             optimizer.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks: weight n_rank * W / B gives the global mean
             scaler.scale(loss * part.gradient_weight).backward()
+            if warm_up:  # Adam skips parameters without gradients
+                for param in params:
+                    param.grad = None
             scaler.step(optimizer)
             scaler.update()
             step += 1
@@ -362,6 +349,7 @@ def iter_train(
             "epoch": epoch, "step": step, "data_scale": data_scale,
             "volume": volume.state_dict(),
             "encoder": {} if encoder is None else encoder.state_dict(),
+            "pose_encoder": {} if pose_encoder is None else pose_encoder.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "rng": _rng_state(batches, noise_gen),
@@ -376,7 +364,8 @@ def iter_train(
                 fh.write(json.dumps({"epoch": epoch, "step": step, "loss": mean_loss,
                                      "kl": mean_kl, "seconds": seconds}) + "\n")
             if done:
-                _write_final(out, volume, encoder, batches, particles, apix, device)
+                _write_final(out, volume, encoder, batches, particles, apix, device,
+                             pose_encoder, weight_2d)
         barrier(info)  # the checkpoint (and final outputs) exist on every rank's return
         yield TrainProgress(epoch=epoch, epochs=recipe.epochs, step=step, loss=mean_loss,
                             kl=mean_kl, seconds=seconds, checkpoint=ckpt_path,
@@ -384,7 +373,8 @@ def iter_train(
     if start_epoch >= recipe.epochs and ckpt is not None:
         # resumed a finished run: make sure the final outputs exist
         if info.is_main:
-            _write_final(out, volume, encoder, batches, particles, apix, device)
+            _write_final(out, volume, encoder, batches, particles, apix, device,
+                         pose_encoder, weight_2d)
         barrier(info)
     source.close()
 
@@ -433,8 +423,10 @@ def encode_all(encoder: torch.nn.Module, batches: ParticleBatches,
 
 def _write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None,
                  batches: ParticleBatches, particles: ParticleSet, apix: float,
-                 device: torch.device) -> None:
+                 device: torch.device, pose_encoder: PoseEncoder | None,
+                 weight_2d: torch.Tensor) -> None:
     volume.eval()
+    mu = None
     if encoder is not None:
         mu, logvar = encode_all(encoder, batches, device)
         arrays = {"mu": mu, "particle_ids": particles.particle_ids}
@@ -452,6 +444,9 @@ def _write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None
         with torch.no_grad():
             vol = volume.volume(None).detach().cpu().numpy()
         write_volume(out / "volumes" / "map.mrc", vol, apix)
+    if pose_encoder is not None:  # poses.npz, particles.star / .cs, poses.pkl
+        export_poses(pose_posterior(pose_encoder, volume, mu, batches, particles, weight_2d,
+                                    device), particles, out)
     release_free_heap()  # glibc keeps the freed batch buffers resident otherwise
 
 

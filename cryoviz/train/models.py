@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from cryoviz.fourier import centered_rfft2
+from cryoviz.inference.amortized_encoder import PoseEncoder
 from cryoviz.io.particles import ParticleSet
+from cryoviz.train.amortized_poses import fit_scale_without_poses
 from cryoviz.train.data import ParticleBatches
 from cryoviz.train.encoders import LatentTable, MLPEncoder
 from cryoviz.train.recipes import Recipe
@@ -79,7 +81,7 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
 @torch.no_grad()
 def initialise_models(volume: VolumeModel, encoder: torch.nn.Module | None, recipe: Recipe,
                       particles: ParticleSet, batches: ParticleBatches, inside: torch.Tensor,
-                      device: torch.device) -> float:
+                      device: torch.device, pose_encoder: PoseEncoder | None = None) -> float:
     """Put a fresh model on the data's scale; return the data scale ``s``.
 
     Parameters
@@ -94,6 +96,8 @@ def initialise_models(volume: VolumeModel, encoder: torch.nn.Module | None, reci
         ``(d, d // 2 + 1)`` bool: the half-plane coefficients within Nyquist.
     device
         Where the models live.
+    pose_encoder
+        The amortized pose encoder (its input scale is set), or ``None``.
 
     Returns
     -------
@@ -118,11 +122,15 @@ def initialise_models(volume: VolumeModel, encoder: torch.nn.Module | None, reci
                 batches.read, batches.n, as_tensor(particles.rotations, device), apix,
                 as_tensor(particles.shifts_angstrom, device),
                 None if particles.ctf is None else particles.ctf.to(device)))
+    elif isinstance(volume, GaussianMixtureVolume) and recipe.poses == "amortized":
+        volume.amplitude_scale.mul_(fit_scale_without_poses(volume, batches, particles, device))
     elif isinstance(volume, GaussianMixtureVolume):
         volume.amplitude_scale.fill_(fit_amplitude_scale(
             volume, *_first_images(particles, batches, device), apix))
     if isinstance(encoder, MLPEncoder):
         encoder.input_scale.fill_(image_std)
+    if pose_encoder is not None:
+        pose_encoder.input_scale.fill_(image_std)
     return data_scale
 
 

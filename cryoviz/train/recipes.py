@@ -23,7 +23,19 @@
                           VAE encoder, FRC loss, bond-length and elastic-network
                           restraints to the base (after CryoFold, Zhong et al.
                           2021)
+``atomvae``               atom Gaussians of a base structure (``reference``,
+                          required) moved by a decoder of ``z``, VAE encoder of
+                          ``z`` and an amortized CNN encoder of the poses (8
+                          hypotheses, winner-takes-all), Gaussian likelihood,
+                          bond-length and elastic-network restraints; the first
+                          ``pose_only_epochs`` train the pose encoder alone
+                          against the base structure (after Rosenbaum et al.
+                          2021); poses need not be given
 ========================  ======================================================
+
+Poses are given (read with the particles) for every recipe but ``atomvae``;
+``poses = 'amortized'`` (any ``gmm`` or reference-free ``implicit`` recipe)
+infers them with :mod:`cryoviz.train.amortized_poses`.
 """
 
 from __future__ import annotations
@@ -123,6 +135,20 @@ class Recipe:
         bond-length and elastic-network restraints of the decoded centres to the
         reference's distances (:mod:`cryoviz.volumes.elastic`), and the
         network's contact cutoff in Å.
+    poses
+        ``'given'`` (the particles' poses) or ``'amortized'`` (a CNN pose
+        encoder trained with the volume, :mod:`cryoviz.train.amortized_poses`).
+    pose_heads
+        Pose hypotheses per image of the amortized encoder (winner-takes-all).
+    pose_only_epochs
+        Amortized poses: epochs at the start that train the pose encoder alone,
+        the volume held at ``z = 0`` (the base structure); needs a ``reference``.
+    pose_start_band
+        Amortized poses: band limit (cycles / pixel) of the loss at step 0; it
+        rises linearly to Nyquist (0.5) over the first ``max(pose_only_epochs,
+        1)`` epochs.
+    pose_channels
+        Channels of the pose encoder's first convolution block.
     """
 
     name: str
@@ -162,6 +188,11 @@ class Recipe:
     bond_weight: float = 0.0
     contact_weight: float = 0.0
     contact_cutoff_angstrom: float = 10.0
+    poses: str = "given"
+    pose_heads: int = 8
+    pose_only_epochs: int = 0
+    pose_start_band: float = 0.1
+    pose_channels: int = 16
 
     @property
     def kl_weight(self) -> float:
@@ -219,6 +250,21 @@ class Recipe:
              "bond_weight / contact_weight", ">= 0", (self.bond_weight, self.contact_weight))
         need(self.contact_cutoff_angstrom > 0, "contact_cutoff_angstrom", "> 0",
              self.contact_cutoff_angstrom)
+        need(self.poses in ("given", "amortized"), "poses", "'given' or 'amortized'",
+             self.poses)
+        if self.poses == "amortized":
+            need(self.volume == "gmm" or (self.volume == "implicit" and self.reference is None),
+                 "volume", "'gmm' or a reference-free 'implicit' volume for amortized poses",
+                 self.volume)
+            need(self.loss == "gaussian", "loss", "'gaussian' for amortized poses", self.loss)
+            need(self.pose_heads >= 1, "pose_heads", "at least 1", self.pose_heads)
+            need(0 <= self.pose_only_epochs < self.epochs, "pose_only_epochs",
+                 f"0 .. {self.epochs - 1} (fewer than the epochs)", self.pose_only_epochs)
+            need(self.pose_only_epochs == 0 or self.reference is not None, "reference",
+                 "a base structure or map for pose_only_epochs > 0", self.reference)
+            need(0 < self.pose_start_band <= 0.5, "pose_start_band",
+                 "in (0, 0.5] cycles per pixel", self.pose_start_band)
+            need(self.pose_channels >= 1, "pose_channels", "at least 1", self.pose_channels)
         restrained = self.bond_weight > 0 or self.contact_weight > 0
         need(not restrained or self.volume == "gmm", "volume",
              "'gmm' for bond / contact restraints", self.volume)
@@ -242,6 +288,11 @@ RECIPES: dict[str, Recipe] = {
                        lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
                        enc_width=128, enc_depth=2, reference_level="residue",
                        move_amplitudes=False, bond_weight=1.0, contact_weight=0.1),
+    "atomvae": Recipe(name="atomvae", volume="gmm", encoder="vae", zdim=4, loss="gaussian",
+                      lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
+                      enc_width=128, enc_depth=2, reference_level="atom",
+                      move_amplitudes=False, bond_weight=1.0, contact_weight=0.1,
+                      poses="amortized", pose_heads=8, pose_only_epochs=5),
     "3dflex": Recipe(name="3dflex", volume="deformation", encoder="table", zdim=2,
                      lr=1e-2, table_noise_std=0.1, epochs=20, batch_size=64, width=64,
                      depth=2, control_points=6, max_shift_px=1.0,

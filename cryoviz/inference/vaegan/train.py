@@ -84,7 +84,7 @@ from cryoviz.inference.vaegan.search import half_plane_weights
 from cryoviz.io.mrc import atomic_output
 from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.train.data import ParticleBatches
-from cryoviz.train.loop import latest_checkpoint, write_toml
+from cryoviz.train.run_files import latest_checkpoint, write_toml
 
 __all__ = ["CryoVAEGANSettings", "CryoVAEGANProgress", "iter_cryovaegan", "train_cryovaegan"]
 
