@@ -23,6 +23,7 @@ import math
 import torch
 
 __all__ = [
+    "hermitian_half",
     "centered_fft2",
     "centered_ifft2",
     "centered_rfft2",
@@ -282,3 +283,39 @@ def hermitian_mirror(x: torch.Tensor) -> torch.Tensor:
     if size % 2 == 0:
         flipped = torch.roll(flipped, shifts=(1, 1, 1), dims=dims)
     return flipped
+
+
+def hermitian_half(ft: torch.Tensor, box_size: int) -> torch.Tensor:
+    """Make a centred half transform exactly that of a real image (even boxes).
+
+    For even ``D`` the samples at ``kx = D/2`` have their Hermitian partner
+    ``-ky`` in the same column (aliased), and ``(ky, kx) = (-D/2, 0)`` is its own
+    partner. The values there are replaced by their Hermitian-symmetric part
+    (the corner by its real part), which is what :func:`centered_rfft2` of
+    ``centered_irfft2(ft)`` returns when the rest of ``ft`` is already the
+    transform of a real image (e.g. an analytic one). Out of place (safe under
+    autograd); odd boxes are returned unchanged.
+
+    Parameters
+    ----------
+    ft
+        ``(..., D, D // 2 + 1)`` centred half transform.
+    box_size
+        ``D``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., D, D // 2 + 1)``.
+    """
+    if box_size % 2:
+        return ft
+    d = box_size
+    nyq = ft[..., :, d // 2]
+    partner = torch.roll(torch.flip(nyq, dims=(-1,)), shifts=1, dims=-1)  # the value at -ky
+    nyq = 0.5 * (nyq + partner.conj())
+    first = ft[..., :, :1]
+    corner = first[..., :1, :]
+    first = torch.cat([torch.complex(corner.real, torch.zeros_like(corner.real)),
+                       first[..., 1:, :]], dim=-2)
+    return torch.cat([first, ft[..., :, 1:d // 2], nyq[..., None]], dim=-1)

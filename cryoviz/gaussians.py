@@ -56,7 +56,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .fourier import complex_dtype_of, real_dtype_of
+from .fourier import complex_dtype_of, hermitian_half, real_dtype_of
 from .scattering import (
     ATOMIC_NUMBERS,
     SINGLE_GAUSSIAN_B0_A2,
@@ -434,25 +434,7 @@ def project_gaussians_fourier(
                                 * group_sigmas.to(device, rdtype)[:, None, None] ** 2 * k2)
                 ).sum(0)
                 acc += part * profile
-    return _hermitian_half(out, d)
-
-
-def _hermitian_half(ft: torch.Tensor, box_size: int) -> torch.Tensor:
-    """Make a centred half transform exactly that of a real image (even boxes).
-
-    For even ``D`` the samples at ``kx = D/2`` (and ``ky = -D/2``) have their Hermitian
-    partner on the grid itself (aliased). The analytic values there are replaced by their
-    Hermitian-symmetric part, which is what ``centered_rfft2`` of the real image
-    ``centered_irfft2(ft)`` returns; the image itself is unchanged.
-    """
-    if box_size % 2:
-        return ft
-    d = box_size
-    nyq = ft[..., :, d // 2]  # (B, D) rows ky = -D/2 .. D/2-1
-    partner = torch.roll(torch.flip(nyq, dims=(-1,)), shifts=1, dims=-1)  # value at -ky
-    ft[..., :, d // 2] = 0.5 * (nyq + partner.conj())
-    ft[..., 0, 0] = ft[..., 0, 0].real.to(ft.dtype)
-    return ft
+    return hermitian_half(out, d)
 
 
 def project_gaussians_real(

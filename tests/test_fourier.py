@@ -183,3 +183,23 @@ def test_hermitian_mirror_of_a_real_volume_transform_is_its_conjugate(box):
     gen = torch.Generator().manual_seed(5)
     ft = centered_fft3(torch.randn(box, box, box, generator=gen, dtype=torch.float64))
     assert torch.allclose(hermitian_mirror(ft), ft.conj(), atol=1e-10)
+
+
+def test_hermitian_half_makes_the_transform_of_a_real_image():
+    from cryoviz.fourier import centered_irfft2, hermitian_half  # noqa: PLC0415
+
+    gen = torch.Generator().manual_seed(3)
+    images = torch.randn(3, 16, 16, generator=gen, dtype=torch.float64)
+    ft = centered_rfft2(images)
+    torch.testing.assert_close(hermitian_half(ft, 16), ft)  # already valid: unchanged
+    broken = ft.clone()
+    broken[..., :, 8] = torch.randn(3, 16, generator=gen, dtype=torch.complex128)
+    broken[..., 0, 0] = broken[..., 0, 0] + 1j
+    fixed = hermitian_half(broken, 16)
+    torch.testing.assert_close(centered_rfft2(centered_irfft2(fixed, 16)), fixed)
+    assert not torch.allclose(centered_rfft2(centered_irfft2(broken, 16)), broken)
+    torch.testing.assert_close(fixed[..., :, 1:8], broken[..., :, 1:8])  # left alone
+    torch.testing.assert_close(fixed[..., 1:, 0], broken[..., 1:, 0])
+    torch.testing.assert_close(fixed[..., 0, 0], broken[..., 0, 0].real.to(fixed.dtype))
+    odd = centered_rfft2(torch.randn(2, 15, 15, generator=gen, dtype=torch.float64))
+    assert hermitian_half(odd, 15) is odd

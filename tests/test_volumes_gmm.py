@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cryoviz.errors import InputError
-from cryoviz.fourier import centered_fft2, centered_irfft2, centered_rfft2
+from cryoviz.fourier import centered_irfft2, centered_rfft2
 from cryoviz.gaussians import (
     GaussianMixture,
     project_gaussians_fourier,
@@ -18,8 +18,6 @@ from cryoviz.train.loop import build_models
 from cryoviz.train.recipes import get_recipe
 from cryoviz.volumes.gmm import (
     GaussianMixtureVolume,
-    frc_loss,
-    frc_per_shell,
     project_gaussians_batched,
     random_ball_mixture,
 )
@@ -101,31 +99,6 @@ def test_volume_model_slices_and_volume_agree_with_mixture():
         # another box over the same extent keeps voxel values (smooth map)
         big = model.volume(z[0], box_size=40)
         assert abs(float(big.sum()) / float(vol.sum()) - 8.0) < 1e-2
-
-
-def test_frc_loss_properties():
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randn(4, 16, 16, generator=gen, dtype=torch.float64)
-    ft = centered_rfft2(images)
-    assert float(frc_loss(ft, ft)) == pytest.approx(0.0, abs=1e-12)
-    assert float(frc_loss(3.0 * ft, ft)) == pytest.approx(0.0, abs=1e-12)
-    assert float(frc_loss(-ft, ft)) == pytest.approx(2.0, abs=1e-12)
-    other_images = torch.randn(4, 16, 16, generator=gen, dtype=torch.float64)
-    other = centered_rfft2(other_images)
-    # the half-plane FRC equals the full-plane one
-    full_a, full_b = centered_fft2(images), centered_fft2(other_images)
-    k = torch.arange(16, dtype=torch.float64) - 8
-    shell = torch.round(torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2)).long()
-    expected = []
-    for s in range(1, 9):
-        sel = shell == s
-        a, b = full_a[:, sel], full_b[:, sel]
-        expected.append((a * b.conj()).real.sum(1)
-                        / torch.sqrt((a.abs() ** 2).sum(1) * (b.abs() ** 2).sum(1)))
-    expected = torch.stack(expected, dim=1)
-    got = frc_per_shell(ft, other, max_shell=8)
-    assert torch.allclose(got, expected, atol=1e-10)
-    assert frc_per_shell(ft, other, max_shell=4).shape == (4, 4)
 
 
 def test_e2gmm_recipe_builds_models():

@@ -14,7 +14,7 @@ per coefficient) per coefficient, scaled by ``1 / K`` as in cryoDRGN (where
 the data term is a per-pixel mean and the KL term is divided by the pixels).
 Recipes with ``loss = 'frc'`` (``e2gmm``) replace the data term by E2GMM's
 ``1 - mean FRC`` over shells up to ``frc_max_resolution_angstrom``
-(:func:`cryoviz.volumes.gmm.frc_loss`).
+(:func:`cryoviz.volumes.frc.frc_loss`).
 
 Every epoch writes an atomic checkpoint (model, optimizer, RNG states of
 torch, numpy, python, the data order and the latent noise) and a line of
@@ -65,7 +65,7 @@ from cryoviz.train.recipes import Recipe
 from cryoviz.train.run_files import latest_checkpoint, write_toml, write_z_pkl
 from cryoviz.volumes import VolumeModel
 from cryoviz.volumes.deformation import DeformationVolume
-from cryoviz.volumes.gmm import frc_loss
+from cryoviz.volumes.frc import frc_loss
 
 __all__ = ["TrainProgress", "iter_train", "train", "build_models", "write_toml",
            "latest_checkpoint", "write_z_pkl"]

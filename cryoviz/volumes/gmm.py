@@ -24,11 +24,7 @@ Initialisation
   (:func:`mixture_from_structure`), one Gaussian per residue (at its CA) or
   per atom.
 
-Losses
-------
-:func:`frc_loss` is E2GMM's loss: one minus the mean, over Fourier shells up to
-a maximum resolution, of the Fourier ring correlation between each model
-projection and its particle image. It ignores each image's overall scale.
+E2GMM's FRC loss is in :mod:`cryoviz.volumes.frc`.
 """
 
 from __future__ import annotations
@@ -37,9 +33,11 @@ import math
 
 import torch
 
+from cryoviz.fourier import hermitian_half
 from cryoviz.gaussians import GaussianMixture, gaussians_volume
 from cryoviz.volumes.base import VolumeModel
 from cryoviz.volumes.elastic import ElasticRestraints
+from cryoviz.volumes.frc import shell_matrix
 from cryoviz.volumes.gmm_init import (
     load_reference,
     mixture_from_map,
@@ -50,8 +48,6 @@ from cryoviz.volumes.gmm_init import (
 __all__ = [
     "GaussianMixtureVolume",
     "project_gaussians_batched",
-    "frc_loss",
-    "frc_per_shell",
     "mixture_from_structure",
     "mixture_from_map",
     "random_ball_mixture",
@@ -61,26 +57,6 @@ __all__ = [
 
 
 # -- the batched analytic projection ------------------------------------------------------
-def _hermitian_half(ft: torch.Tensor, box_size: int) -> torch.Tensor:
-    """Out-of-place Hermitian symmetrisation of the aliased Nyquist column (even boxes).
-
-    Same result as the private helper of :mod:`cryoviz.gaussians`, without in-place
-    writes (so it is safe under autograd).
-    """
-    if box_size % 2:
-        return ft
-    d = box_size
-    nyq = ft[..., :, d // 2]
-    partner = torch.roll(torch.flip(nyq, dims=(-1,)), shifts=1, dims=-1)
-    nyq = 0.5 * (nyq + partner.conj())
-    first = ft[..., :, :1]
-    # (ky, kx) = (-D/2, 0) is its own Hermitian partner: real
-    corner = first[..., :1, :]
-    first = torch.cat([torch.complex(corner.real, torch.zeros_like(corner.real)),
-                       first[..., 1:, :]], dim=-2)
-    return torch.cat([first, ft[..., :, 1:d // 2], nyq[..., None]], dim=-1)
-
-
 def project_gaussians_batched(
     centres_angstrom: torch.Tensor,
     amplitudes: torch.Tensor,
@@ -150,81 +126,7 @@ def project_gaussians_batched(
     ex = torch.polar(amps[:, None, :] * torch.exp(-two_pi2 * kx[None, :, None] ** 2
                                                   * var[:, None, :]),
                      -2.0 * math.pi * kx[None, :, None] * lab[:, None, :, 0])
-    return _hermitian_half(torch.bmm(ey, ex.transpose(1, 2)), d)
-
-
-# -- the FRC loss ---------------------------------------------------------------------------
-def _shell_matrix(box_size: int, max_shell: int, min_shell: int, device,
-                  dtype: torch.dtype) -> torch.Tensor:
-    """``(D * (D//2+1), S)`` weights: sample -> shell, half-plane samples counted twice."""
-    d = box_size
-    ky = torch.arange(d, device=device, dtype=torch.float64) - d // 2
-    kx = torch.arange(d // 2 + 1, device=device, dtype=torch.float64)
-    shell = torch.round(torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)).long()
-    # columns 0 < kx < D/2 stand for themselves and their Hermitian mirrors
-    mult = torch.ones(d, d // 2 + 1, device=device, dtype=dtype)
-    last = d // 2 if d % 2 == 0 else d // 2 + 1
-    mult[:, 1:last] = 2.0
-    n_shells = max_shell - min_shell + 1
-    onehot = torch.zeros(d * (d // 2 + 1), n_shells, device=device, dtype=dtype)
-    flat = shell.reshape(-1)
-    keep = (flat >= min_shell) & (flat <= max_shell)
-    rows = torch.nonzero(keep).squeeze(1)
-    onehot[rows, flat[rows] - min_shell] = mult.reshape(-1)[rows]
-    return onehot
-
-
-def frc_per_shell(model: torch.Tensor, target: torch.Tensor, max_shell: int | None = None,
-                  min_shell: int = 1, eps: float = 1e-12) -> torch.Tensor:
-    """Fourier ring correlation of each model / image pair, per shell.
-
-    Parameters
-    ----------
-    model, target
-        ``(B, D, D//2+1)`` centred half transforms.
-    max_shell
-        Highest shell ``round(|k| D)`` included (default ``D // 2``, Nyquist).
-    min_shell
-        Lowest shell (default 1: the DC term is left out).
-    eps
-        Added under the square root of the denominator.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(B, S)`` real FRC for shells ``min_shell .. max_shell``.
-    """
-    d = int(model.shape[-2])
-    top = d // 2 if max_shell is None else int(max_shell)
-    if not 0 <= min_shell <= top:
-        raise ValueError(f"need 0 <= min_shell <= max_shell, got {min_shell}, {top}")
-    rdtype = model.real.dtype
-    weights = _shell_matrix(d, top, min_shell, model.device, rdtype)
-    mflat = model.reshape(model.shape[0], -1)
-    tflat = target.to(model.dtype).reshape(target.shape[0], -1)
-    cross = (mflat * tflat.conj()).real @ weights
-    pm = (mflat.abs() ** 2) @ weights
-    pt = (tflat.abs() ** 2) @ weights
-    return cross / torch.sqrt(pm * pt + eps)
-
-
-def frc_loss(model: torch.Tensor, target: torch.Tensor, max_shell: int | None = None,
-             min_shell: int = 1) -> torch.Tensor:
-    """E2GMM's loss: ``1 - mean_{particles, shells} FRC(model, target)``.
-
-    Parameters
-    ----------
-    model, target
-        ``(B, D, D//2+1)`` centred half transforms (CTF applied to the model).
-    max_shell, min_shell
-        Shell range, as in :func:`frc_per_shell`.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar in ``[0, 2]``.
-    """
-    return 1.0 - frc_per_shell(model, target, max_shell, min_shell).mean()
+    return hermitian_half(torch.bmm(ey, ex.transpose(1, 2)), d)
 
 
 # -- the volume model -----------------------------------------------------------------------
@@ -456,7 +358,7 @@ def fit_amplitude_scale(volume: GaussianMixtureVolume, targets: torch.Tensor,
     model = apply_shift_and_ctf(volume.slices(rotations, z, d, pixel_size_angstrom),
                                 pixel_size_angstrom, shifts_angstrom, ctf)
     top = max(2, d // 8) if max_shell is None else int(max_shell)
-    weights = _shell_matrix(d, top, 1, targets.device, torch.float64).sum(1)
+    weights = shell_matrix(d, top, 1, targets.device, torch.float64).sum(1)
     mflat = model.reshape(model.shape[0], -1).to(torch.complex128)
     tflat = targets.reshape(targets.shape[0], -1).to(torch.complex128)
     cross = float(((mflat * tflat.conj()).real @ weights).sum())
