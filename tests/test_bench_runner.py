@@ -227,7 +227,9 @@ def test_ci_subset_of_the_tiny_suite(tmp_path):
     parser = argparse.ArgumentParser()
     bench_cli.add_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["bench", "--suite", "tiny", "--subset", "ci", "-o", str(tmp_path)])
+    assert args.device == "auto"
     assert bench_cli.run(args) == 0
+    assert args.device == ("cuda" if torch.cuda.is_available() else "cpu")  # resolved
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["rows"]
     assert {r["recipe"] for r in rows} == {name for name, _ in ENTRIES}

@@ -110,6 +110,10 @@ def test_scale_without_poses_agrees_with_the_scale_at_the_true_poses(small):
             volume, centered_rfft2(batches.read(first)), as_tensor(small.rotations, "cpu"),
             as_tensor(small.shifts_angstrom, "cpu"), small.ctf, 8.0)
     assert searched == pytest.approx(known, rel=0.3)  # the same map scale within 30%
+    no_ctf = dataclasses.replace(small, ctf=None)
+    with ImageSource(no_ctf) as source, pytest.raises(InputError, match="ctf"):
+        fit_scale_without_poses(volume, ParticleBatches(source, 16, seed=0), no_ctf,
+                                torch.device("cpu"))
 
 
 def test_pose_posterior_sorts_the_hypotheses_by_weight(small):

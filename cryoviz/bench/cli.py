@@ -57,7 +57,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kinds", help="comma-separated dataset kinds (default: all)")
     p.add_argument("--snrs", help="comma-separated: hi, lo")
     p.add_argument("--poses", help="comma-separated: uniform, preferred")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto",
+                   help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-halves", action="store_true",
                    help="skip the half-set trainings (no half_w2 metric)")
     p.add_argument("--per-state", type=int, default=4,
@@ -149,6 +150,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     for flag, value in (("--epochs", args.epochs), ("--em-iterations", args.em_iterations)):
         if value is not None and value < 1:
             raise InputError(None, flag, "a positive integer", value)
+    if args.device == "auto":
+        import torch  # noqa: PLC0415
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     ci = args.subset == "ci"
     kinds = _csv(args.kinds) or KINDS
     snrs = _csv(args.snrs) or (CI_SUBSET["snrs"] if ci else tuple(SNRS))

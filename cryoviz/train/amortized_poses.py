@@ -31,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from cryoviz.errors import InputError
 from cryoviz.fourier import centered_rfft2
 from cryoviz.geometry import geodesic_distance_deg
 from cryoviz.imaging import apply_shift_and_ctf
@@ -111,7 +112,8 @@ def fit_scale_without_poses(volume, batches: ParticleBatches, particles: Particl
     coarse SO(3) grid per image, median of the least-squares factors).
     """
     if particles.ctf is None:
-        raise ValueError("amortized poses need CTF parameters to fit the map's scale")
+        raise InputError(particles.source_path, "ctf", "CTF parameters (the map's scale is "
+                         "fitted by a pose search when the poses are amortized)", "none")
     first = np.arange(min(batches.n, n_images))
     z = None if not volume.latent_dim else torch.zeros(volume.latent_dim, device=device)
     start_map = volume.volume(z).detach().float()

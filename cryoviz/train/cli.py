@@ -50,6 +50,8 @@ def add_parsers(subparsers) -> None:
                     "4ake / 1ake) or map (MRC) the Gaussians start from (e2gmm, cryofold: "
                     "structure only) or V0 of V(z) = V0 + dV(z) (cryodrgn, cryodrgn-ae, "
                     "autodecoder)")
+    tr.add_argument("--encoder-input", choices=("real", "hartley"),
+                    help="image encoder input: the pixels or their Hartley transform")
     tr.add_argument("--pose-only-epochs", type=int,
                     help="amortized poses (atomvae): epochs that train the pose encoder alone "
                     "against the reference at z = 0")
@@ -144,7 +146,8 @@ def _run_loop(args: argparse.Namespace, info) -> int:
                         batch_size=args.batch_size, lr=args.lr, width=args.width,
                         depth=args.depth, seed=args.seed, precision=args.precision,
                         reference=_reference_path(args.reference),
-                        pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads)
+                        pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,
+                        encoder_input=args.encoder_input)
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                ctf=args.ctf, datadir=args.datadir,
                                require_poses=recipe.poses == "given")

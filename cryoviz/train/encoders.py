@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from cryoviz.fourier import centered_fft2
+
 __all__ = ["MLPEncoder", "LatentTable", "circular_mask"]
 
 
@@ -16,7 +18,7 @@ def circular_mask(box_size: int, radius_px: float | None = None) -> torch.Tensor
 
 
 class MLPEncoder(torch.nn.Module):
-    """MLP on the real-space image inside a circular mask.
+    """MLP on the image inside a circular mask, in real space or as its Hartley transform.
 
     Parameters
     ----------
@@ -29,17 +31,28 @@ class MLPEncoder(torch.nn.Module):
     variational
         Return ``(mu, logvar)`` (VAE) if True, else ``(mu, None)`` (AE).
     mask_radius_px
-        Radius of the input mask (default ``D // 2``).
+        Radius of the input mask (default ``D // 2``): pixels around the centre
+        for ``input_domain = 'real'``, frequencies (``|k| D``) for ``'hartley'``.
+    input_domain
+        ``'real'``: the pixels; ``'hartley'``: the centred Hartley transform
+        ``Re F - Im F`` of the image (unitary scale, ``F / D``), as cryoDRGN's
+        encoder sees its images (a disc of radius ``D // 2`` drops the
+        frequencies beyond Nyquist in the corners).
 
     Notes
     -----
     Images are divided by the buffer ``input_scale`` (set by the trainer to the
-    data's standard deviation) before the first layer.
+    data's standard deviation) before the first layer; the unitary Hartley
+    transform keeps white noise at that standard deviation.
     """
 
     def __init__(self, box_size: int, latent_dim: int, width: int = 256, depth: int = 2,
-                 variational: bool = True, mask_radius_px: float | None = None) -> None:
+                 variational: bool = True, mask_radius_px: float | None = None,
+                 input_domain: str = "real") -> None:
         super().__init__()
+        if input_domain not in ("real", "hartley"):
+            raise ValueError(f"input_domain must be 'real' or 'hartley', got {input_domain!r}")
+        self.input_domain = input_domain
         self.latent_dim = int(latent_dim)
         self.variational = bool(variational)
         self.noise_std = 0.0
@@ -57,6 +70,9 @@ class MLPEncoder(torch.nn.Module):
     def forward(self, images: torch.Tensor,
                 indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode ``(B, D, D)`` images to ``mu (B, L)`` and ``logvar (B, L)`` or ``None``."""
+        if self.input_domain == "hartley":
+            ft = centered_fft2(images) / images.shape[-1]
+            images = ft.real - ft.imag
         x = images.reshape(images.shape[0], -1)[:, self.mask_index] / self.input_scale
         out = self.head(self.hidden(x))
         if self.variational:

@@ -69,7 +69,7 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
     if recipe.encoder in ("vae", "ae"):
         encoder: torch.nn.Module | None = MLPEncoder(
             box_size, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,
-            variational=recipe.encoder == "vae")
+            variational=recipe.encoder == "vae", input_domain=recipe.encoder_input)
     elif recipe.encoder == "table":
         encoder = LatentTable(n_particles, recipe.zdim, noise_std=recipe.table_noise_std,
                               seed=recipe.seed)

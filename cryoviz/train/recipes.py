@@ -90,6 +90,10 @@ class Recipe:
         ``pe_sigma`` defaults to ``1 / (8 pi)`` (see :data:`CRYODRGN_PE_SIGMA`).
     enc_width, enc_depth
         Encoder MLP.
+    encoder_input
+        What the image encoder sees: ``'real'`` (the pixels in a disc) or
+        ``'hartley'`` (the image's Hartley transform in a disc of frequencies,
+        as in cryoDRGN); see :class:`cryoviz.train.encoders.MLPEncoder`.
     table_noise_std
         Fixed noise added to auto-decoder latents during training.
     box
@@ -168,6 +172,7 @@ class Recipe:
     pe_sigma: float = CRYODRGN_PE_SIGMA
     enc_width: int = 256
     enc_depth: int = 2
+    encoder_input: str = "real"
     table_noise_std: float = 0.0
     box: int | None = None
     chunk_size: int = 256
@@ -227,6 +232,8 @@ class Recipe:
              "implicit volumes)", self.reference)
         need(self.domain in ("hartley", "fourier"), "domain", "'hartley' or 'fourier'",
              self.domain)
+        need(self.encoder_input in ("real", "hartley"), "encoder_input", "'real' or 'hartley'",
+             self.encoder_input)
         need(self.encoder in ("vae", "ae", "table", "none"), "encoder",
              "'vae', 'ae', 'table' or 'none'", self.encoder)
         need(self.volume != "voxel" or self.encoder == "none", "encoder",

@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="cryoviz train --precision (cryoDRGN keeps its default, AMP: "
                              "fp16 autocast on CUDA, none on the CPU)")
+    parser.add_argument("--encoder-input", default="real", choices=["real", "hartley"],
+                        help="cryoviz train --encoder-input (cryoDRGN's encoder sees the "
+                        "Hartley transform)")
     parser.add_argument("--cryoviz-epochs", type=int, default=None,
                         help="epochs of the cryoviz run (default --epochs): how many it needs "
                              "to reach cryoDRGN's FSC after --epochs, and in what time")
@@ -307,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
               "--epochs", str(cv_epochs_wanted), "--batch-size", str(args.batch_size),
               "--zdim", str(args.zdim), "--width", str(args.width), "--depth", str(args.depth),
               "--seed", str(args.seed), "--device", args.device,
-              "--precision", args.precision]
+              "--precision", args.precision, "--encoder-input", args.encoder_input]
     shutil.rmtree(cv_dir, ignore_errors=True)
     cv_run = run_cpu_timed(cv_cmd, work / "cryoviz_train.log")
     cv_log = [json.loads(line) for line in (cv_dir / "log.jsonl").read_text().splitlines()
@@ -417,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "residual layers, Hartley",
                      "seed": args.seed,
                      "cryoviz_precision": args.precision,
+                     "cryoviz_encoder_input": args.encoder_input,
                      "cryodrgn_precision": ("AMP (fp16 autocast)" if args.device == "cuda"
                                             else "fp32 (its AMP is CUDA autocast: no effect "
                                                  "on the CPU)")},
