@@ -29,6 +29,7 @@ from cryoviz.inference.amortized_encoder import (
 from cryoviz.inference.amortized_pose import (
     AmortizedPoseSettings,
     iter_amortized_pose,
+    run_amortized_pose,
     write_amortized_pose,
 )
 from cryoviz.inference.posterior import read_pose_posterior
@@ -167,6 +168,23 @@ def test_cryoai_trains_and_writes_every_format(small, tmp_path):
     assert saved["flipped_fraction"] == pytest.approx(metrics["flipped_fraction"])
 
 
+def test_several_heads_train_and_report_one_pose_per_particle(small):
+    """``heads = 3``: the winner-takes-all loss falls; every particle gets one valid pose."""
+    particles, _ = small
+    settings = AmortizedPoseSettings(recipe="cryoai", n_steps=40, batch_size=32, heads=3,
+                                     n_spread_samples=1, seed=0)
+    result = run_amortized_pose(particles, settings)
+    losses = np.asarray(result.losses)
+    assert losses[-10:].mean() < 0.9 * losses[:10].mean()
+    R = torch.as_tensor(result.posterior.rotations)
+    torch.testing.assert_close(R.transpose(-1, -2) @ R,
+                               torch.eye(3, dtype=R.dtype).expand(len(particles), 3, 3),
+                               atol=1e-5, rtol=0)
+    assert np.isfinite(result.posterior.angular_spread_deg).all()
+    with pytest.raises(InputError, match="heads"):
+        AmortizedPoseSettings(heads=0).resolved()
+
+
 def test_bad_input_is_a_clear_error(small):
     particles, truth = small
     with pytest.raises(InputError, match="recipe"):
@@ -194,3 +212,21 @@ def test_cli_train_cryoposenet(small, tmp_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["recipe"] == "cryoposenet" and saved["settings"]["n_steps"] == 3
     assert saved["settings"]["symmetrized"] is False
+
+
+def test_pose_encoder_heads_give_hypotheses_and_the_first_is_forward():
+    enc = PoseEncoder(16, 6.0, channels=4, hidden=32, seed=1, heads=3)
+    images = torch.randn(5, 16, 16)
+    R, t = enc.hypotheses(images)
+    assert R.shape == (5, 3, 3, 3) and t.shape == (5, 3, 2)
+    torch.testing.assert_close(R.transpose(-1, -2) @ R, torch.eye(3).expand(5, 3, 3, 3),
+                               atol=1e-5, rtol=0)
+    first_R, first_t = enc(images)
+    torch.testing.assert_close(first_R, R[:, 0])
+    torch.testing.assert_close(first_t, t[:, 0])
+    assert float((R[:, 0] - R[:, 1]).abs().max()) > 1e-3  # the heads differ
+    enc.input_scale.fill_(2.0)  # images are divided by the input scale
+    scaled_R, _ = enc.hypotheses(2.0 * images)
+    torch.testing.assert_close(scaled_R, R)
+    with pytest.raises(ValueError, match="heads"):
+        PoseEncoder(16, 6.0, heads=0)

@@ -17,6 +17,11 @@ below the current band limit) is
 The band limit marches linearly from ``start_band`` to Nyquist over the first
 ``marching_fraction`` of the steps (a low-pass warm-up).
 
+With ``heads = H > 1`` the encoder gives ``H`` pose hypotheses per image and the
+loss takes the minimum over them as well (winner-takes-all, the multi-head
+encoder of CryoSPIN, Shekarforoush et al. 2024); the particle's pose is its best
+hypothesis. The recipes' published forms have one head (the default).
+
 Per-particle outputs (:class:`~cryoviz.inference.posterior.PosePosterior`): the
 best pose; with the symmetrized loss, ``top_k = 2`` (the pose and its π-flipped
 alternative) weighted by their Gaussian likelihoods under the residual noise
@@ -82,6 +87,8 @@ class AmortizedPoseSettings:
         Network sizes.
     n_spread_samples
         Noisy copies per image for the spread proxy (0: spreads are NaN).
+    heads
+        Pose hypotheses per image (winner-takes-all); 1: the published recipes.
     pose_only_steps
         Warm-up steps that train the encoder only, against a fixed starting map
         (needs ``initial_map``, voxel volume).
@@ -105,6 +112,7 @@ class AmortizedPoseSettings:
     implicit_width: int = 64
     implicit_depth: int = 2
     n_spread_samples: int = 4
+    heads: int = 1
     pose_only_steps: int = 0
     initial_lowpass_angstrom: float = 20.0
     seed: int = 0
@@ -126,6 +134,7 @@ class AmortizedPoseSettings:
         need(self.max_shift_angstrom is None or self.max_shift_angstrom >= 0,
              "max_shift_angstrom", ">= 0 Å or None")
         need(self.n_spread_samples >= 0, "n_spread_samples", ">= 0")
+        need(self.heads >= 1, "heads", "at least 1")
         need(0 <= self.pose_only_steps <= self.n_steps, "pose_only_steps", "0 .. n_steps")
         need(self.initial_lowpass_angstrom > 0, "initial_lowpass_angstrom", "> 0 Å")
         return out
@@ -224,7 +233,8 @@ class _Model:
         self.image_std = float(probe.std())
         max_shift = 0.1 * self.box * self.apix if s.max_shift_angstrom is None \
             else s.max_shift_angstrom
-        self.encoder = PoseEncoder(self.box, max_shift, s.channels, seed=s.seed).to(self.device)
+        self.encoder = PoseEncoder(self.box, max_shift, s.channels, seed=s.seed,
+                                   heads=s.heads).to(self.device)
         initial = None
         if initial_map is not None:  # low-passed, on the normalised images' scale
             start = lowpass_volume(torch.as_tensor(initial_map, dtype=torch.float32),
@@ -252,10 +262,32 @@ class _Model:
         slices = self.volume.slices(rotations, None, self.box, self.apix)
         return apply_shift_and_ctf(slices, self.apix, shifts, ctf)
 
+    def hypotheses(self, images: torch.Tensor, ctf, band: float
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every head's pose and branch errors.
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            Rotations ``(B, H, 3, 3)``, shifts ``(B, H, 2)`` and errors ``(B, H, 2)``
+            (:meth:`branch_errors` of each head).
+        """
+        R, t = self.encoder.hypotheses(images)
+        n_images, heads = R.shape[:2]
+        ctf_rep = None if ctf is None else ctf.subset(
+            torch.arange(n_images, device=R.device).repeat_interleave(heads))
+        pred = self.render(R.reshape(-1, 3, 3), t.reshape(-1, 2), ctf_rep)
+        errors = self.branch_errors(images, pred.reshape(n_images, heads, *pred.shape[-2:]),
+                                    band)
+        return R, t, errors
+
     def branch_errors(self, images: torch.Tensor, pred_ft: torch.Tensor, band: float
                       ) -> torch.Tensor:
-        """``(B, 2)`` mean squared errors per pixel: the image and its π rotation."""
+        """``(B, 2)`` (or ``(B, H, 2)`` for ``(B, H, ...)`` predictions) mean squared
+        errors per pixel: the image and its π rotation."""
         y = images_to_fourier(images)
+        if pred_ft.ndim == y.ndim + 1:
+            y = y[:, None]
         w = self.half_weight * (self.radius < band)
         norm = w.sum() * self.box**2  # Parseval: per real-space pixel
         plain = ((y - pred_ft).abs().pow(2) * w).sum((-2, -1)) / norm
@@ -266,16 +298,21 @@ class _Model:
 def _final_poses(m: _Model, batch_size: int) -> tuple[np.ndarray, ...]:
     """Poses, branch errors and spread proxies of every particle (no gradients)."""
     s, n = m.s, len(m.particles)
-    rots, shifts, errs = [], [], []
+    rots, shifts, errs, heads = [], [], [], []
     with torch.no_grad():
         for start in range(0, n, batch_size):
             idx = np.arange(start, min(start + batch_size, n))
             images, ctf = m.batch(idx)
-            R, t = m.encoder(images)
-            errs.append(m.branch_errors(images, m.render(R, t, ctf), 0.5))
-            rots.append(R)
-            shifts.append(t)
+            R, t, e = m.hypotheses(images, ctf, 0.5)
+            score = e.min(-1).values if s.symmetrized else e[..., 0]
+            head = score.argmin(dim=1)  # the best hypothesis of each image
+            rows = torch.arange(len(idx), device=m.device)
+            errs.append(e[rows, head])
+            rots.append(R[rows, head])
+            shifts.append(t[rows, head])
+            heads.append(head)
         R, t, e = torch.cat(rots), torch.cat(shifts), torch.cat(errs)
+        best_head = torch.cat(heads)
         noise_var = float(e[:, 0].mean()) if not s.symmetrized else float(e.min(1).values.mean())
         ang = torch.full((n,), float("nan"))
         dsh = torch.full((n,), float("nan"))
@@ -287,7 +324,9 @@ def _final_poses(m: _Model, batch_size: int) -> tuple[np.ndarray, ...]:
                     sl = slice(start, min(start + batch_size, n))
                     images, _ = m.batch(np.arange(sl.start, sl.stop))
                     noise = torch.randn(images.shape, generator=gen, device=m.device)
-                    Rn, tn = m.encoder(images + math.sqrt(noise_var) * noise)
+                    Rh, th = m.encoder.hypotheses(images + math.sqrt(noise_var) * noise)
+                    rows = torch.arange(sl.stop - sl.start, device=m.device)
+                    Rn, tn = Rh[rows, best_head[sl]], th[rows, best_head[sl]]
                     acc_a[sl] += geodesic_distance_deg(Rn, R[sl]).cpu().double().pow(2).float()
                     acc_s[sl] += (tn - t[sl]).pow(2).sum(-1).cpu()
             ang = (acc_a / s.n_spread_samples).sqrt()
@@ -369,9 +408,10 @@ def iter_amortized_pose(particles: ParticleSet, settings: AmortizedPoseSettings 
         idx = np.sort(order[pos:pos + s.batch_size])
         pos += s.batch_size
         images, ctf = m.batch(idx)
-        R, t = m.encoder(images)
-        errors = m.branch_errors(images, m.render(R, t, ctf), s.band(step))
-        per_image = errors.min(1).values if s.symmetrized else errors[:, 0]
+        _, _, errors = m.hypotheses(images, ctf, s.band(step))
+        score = errors.min(-1).values if s.symmetrized else errors[..., 0]
+        per_image, head = score.min(dim=1)  # the best hypothesis of each image
+        errors = errors[torch.arange(len(idx), device=m.device), head]
         loss = per_image.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

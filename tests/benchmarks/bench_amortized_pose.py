@@ -11,12 +11,17 @@ per-particle rotation error after the best global rotation and hand
 π-rotated branch won, and the wall time; and the FSC 0.5 of the map against the
 truth after :func:`cryoviz.metrics.align_volume` (rotation, shift and hand).
 
+With ``--heads H > 1`` the encoder gives ``H`` pose hypotheses per image
+(winner-takes-all loss) and the results go to
+``amortized_pose_heads<H>_<device>.json``.
+
 Writes ``tests/benchmarks/results/amortized_pose_<device>.json``.
 
 Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_amortized_pose.py \
-        [--particles 2000] [--steps 1500] [--box 32] [--pixel-size 4] [--snr 1]
+        [--particles 2000] [--steps 1500] [--box 32] [--pixel-size 4] [--snr 1] [--heads 1] \
+        [--loss both]
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def _one(particles, truth_rot: torch.Tensor, truth_map: torch.Tensor, symmetrize
          args) -> dict:
     settings = AmortizedPoseSettings(recipe="cryoai", symmetrized=symmetrized,
                                      n_steps=args.steps, batch_size=args.batch_size,
-                                     seed=args.seed)
+                                     heads=args.heads, seed=args.seed)
     t0 = time.perf_counter()
     result = None
     for p in iter_amortized_pose(particles, settings, log_every=max(1, args.steps // 10)):
@@ -76,6 +81,8 @@ def main() -> None:
     parser.add_argument("--pixel-size", type=float, default=4.0)
     parser.add_argument("--snr", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heads", type=int, default=1)
+    parser.add_argument("--loss", choices=("both", "symmetrized", "plain"), default="both")
     args = parser.parse_args()
     start_load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,15 +95,18 @@ def main() -> None:
             truth_rot = torch.as_tensor(npz["rotations"], dtype=torch.float64)
         truth_map = torch.as_tensor(read_volume(data / "truth" / "state_0.mrc")[0],
                                     dtype=torch.float64)
-        runs = [_one(particles, truth_rot, truth_map, sym, args) for sym in (True, False)]
+        losses = {"both": (True, False), "symmetrized": (True,), "plain": (False,)}[args.loss]
+        runs = [_one(particles, truth_rot, truth_map, sym, args) for sym in losses]
     out = {"machine": {**machine_info(torch.device("cpu")), "load_average_start": start_load,
                        "load_average_end": load_average()},
            "dataset": {"structure": "4ake", "particles": args.particles, "box": args.box,
                        "pixel_size_angstrom": args.pixel_size, "snr": args.snr,
                        "poses": "uniform", "ctf": True},
-           "settings": {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed},
+           "settings": {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
+                        "heads": args.heads},
            "runs": runs}
-    path = RESULTS_DIR / f"amortized_pose_{out['machine']['device']}.json"
+    heads = f"heads{args.heads}_" if args.heads > 1 else ""
+    path = RESULTS_DIR / f"amortized_pose_{heads}{out['machine']['device']}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(runs, indent=2))
     print(f"wrote {path}")
