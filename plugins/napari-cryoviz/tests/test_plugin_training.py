@@ -76,3 +76,19 @@ def test_bad_input_is_a_readable_message(make_napari_viewer, wait_workers, tmp_p
     dock.start()
     wait_workers(dock)
     assert "bad.star" in dock.errors.text() and dock.status.text() == "failed"
+
+
+def test_base_structure_recipes_take_a_reference(make_napari_viewer, tmp_path):
+    """cryofold / atomvae: choosing them sets their defaults; without a reference the
+    form gives a readable error, with one a recipe (atomvae: poses inferred)."""
+    _, dock = _dock(make_napari_viewer, tmp_path / "p.star", tmp_path / "run")
+    dock.recipe.value = "atomvae"
+    assert dock.batch_size.value == 32 and dock.zdim.value == 4
+    dock.start()  # no reference: refused before any worker starts
+    assert dock.worker is None and "reference" in dock.errors.text()
+    dock.reference.value = "4ake"
+    recipe = dock.recipe_from_form()
+    assert recipe.name == "atomvae" and recipe.reference == "4ake"
+    assert recipe.poses == "amortized"
+    dock.recipe.value = "cryofold"
+    assert dock.recipe_from_form().reference == "4ake"

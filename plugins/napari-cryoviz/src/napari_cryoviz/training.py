@@ -11,7 +11,7 @@ from pathlib import Path
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
 from matplotlib.ticker import MaxNLocator
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -34,8 +34,11 @@ TRAINING_LAYER = "cryoviz training volume"
 
 
 def train_epochs(particles_path: Path, recipe: api.Recipe, output_dir: Path, resume: bool):
-    """Generator for the worker: yields ``(TrainProgress, map (d, d, d), voxel size)``."""
-    particles = api.load_particles(particles_path, require_poses=True)
+    """Generator for the worker: yields ``(TrainProgress, map (d, d, d), voxel size)``.
+
+    The particles need poses unless the recipe infers them (``atomvae``).
+    """
+    particles = api.load_particles(particles_path, require_poses=recipe.poses == "given")
     for progress in api.iter_train(particles, recipe, output_dir, resume=resume):
         run = api.load_run(output_dir)
         z = None if run.latent_dim == 0 else np.zeros((1, run.latent_dim), dtype=np.float32)
@@ -65,10 +68,13 @@ class TrainingDock(QWidget):
         self.lr = FloatSpinBox(label="learning rate", min=1e-6, max=1.0, step=1e-4,
                                value=1e-4)
         self.width = SpinBox(label="network width", min=4, max=2048, value=128)
+        self.reference = LineEdit(label="reference", value="",
+                                  tooltip="base structure (PDB / mmCIF path, or 4ake / 1ake) "
+                                  "or map (MRC); needed by cryofold and atomvae")
         self.recipe.changed.connect(self._recipe_defaults)
         self.form = Container(widgets=[self.particles, self.output, self.recipe, self.epochs,
                                        self.zdim, self.box, self.batch_size, self.lr,
-                                       self.width])
+                                       self.width, self.reference])
         self.resume_box = QCheckBox("continue from the last checkpoint")
 
         self.start_button = QPushButton("Start")
@@ -102,7 +108,7 @@ class TrainingDock(QWidget):
 
     # -- settings ------------------------------------------------------------------------
     def _recipe_defaults(self, name: str) -> None:
-        base = api.get_recipe(name)
+        base = api.RECIPES[name]  # the defaults (a base-structure recipe needs --reference)
         self.epochs.value = base.epochs
         self.batch_size.value = base.batch_size
         self.lr.value = base.lr
@@ -115,8 +121,9 @@ class TrainingDock(QWidget):
         name = self.recipe.value
         overrides = {"epochs": self.epochs.value, "batch_size": self.batch_size.value,
                      "lr": float(self.lr.value), "width": self.width.value,
-                     "box": self.box.value or None}
-        if api.get_recipe(name).latent_dim > 0:
+                     "box": self.box.value or None,
+                     "reference": self.reference.value.strip() or None}
+        if api.RECIPES[name].latent_dim > 0:
             overrides["zdim"] = self.zdim.value
         return api.get_recipe(name, **overrides)
 
