@@ -89,21 +89,22 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
-from cryoviz.ctf import compute_ctf_2d
+from cryoviz.backprojection import gold_standard_maps
 from cryoviz.errors import InputError
 from cryoviz.fourier import (
-    centered_irfft2,
-    centered_rfft2,
     frequency_grid_3d,
     lowpass_volume,
-    pad_center,
-    phase_shift,
 )
-from cryoviz.imaging import apply_shift_and_ctf, gridding_correction, volume_to_fourier
+from cryoviz.imaging import gridding_correction, volume_to_fourier
 from cryoviz.inference.ppca_result import PPCAProgress, PPCAResult, eval_ppca, write_ppca
+from cryoviz.inference.ppca_terms import (
+    cache_transforms,
+    latent_posterior,
+    residual_channels,
+    shell_sum,
+    working_box,
+)
 from cryoviz.inference.subspace_ops import (
-    crop_images_fourier,
     extract_many,
     finish_sigma2,
     fourier_crop_volume,
@@ -112,7 +113,7 @@ from cryoviz.inference.subspace_ops import (
     slice_corners,
     solve_components,
 )
-from cryoviz.io.particles import ImageSource, ParticleSet
+from cryoviz.io.particles import ParticleSet
 from cryoviz.noise import half_plane_shells
 from cryoviz.reconstruct import half_sets
 
@@ -237,22 +238,10 @@ def iter_ppca(
     k_comp = int(n_components)
     n = len(particles)
     full_box = particles.box_size
-    apix = particles.pixel_size_angstrom
-    if box_size is None:
-        if resolution_angstrom is not None:
-            wanted = 2 * math.ceil(full_box * apix / resolution_angstrom)
-            box_size = int(min(full_box - full_box % 2, max(8, wanted)))
-        else:
-            box_size = int(min(full_box - full_box % 2, DEFAULT_WORK_BOX))
-    d = int(box_size)
-    apix_w = apix * full_box / d
-    if resolution_angstrom is None:
-        resolution_angstrom = 2.0 * apix_w
-    k_max = min(0.5, apix_w / float(resolution_angstrom))
-    last_shell = int(math.floor(k_max * d + 1e-9))
-    if last_shell < 1:
-        raise InputError(None, "resolution_angstrom",
-                         f"at most {d * apix_w:g} Å (the box)", resolution_angstrom)
+    box = working_box(full_box, particles.pixel_size_angstrom, box_size, resolution_angstrom,
+                      DEFAULT_WORK_BOX)
+    d, apix_w, k_max = box.box_size, box.pixel_size_angstrom, box.k_max
+    resolution_angstrom = box.resolution_angstrom
     if mean_map is not None:
         shape = tuple(np.shape(mean_map))
         if shape not in ((full_box,) * 3, (d,) * 3):
@@ -260,51 +249,17 @@ def iter_ppca(
         if not bool(torch.isfinite(torch.as_tensor(np.asarray(mean_map))).all()):
             raise InputError(None, "mean_map", "finite values", "NaN or inf")
 
-    layout = half_plane_shells(d, last_shell, device=device)
+    layout = half_plane_shells(d, box.last_shell, device=device)
     rotations = torch.as_tensor(np.asarray(particles.rotations), dtype=torch.float64)
     shifts = (None if particles.shifts_angstrom is None else
               torch.as_tensor(np.asarray(particles.shifts_angstrom), dtype=torch.float64))
     ctf_all = particles.ctf
-    halves = half_sets(particles, seed)
-
-    # pass 0: cropped transforms (cached) and, without a mean map, the consensus
-    cache = torch.zeros((n, d, d // 2 + 1), dtype=torch.complex64)
-    # per-particle CTF x shift factors of the working box, and the padded CTF
-    # when it fits in CTF_CACHE_BYTES (else recomputed per batch)
-    modulation = torch.zeros((n, d, d // 2 + 1), dtype=torch.complex64)
     padded = int(round(PAD_FACTOR * d))
-    padded_ctf = None
-    if ctf_all is not None and n * padded * (padded // 2 + 1) * 4 <= CTF_CACHE_BYTES:
-        padded_ctf = torch.zeros((n, padded, padded // 2 + 1), dtype=torch.float32)
-    consensus = None if mean_map is not None else [
-        FourierAccumulator(d, PAD_FACTOR, device) for _ in (0, 1)]
-    with ImageSource(particles) as source:
-        for start in range(0, n, batch_size):
-            index = np.arange(start, min(n, start + batch_size))
-            ft = crop_images_fourier(source.images(index).to(device, torch.float64), d)
-            sel = torch.as_tensor(index)
-            cache[sel] = ft.to(torch.complex64).cpu()
-            ones = torch.ones(ft.shape, dtype=torch.complex128, device=device)
-            modulation[sel] = apply_shift_and_ctf(
-                ones, apix_w, None if shifts is None else shifts[sel].to(device),
-                None if ctf_all is None else ctf_all.subset(sel)).to(torch.complex64).cpu()
-            if padded_ctf is not None:
-                padded_ctf[sel] = compute_ctf_2d(
-                    ctf_all.subset(sel), padded, apix_w, rfft=True, dtype=torch.float32,
-                    device=device).cpu()
-            if consensus is not None:
-                small = centered_irfft2(ft, d)
-                for h in (0, 1):
-                    local = np.flatnonzero(halves[index] == h)
-                    if len(local) == 0:
-                        continue
-                    sel = torch.as_tensor(index[local])
-                    consensus[h].add(
-                        small[torch.as_tensor(local)], rotations[sel], apix_w,
-                        None if shifts is None else shifts[sel],
-                        None if ctf_all is None else ctf_all.subset(sel))
-    if consensus is not None:
-        v0 = gold_standard_maps(consensus)[0].to(torch.float64)
+    # pass 0: cropped transforms (cached) and, without a mean map, the consensus
+    cached = cache_transforms(particles, box, PAD_FACTOR, half_sets(particles, seed),
+                              batch_size, device, mean_map is None, CTF_CACHE_BYTES)
+    if cached.consensus is not None:
+        v0 = gold_standard_maps(cached.consensus)[0].to(torch.float64)
     else:
         v0 = torch.as_tensor(np.asarray(mean_map), dtype=torch.float64)
         if v0.shape[-1] != d:
@@ -323,53 +278,25 @@ def iter_ppca(
     inside = torch.sqrt(kz**2 + ky**2 + kx**2) <= k_max
     grid_corr = gridding_correction(d, padded, torch.float64, device)
     pairs = [(a, b) for a in range(k_comp) for b in range(a, k_comp)]
-    sigma2: torch.Tensor | None = None
-    eye = torch.eye(k_comp, dtype=torch.float64, device=device)
 
     def batch_terms(index: np.ndarray, volumes_ft: torch.Tensor):
         """Residuals ``(B, d, d // 2 + 1)`` and component slices ``(B, K, P)``."""
         sel = torch.as_tensor(index)
         rot = rotations[sel].to(device)
-        sh = None if shifts is None else shifts[sel].to(device)
-        ctf = None if ctf_all is None else ctf_all.subset(sel)
-        x = cache[sel].to(device, torch.complex128)
         idx, wgt, _ = slice_corners(rot, d, padded)
         slices = extract_many(volumes_ft, idx, wgt, (len(index), d, d // 2 + 1))
-        slices = slices * modulation[sel].to(device, torch.complex128)
-        resid = x - slices[0]
+        slices = slices * cached.modulation[sel].to(device, torch.complex128)
+        resid = cached.transforms[sel].to(device, torch.complex128) - slices[0]
         comp = slices[1:].permute(1, 0, 2, 3).reshape(len(index), len(slices) - 1, d * (d // 2 + 1))
-        return sel, rot, sh, ctf, resid, comp[:, :, layout.pixels]
-
-    def posterior(slices: torch.Tensor, r: torch.Tensor, noise: torch.Tensor):
-        wsig = layout.weight / noise[layout.shell]  # (P,)
-        gram = torch.einsum("bkp,blp,p->bkl", slices.conj(), slices, wsig.to(slices.dtype)).real
-        lam = eye + gram
-        b = torch.einsum("bkp,bp,p->bk", slices.conj(), r, wsig.to(slices.dtype)).real
-        chol = torch.linalg.cholesky(lam)
-        mu = torch.cholesky_solve(b[..., None], chol)[..., 0]
-        cov = torch.cholesky_inverse(chol)
-        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(dim=-1)
-        constant = float((layout.weight * torch.log(2.0 * math.pi * noise[layout.shell])).sum())
-        ll = (-0.5 * ((r.real**2 + r.imag**2) * wsig).sum(dim=-1) - constant
-              + 0.5 * (b * mu).sum(dim=-1) - 0.5 * logdet)
-        # expected residual power per pixel E|r - A z|^2
-        fitted = torch.einsum("bkp,bk->bp", slices, mu.to(slices.dtype))
-        spread = torch.einsum("bkp,blp,bkl->bp", slices.conj(), slices,
-                              cov.to(slices.dtype)).real
-        power = (r - fitted).abs() ** 2 + spread
-        return mu, cov, ll, power
-
-    def shell_sum(power: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(layout.n_shells, dtype=torch.float64, device=device)
-        return out.index_add_(0, layout.shell, (power * layout.weight).sum(dim=0))
+        return sel, rot, resid, comp[:, :, layout.pixels]
 
     # initial noise: residual power after the consensus
     total = torch.zeros(layout.n_shells, dtype=torch.float64, device=device)
     for start in range(0, n, batch_size):
         index = np.arange(start, min(n, start + batch_size))
-        _, _, _, _, resid, _ = batch_terms(index, v0_ft[None])
+        _, _, resid, _ = batch_terms(index, v0_ft[None])
         r = resid.reshape(len(index), -1)[:, layout.pixels]
-        total += shell_sum(r.real**2 + r.imag**2)
+        total += shell_sum(r.real**2 + r.imag**2, layout)
     sigma2 = finish_sigma2(total, layout, n)
 
     log_likelihoods: list[float] = []
@@ -386,11 +313,11 @@ def iter_ppca(
         total_ll = 0.0
         for start in range(0, n, batch_size):
             index = np.arange(start, min(n, start + batch_size))
-            sel, rot, sh, ctf, resid, slices = batch_terms(index, volumes_ft)
+            sel, rot, resid, slices = batch_terms(index, volumes_ft)
             r = resid.reshape(len(index), -1)[:, layout.pixels]
-            mu, cov, ll, power = posterior(slices, r, sigma2)
+            mu, cov, ll, power = latent_posterior(slices, r, sigma2, layout)
             total_ll += float(ll.sum())
-            residual_power += shell_sum(power)
+            residual_power += shell_sum(power, layout)
             mu_all[sel] = mu.cpu()
             cov_all[sel] = cov.cpu()
             moment = cov + mu[:, :, None] * mu[:, None, :]  # (B, K, K)
@@ -398,27 +325,13 @@ def iter_ppca(
             if final:
                 continue
             # M-step sums from residual images padded to the Fourier grid
-            big = centered_rfft2(pad_center(centered_irfft2(resid, d), padded, ndim=2))
-            if sh is not None:
-                big = phase_shift(big, -sh / apix_w, padded, rfft=True)
-            if padded_ctf is not None:
-                values = padded_ctf[sel].to(device, torch.float64)
-            elif ctf is not None:
-                values = compute_ctf_2d(ctf, padded, apix_w, rfft=True,
-                                        dtype=torch.float64, device=device)
-            else:
-                values = torch.ones(big.shape, dtype=torch.float64, device=device)
-            big = big * values
-            ctf2 = values**2
-            # right-hand sides and weight volumes (packed two per complex channel)
-            channels = [big * mu[:, k, None, None] for k in range(k_comp)]
-            for j in range(0, len(pairs), 2):
-                real = ctf2 * moment[:, pairs[j][0], pairs[j][1], None, None]
-                imag = (ctf2 * moment[:, pairs[j + 1][0], pairs[j + 1][1], None, None]
-                        if j + 1 < len(pairs) else torch.zeros_like(real))
-                channels.append(torch.complex(real, imag))
+            channels = residual_channels(
+                resid, mu, moment, None if shifts is None else shifts[sel].to(device),
+                None if ctf_all is None else ctf_all.subset(sel),
+                None if cached.padded_ctf is None else cached.padded_ctf[sel], pairs, box,
+                padded)
             idx, wgt, keep = slice_corners(rot, padded, padded, k_max)
-            insert_many(torch.stack(channels), idx, wgt, keep, accumulators)
+            insert_many(channels, idx, wgt, keep, accumulators)
         log_likelihoods.append(total_ll)
         if final:
             break
