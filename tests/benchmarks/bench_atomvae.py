@@ -23,7 +23,8 @@ Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_atomvae.py \
         [--particles 2000] [--box 32] [--pixel-size 4] [--snr 1] [--heads 8] \
-        [--warmup-epochs 15] [--mixture-epochs 25]
+        [--warmup-epochs 15] [--mixture-epochs 25] [--level residue] [--skip-mixture] \
+        [--output JSON]
 """
 
 from __future__ import annotations
@@ -143,6 +144,8 @@ def main() -> None:
     parser.add_argument("--level", choices=("residue", "atom"), default="residue")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-mixture", action="store_true")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="JSON path (default: results/atomvae_<device>.json)")
     args = parser.parse_args()
     start_load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +160,7 @@ def main() -> None:
                         "warmup_epochs": args.warmup_epochs, "level": args.level,
                         "seed": args.seed},
            "warm_up": warm_up, "mixture": mixture}
-    path = RESULTS_DIR / f"atomvae_{out['machine']['device']}.json"
+    path = args.output or RESULTS_DIR / f"atomvae_{out['machine']['device']}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({"warm_up": warm_up, "mixture": mixture}, indent=2))
     print(f"wrote {path}")
