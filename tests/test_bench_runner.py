@@ -24,7 +24,7 @@ from cryoviz.bench.entries import (
 )
 from cryoviz.bench.runner import run_bench, select_entries
 from cryoviz.bench.suite import KINDS, DatasetSpec
-from cryoviz.bench.tasks import RunOutputs, load_truth
+from cryoviz.bench.tasks import RunOutputs, load_truth, score
 from cryoviz.errors import InputError
 from cryoviz.geometry import axis_angle_to_matrix
 from cryoviz.inference.posterior import PosePosterior, write_pose_posterior
@@ -169,6 +169,28 @@ def test_conformation_scores(bench):
     assert 0.0 <= learned["half_w2"]
 
 
+def test_conformation_rows_score_inferred_poses(bench, tmp_path):
+    """A conformation run that inferred its poses (poses.npz) also gets the pose errors:
+    the true maps per particle with the true poses perturbed by 5 degrees."""
+    out, _ = bench
+    dataset = out / "datasets" / "mixture-hi-uniform-tiny"
+    truth = load_truth(dataset)
+    render = np.arange(0, len(truth.labels), 7)
+    est = perturb_rotations(truth.rotations, POSE_ERROR_DEG, seed=2) @ GLOBAL.T
+    run = RunOutputs(volumes=truth.maps[truth.labels[render]].to(torch.float32),
+                     pixel_size_angstrom=truth.pixel_size_angstrom,
+                     z=truth.labels[:, None].astype(np.float64),
+                     poses_file=write_pose_posterior(tmp_path, _posterior(est)))
+    metrics = score("conformation", run, truth, render)
+    assert metrics["pose_median_error_deg"] == pytest.approx(POSE_ERROR_DEG, abs=0.2)
+    assert metrics["fsc_cluster_agreement"] == pytest.approx(1.0)
+    without = score("conformation", RunOutputs(
+        volumes=run.volumes, pixel_size_angstrom=run.pixel_size_angstrom, z=run.z),
+        truth, render)
+    assert "pose_median_error_deg" not in without  # given poses: nothing to score
+    assert without["fsc_auc"] == pytest.approx(metrics["fsc_auc"])
+
+
 def test_cli_regenerates_the_tables(bench, capsys):
     out, _ = bench
     md = (out / "leaderboard.md").read_text()
@@ -259,6 +281,15 @@ def test_ci_subset_of_the_tiny_suite(tmp_path):
     # atomvae infers its poses (none given): scored like cryofold, by CA RMSD and FSC
     assert np.isfinite(by[("atomvae", "mixture-hi-uniform-tiny")]["ca_rmsd_angstrom"])
     assert by[("atomvae", "continuous-hi-uniform-tiny")]["pose_only_epochs"] == 1
+    assert 0.0 <= by[("atomvae", "mixture-hi-uniform-tiny")]["pose_within_10deg"] <= 1.0
+    # classification with searched poses from low-passed true end states (tiny, SNR 0.1,
+    # 3 iterations) is scored on its class maps and its poses (measured when written:
+    # FSC-clustering agreement 0.875, chance 0.5; median pose error 73 degrees, the
+    # poses are not found at this size)
+    search = by[("relion-class3d-search", "mixture-hi-uniform-tiny")]
+    assert search["fsc_cluster_agreement"] is not None
+    assert 0.0 <= search["pose_median_error_deg"] <= 180.0
+    assert search["classes"] == 2
 
 
 def test_ca_rmsd_of_the_base_structure_is_the_known_distance(tmp_path):

@@ -214,8 +214,9 @@ def train_entry(name: str, **overrides) -> Callable[[Path, Path, RunContext], Ru
         if z is not None and recipe.volume == "gmm" and recipe.bond_weight > 0:
             extra["ca_rmsd_angstrom"] = _adk_ca_rmsd(run_all, z[ctx.render], dataset,
                                                      ctx.render)
+        poses = output / "all" / "poses.npz" if recipe.poses == "amortized" else None
         return RunOutputs(volumes=maps, pixel_size_angstrom=particles.pixel_size_angstrom,
-                          z=z, half_latents=half_latents, extra=extra)
+                          z=z, half_latents=half_latents, extra=extra, poses_file=poses)
     return run
 
 
@@ -263,6 +264,33 @@ def _class3d(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
                       pixel_size_angstrom=result.pixel_size_angstrom,
                       z=result.posteriors.numpy().astype(np.float64),
                       extra={"classes": k, "iterations": ctx.iterations})
+
+
+def _class3d_searched(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    """relion-class3d with the poses searched (never read), from 30 Å low-passes of the
+    true end states (the first and last true maps: the two states, or the path's ends)."""
+    from cryoviz.bench.tasks import load_truth  # noqa: PLC0415
+    from cryoviz.inference.class_refine import (  # noqa: PLC0415
+        run_class_refine,
+        write_class_refine,
+    )
+    from cryoviz.inference.refine import RefineSettings  # noqa: PLC0415
+
+    particles = load_particles(dataset / "particles.star")
+    truth = load_truth(dataset)
+    starts = torch.stack([truth.maps[0], truth.maps[-1]]).to(torch.float32)
+    settings = RefineSettings(n_iterations=ctx.iterations, seed=ctx.seed,
+                              initial_lowpass_angstrom=30.0)
+    result = run_class_refine(particles, None, 2, settings=settings, device=ctx.device,
+                              initial_maps=starts)
+    write_class_refine(result, particles, output)
+    classes = result.classes
+    return RunOutputs(volumes=classes.maps[classes.best_class[ctx.render]],
+                      pixel_size_angstrom=classes.pixel_size_angstrom,
+                      z=classes.posteriors.numpy().astype(np.float64),
+                      poses_file=output / "poses.npz",
+                      extra={"classes": 2, "iterations": ctx.iterations,
+                             "start": "30 Å low-passes of the true end states"})
 
 
 def _ppca(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
@@ -377,6 +405,10 @@ def _builtin() -> None:
         register(BenchEntry(name, "conformation", train_entry(name), HETEROGENEOUS_KINDS, text))
     register(BenchEntry("relion-class3d", "conformation", _class3d, HETEROGENEOUS_KINDS,
                         "EM over K classes (K = true states, 2 for a path)"))
+    register(BenchEntry("relion-class3d-search", "conformation", _class3d_searched,
+                        HETEROGENEOUS_KINDS,
+                        "EM over 2 classes with the poses searched (not read), from 30 Å "
+                        "low-passes of the true end states"))
     register(BenchEntry("3dva", "conformation", _ppca, HETEROGENEOUS_KINDS,
                         "linear subspace, 2 components, PPCA-EM"))
     register(BenchEntry("relion-refine", "pose", _refine, HOMOGENEOUS_KINDS,

@@ -22,7 +22,9 @@ Metric definitions (see ``docs/bench.md``):
 * ``resolution_05_angstrom``: resolution where the FSC against the truth
   drops below 0.5 (mean over conformations);
 * ``pose_median_error_deg`` / ``pose_mean_error_deg``: geodesic error after the
-  global alignment (and hand) of :func:`cryoviz.metrics.align_rotations`;
+  global alignment (and hand) of :func:`cryoviz.metrics.align_rotations` (also in
+  the conformation task for recipes that infer the poses instead of reading
+  them: ``atomvae``, ``relion-class3d-search``);
 * ``knn_preservation`` (and ``knn_chance``): :func:`cryoviz.metrics.neighbourhood_preservation`
   of the latents against the true path coordinate or state;
 * ``half_w2``: :func:`cryoviz.metrics.half_latent_wasserstein` of models trained
@@ -319,6 +321,8 @@ def score(task: str, out: RunOutputs, truth: Truth, render: np.ndarray | None = 
         metrics = _score_single_map(out, truth, align=False)
     elif task == "conformation":
         metrics = _score_conformation(out, truth, np.asarray(render), knn_k)
+        if out.poses_file is not None:  # a recipe that inferred the poses
+            metrics.update(_score_poses(out, truth))
     elif task == "inplane":
         missing = [k for k in INPLANE_METRICS if k not in out.extra]
         if missing:
