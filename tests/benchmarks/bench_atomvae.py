@@ -23,7 +23,7 @@ Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_atomvae.py \
         [--particles 2000] [--box 32] [--pixel-size 4] [--snr 1] [--heads 8] \
-        [--warmup-epochs 15] [--mixture-epochs 25] [--level residue] [--skip-mixture] \
+        [--warmup-epochs 15] [--mixture-epochs 25] [--level residue] [--skip-mixture] [--skip-single-head] \
         [--output JSON]
 """
 
@@ -89,7 +89,7 @@ def _simulate(folder: Path, states: tuple[str, ...], args) -> tuple:
 def _warm_up(tmp: Path, args) -> list[dict]:
     particles, truth = _simulate(tmp / "homogeneous", ("4ake",), args)
     runs = []
-    for heads in (args.heads, 1):
+    for heads in (args.heads,) if args.skip_single_head else (args.heads, 1):
         out = tmp / f"warmup_heads{heads}"
         seconds = _train(particles, out, args, args.warmup_epochs + 1, heads)
         runs.append({"heads": heads, **_summary(_pose_errors(out, truth["rotations"])),
@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--level", choices=("residue", "atom"), default="residue")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-mixture", action="store_true")
+    parser.add_argument("--skip-single-head", action="store_true",
+                        help="warm-up with --heads only (no one-head control)")
     parser.add_argument("--output", type=Path, default=None,
                         help="JSON path (default: results/atomvae_<device>.json)")
     args = parser.parse_args()
