@@ -23,8 +23,8 @@ Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_atomvae.py \
         [--particles 2000] [--box 32] [--pixel-size 4] [--snr 1] [--heads 8] \
-        [--warmup-epochs 15] [--mixture-epochs 25] [--level residue] [--skip-mixture] [--skip-single-head] \
-        [--output JSON]
+        [--warmup-epochs 15] [--mixture-epochs 25] [--level residue] [--skip-mixture] \
+        [--skip-single-head] [--output JSON]
 """
 
 from __future__ import annotations
