@@ -22,8 +22,10 @@ from __future__ import annotations
 import torch
 
 from cryoviz.geometry.rotations import rotation_6d_to_matrix
+from cryoviz.imaging import apply_shift_and_ctf
 
-__all__ = ["PoseEncoder", "rotate_images_180", "flip_pose_180", "IN_PLANE_PI"]
+__all__ = ["PoseEncoder", "rotate_images_180", "flip_pose_180", "render_hypotheses",
+           "IN_PLANE_PI"]
 
 IN_PLANE_PI = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
 """``Rz(π)`` ``(3, 3)``: left-multiplying a pose rotates its projection by π in-plane."""
@@ -66,6 +68,40 @@ def flip_pose_180(rotations: torch.Tensor, shifts_angstrom: torch.Tensor
     """
     flip = IN_PLANE_PI.to(device=rotations.device, dtype=rotations.dtype)
     return flip @ rotations, -shifts_angstrom
+
+
+def render_hypotheses(slice_volume, rotations: torch.Tensor, shifts_angstrom: torch.Tensor,
+                      z: torch.Tensor | None, ctf, box_size: int,
+                      pixel_size_angstrom: float) -> torch.Tensor:
+    """Model transforms of every pose hypothesis of every image.
+
+    Parameters
+    ----------
+    slice_volume
+        ``(rotations (M, 3, 3), z (M, L) or None, box, apix) -> (M, d, d // 2 + 1)``
+        central slices (e.g. ``volume.slices``).
+    rotations, shifts_angstrom
+        ``(B, H, 3, 3)`` and ``(B, H, 2)`` hypotheses.
+    z
+        ``(B, L)`` latents of the images (repeated for their hypotheses), or ``None``.
+    ctf
+        :class:`cryoviz.ctf.CTFParams` of the ``B`` images, or ``None``.
+    box_size, pixel_size_angstrom
+        The images' box and pixel size.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, H, d, d // 2 + 1)`` CTF-modulated, shifted slices.
+    """
+    n_images, heads = rotations.shape[:2]
+    z_rep = None if z is None else z.repeat_interleave(heads, dim=0)
+    slices = slice_volume(rotations.reshape(-1, 3, 3), z_rep, box_size, pixel_size_angstrom)
+    ctf_rep = None if ctf is None else ctf.subset(
+        torch.arange(n_images, device=rotations.device).repeat_interleave(heads))
+    model = apply_shift_and_ctf(slices, pixel_size_angstrom, shifts_angstrom.reshape(-1, 2),
+                                ctf_rep)
+    return model.reshape(n_images, heads, *model.shape[-2:])
 
 
 class PoseEncoder(torch.nn.Module):

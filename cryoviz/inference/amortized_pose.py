@@ -47,8 +47,8 @@ import torch
 from cryoviz.errors import InputError
 from cryoviz.fourier import frequency_grid_2d, lowpass_volume
 from cryoviz.geometry import geodesic_distance_deg
-from cryoviz.imaging import apply_shift_and_ctf, images_to_fourier
-from cryoviz.inference.amortized_encoder import PoseEncoder, flip_pose_180
+from cryoviz.imaging import images_to_fourier
+from cryoviz.inference.amortized_encoder import PoseEncoder, flip_pose_180, render_hypotheses
 from cryoviz.inference.em_start import fit_map_scale
 from cryoviz.inference.posterior import PosePosterior, export_poses
 from cryoviz.io.mrc import atomic_output, write_volume
@@ -258,10 +258,6 @@ class _Model:
             self.particles.ctf.subset(torch.as_tensor(index)).to(self.device)
         return images, ctf
 
-    def render(self, rotations: torch.Tensor, shifts: torch.Tensor, ctf) -> torch.Tensor:
-        slices = self.volume.slices(rotations, None, self.box, self.apix)
-        return apply_shift_and_ctf(slices, self.apix, shifts, ctf)
-
     def hypotheses(self, images: torch.Tensor, ctf, band: float
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every head's pose and branch errors.
@@ -273,13 +269,8 @@ class _Model:
             (:meth:`branch_errors` of each head).
         """
         R, t = self.encoder.hypotheses(images)
-        n_images, heads = R.shape[:2]
-        ctf_rep = None if ctf is None else ctf.subset(
-            torch.arange(n_images, device=R.device).repeat_interleave(heads))
-        pred = self.render(R.reshape(-1, 3, 3), t.reshape(-1, 2), ctf_rep)
-        errors = self.branch_errors(images, pred.reshape(n_images, heads, *pred.shape[-2:]),
-                                    band)
-        return R, t, errors
+        pred = render_hypotheses(self.volume.slices, R, t, None, ctf, self.box, self.apix)
+        return R, t, self.branch_errors(images, pred, band)
 
     def branch_errors(self, images: torch.Tensor, pred_ft: torch.Tensor, band: float
                       ) -> torch.Tensor:

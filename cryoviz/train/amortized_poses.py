@@ -34,8 +34,7 @@ import torch
 from cryoviz.errors import InputError
 from cryoviz.fourier import centered_rfft2
 from cryoviz.geometry import geodesic_distance_deg
-from cryoviz.imaging import apply_shift_and_ctf
-from cryoviz.inference.amortized_encoder import PoseEncoder
+from cryoviz.inference.amortized_encoder import PoseEncoder, render_hypotheses
 from cryoviz.inference.em_start import fit_map_scale_to_images
 from cryoviz.inference.posterior import PosePosterior
 from cryoviz.io.particles import ParticleSet
@@ -92,13 +91,8 @@ def hypothesis_errors(slice_volume: Callable, rotations: torch.Tensor, shifts: t
     torch.Tensor
         ``(B, H)``: ``sum_k w(k) |M_ih(k) - X_i(k)|^2``.
     """
-    n_images, heads = rotations.shape[:2]
-    z_rep = None if z is None else z.repeat_interleave(heads, dim=0)
-    slices = slice_volume(rotations.reshape(-1, 3, 3), z_rep, box_size, pixel_size_angstrom)
-    ctf_rep = None if ctf is None else ctf.subset(
-        torch.arange(n_images, device=rotations.device).repeat_interleave(heads))
-    model = apply_shift_and_ctf(slices, pixel_size_angstrom, shifts.reshape(-1, 2), ctf_rep)
-    model = model.reshape(n_images, heads, *model.shape[-2:])
+    model = render_hypotheses(slice_volume, rotations, shifts, z, ctf, box_size,
+                              pixel_size_angstrom)
     return ((model - target[:, None]).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
 
 

@@ -222,7 +222,8 @@ def iter_train(
 
     shells = shell_index_2d(box, rfft=True, device=device)
     ky, kx = frequency_grid_2d(box, rfft=True, device=device)
-    inside = (ky**2 + kx**2).sqrt() < 0.5
+    radius = (ky**2 + kx**2).sqrt()
+    inside = radius < 0.5
     weight_2d = inside.to(torch.float32)
     if shell_weights is not None:
         sw = torch.as_tensor(shell_weights, dtype=torch.float32, device=device)
@@ -278,7 +279,6 @@ def iter_train(
     slice_volume = wrap_model(volume, "slices", recipe.precision, device, info)
     encode_poses = None if given else wrap_model(pose_encoder, "hypotheses", recipe.precision,
                                                  device, info)
-    radius = (ky**2 + kx**2).sqrt()
 
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
