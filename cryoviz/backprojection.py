@@ -11,8 +11,10 @@ oversampling correction).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from cryoviz.ctf import CTFParams, compute_ctf_2d
@@ -31,6 +33,7 @@ from cryoviz.projection import insert_slices
 
 __all__ = [
     "FourierAccumulator",
+    "add_to_half_sets",
     "ssnr_from_fsc",
     "wiener_regularizer",
     "gold_standard_maps",
@@ -207,6 +210,49 @@ class FourierAccumulator:
         total.index_add_(0, shells[keep], weight.reshape(-1)[keep])
         count.index_add_(0, shells[keep], torch.ones_like(total[shells[keep]]))
         return total / count.clamp(min=1)
+
+
+def add_to_half_sets(
+    accumulators: Sequence[FourierAccumulator],
+    images: torch.Tensor,
+    index: np.ndarray,
+    half_labels: np.ndarray,
+    rotations: torch.Tensor,
+    pixel_size_angstrom: float,
+    shifts_angstrom: torch.Tensor | None = None,
+    ctf: CTFParams | None = None,
+) -> None:
+    """Insert a batch of particles, each into the accumulator of its half set.
+
+    Parameters
+    ----------
+    accumulators
+        Two accumulators, half set 0 and half set 1.
+    images
+        ``(B, D, D)`` real images of the particles ``index``.
+    index
+        ``(B,)`` particle indices of the batch (rows of the whole set).
+    half_labels
+        ``(N,)`` half-set label (0 or 1) of every particle of the whole set.
+    rotations
+        ``(N, 3, 3)`` particle -> lab rotations of the whole set.
+    pixel_size_angstrom
+        Pixel size of ``images`` in Å.
+    shifts_angstrom
+        ``(N, 2)`` displacements in Å of the whole set, or ``None``.
+    ctf
+        CTF of the whole set (``N`` particles), or ``None``.
+    """
+    for h, accumulator in enumerate(accumulators):
+        local = np.flatnonzero(half_labels[index] == h)
+        if len(local) == 0:
+            continue
+        sel = torch.as_tensor(index[local])
+        accumulator.add(
+            images[torch.as_tensor(local)], rotations[sel], pixel_size_angstrom,
+            None if shifts_angstrom is None else shifts_angstrom[sel],
+            None if ctf is None else ctf.subset(sel),
+        )
 
 
 def ssnr_from_fsc(half_fsc: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:

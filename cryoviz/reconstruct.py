@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
+from cryoviz.backprojection import FourierAccumulator, add_to_half_sets, gold_standard_maps
 from cryoviz.errors import InputError
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
@@ -119,17 +119,8 @@ def _iter_backprojection(
     accs = [FourierAccumulator(particles.box_size, device=device) for _ in range(2)]
     for start in range(0, n, batch_size):
         index = np.arange(start, min(n, start + batch_size))
-        images = source.images(index)
-        for h in (0, 1):
-            local = np.flatnonzero(halves[index] == h)
-            if len(local) == 0:
-                continue
-            sel = torch.as_tensor(index[local])
-            accs[h].add(
-                images[torch.as_tensor(local)], rotations[sel], particles.pixel_size_angstrom,
-                None if shifts is None else shifts[sel],
-                None if particles.ctf is None else particles.ctf.subset(sel),
-            )
+        add_to_half_sets(accs, source.images(index), index, halves, rotations,
+                         particles.pixel_size_angstrom, shifts, particles.ctf)
         yield ReconstructionProgress("backprojection", int(index[-1]) + 1, n)
     full_map, half_maps, half_curve = gold_standard_maps(accs)
     result = ReconstructionResult(

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from cryoviz.backprojection import FourierAccumulator, ssnr_from_fsc, wiener_regularizer
+from cryoviz.backprojection import (
+    FourierAccumulator,
+    add_to_half_sets,
+    ssnr_from_fsc,
+    wiener_regularizer,
+)
 from cryoviz.geometry.rotations import random_rotations
 from cryoviz.sgd_fit import half_map_fsc
 from tests._phantoms import backproject, simulate_dataset
@@ -116,6 +122,29 @@ def test_accumulator_merge_and_regularizer_forms():
     # a huge regulariser shrinks the map
     plain_max = float(merged.reconstruct().abs().max())
     assert float(merged.reconstruct(1e9).abs().max()) < 1e-3 * plain_max
+
+
+def test_add_to_half_sets_routes_each_particle_to_its_half():
+    data = simulate_dataset(16, 60, seed=8, with_ctf=True, max_shift_px=2.0)
+    labels = np.array([0, 1, 1] * 20)
+    accs = [FourierAccumulator(16), FourierAccumulator(16)]
+    for start in range(0, 60, 25):  # batches of 25, 25, 10: mixed halves in each
+        index = np.arange(start, min(60, start + 25))
+        add_to_half_sets(accs, data.images[torch.as_tensor(index)], index, labels,
+                         data.rotations, data.pixel_size_angstrom, data.shifts_angstrom,
+                         data.ctf)
+    for h in (0, 1):
+        direct = backproject(data, torch.as_tensor(np.flatnonzero(labels == h)))
+        assert accs[h].count == direct.count == int((labels == h).sum())
+        assert torch.allclose(accs[h].data, direct.data, atol=1e-6)
+        assert torch.allclose(accs[h].weight, direct.weight, atol=1e-6)
+    # a batch of one half only leaves the other accumulator untouched
+    only = [FourierAccumulator(16), FourierAccumulator(16)]
+    index = np.array([1, 2, 4])
+    add_to_half_sets(only, data.images[torch.as_tensor(index)], index, labels,
+                     data.rotations, data.pixel_size_angstrom)
+    assert only[0].count == 0 and float(only[0].weight.abs().sum()) == 0.0
+    assert only[1].count == 3
 
 
 def test_particle_weights_scale_contributions():

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cryoviz.backprojection import FourierAccumulator
+from cryoviz.backprojection import FourierAccumulator, add_to_half_sets
 from cryoviz.ctf import compute_ctf_2d
 from cryoviz.errors import InputError
 from cryoviz.fourier import centered_irfft2, centered_rfft2, pad_center, phase_shift
@@ -142,16 +142,8 @@ def cache_transforms(particles: ParticleSet, box: WorkingBox, pad_factor: float,
                     ctf_all.subset(sel), padded, apix_w, rfft=True, dtype=torch.float32,
                     device=device).cpu()
             if consensus is not None:
-                small = centered_irfft2(ft, d)
-                for h in (0, 1):
-                    local = np.flatnonzero(halves[index] == h)
-                    if len(local) == 0:
-                        continue
-                    sel = torch.as_tensor(index[local])
-                    consensus[h].add(
-                        small[torch.as_tensor(local)], rotations[sel], apix_w,
-                        None if shifts is None else shifts[sel],
-                        None if ctf_all is None else ctf_all.subset(sel))
+                add_to_half_sets(consensus, centered_irfft2(ft, d), index, halves, rotations,
+                                 apix_w, shifts, ctf_all)
     return CachedTransforms(cache, modulation, padded_ctf, consensus)
 
 
