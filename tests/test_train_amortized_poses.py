@@ -72,6 +72,9 @@ def test_recipe_settings_are_checked():
         get_recipe("voxel-homogeneous", poses="amortized")
     with pytest.raises(InputError, match="poses"):
         get_recipe("cryodrgn", poses="searched")
+    with pytest.raises(InputError, match="joint"):  # the joint encoder is the pose CNN
+        get_recipe("cryofold", reference="4ake", encoder="joint")
+    assert get_recipe("atomvae", reference="4ake", encoder="joint").kl_weight > 0
     assert get_recipe("cryodrgn").poses == "given"
 
 
@@ -198,6 +201,51 @@ def test_the_warm_up_leaves_the_volume_and_latent_encoder_alone(small, tmp_path)
     next(progress)  # the joint epoch moves the decoder
     second = torch.load(tmp_path / "run" / "checkpoints" / "epoch_0002.pt", weights_only=True)
     assert not torch.equal(second["volume"]["decoder.2.weight"], fresh_decoder)
+
+
+def test_the_joint_encoder_warms_up_as_the_pose_encoder_then_gives_z(small, tmp_path):
+    """``encoder = 'joint'``: one CNN for poses and z, trained through one call a batch.
+
+    Its pose part starts as the separate pose encoder of the same seed, and the
+    warm-up (z = 0) trains it exactly as it trains that encoder; the latent head is
+    held still. Then z comes from the shared trunk, and a resumed run ends equal.
+    """
+    base = dict(reference="4ake", reference_level="residue", epochs=3, pose_only_epochs=1,
+                batch_size=16, pose_heads=2)
+    separate = get_recipe("atomvae", **base)
+    joint = get_recipe("atomvae", encoder="joint", **base)
+    next(iter_train(small, separate, tmp_path / "separate"))  # its warm-up epoch
+    torch.manual_seed(joint.seed)
+    _, fresh = build_models(joint, 16, 8.0, len(small))
+    runs = iter_train(small, joint, tmp_path / "joint")
+    progress = next(runs)
+    assert progress.epoch == 1
+    warm = torch.load(tmp_path / "joint" / "checkpoints" / "epoch_0001.pt", weights_only=True)
+    alone = torch.load(tmp_path / "separate" / "checkpoints" / "epoch_0001.pt",
+                       weights_only=True)
+    assert warm["pose_encoder"] == {}  # one network, stored once
+    for name, value in alone["pose_encoder"].items():
+        torch.testing.assert_close(warm["encoder"]["poses." + name], value, rtol=0, atol=1e-6)
+    assert not torch.equal(warm["encoder"]["poses.rotation_head.weight"],
+                           fresh.state_dict()["poses.rotation_head.weight"])
+    assert torch.equal(warm["encoder"]["latent_head.weight"],
+                       fresh.state_dict()["latent_head.weight"])
+    for progress in runs:  # noqa: B007 - run to the end
+        pass
+    run = load_run(tmp_path / "joint")
+    assert run.recipe.encoder == "joint" and run.mu.shape == (len(small), joint.zdim)
+    with ImageSource(small) as source:  # z.npz holds the shared trunk's latent means
+        mu, _ = run.encoder(source.images(np.arange(8)))
+    np.testing.assert_allclose(run.mu[:8], mu.detach().numpy(), atol=1e-5)
+    assert read_pose_posterior(tmp_path / "joint").topk_weights.shape == (len(small), 2)
+    for progress in iter_train(small, joint, tmp_path / "broken"):
+        if progress.epoch == 2:
+            break
+    train(small, joint, tmp_path / "broken", resume=True)
+    whole = torch.load(latest_checkpoint(tmp_path / "joint"), weights_only=True)
+    again = torch.load(latest_checkpoint(tmp_path / "broken"), weights_only=True)
+    for name, value in whole["encoder"].items():
+        assert torch.equal(value, again["encoder"][name]), name
 
 
 def test_cli_trains_particles_without_poses(small, tmp_path, capsys):

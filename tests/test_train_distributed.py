@@ -264,7 +264,8 @@ def test_two_process_ddp_equals_one_process(dataset, tmp_path):
         "epoch_0001.pt", "epoch_0002.pt"]
 
 
-def test_two_process_ddp_with_amortized_poses_equals_one_process(dataset, tmp_path):
+@pytest.mark.parametrize("encoder", ["vae", "joint"])
+def test_two_process_ddp_with_amortized_poses_equals_one_process(dataset, tmp_path, encoder):
     """atomvae under DDP (pose hypotheses, a warm-up epoch with the latent encoder unused)
     against one process with the same global batch.
 
@@ -273,16 +274,22 @@ def test_two_process_ddp_with_amortized_poses_equals_one_process(dataset, tmp_pa
     near-zero gradients up to steps of ``lr``, and the CNN and the winner-takes-all
     choice carry them on. Measured when written: losses 2e-6 and latents 5e-6
     apart (relative), weights up to 4% (a near-zero decoder layer; the pose encoder
-    1.5%), poses 0.06° apart (median; 0.14° at most).
+    1.5%), poses 0.06° apart (median; 0.14° at most). With ``encoder = 'joint'`` (one
+    CNN for poses and z: its latent head is unused in the warm-up) the latents come
+    from the CNN and carry its differences: measured 4e-4 apart (encoder 0.6-2%,
+    decoder 6%, losses 6e-6 to 2e-5). The figures depend on the single process's
+    thread count (another summation order): with one thread the separate encoders'
+    losses were 3e-5 apart, so the loss bound is 1e-4.
     """
-    extra = ("--reference", "4ake", "--pose-only-epochs", "1", "--pose-heads", "2")
+    extra = ("--reference", "4ake", "--pose-only-epochs", "1", "--pose-heads", "2",
+             "--encoder", encoder)
     _torchrun(dataset, tmp_path / "ddp", "atomvae", *extra)
     ps = load_particles(dataset / "particles.star")
     train(ps, get_recipe("atomvae", **CLI, reference="4ake", pose_only_epochs=1,
-                         pose_heads=2), tmp_path / "one")
+                         pose_heads=2, encoder=encoder), tmp_path / "one")
     diffs = _compare_runs(tmp_path / "one", tmp_path / "ddp")
     print("atomvae: DDP vs single process, max relative differences:", diffs)
-    assert diffs["loss"] < 1e-5 and diffs["mu"] < 1e-4
+    assert diffs["loss"] < 1e-4 and diffs["mu"] < (1e-3 if encoder == "joint" else 1e-4)
     assert max(diffs["volume"], diffs["encoder"], diffs["pose_encoder"]) < 0.1
     one, two = (torch.as_tensor(np.load(d / "poses.npz")["rotations"])
                 for d in (tmp_path / "one", tmp_path / "ddp"))

@@ -1,4 +1,5 @@
-"""Image encoders: the circular mask, real-space and Hartley inputs, the latent table."""
+"""Image encoders: the circular mask, real-space and Hartley inputs, the latent table, the
+joint pose + latent CNN."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import pytest
 import torch
 
 from cryoviz.fourier import centered_fft2
-from cryoviz.train.encoders import LatentTable, MLPEncoder, circular_mask
+from cryoviz.inference.amortized_encoder import PoseEncoder
+from cryoviz.train.encoders import (
+    JointPoseLatentEncoder,
+    LatentTable,
+    MLPEncoder,
+    circular_mask,
+)
 
 
 def _hartley(images: torch.Tensor) -> torch.Tensor:
@@ -58,3 +65,30 @@ def test_latent_table_returns_its_rows():
     mu, logvar = table(None, index)
     assert logvar is None
     torch.testing.assert_close(mu, table.table[index])
+
+
+def test_joint_encoder_reads_poses_and_latent_from_one_trunk():
+    joint = JointPoseLatentEncoder(16, 4.0, latent_dim=3, channels=4, hidden=32, seed=5,
+                                   heads=2)
+    images = torch.randn(6, 16, 16, generator=torch.Generator().manual_seed(1))
+    joint.input_scale.fill_(2.0)  # the one buffer the trainer sets
+    assert float(joint.poses.input_scale) == 2.0 and joint.heads == 2
+    rotations, shifts, mu, logvar = joint.joint(images)
+    assert rotations.shape == (6, 2, 3, 3) and shifts.shape == (6, 2, 2)
+    assert mu.shape == logvar.shape == (6, 3)
+    torch.testing.assert_close(joint.hypotheses(images), (rotations, shifts))
+    torch.testing.assert_close(joint(images), (mu, logvar))
+    assert float(shifts.detach().abs().max()) <= 4.0
+    eye = torch.linalg.det(rotations)
+    torch.testing.assert_close(eye, torch.ones_like(eye))
+    # its pose part is the pose encoder of the same seed, weight for weight
+    alone = PoseEncoder(16, 4.0, 4, 32, seed=5, heads=2)
+    for name, value in alone.state_dict().items():
+        if name != "input_scale":
+            assert torch.equal(joint.poses.state_dict()[name], value), name
+    # the latent depends on the shared features: a changed trunk changes it
+    with torch.no_grad():
+        joint.poses.features[0].weight.mul_(1.5)
+    assert not torch.allclose(joint(images)[0], mu)
+    with pytest.raises(ValueError, match="latent_dim"):
+        JointPoseLatentEncoder(16, 4.0, latent_dim=0)

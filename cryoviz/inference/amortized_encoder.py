@@ -175,9 +175,16 @@ class PoseEncoder(torch.nn.Module):
         tuple of torch.Tensor
             Rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` in Å.
         """
-        h = self.mlp(self.features((images / self.input_scale).unsqueeze(1)))
-        rotations = rotation_6d_to_matrix(self.rotation_head(h).reshape(-1, self.heads, 6))
-        shifts = torch.tanh(self.shift_head(h).reshape(-1, self.heads, 2))
+        return self.poses_from_features(self.trunk(images))
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Shared features ``(B, hidden)`` of ``(B, D, D)`` images (convolutions and MLP)."""
+        return self.mlp(self.features((images / self.input_scale).unsqueeze(1)))
+
+    def poses_from_features(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` (Å) from :meth:`trunk` features."""
+        rotations = rotation_6d_to_matrix(self.rotation_head(features).reshape(-1, self.heads, 6))
+        shifts = torch.tanh(self.shift_head(features).reshape(-1, self.heads, 2))
         return rotations, shifts * self.max_shift_angstrom
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -39,22 +39,33 @@ from cryoviz.inference.em_start import fit_map_scale_to_images
 from cryoviz.inference.posterior import PosePosterior
 from cryoviz.io.particles import ParticleSet
 from cryoviz.train.data import ParticleBatches
+from cryoviz.train.encoders import JointPoseLatentEncoder
 from cryoviz.train.recipes import Recipe
 
-__all__ = ["build_pose_encoder", "band_limit", "hypothesis_errors", "fit_scale_without_poses",
-           "pose_posterior"]
+__all__ = ["build_pose_encoder", "pose_shift_bound_angstrom", "band_limit", "hypothesis_errors",
+           "fit_scale_without_poses", "pose_posterior"]
 
 
-def build_pose_encoder(recipe: Recipe, box_size: int, pixel_size_angstrom: float
-                       ) -> PoseEncoder | None:
+def pose_shift_bound_angstrom(box_size: int, pixel_size_angstrom: float) -> float:
+    """Bound of each amortized shift component: 10% of the box extent (as for ``cryoai``)."""
+    return 0.1 * box_size * pixel_size_angstrom
+
+
+def build_pose_encoder(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
+                       encoder: torch.nn.Module | None = None
+                       ) -> PoseEncoder | JointPoseLatentEncoder | None:
     """The recipe's pose encoder (``None`` when the poses are given).
 
-    Shifts are bounded by 10% of the box extent, as for ``cryoai``.
+    With ``recipe.encoder = 'joint'`` the latent ``encoder`` (a
+    :class:`~cryoviz.train.encoders.JointPoseLatentEncoder`) is also the pose
+    encoder and is returned itself.
     """
     if recipe.poses != "amortized":
         return None
-    return PoseEncoder(box_size, 0.1 * box_size * pixel_size_angstrom, recipe.pose_channels,
-                       seed=recipe.seed, heads=recipe.pose_heads)
+    if isinstance(encoder, JointPoseLatentEncoder):
+        return encoder
+    return PoseEncoder(box_size, pose_shift_bound_angstrom(box_size, pixel_size_angstrom),
+                       recipe.pose_channels, seed=recipe.seed, heads=recipe.pose_heads)
 
 
 def band_limit(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
@@ -117,9 +128,10 @@ def fit_scale_without_poses(volume, batches: ParticleBatches, particles: Particl
 
 
 @torch.no_grad()
-def pose_posterior(pose_encoder: PoseEncoder, volume, latent_means: np.ndarray | None,
-                   batches: ParticleBatches, particles: ParticleSet, weight_2d: torch.Tensor,
-                   device: torch.device) -> PosePosterior:
+def pose_posterior(pose_encoder: PoseEncoder | JointPoseLatentEncoder, volume,
+                   latent_means: np.ndarray | None, batches: ParticleBatches,
+                   particles: ParticleSet, weight_2d: torch.Tensor, device: torch.device
+                   ) -> PosePosterior:
     """Pose summaries of every particle (see the module docstring).
 
     Parameters

@@ -50,6 +50,9 @@ def add_parsers(subparsers) -> None:
                     "4ake / 1ake) or map (MRC) the Gaussians start from (e2gmm, cryofold: "
                     "structure only) or V0 of V(z) = V0 + dV(z) (cryodrgn, cryodrgn-ae, "
                     "autodecoder)")
+    tr.add_argument("--encoder", choices=("vae", "ae", "table", "joint", "none"),
+                    help="latent encoder: image MLP (vae / ae), per-particle table, 'joint' "
+                    "(a VAE head on the amortized pose encoder's CNN, atomvae) or none")
     tr.add_argument("--encoder-input", choices=("real", "hartley"),
                     help="image encoder input: the pixels or their Hartley transform")
     tr.add_argument("--pose-only-epochs", type=int,
@@ -147,7 +150,7 @@ def _run_loop(args: argparse.Namespace, info) -> int:
                         depth=args.depth, seed=args.seed, precision=args.precision,
                         reference=_reference_path(args.reference),
                         pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,
-                        encoder_input=args.encoder_input)
+                        encoder_input=args.encoder_input, encoder=args.encoder)
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                ctf=args.ctf, datadir=args.datadir,
                                require_poses=recipe.poses == "given")

@@ -1,12 +1,14 @@
-"""Latent encoders: an image MLP (VAE / AE) and a per-particle table (auto-decoder)."""
+"""Latent encoders: an image MLP (VAE / AE), a per-particle table (auto-decoder) and
+a CNN that gives each image's poses and latent together."""
 
 from __future__ import annotations
 
 import torch
 
 from cryoviz.fourier import centered_fft2
+from cryoviz.inference.amortized_encoder import PoseEncoder
 
-__all__ = ["MLPEncoder", "LatentTable", "circular_mask"]
+__all__ = ["MLPEncoder", "LatentTable", "JointPoseLatentEncoder", "circular_mask"]
 
 
 def circular_mask(box_size: int, radius_px: float | None = None) -> torch.Tensor:
@@ -113,3 +115,75 @@ class LatentTable(torch.nn.Module):
         if indices is None:
             raise ValueError("LatentTable needs particle indices")
         return self.table[indices], None
+
+
+class JointPoseLatentEncoder(torch.nn.Module):
+    """One CNN for the pose hypotheses and the latent of each image (VAE).
+
+    AtomVAE's joint encoder (Rosenbaum et al. 2021): the convolutional trunk
+    and pose heads of a :class:`~cryoviz.inference.amortized_encoder.PoseEncoder`
+    (``H`` hypotheses), plus a linear head on the same features that gives the
+    latent mean and log-variance. Pose and conformation are read from one
+    representation of the image instead of two networks.
+
+    Parameters
+    ----------
+    box_size
+        Image side ``D`` (pixels).
+    max_shift_angstrom
+        Bound of each shift component in Å.
+    latent_dim
+        ``L`` (at least 1).
+    channels, hidden
+        The trunk's first convolution channels and MLP width.
+    seed
+        Seed of the initial weights.
+    heads
+        Pose hypotheses per image ``H``.
+    """
+
+    def __init__(self, box_size: int, max_shift_angstrom: float, latent_dim: int,
+                 channels: int = 16, hidden: int = 256, seed: int = 0, heads: int = 1) -> None:
+        super().__init__()
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be at least 1, got {latent_dim}")
+        self.poses = PoseEncoder(box_size, max_shift_angstrom, channels, hidden, seed, heads)
+        self.latent_dim = int(latent_dim)
+        self.variational = True
+        self.noise_std = 0.0
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed + 1)
+        self.latent_head = torch.nn.Linear(hidden, 2 * self.latent_dim)
+        torch.random.set_rng_state(gen_state)
+
+    @property
+    def heads(self) -> int:
+        """Pose hypotheses per image ``H``."""
+        return self.poses.heads
+
+    @property
+    def input_scale(self) -> torch.Tensor:
+        """Buffer: images are divided by it first (set to the images' standard deviation)."""
+        return self.poses.input_scale
+
+    def _latent(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.latent_head(features)
+        return out[:, : self.latent_dim], out[:, self.latent_dim:]
+
+    def forward(self, images: torch.Tensor,
+                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent ``mu (B, L)`` and ``logvar (B, L)`` of ``(B, D, D)`` images (as the encoders)."""
+        return self._latent(self.poses.trunk(images))
+
+    def hypotheses(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rotations ``(B, H, 3, 3)`` and shifts ``(B, H, 2)`` in Å (as the pose encoder)."""
+        return self.poses.hypotheses(images)
+
+    def joint(self, images: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotations ``(B, H, 3, 3)``, shifts ``(B, H, 2)``, ``mu`` and ``logvar`` ``(B, L)``.
+
+        The trunk runs once for both outputs.
+        """
+        features = self.poses.trunk(images)
+        return (*self.poses.poses_from_features(features), *self._latent(features))

@@ -209,12 +209,15 @@ def iter_train(
     random.seed(recipe.seed)
     noise_gen = torch.Generator(device=device).manual_seed(recipe.seed + 1)
     volume, encoder = build_models(recipe, box, apix, n)
-    pose_encoder = build_pose_encoder(recipe, box, apix)  # None: poses given
+    pose_encoder = build_pose_encoder(recipe, box, apix, encoder)  # None: poses given
+    joint = pose_encoder is not None and pose_encoder is encoder  # one CNN for poses and z
     volume.to(device)
     for net in (encoder, pose_encoder):
         if net is not None:
             net.to(device)
-    params = list(volume.parameters()) + ([] if encoder is None else list(encoder.parameters()))
+    # params: what the pose-only warm-up holds still; pose_params: what it trains
+    params = list(volume.parameters()) + (
+        [] if encoder is None or joint else list(encoder.parameters()))
     pose_params = [] if pose_encoder is None else list(pose_encoder.parameters())
     optimizer = torch.optim.Adam(params + pose_params, lr=recipe.lr,
                                  weight_decay=recipe.weight_decay)
@@ -239,7 +242,7 @@ def iter_train(
         volume.load_state_dict(state["volume"])
         if encoder is not None:
             encoder.load_state_dict(state["encoder"])
-        if pose_encoder is not None:
+        if pose_encoder is not None and not joint:
             pose_encoder.load_state_dict(state["pose_encoder"])
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
@@ -274,11 +277,11 @@ def iter_train(
     ctf = None if particles.ctf is None else particles.ctf.to(device)
     beta = recipe.kl_weight
     # the networks as the loop calls them: autocast for bf16 / fp16, DDP across ranks
-    encode = None if encoder is None else wrap_model(encoder, "forward", recipe.precision,
-                                                     device, info)
+    encode = (None if encoder is None or joint else
+              wrap_model(encoder, "forward", recipe.precision, device, info))
     slice_volume = wrap_model(volume, "slices", recipe.precision, device, info)
-    encode_poses = None if given else wrap_model(pose_encoder, "hypotheses", recipe.precision,
-                                                 device, info)
+    encode_poses = None if given else wrap_model(
+        pose_encoder, "joint" if joint else "hypotheses", recipe.precision, device, info)
 
     for epoch in range(start_epoch + 1, recipe.epochs + 1):
         t0 = time.perf_counter()
@@ -293,10 +296,17 @@ def iter_train(
             images = images.to(device)
             target = centered_rfft2(images)
             z, kl = None, torch.zeros((), device=device)
+            if joint:  # poses and latent from one pass of the CNN
+                *poses, mu, logvar = encode_poses(images)
+            elif not given:
+                poses = encode_poses(images)
             if warm_up and encoder is not None:  # the volume at z = 0
                 z = torch.zeros((len(index), recipe.latent_dim), device=device)
+                if joint:  # the latent head takes part (DDP) with zero gradients
+                    kl = 0.0 * (mu.sum() + logvar.sum())
             elif encoder is not None:
-                mu, logvar = encode(images, sel)
+                if not joint:
+                    mu, logvar = encode(images, sel)
                 if logvar is not None:
                     eps = part.rows(torch.randn((part.total, mu.shape[1]), generator=noise_gen,
                                                  device=device))
@@ -311,7 +321,7 @@ def iter_train(
             if not given:  # the best of the encoder's hypotheses per image
                 band = band_limit(recipe, step, len(batches))
                 errors = hypothesis_errors(
-                    slice_volume, *encode_poses(images), z, target,
+                    slice_volume, *poses, z, target,
                     None if ctf is None else ctf.subset(sel), weight_2d * (radius < band),
                     box, apix)
                 data_term = errors.min(dim=1).values.mean() / (data_scale**2 * n_coeff)
@@ -349,7 +359,7 @@ def iter_train(
             "epoch": epoch, "step": step, "data_scale": data_scale,
             "volume": volume.state_dict(),
             "encoder": {} if encoder is None else encoder.state_dict(),
-            "pose_encoder": {} if pose_encoder is None else pose_encoder.state_dict(),
+            "pose_encoder": {} if pose_encoder is None or joint else pose_encoder.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
             "rng": _rng_state(batches, noise_gen),

@@ -17,9 +17,9 @@ import torch
 from cryoviz.fourier import centered_rfft2
 from cryoviz.inference.amortized_encoder import PoseEncoder
 from cryoviz.io.particles import ParticleSet
-from cryoviz.train.amortized_poses import fit_scale_without_poses
+from cryoviz.train.amortized_poses import fit_scale_without_poses, pose_shift_bound_angstrom
 from cryoviz.train.data import ParticleBatches
-from cryoviz.train.encoders import LatentTable, MLPEncoder
+from cryoviz.train.encoders import JointPoseLatentEncoder, LatentTable, MLPEncoder
 from cryoviz.train.recipes import Recipe
 from cryoviz.volumes import ImplicitVolume, VolumeModel, VoxelVolume
 from cryoviz.volumes.deformation import DeformationVolume, consensus_map
@@ -70,6 +70,10 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
         encoder: torch.nn.Module | None = MLPEncoder(
             box_size, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,
             variational=recipe.encoder == "vae", input_domain=recipe.encoder_input)
+    elif recipe.encoder == "joint":
+        encoder = JointPoseLatentEncoder(
+            box_size, pose_shift_bound_angstrom(box_size, pixel_size_angstrom), recipe.zdim,
+            recipe.pose_channels, seed=recipe.seed, heads=recipe.pose_heads)
     elif recipe.encoder == "table":
         encoder = LatentTable(n_particles, recipe.zdim, noise_std=recipe.table_noise_std,
                               seed=recipe.seed)

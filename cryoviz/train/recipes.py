@@ -78,7 +78,9 @@ class Recipe:
     domain
         Implicit volume output: ``'hartley'`` or ``'fourier'``.
     encoder
-        ``'vae'``, ``'ae'`` (image MLP), ``'table'`` (auto-decoder) or ``'none'``.
+        ``'vae'``, ``'ae'`` (image MLP), ``'table'`` (auto-decoder), ``'joint'`` (a
+        VAE head on the amortized pose encoder's CNN: one network for the poses
+        and ``z``; needs ``poses = 'amortized'``) or ``'none'``.
     zdim
         Latent length (0 for homogeneous recipes).
     beta
@@ -202,7 +204,7 @@ class Recipe:
     @property
     def kl_weight(self) -> float:
         """``beta`` (``1 / zdim`` when unset; 0 without a VAE)."""
-        if self.encoder != "vae" or self.zdim == 0:
+        if self.encoder not in ("vae", "joint") or self.zdim == 0:
             return 0.0
         return 1.0 / self.zdim if self.beta is None else float(self.beta)
 
@@ -234,8 +236,11 @@ class Recipe:
              self.domain)
         need(self.encoder_input in ("real", "hartley"), "encoder_input", "'real' or 'hartley'",
              self.encoder_input)
-        need(self.encoder in ("vae", "ae", "table", "none"), "encoder",
-             "'vae', 'ae', 'table' or 'none'", self.encoder)
+        need(self.encoder in ("vae", "ae", "table", "joint", "none"), "encoder",
+             "'vae', 'ae', 'table', 'joint' or 'none'", self.encoder)
+        need(self.encoder != "joint" or self.poses == "amortized", "encoder",
+             "'joint' only with poses = 'amortized' (it is the pose encoder's CNN)",
+             self.encoder)
         need(self.volume != "voxel" or self.encoder == "none", "encoder",
              "'none' for a voxel volume", self.encoder)
         need(self.encoder == "none" or self.zdim >= 1, "zdim", "at least 1", self.zdim)
