@@ -24,7 +24,11 @@ Usage::
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_atomvae.py \
         [--particles 2000] [--box 32] [--pixel-size 4] [--snr 1] [--heads 8] \
         [--warmup-epochs 15] [--mixture-epochs 25] [--level residue] [--skip-mixture] \
-        [--skip-single-head] [--output JSON]
+        [--skip-single-head] [--encoder vae|joint] [--skip-warm-up] [--output JSON]
+
+``--encoder joint`` trains one CNN for the poses and z (``Recipe.encoder``); the
+warm-up does not depend on it (the joint CNN's pose part is trained exactly as
+the separate pose encoder), so ``--skip-warm-up`` runs the mixture alone.
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ from cryoviz.volumes.gmm_init import load_reference  # noqa: E402
 def _train(particles, out: Path, args, epochs: int, heads: int) -> float:
     recipe = get_recipe("atomvae", reference="4ake", reference_level=args.level,
                         epochs=epochs, pose_only_epochs=args.warmup_epochs,
-                        batch_size=args.batch_size, pose_heads=heads, seed=args.seed)
+                        batch_size=args.batch_size, pose_heads=heads, seed=args.seed,
+                        encoder=args.encoder)
     t0 = time.perf_counter()
     for p in iter_train(particles, recipe, out):
         print(f"  {out.name}: epoch {p.epoch}/{p.epochs} loss {p.loss:.4f} "
@@ -143,6 +148,11 @@ def main() -> None:
     parser.add_argument("--mixture-epochs", type=int, default=25)
     parser.add_argument("--level", choices=("residue", "atom"), default="residue")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--encoder", choices=("vae", "joint"), default="vae",
+                        help="latent encoder: an image MLP beside the pose CNN, or one CNN "
+                        "for both")
+    parser.add_argument("--skip-warm-up", action="store_true",
+                        help="only the mixture (the warm-up does not depend on --encoder)")
     parser.add_argument("--skip-mixture", action="store_true")
     parser.add_argument("--skip-single-head", action="store_true",
                         help="warm-up with --heads only (no one-head control)")
@@ -151,7 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     start_load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
-        warm_up = _warm_up(Path(tmp), args)
+        warm_up = None if args.skip_warm_up else _warm_up(Path(tmp), args)
         mixture = None if args.skip_mixture else _mixture(Path(tmp), args)
     out = {"machine": {**machine_info(torch.device("cpu")), "load_average_start": start_load,
                        "load_average_end": load_average()},
@@ -160,7 +170,7 @@ def main() -> None:
                        "poses": "uniform, not given", "ctf": True},
            "settings": {"batch_size": args.batch_size, "heads": args.heads,
                         "warmup_epochs": args.warmup_epochs, "level": args.level,
-                        "seed": args.seed},
+                        "seed": args.seed, "encoder": args.encoder},
            "warm_up": warm_up, "mixture": mixture}
     path = args.output or RESULTS_DIR / f"atomvae_{out['machine']['device']}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
