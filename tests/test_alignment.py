@@ -120,6 +120,14 @@ def test_align_volume_recovers_rotation_shift_and_hand(box, flip):
     assert float(corr) == pytest.approx(res.correlation, abs=1e-9)
     assert res.aligned.shape == ref.shape and res.rotation.dtype == torch.float64
     assert elapsed < 30.0
+    # apply(): the found transform moves another map of the moving frame the same way
+    torch.testing.assert_close(res.apply(moving), res.aligned, rtol=0, atol=1e-10)
+    other = asymmetric_phantom(box).roll(3, dims=0)  # a second map in the reference frame
+    moved_other = rotate_volume(flip_hand(other) if flip else other, R, t)
+    back = res.apply(moved_other)
+    inner = (slice(4, -4),) * 3  # resampling loses the edges
+    corr_back = torch.corrcoef(torch.stack([back[inner].flatten(), other[inner].flatten()]))
+    assert float(corr_back[0, 1]) > 0.98
 
 
 def test_align_volume_without_flip_and_errors():

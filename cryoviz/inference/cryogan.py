@@ -25,6 +25,16 @@ unless given.
 
 The map's frame and hand are arbitrary (no poses anchor them): compare it with
 a reference after :func:`cryoviz.metrics.align_volume`.
+
+**multi-cryogan** (``components = K >= 1``; after Gupta et al. 2021, Multi-CryoGAN):
+every generated image is of its own map ``V_0 + sum_k z_k U_k`` with ``z ~ N(0,
+I_K)`` drawn per image, so the generated image distribution can match a
+heterogeneous dataset. The paper's generator is a convolutional network of
+``z``; here it is the engine's linear subspace (as in ``3dva``): the components
+start at zero, are masked like the map (not clamped: a difference map is
+signed) and are learned by the same adversarial loss. ``V_0`` is the mean map
+and ``V_0 +- 2 U_k`` the extremes of component ``k`` at two prior standard
+deviations.
 """
 
 from __future__ import annotations
@@ -52,8 +62,8 @@ from cryoviz.inference.cryogan_state import clear_states, latest_state, save_sta
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ImageSource, ParticleSet
 
-__all__ = ["CryoGANSettings", "CryoGANProgress", "CryoGANResult", "estimate_noise_std",
-           "iter_cryogan", "run_cryogan", "write_cryogan"]
+__all__ = ["CryoGANSettings", "CryoGANProgress", "CryoGANResult", "TRAVERSAL_Z",
+           "estimate_noise_std", "iter_cryogan", "run_cryogan", "write_cryogan"]
 
 DEFAULT_SHIFT_SIGMA_ANGSTROM = 2.0
 
@@ -96,6 +106,14 @@ class CryoGANSettings:
         Channels of the critic's first layer.
     voxel_scale
         Voxel values are ``voxel_scale * parameter`` (normalised images' units).
+    components
+        ``K``: 0 for one map (``cryogan``), else the subspace's components
+        (``multi-cryogan``).
+    component_decay
+        After each map step the components are multiplied by ``1 - component_decay``
+        (decoupled weight decay): a pull toward zero that the adversarial
+        gradient must overcome, which keeps the random walk of Adam's steps out
+        of the components.
     seed
         Seeds the critic, the priors' draws, the noise and the real batches.
     """
@@ -117,6 +135,8 @@ class CryoGANSettings:
     marching_fraction: float = 0.5
     channels: int = 16
     voxel_scale: float = 1.0
+    components: int = 0
+    component_decay: float = 0.01
     seed: int = 0
 
     def validate(self) -> None:
@@ -142,6 +162,8 @@ class CryoGANSettings:
         need(0 <= self.marching_fraction <= 1, "marching_fraction", "in [0, 1]")
         need(self.channels >= 1, "channels", "at least 1")
         need(self.voxel_scale > 0, "voxel_scale", "> 0")
+        need(self.components >= 0, "components", ">= 0 (0: one map)")
+        need(0 <= self.component_decay < 1, "component_decay", "in [0, 1)")
 
     def band(self, step: int) -> float:
         """Band limit (cycles / pixel) at 0-based ``step``."""
@@ -157,7 +179,10 @@ class CryoGANResult:
     Attributes
     ----------
     map
-        ``(D, D, D)`` float32 map in the images' units (arbitrary frame and hand).
+        ``(D, D, D)`` float32 map in the images' units (arbitrary frame and hand);
+        for ``multi-cryogan`` the mean map ``V_0``.
+    components
+        ``(K, D, D, D)`` float32 components ``U_k`` (``K = 0`` for ``cryogan``).
     noise_std
         Noise standard deviation used by the generator, in the images' units.
     shift_sigma_angstrom
@@ -170,6 +195,7 @@ class CryoGANResult:
     """
 
     map: torch.Tensor
+    components: torch.Tensor
     noise_std: float
     shift_sigma_angstrom: float
     history: tuple[dict, ...]
@@ -299,7 +325,7 @@ def iter_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None
                  else float(s.noise_std))
     shift_sigma = _shift_sigma(particles, s)
     gen = PhysicsGenerator(box, apix, particles.ctf, shift_sigma, noise_std / image_std,
-                           s.voxel_scale).to(device)
+                           s.voxel_scale, s.components).to(device)
     draws = torch.Generator(device=device).manual_seed(s.seed + 1)
     _start_blob(gen, s, 1.0 - (noise_std / image_std) ** 2, draws)
     critic = Critic(box, s.channels, seed=s.seed).to(device)
@@ -336,8 +362,9 @@ def iter_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None
 
     def finish() -> CryoGANResult:
         with torch.no_grad():
-            vol = gen.volume.volume().float().cpu() * image_std
-        return CryoGANResult(map=vol, noise_std=noise_std, shift_sigma_angstrom=shift_sigma,
+            vol, components = (m.float().cpu() * image_std for m in gen.maps())
+        return CryoGANResult(map=vol, components=components, noise_std=noise_std,
+                             shift_sigma_angstrom=shift_sigma,
                              history=tuple(history), pixel_size_angstrom=apix,
                              seconds=time.perf_counter() - t0, settings=s)
 
@@ -370,6 +397,8 @@ def iter_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None
             vmap.mul_(mask)
             if s.positivity:
                 vmap.clamp_(min=0.0)
+            for component in gen.components:
+                component.map.mul_(mask * (1.0 - s.component_decay))
         window["generator_loss"].append(float(loss_g.detach()))
         last = step + 1 == s.n_steps
         if (step + 1) % log_every == 0 or last:
@@ -406,17 +435,33 @@ def run_cryogan(particles: ParticleSet, settings: CryoGANSettings | None = None,
     return deque(iter_cryogan(particles, settings, **kwargs), maxlen=1)[0].result
 
 
+#: Latent values (prior standard deviations) of the maps written along each component.
+TRAVERSAL_Z = (-2.0, -1.0, 0.0, 1.0, 2.0)
+
+
 def write_cryogan(result: CryoGANResult, particles: ParticleSet,
                   output_dir: str | Path) -> dict:
-    """Write ``volumes/map.mrc`` (with the voxel size), ``log.jsonl`` (one line per
-    report) and ``metrics.json`` into ``output_dir``; return the metrics."""
+    """Write the run's maps, ``log.jsonl`` (one line per report) and ``metrics.json``.
+
+    Maps (MRC with the voxel size) in ``output_dir/volumes``: ``map.mrc`` (the
+    map; for ``multi-cryogan`` the mean map ``V_0``), and for each component
+    ``k`` (1-based) ``component_k.mrc`` (``U_k``) and ``component_k/z_+1.0.mrc`` ...
+    (``V_0 + z U_k`` at the values of :data:`TRAVERSAL_Z`). Returns the metrics.
+    """
     out = Path(output_dir)
-    write_volume(out / "volumes" / "map.mrc", result.map.numpy(), result.pixel_size_angstrom)
+    apix = result.pixel_size_angstrom
+    write_volume(out / "volumes" / "map.mrc", result.map.numpy(), apix)
+    for k, component in enumerate(result.components, start=1):
+        write_volume(out / "volumes" / f"component_{k}.mrc", component.numpy(), apix)
+        for z in TRAVERSAL_Z:
+            write_volume(out / "volumes" / f"component_{k}" / f"z_{z:+.1f}.mrc",
+                         (result.map + z * component).numpy(), apix)
     with atomic_output(out / "log.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in result.history))
     tail = result.history[-1] if result.history else {}
     metrics = {
-        "recipe": "cryogan",
+        "recipe": "multi-cryogan" if result.settings.components else "cryogan",
+        "components": result.settings.components,
         "n_particles": len(particles),
         "final_wasserstein": tail.get("wasserstein", math.nan),
         "final_critic_loss": tail.get("critic_loss", math.nan),

@@ -1,4 +1,4 @@
-"""Networks of the ``cryogan`` recipe: the physics generator, the critic, the penalty.
+"""Networks of the ``cryogan`` recipes: the physics generator, the critic, the penalty.
 
 The generator *is* the image formation model (:mod:`cryoviz.imaging`): a voxel
 map, and for every generated image hidden variables drawn from their priors,
@@ -6,6 +6,10 @@ map, and for every generated image hidden variables drawn from their priors,
 the dataset's own CTF table, then::
 
     X = irfft( CTF * S_t * slice_R( V~ ) ) + sigma * n,     n ~ N(0, I)
+
+For ``multi-cryogan`` the map of each generated image is drawn too, from a
+linear subspace: ``V~ = V_0 + sum_k z_k U_k`` with ``z ~ N(0, I_K)``. Slicing is
+linear, so its slice is ``slice(V_0) + sum_k z_k slice(U_k)``.
 
 The critic is a small convolutional network on real-space images, without
 batch normalisation (the gradient penalty is taken per sample, Gulrajani et
@@ -61,11 +65,15 @@ class GeneratedBatch:
         ``(B, 2)`` ``(x, y)`` in Å.
     ctf_index
         ``(B,)`` int64 rows of the dataset's CTF table.
+    latents
+        ``(B, K)`` coordinates ``z`` of the images' maps in the subspace, or
+        ``None`` (one map).
     """
 
     rotations: torch.Tensor
     shifts_angstrom: torch.Tensor
     ctf_index: torch.Tensor
+    latents: torch.Tensor | None = None
 
 
 class PhysicsGenerator(torch.nn.Module):
@@ -84,19 +92,39 @@ class PhysicsGenerator(torch.nn.Module):
     voxel_scale
         Fixed factor between the parameter and the voxel values, so that the
         optimiser works on O(1) numbers.
+    components
+        ``K``: maps ``U_k`` of the subspace the images' maps are drawn from
+        (0: every image is of the one map ``V_0``). They start at zero.
     """
 
     def __init__(self, box_size: int, pixel_size_angstrom: float, ctf: CTFParams | None,
                  shift_sigma_angstrom: float, noise_std: float,
-                 voxel_scale: float = 1.0) -> None:
+                 voxel_scale: float = 1.0, components: int = 0) -> None:
         super().__init__()
+        if components < 0:
+            raise ValueError(f"components must be >= 0, got {components}")
         self.box_size = int(box_size)
         self.pixel_size_angstrom = float(pixel_size_angstrom)
         self.shift_sigma_angstrom = float(shift_sigma_angstrom)
         self.noise_std = float(noise_std)
         self.volume = VoxelVolume(self.box_size, self.pixel_size_angstrom)
         self.volume.scale.fill_(float(voxel_scale))
+        self.components = torch.nn.ModuleList(
+            VoxelVolume(self.box_size, self.pixel_size_angstrom) for _ in range(components))
+        for component in self.components:
+            component.scale.fill_(float(voxel_scale))
         self.ctf = None if ctf is None else ctf.to(dtype=torch.float64)
+
+    @property
+    def n_components(self) -> int:
+        """``K``."""
+        return len(self.components)
+
+    def maps(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``V_0`` ``(D, D, D)`` and the components ``(K, D, D, D)`` (voxel values)."""
+        base = self.volume.volume()
+        stack = [c.volume() for c in self.components]
+        return base, (torch.stack(stack) if stack else base.new_zeros((0, *base.shape)))
 
     def sample_hidden(self, n: int, generator: torch.Generator) -> GeneratedBatch:
         """Draw ``n`` poses, shifts and CTF rows from the priors (on the generator's device)."""
@@ -106,15 +134,21 @@ class PhysicsGenerator(torch.nn.Module):
                                                          device=device)
         n_ctf = 1 if self.ctf is None else len(self.ctf)
         index = torch.randint(n_ctf, (n,), generator=generator, device=device)
-        return GeneratedBatch(rotations, shifts, index)
+        latents = (torch.randn(n, self.n_components, generator=generator, device=device)
+                   if self.n_components else None)
+        return GeneratedBatch(rotations, shifts, index, latents)
 
     def clean_images(self, hidden: GeneratedBatch) -> torch.Tensor:
-        """Noise-free ``(B, D, D)`` images of the current map for given hidden variables."""
+        """Noise-free ``(B, D, D)`` images of the current map(s) for given hidden variables."""
         device = self.volume.map.device
         ctf = None if self.ctf is None else \
             self.ctf.subset(hidden.ctf_index.cpu()).to(device=device)
-        slices = self.volume.slices(hidden.rotations.to(device), None, self.box_size,
-                                    self.pixel_size_angstrom)
+        rotations = hidden.rotations.to(device)
+        slices = self.volume.slices(rotations, None, self.box_size, self.pixel_size_angstrom)
+        for k, component in enumerate(self.components):
+            z = hidden.latents[:, k].to(device=device, dtype=torch.float32)
+            slices = slices + z[:, None, None] * component.slices(
+                rotations, None, self.box_size, self.pixel_size_angstrom)
         ft = apply_shift_and_ctf(slices, self.pixel_size_angstrom,
                                  hidden.shifts_angstrom.to(device), ctf)
         return centered_irfft2(ft, self.box_size)

@@ -170,6 +170,12 @@ class AlignmentResult:
     aligned: torch.Tensor
     correlation: float
 
+    def apply(self, volume: torch.Tensor) -> torch.Tensor:
+        """The same hand, rotation and shift applied to another ``(D, D, D)`` map in the
+        moving map's frame (e.g. a component or a half map of the same run)."""
+        moved = flip_hand(volume) if self.flipped else volume
+        return rotate_volume(moved, self.rotation, self.shift_px)
+
 
 def _fourier_resample(volume: torch.Tensor, size: int, taper_start: float = 0.35) -> torch.Tensor:
     """Fourier-crop ``volume`` to ``size`` (if smaller) with a cosine low-pass.

@@ -67,8 +67,9 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--classes", type=int, default=2,
                     help="K for relion-class3d (EM over classes; known poses, or searched "
                          "with --initial-map)")
-    tr.add_argument("--components", type=int, default=2,
-                    help="K for 3dva (linear subspace by PPCA-EM, known poses)")
+    tr.add_argument("--components", type=int,
+                    help="K of the linear subspace: 3dva (PPCA-EM, known poses; default 2), "
+                    "multi-cryogan (adversarial, no poses; default 1)")
     tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed; "
                     "without it, relion-refine builds one ab initio first. relion-class3d: "
                     "one map (every class, random first classes) or K comma-separated maps "

@@ -2,7 +2,7 @@
 
 Exact EM (``relion-refine``, ``relion-class3d``), ab initio (``cryosparc-abinit``),
 variational EM (``fstdiff``), PPCA (``3dva``), amortized poses (``cryoai``,
-``cryoposenet``), adversarial (``cryogan``) and ``cryovaegan``: each recipe
+``cryoposenet``), adversarial (``cryogan``, ``multi-cryogan``) and ``cryovaegan``: each recipe
 loads its particles with what it requires (:data:`RUNNERS`), runs its
 algorithm's generator while printing one progress line per state to stderr,
 and writes its run folder.
@@ -106,7 +106,7 @@ def _run_3dva(args: argparse.Namespace, particles) -> int:
     from cryoviz.inference.ppca import iter_ppca, write_ppca  # noqa: PLC0415
 
     result = None
-    for p in iter_ppca(particles, n_components=args.components,
+    for p in iter_ppca(particles, n_components=2 if args.components is None else args.components,
                        n_iterations=args.epochs if args.epochs else 10,
                        box_size=args.box, seed=args.seed if args.seed is not None else 0,
                        device=args.device):
@@ -319,14 +319,21 @@ def _run_amortized(args: argparse.Namespace, particles) -> int:
 
 
 def _run_cryogan(args: argparse.Namespace, particles) -> int:
-    """``cryogan``: a homogeneous map learned adversarially (poses never inferred)."""
+    """``cryogan``: a homogeneous map learned adversarially (poses never inferred);
+    ``multi-cryogan``: maps drawn from a learned linear subspace (``--components``)."""
     from cryoviz.inference.cryogan import (  # noqa: PLC0415
         CryoGANSettings,
         iter_cryogan,
         write_cryogan,
     )
 
-    given = {"batch_size": args.batch_size, "lr_volume": args.lr, "seed": args.seed}
+    components = 0
+    if args.recipe == "multi-cryogan":
+        components = 1 if args.components is None else args.components
+        if components < 1:
+            raise InputError(None, "--components", "at least 1 for multi-cryogan", components)
+    given = {"batch_size": args.batch_size, "lr_volume": args.lr, "seed": args.seed,
+             "components": components}
     settings = CryoGANSettings(**{k: v for k, v in given.items() if v is not None})
     settings = _steps_for_epochs(settings, len(particles), args.epochs)
     result = _follow(iter_cryogan(particles, settings, device=args.device,
@@ -350,12 +357,13 @@ RUNNERS: dict[str, tuple[Callable[[argparse.Namespace, Any], int], Any]] = {
     "cryoai": (_run_amortized, {}),
     "cryoposenet": (_run_amortized, {}),
     "cryogan": (_run_cryogan, {"require_ctf": True}),
+    "multi-cryogan": (_run_cryogan, {"require_ctf": True}),
     "relion-class3d": (_run_class3d, _class3d_needs),
     "3dva": (_run_3dva, {"require_poses": True}),
 }
 OWN_ALGORITHM = tuple(RUNNERS)
 # recipes whose runs can be resumed (--resume)
-CHECKPOINTING = ("cryovaegan", "cryogan", "relion-refine", "cryosparc-abinit",
+CHECKPOINTING = ("cryovaegan", "cryogan", "multi-cryogan", "relion-refine", "cryosparc-abinit",
                  "relion-class3d")  # the last with --initial-map only
 
 
