@@ -430,6 +430,9 @@ def _builtin() -> None:
                         "true states)"))
     register(BenchEntry("cryovaegan", "inplane", _cryovaegan, INPLANE_KINDS,
                         "VAE-GAN: in-plane angle and CTF per image, no poses, no CTF given"))
+    from cryoviz.bench.entries_pose_recipes import register_pose_recipes  # noqa: PLC0415
+
+    register_pose_recipes()
     _register_other_training_recipes()
 
 

@@ -329,8 +329,9 @@ def score(task: str, out: RunOutputs, truth: Truth, render: np.ndarray | None = 
             raise InputError(None, "inplane metrics", ", ".join(INPLANE_METRICS),
                              got=f"missing {', '.join(missing)}")
         metrics = {}
-    else:
-        metrics = _score_poses(out, truth)
+    else:  # pose, abinit: a recipe without per-particle poses (cryogan) scores its map only
+        metrics = ({} if task == "abinit" and out.poses_file is None else
+                   _score_poses(out, truth))
         if out.volumes is not None:
             metrics.update(_score_single_map(out, truth, align=task == "abinit"))
     metrics.update(out.extra)
