@@ -30,7 +30,8 @@
                           bond-length and elastic-network restraints; the first
                           ``pose_only_epochs`` train the pose encoder alone
                           against the base structure (after Rosenbaum et al.
-                          2021); poses need not be given
+                          2021); poses need not be given; ``encoder =
+                          'joint'``: one CNN gives the poses and ``z``
 ========================  ======================================================
 
 Poses are given (read with the particles) for every recipe but ``atomvae``;
