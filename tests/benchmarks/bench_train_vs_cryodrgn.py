@@ -38,6 +38,10 @@ Usage::
 
 Output: ``tests/benchmarks/results/train_vs_cryodrgn_<device>.json``; scratch files go
 to ``DIR/bench_train_vs_cryodrgn/`` (or ``--work``).
+
+``--markdown JSON`` prints the docs section of a results file; ``--seed-spread OUT
+A.json B.json ...`` summarises runs that differ only in ``--seed`` (mean and standard
+deviation of each program's FSC-AUC and label agreement, and of their difference).
 """
 
 from __future__ import annotations
@@ -217,11 +221,50 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def seed_spread(paths: list[Path]) -> dict:
+    """Quality of both programs over runs that differ only in ``--seed`` (same data).
+
+    Returns per program the masked FSC-AUC and 2-means agreement of each seed with
+    their mean and sample standard deviation, and the per-seed differences
+    cryoviz minus cryoDRGN. Seconds per epoch are listed but are only comparable
+    where the machine was quiet (see each file's load averages).
+    """
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    defaults = {"cryoviz_encoder_input": "real"}  # files written before the option existed
+    settings = {json.dumps({"cryoviz_epochs": r["settings"]["epochs"], **defaults,
+                            **{k: v for k, v in r["settings"].items() if k != "seed"}},
+                           sort_keys=True) for r in runs}
+    if len(settings) != 1 or len({r["dataset"]["path"] for r in runs}) != 1:
+        raise SystemExit("--seed-spread: the files differ in more than the seed")
+
+    def stats(values: list[float]) -> dict:
+        arr = np.asarray(values, dtype=np.float64)
+        return {"values": arr.tolist(), "mean": float(arr.mean()),
+                "std": float(arr.std(ddof=1)) if arr.size > 1 else None}
+
+    out: dict = {"files": [str(p) for p in paths],
+                 "seeds": [r["settings"]["seed"] for r in runs]}
+    for key in ("cryodrgn", "cryoviz"):
+        out[key] = {"fsc_auc_masked": stats([r[key]["mean_fsc_auc_masked"] for r in runs]),
+                    "label_agreement_2means": stats([r[key]["label_agreement_2means"]
+                                                     for r in runs]),
+                    "seconds_per_epoch": [r[key]["mean_seconds_per_epoch"] for r in runs]}
+    out["cryoviz_minus_cryodrgn_fsc_auc_masked"] = stats(
+        [r["cryoviz"]["mean_fsc_auc_masked"] - r["cryodrgn"]["mean_fsc_auc_masked"]
+         for r in runs])
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--markdown"]:
         print(markdown(json.loads(Path(argv[1]).read_text())), end="")
+        return 0
+    if argv[:1] == ["--seed-spread"]:  # --seed-spread OUT.json A.json B.json ...
+        result = seed_spread([Path(p) for p in argv[2:]])
+        Path(argv[1]).write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", type=Path, required=True, help="cryoviz simulate folder")
