@@ -62,7 +62,12 @@ from cryoviz.train.encoders import LatentTable
 from cryoviz.train.memory import release_free_heap
 from cryoviz.train.models import as_tensor, build_models, initialise_models
 from cryoviz.train.recipes import Recipe
-from cryoviz.train.run_files import latest_checkpoint, write_toml, write_z_pkl
+from cryoviz.train.run_files import (
+    check_resume_settings,
+    latest_checkpoint,
+    write_toml,
+    write_z_pkl,
+)
 from cryoviz.volumes import VolumeModel
 from cryoviz.volumes.deformation import DeformationVolume
 from cryoviz.volumes.frc import frc_loss
@@ -238,6 +243,7 @@ def iter_train(
     start_epoch, step = 0, 0
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
+        check_resume_settings(out, dataclasses.asdict(recipe))
         state = torch.load(ckpt, map_location=device, weights_only=True)
         volume.load_state_dict(state["volume"])
         if encoder is not None:
