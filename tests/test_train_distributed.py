@@ -37,7 +37,7 @@ from cryoviz.train.distributed import (
     local_batches,
     split_batch,
 )
-from cryoviz.train.encoders import MLPEncoder
+from cryoviz.train.encoders import JointPoseLatentEncoder, MLPEncoder
 from cryoviz.train.loop import iter_train, train
 from cryoviz.train.recipes import get_recipe
 
@@ -130,6 +130,23 @@ def test_model_call_runs_the_networks_in_bf16_and_returns_float32():
     assert seen[-1] == torch.float32 and mu32.dtype == torch.float32
     encoder(torch.randn(3, 16, 16))  # outside ModelCall: no autocast
     assert seen[-1] == torch.float32
+
+
+def test_model_call_autocasts_networks_a_method_reaches_past_its_children():
+    """``JointPoseLatentEncoder.joint`` calls its pose encoder's ``features`` and ``mlp``
+    (grandchildren) directly: they run in bf16 too, with one cast back at the end."""
+    joint = JointPoseLatentEncoder(16, 4.0, latent_dim=2, channels=4, hidden=16, heads=2)
+    seen = {}
+    for name in ("features", "mlp"):
+        getattr(joint.poses, name).register_forward_hook(
+            lambda m, a, out, name=name: seen.__setitem__(name, out.dtype))
+    inner = []
+    joint.poses.mlp[1].register_forward_hook(lambda m, a, out: inner.append(out.dtype))
+    rotations, shifts, mu, logvar = ModelCall(joint, "joint", torch.bfloat16)(
+        torch.randn(3, 16, 16))
+    assert seen == {"features": torch.bfloat16, "mlp": torch.bfloat16}
+    assert inner == [torch.bfloat16]  # not cast back between the layers of one network
+    assert {t.dtype for t in (rotations, shifts, mu, logvar)} == {torch.float32}
 
 
 def test_precision_is_checked(dataset, tmp_path):

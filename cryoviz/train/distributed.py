@@ -224,10 +224,13 @@ class ModelCall(torch.nn.Module):
 
     DDP synchronises gradients only of calls through ``forward``; this lets
     the loop call ``volume.slices`` through DDP. With an autocast dtype, only
-    the model's *networks* run in low precision: every direct child module
+    the model's *networks* run in low precision: the outermost called submodule
     holding a linear or convolution layer (``ImplicitVolume.mlp``,
-    ``MLPEncoder.hidden`` / ``head``, the Gaussian mixture's ``decoder``) runs
-    under :func:`torch.autocast` and its output is cast back to float32, so
+    ``MLPEncoder.hidden`` / ``head``, the Gaussian mixture's ``decoder``; at any
+    depth, so a method that calls a grandchild directly, as
+    ``JointPoseLatentEncoder.joint`` calls its pose encoder's ``features``, is
+    covered too) runs under :func:`torch.autocast` and its output is cast back
+    to float32, so
     coordinates, rotations, Hartley/Fourier conversion, projections and
     everything after run in float32 (autocasting the whole call would also
     put the rotation ``einsum`` of the frequency coordinates in bfloat16, and
@@ -251,27 +254,34 @@ class ModelCall(torch.nn.Module):
         self.method = method
         self.autocast = autocast
         self._active = False
+        self._depth = 0  # nesting of hooked submodules being called
         self._contexts: list[torch.autocast] = []
         self.networks = [] if autocast is None else [
-            name for name, child in module.named_children()
-            if any(isinstance(m, _NETWORK_LAYERS) for m in child.modules())]
+            name for name, child in module.named_modules()
+            if name and any(isinstance(m, _NETWORK_LAYERS) for m in child.modules())]
         for name in self.networks:
-            child = getattr(module, name)
+            child = module.get_submodule(name)
             child.register_forward_pre_hook(self._enter)
             child.register_forward_hook(self._exit)
 
     def _enter(self, _module, _args) -> None:
-        if self._active:
+        if not self._active:
+            return
+        if self._depth == 0:  # the outermost network: autocast until it returns
             device_type = next(self.module.parameters()).device.type
             ctx = torch.autocast(device_type=device_type, dtype=self.autocast)
             ctx.__enter__()
             self._contexts.append(ctx)
+        self._depth += 1
 
     def _exit(self, _module, _args, output):
-        if self._active and self._contexts:
-            self._contexts.pop().__exit__(None, None, None)
-            return _to_float32(output)
-        return None
+        if not (self._active and self._depth):
+            return None
+        self._depth -= 1
+        if self._depth or not self._contexts:
+            return None
+        self._contexts.pop().__exit__(None, None, None)
+        return _to_float32(output)
 
     def forward(self, *args):
         """``module.method(*args)`` with outputs in float32 / complex64."""
@@ -280,6 +290,7 @@ class ModelCall(torch.nn.Module):
             out = getattr(self.module, self.method)(*args)
         finally:
             self._active = False
+            self._depth = 0
             while self._contexts:  # an exception inside a network
                 self._contexts.pop().__exit__(None, None, None)
         return _to_float32(out)
