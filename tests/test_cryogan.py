@@ -246,14 +246,17 @@ def test_cli_train_cryogan(tiny_dataset, tmp_path, capsys):
     assert "--components" in capsys.readouterr().err
 
 
-def test_a_stopped_run_resumes_to_the_same_map(tiny_dataset, tmp_path):
+@pytest.mark.parametrize("components", [0, 1])
+def test_a_stopped_run_resumes_to_the_same_map(tiny_dataset, tmp_path, components):
     """Checkpoints at every report; a run stopped after step 20 and resumed ends with the
-    map of an unbroken run (one thread: the same sequence of kernels)."""
+    map (and multi-cryogan's components) of an unbroken run (one thread: the same
+    sequence of kernels)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         particles = load_particles(tiny_dataset / "particles.star")
-        settings = CryoGANSettings(n_steps=40, batch_size=16, n_critic=2, seed=2)
+        settings = CryoGANSettings(n_steps=40, batch_size=16, n_critic=2, seed=2,
+                                   components=components)
         whole = run_cryogan(particles, settings, log_every=10)
         stopped = iter_cryogan(particles, settings, log_every=10, output_dir=tmp_path)
         assert [next(stopped).step for _ in range(2)] == [10, 20]
@@ -264,6 +267,9 @@ def test_a_stopped_run_resumes_to_the_same_map(tiny_dataset, tmp_path):
                                     resume=True))
         assert [p.step for p in resumed] == [30, 40]
         torch.testing.assert_close(resumed[-1].result.map, whole.map, rtol=0, atol=0)
+        torch.testing.assert_close(resumed[-1].result.components, whole.components, rtol=0,
+                                   atol=0)
+        assert whole.components.shape == (components, 16, 16, 16)
         def losses(history):  # the reports without their wall times
             return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
