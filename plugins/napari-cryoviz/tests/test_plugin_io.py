@@ -51,6 +51,26 @@ def test_run_reader_has_map_latents_and_log(tiny_run):
     assert meta["pose_posterior"] is None
 
 
+def test_algorithm_run_reader_has_maps_and_the_traversal_as_a_series(tiny_star, tmp_path):
+    """A multi-cryogan run (no config.toml): its maps, and the component traversal as one
+    4-D layer in z order."""
+    run = tmp_path / "gan"
+    assert main(["train", str(tiny_star), "--recipe", "multi-cryogan", "--epochs", "1",
+                 "--batch-size", "120", "--components", "1", "-o", str(run)]) == 0
+    layers = get_reader(str(run))(str(run))
+    assert [kwargs["name"] for _, kwargs, _ in layers] == [
+        "gan component_1", "gan map", "gan component_1 series"]
+    assert layers[1][0].shape == (16, 16, 16) and layers[1][1]["scale"] == (6.0, 6.0, 6.0)
+    series_data, series, _ = layers[2]
+    assert series_data.shape == (5, 16, 16, 16) and series["scale"] == (1.0, 6.0, 6.0, 6.0)
+    assert series["metadata"]["series"] == ["z_-2.0", "z_-1.0", "z_+0.0", "z_+1.0", "z_+2.0"]
+    assert series["metadata"]["metrics"]["recipe"] == "multi-cryogan"
+    base, _ = api.read_volume(run / "volumes" / "map.mrc")
+    component, _ = api.read_volume(run / "volumes" / "component_1.mrc")
+    np.testing.assert_allclose(series_data[4], base + 2.0 * component, rtol=1e-5, atol=1e-5)
+    assert get_reader(str(tmp_path)) is None  # a plain folder is no run
+
+
 def test_sample_data_layers(monkeypatch, tiny_spec, tiny_root, tiny_run):
     from napari_cryoviz import _sample_data
 

@@ -8,6 +8,7 @@ pixel size on the image axes; stacks are read lazily (dask), never whole.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from cryoviz import api
 
 from ._session import RunSession
 
-__all__ = ["get_reader", "read_volume_layers", "read_stack_layers", "read_run_layers"]
+__all__ = ["get_reader", "read_volume_layers", "read_stack_layers", "read_run_layers",
+           "read_algorithm_run_layers"]
 
 VOLUME_SUFFIXES = (".mrc", ".map")
 PARTICLE_SUFFIXES = (".star", ".cs")
@@ -33,6 +35,12 @@ def _is_run(path: Path) -> bool:
     return path.is_dir() and (path / "config.toml").is_file()
 
 
+def _is_algorithm_run(path: Path) -> bool:
+    """A run of a recipe with its own algorithm (``cryogan``, ``relion-refine``, ...)."""
+    return (path.is_dir() and not (path / "config.toml").is_file()
+            and (path / "metrics.json").is_file() and (path / "volumes").is_dir())
+
+
 def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
     """The reader for ``path``, or None when cryoviz cannot read it (napari tries others)."""
     if isinstance(path, list):
@@ -42,6 +50,8 @@ def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None
     p = Path(path)
     if _is_run(p):
         return read_run_layers
+    if _is_algorithm_run(p):
+        return read_algorithm_run_layers
     suffix = p.suffix.lower()
     if suffix in VOLUME_SUFFIXES and p.is_file():
         return read_volume_layers
@@ -124,3 +134,43 @@ def read_run_layers(path: str | list[str]) -> list[LayerData]:
         return layers
     volume = session.representative_volume()
     return [volume_layer(volume, session.voxel_size(), f"{p.name} volume", metadata=meta)]
+
+
+_TRAILING_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?$")
+
+
+def _series_key(path: Path) -> tuple[float, str]:
+    """Order of a map in a series: the number its name ends with (``z_-2.0``: -2.0)."""
+    found = _TRAILING_NUMBER.search(path.stem)
+    return (float(found.group()) if found else float("inf"), path.stem)
+
+
+def read_algorithm_run_layers(path: str | list[str]) -> list[LayerData]:
+    """A run folder of a recipe with its own algorithm (no ``config.toml``).
+
+    Each ``volumes/*.mrc`` is one layer (scale = voxel size); each folder of maps
+    in ``volumes/`` (``multi-cryogan``'s traversal ``component_k/z_*.mrc``) is one
+    4-D layer on napari's time axis, ordered by the number its file names end
+    with. Metadata: ``run_path``, ``metrics`` (``metrics.json``) and
+    ``pose_posterior`` (``poses.npz``, when the recipe wrote one; else None).
+    """
+    p = _path_of(path)
+    meta = {"run_path": str(p), "metrics": json.loads((p / "metrics.json").read_text()),
+            "pose_posterior": (api.read_pose_posterior(p / "poses.npz")
+                               if (p / "poses.npz").is_file() else None)}
+    layers = []
+    for m in sorted((p / "volumes").glob("*.mrc")):
+        vol, voxel = api.read_volume(m)
+        layers.append(volume_layer(vol, voxel, f"{p.name} {m.stem}", metadata=dict(meta)))
+    for folder in sorted(d for d in (p / "volumes").iterdir() if d.is_dir()):
+        files = sorted(folder.glob("*.mrc"), key=_series_key)
+        if not files:
+            continue
+        maps = [api.read_volume(f) for f in files]
+        voxel = maps[0][1]
+        data, kwargs, kind = volume_layer(np.stack([v for v, _ in maps]), voxel,
+                                          f"{p.name} {folder.name} series", metadata={
+                                              **meta, "series": [f.stem for f in files]})
+        kwargs["scale"] = (1.0, *kwargs["scale"])
+        layers.append((data, kwargs, kind))
+    return layers
