@@ -169,8 +169,13 @@ def test_writes_run_files_and_cli(dataset, run, tmp_path):
     write_volume(start, truth.numpy(), APIX)
     cli_out = tmp_path / "cli"
     code = main(["train", str(particles.source_path), "--recipe", "fstdiff", "--initial-map",
-                 str(start), "--epochs", "1", "-o", str(cli_out)])
+                 str(start), "--epochs", "1", "--volume-uncertainty", "-o", str(cli_out)])
     assert code == 0
+    spread, voxel = read_volume(cli_out / "volumes" / "uncertainty.mrc")
+    refined, _ = read_volume(cli_out / "volumes" / "map.mrc")
+    assert spread.shape == (BOX,) * 3 and voxel == pytest.approx(APIX)
+    assert np.isfinite(spread).all() and spread.min() >= 0 and spread.max() > 0
+    assert float(spread.mean()) < float(refined.std())  # a spread, not a second map
     post = read_pose_posterior(cli_out)
     assert len(post) == len(particles)
     err = rotation_error_deg(torch.as_tensor(post.rotations),
@@ -180,6 +185,8 @@ def test_writes_run_files_and_cli(dataset, run, tmp_path):
 
 
 def test_bad_input_is_a_clear_error(dataset):
+    with pytest.raises(InputError, match="n_backproject"):
+        VariationalSettings(volume_uncertainty=True, n_backproject=1).validate()
     particles, truth, _ = dataset
     with pytest.raises(InputError, match="initial_map"):
         next(iter_variational(particles, truth[:-1], SETTINGS))

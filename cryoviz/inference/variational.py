@@ -39,6 +39,11 @@ Outputs (:func:`write_variational`) are those of ``relion-refine``; in
 ``sqrt(2) sigma_t`` (Å, the RMS distance), and the top-k poses are the mean
 followed by ``top_k - 1`` draws of ``q``, all with weight ``1 / top_k`` (equally
 weighted Monte Carlo draws, not ranked alternatives).
+
+With ``volume_uncertainty``, the last epoch also puts draw ``k`` of every
+particle into an accumulator of its own; the per-voxel standard deviation of
+those ``n_backproject`` maps is the map's spread over the pose posteriors
+(:mod:`cryoviz.inference.map_spread`), written as ``volumes/uncertainty.mrc``.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from cryoviz.geometry import SO3Grid
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.inference.class_em import e_step_limit_shell
 from cryoviz.inference.em_start import image_batches, prepare_em_start
+from cryoviz.inference.map_spread import draw_spread
 from cryoviz.inference.pose_scoring import pixel_set
 from cryoviz.inference.posterior import PosePosterior, export_poses
 from cryoviz.inference.variational_q import (
@@ -112,6 +118,10 @@ class VariationalSettings:
         Cap on the E-step resolution (Å); ``None``: Nyquist.
     batch_size
         Images per batch.
+    volume_uncertainty
+        Also estimate the per-voxel spread of the map over the pose posteriors in
+        the last epoch (``n_backproject`` extra accumulators; needs
+        ``n_backproject >= 2``).
     seed
         Seed of the half split (when the file has none) and of the draws.
     """
@@ -132,6 +142,7 @@ class VariationalSettings:
     initial_lowpass_angstrom: float | None = 20.0
     resolution_limit_angstrom: float | None = None
     batch_size: int = 64
+    volume_uncertainty: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -144,6 +155,8 @@ class VariationalSettings:
                      "top_k", "batch_size"):
             need(getattr(self, name) >= 1, name, "at least 1")
         need(0 <= self.coarse_order <= 3, "coarse_order", "0 .. 3")
+        need(not self.volume_uncertainty or self.n_backproject >= 2, "n_backproject",
+             "at least 2 draws per particle for volume_uncertainty")
         need(self.shift_step_px > 0, "shift_step_px", "> 0")
         need(self.shift_range_px >= 0, "shift_range_px", ">= 0")
         for name in ("lr_rotation_deg", "lr_shift_px", "lr_log_sigma", "prior_shift_sd_px"):
@@ -177,6 +190,9 @@ class VariationalResult:
         ELBO summed over particles (up to a constant), per epoch.
     pixel_size_angstrom, particle_ids, seconds, settings
         Bookkeeping.
+    uncertainty
+        ``(D, D, D)`` float32 per-voxel standard deviation of the map over the pose
+        posteriors (``volume_uncertainty``), else ``None``.
     """
 
     map: torch.Tensor
@@ -192,6 +208,7 @@ class VariationalResult:
     particle_ids: np.ndarray
     seconds: float
     settings: VariationalSettings
+    uncertainty: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -296,6 +313,9 @@ def iter_variational(
                           shift_px=torch.zeros((n, 2), dtype=torch.float64, device=device),
                           log_sigma_shift=torch.zeros(n, dtype=torch.float64, device=device))
         accs = [FourierAccumulator(box, device=device) for _ in (0, 1)]
+        draw_accs = ([FourierAccumulator(box, device=device)
+                      for _ in range(settings.n_backproject)]
+                     if settings.volume_uncertainty and epoch == settings.n_epochs else [])
         residual = torch.zeros((n, layout.n_shells), dtype=torch.float64, device=device)
         total_elbo = 0.0
         for index, images in batches():
@@ -331,6 +351,9 @@ def iter_variational(
                             shifts.reshape(-1, 2) * apix, ctf_h,
                             particle_weights=(1.0 / (m * alpha[sel])).cpu()[rows],
                             image_rows=rows)
+                for k, acc in enumerate(draw_accs):  # draw k of every particle
+                    acc.add(images[loc], rots[:, k], apix, shifts[:, k] * apix, ctf_h,
+                            particle_weights=(1.0 / alpha[sel]).cpu())
                 model = forward_fourier(maps_ft[h], q.base, box, apix, q.shift_px * apix, ctf_h)
                 residual[sel] = layout.sums((x_full[loc] - model).abs() ** 2)
         sigma2, alpha = noise_model(residual, layout.count)
@@ -341,7 +364,8 @@ def iter_variational(
         result = None
         if epoch == settings.n_epochs:
             result = _result(q_all, full_map, half_maps, curve, sigma2, alpha, elbos, particles,
-                             settings, gen, time.perf_counter() - start_time)
+                             settings, gen, time.perf_counter() - start_time,
+                             draw_spread(draw_accs, curve.fsc).cpu() if draw_accs else None)
         yield VariationalProgress(
             epoch=epoch, n_epochs=settings.n_epochs,
             e_step_resolution_angstrom=box * apix / limit,
@@ -351,8 +375,8 @@ def iter_variational(
 
 
 def _result(q: PoseQ, full_map, half_maps, curve, sigma2, alpha, elbos, particles: ParticleSet,
-            settings: VariationalSettings, gen: torch.Generator, seconds: float
-            ) -> VariationalResult:
+            settings: VariationalSettings, gen: torch.Generator, seconds: float,
+            uncertainty: torch.Tensor | None) -> VariationalResult:
     apix = particles.pixel_size_angstrom
     k = settings.top_k
     draws_r = sample_rotations(q.base, q.log_sigma_rot.exp(), k - 1, gen)
@@ -374,7 +398,7 @@ def _result(q: PoseQ, full_map, half_maps, curve, sigma2, alpha, elbos, particle
         sigma_shift_angstrom=(q.log_sigma_shift.exp() * apix).cpu().numpy(),
         noise_scale=alpha.cpu().numpy(), sigma2=sigma2.cpu(), elbos=tuple(elbos),
         pixel_size_angstrom=apix, particle_ids=posterior.particle_ids, seconds=seconds,
-        settings=settings)
+        settings=settings, uncertainty=uncertainty)
 
 
 def run_variational(particles: ParticleSet, initial_map, **kwargs) -> VariationalResult:
@@ -387,8 +411,9 @@ def write_variational(result: VariationalResult, particles: ParticleSet,
     """Write the refinement into ``output_dir``.
 
     Files: ``volumes/map.mrc`` and ``volumes/half_{1,2}.mrc`` (with the voxel
-    size), ``poses.npz`` (:mod:`cryoviz.inference.posterior`; see the module
-    docstring for what the spreads and top-k mean here), ``q_sigmas.npz``
+    size; ``volumes/uncertainty.mrc`` with ``volume_uncertainty``), ``poses.npz``
+    (:mod:`cryoviz.inference.posterior`; see the module docstring for what the
+    spreads and top-k mean here), ``q_sigmas.npz``
     (``sigma_rotation_deg`` ``(N, 3)``, ``sigma_shift_angstrom`` ``(N,)``,
     ``noise_scale`` ``(N,)``), the
     particles at their mean poses as ``particles.star``, ``particles.cs`` and
@@ -399,6 +424,8 @@ def write_variational(result: VariationalResult, particles: ParticleSet,
     write_volume(out / "volumes" / "map.mrc", result.map.numpy(), apix)
     for i, half in enumerate(result.half_maps.numpy()):
         write_volume(out / "volumes" / f"half_{i + 1}.mrc", half, apix)
+    if result.uncertainty is not None:
+        write_volume(out / "volumes" / "uncertainty.mrc", result.uncertainty.numpy(), apix)
     with atomic_output(out / "q_sigmas.npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, sigma_rotation_deg=result.sigma_rotation_deg,

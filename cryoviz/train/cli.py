@@ -74,6 +74,9 @@ def add_parsers(subparsers) -> None:
                     "without it, relion-refine builds one ab initio first. relion-class3d: "
                     "one map (every class, random first classes) or K comma-separated maps "
                     "(one per class); the poses are then searched")
+    tr.add_argument("--volume-uncertainty", action="store_true",
+                    help="fstdiff: also write volumes/uncertainty.mrc, the per-voxel spread "
+                    "of the map over the pose posteriors")
     tr.add_argument("--initial-lowpass", type=float, default=20.0,
                     help="relion-refine: low-pass of the starting map in Å (default 20)")
     tr.add_argument("--healpix-order", type=int, default=1,

@@ -266,7 +266,8 @@ def _run_fstdiff(args: argparse.Namespace, particles) -> int:
     settings = VariationalSettings(
         n_epochs=args.epochs or 5, coarse_order=args.healpix_order,
         initial_lowpass_angstrom=args.initial_lowpass, batch_size=args.batch_size or 64,
-        seed=args.seed if args.seed is not None else 0)
+        seed=args.seed if args.seed is not None else 0,
+        volume_uncertainty=args.volume_uncertainty)
     result = _follow(iter_variational(particles, initial, settings, device=args.device),
                      lambda p: (
         f"epoch {p.epoch}/{p.n_epochs}  E-step to {p.e_step_resolution_angstrom:.1f} Å  "
