@@ -51,20 +51,15 @@ def _corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]).double())[0, 1])
 
 
-def _true_states(folder: Path, args) -> list[torch.Tensor]:
-    simulate(SimulationConfig(n_particles=8, box_size=args.box,
-                              pixel_size_angstrom=128.0 / args.box, snr=args.snr,
-                              states=("4ake", "1ake"), seed=0), folder)
-    return [torch.as_tensor(read_volume(folder / "truth" / f"state_{k}.mrc")[0],
-                            dtype=torch.float32) for k in (0, 1)]
-
-
-def _run(folder: Path, states_present: tuple[str, ...], truth: list[torch.Tensor],
-         args) -> dict:
+def _simulate(folder: Path, states_present: tuple[str, ...], args):
     simulate(SimulationConfig(n_particles=args.particles, box_size=args.box,
                               pixel_size_angstrom=128.0 / args.box, snr=args.snr,
                               states=states_present, seed=7), folder)
-    particles = load_particles(folder / "particles.star")
+    return load_particles(folder / "particles.star")
+
+
+def _run(particles, states_present: tuple[str, ...], truth: list[torch.Tensor],
+         args) -> dict:
     t0 = time.perf_counter()
     result = run_cryogan(particles, CryoGANSettings(n_steps=args.steps,
                                                     components=args.components,
@@ -104,9 +99,13 @@ def main() -> None:
     args = parser.parse_args()
     start_load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
-        truth = _true_states(Path(tmp) / "truth", args)
-        mixture = _run(Path(tmp) / "mixture", ("4ake", "1ake"), truth, args)
-        null = _run(Path(tmp) / "homogeneous", ("4ake",), truth, args)
+        both = _simulate(Path(tmp) / "mixture", ("4ake", "1ake"), args)
+        truth = [torch.as_tensor(read_volume(Path(tmp) / "mixture" / "truth" /
+                                             f"state_{k}.mrc")[0], dtype=torch.float32)
+                 for k in (0, 1)]  # the mixture's true states score both runs
+        mixture = _run(both, ("4ake", "1ake"), truth, args)
+        alone = _simulate(Path(tmp) / "homogeneous", ("4ake",), args)
+        null = _run(alone, ("4ake",), truth, args)
     out = {"machine": {**machine_info(torch.device("cpu")), "load_average_start": start_load,
                        "load_average_end": load_average()},
            "dataset": {"particles": args.particles, "box": args.box,
