@@ -13,6 +13,7 @@ from cryoviz.metrics.landscape import (
     procrustes_align,
     wasserstein2,
 )
+from cryoviz.metrics.pose_modes import POSE_ERROR_MODES, PoseErrorModes, pose_error_modes
 from cryoviz.metrics.poses import (
     RotationAlignment,
     align_rotations,
@@ -22,6 +23,9 @@ from cryoviz.metrics.poses import (
 )
 
 __all__ = [
+    "POSE_ERROR_MODES",
+    "PoseErrorModes",
+    "pose_error_modes",
     "AlignmentResult",
     "FSCClustering",
     "FSCCurve",
