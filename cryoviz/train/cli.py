@@ -56,10 +56,12 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--encoder-input", choices=("real", "hartley"),
                     help="image encoder input: the pixels or their Hartley transform")
     tr.add_argument("--pose-only-epochs", type=int,
-                    help="amortized poses (atomvae): epochs that train the pose encoder alone "
-                    "against the reference at z = 0")
+                    help="amortized poses: epochs that train the pose encoder alone against "
+                    "the reference at z = 0 (atomvae) or the --initial-map (cryoai, "
+                    "cryoposenet; all epochs: the map stays fixed)")
     tr.add_argument("--pose-heads", type=int,
-                    help="amortized poses (atomvae): pose hypotheses per image")
+                    help="amortized poses (atomvae, cryoai, cryoposenet): pose hypotheses "
+                    "per image (winner-takes-all)")
     tr.add_argument("--stack", help="use this image stack instead of the metadata's")
     tr.add_argument("--poses", help="cryoDRGN pose pickle")
     tr.add_argument("--ctf", help="cryoDRGN CTF pickle")
@@ -73,12 +75,14 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed; "
                     "without it, relion-refine builds one ab initio first. relion-class3d: "
                     "one map (every class, random first classes) or K comma-separated maps "
-                    "(one per class); the poses are then searched")
+                    "(one per class); the poses are then searched. cryoai, cryoposenet: "
+                    "the voxel map starts from it (see --pose-only-epochs)")
     tr.add_argument("--volume-uncertainty", action="store_true",
                     help="fstdiff: also write volumes/uncertainty.mrc, the per-voxel spread "
                     "of the map over the pose posteriors")
     tr.add_argument("--initial-lowpass", type=float, default=20.0,
-                    help="relion-refine: low-pass of the starting map in Å (default 20)")
+                    help="relion-refine, fstdiff, cryoai, cryoposenet: low-pass of the "
+                    "starting map in Å (default 20)")
     tr.add_argument("--healpix-order", type=int, default=1,
                     help="relion-refine: HEALPix order of the global search (default 1)")
     tr.add_argument("--max-order", type=int, default=4,

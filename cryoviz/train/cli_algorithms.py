@@ -301,18 +301,45 @@ def _run_cryovaegan(args: argparse.Namespace, particles) -> int:
 
 
 def _run_amortized(args: argparse.Namespace, particles) -> int:
-    """``cryoai`` / ``cryoposenet``: CNN pose encoder and map trained jointly (poses unknown)."""
+    """``cryoai`` / ``cryoposenet``: CNN pose encoder and map trained jointly (poses unknown).
+
+    ``--pose-heads`` sets the encoder's pose hypotheses per image. With
+    ``--initial-map`` the map is a voxel grid started from that map (low-passed
+    to ``--initial-lowpass``), and the first ``--pose-only-epochs`` epochs train
+    the encoder alone against it; as many pose-only epochs as ``--epochs`` keep
+    the map fixed throughout (the pose-only task: poses against a known map).
+    """
     from cryoviz.inference.amortized_pose import (  # noqa: PLC0415
         AmortizedPoseSettings,
         iter_amortized_pose,
         write_amortized_pose,
     )
 
-    given = {"batch_size": args.batch_size, "lr_encoder": args.lr, "seed": args.seed}
+    given = {"batch_size": args.batch_size, "lr_encoder": args.lr, "seed": args.seed,
+             "heads": args.pose_heads}
+    initial = None
+    if args.initial_map is not None:
+        maps = _read_start_maps(args, particles)
+        if len(maps) != 1:
+            raise InputError(args.initial_map, "--initial-map", f"one map for {args.recipe}",
+                             got=f"{len(maps)} maps")
+        initial = maps[0]
+        given.update(volume="voxel", initial_lowpass_angstrom=args.initial_lowpass)
     settings = AmortizedPoseSettings(recipe=args.recipe,
                                      **{k: v for k, v in given.items() if v is not None})
     settings = _steps_for_epochs(settings, len(particles), args.epochs)
-    result = _follow(iter_amortized_pose(particles, settings, device=args.device), lambda p: (
+    if args.pose_only_epochs:
+        if initial is None:
+            raise InputError(None, "--pose-only-epochs", f"--initial-map with {args.recipe} "
+                             "(the encoder learns against it)", args.pose_only_epochs)
+        per_epoch = -(-len(particles) // settings.batch_size)
+        steps = args.pose_only_epochs * per_epoch
+        if steps > settings.n_steps:
+            raise InputError(None, "--pose-only-epochs", f"at most the run's epochs "
+                             f"({settings.n_steps // per_epoch})", args.pose_only_epochs)
+        settings = dataclasses.replace(settings, pose_only_steps=steps)
+    result = _follow(iter_amortized_pose(particles, settings, initial_map=initial,
+                                         device=args.device), lambda p: (
         f"step {p.step}/{p.n_steps}  loss {p.loss:.4f}  band {p.band:.3f}  "
         f"pi-flipped {p.flipped_fraction:.2f}  {p.seconds:.1f} s"))
     write_amortized_pose(result, particles, args.output)
