@@ -304,9 +304,16 @@ def test_ci_subset_of_the_tiny_suite(tmp_path):
     assert by[("fstdiff", "homogeneous-hi-uniform-tiny")]["pose_median_error_deg"] < 30.0
     gan = by[("cryogan", "homogeneous-hi-uniform-tiny")]
     assert gan["fsc_auc"] > 0.05 and "pose_median_error_deg" not in gan
+    by_task = {(r["recipe"], r["task"]): r["metrics"] for r in rows
+               if r["dataset"] == "homogeneous-hi-uniform-tiny"}
     for name in ("cryoai", "cryoposenet"):
-        row = by[(name, "homogeneous-hi-uniform-tiny")]
+        row = by_task[(name, "abinit")]
         assert 0.0 <= row["pose_median_error_deg"] <= 180.0 and row["steps"] == 150
+        assert row["heads"] == 1 and row["pose_only_steps"] == 0
+        refined = by_task[(name, "pose")]  # from a 20 Å low-pass, 8 heads, half pose-only
+        assert 0.0 <= refined["pose_median_error_deg"] <= 180.0
+        assert refined["heads"] == 8 and refined["pose_only_steps"] == 75
+        assert refined["fsc_auc"] is not None
     search = by[("relion-class3d-search", "mixture-hi-uniform-tiny")]
     assert search["fsc_cluster_agreement"] is not None
     assert 0.0 <= search["pose_median_error_deg"] <= 180.0
