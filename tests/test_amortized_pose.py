@@ -272,7 +272,10 @@ def test_cli_amortized_start_map_errors(small, tmp_path, capsys):
     star = str(particles.source_path)
     write_volume(tmp_path / "wrong_voxel.mrc", truth.numpy(), APIX * 2)
     write_volume(tmp_path / "truth.mrc", truth.numpy(), APIX)
-    cases = [(["--recipe", "cryoai", "--initial-map", str(tmp_path / "wrong_voxel.mrc")],
+    write_volume(tmp_path / "big.mrc", np.zeros((BOX + 4,) * 3, dtype=np.float32), APIX)
+    cases = [(["--recipe", "cryoai", "--initial-map", str(tmp_path / "big.mrc")],
+              ("big.mrc", "box size", f"{BOX}^3", f"{BOX + 4}x{BOX + 4}x{BOX + 4}")),
+             (["--recipe", "cryoai", "--initial-map", str(tmp_path / "wrong_voxel.mrc")],
               ("wrong_voxel.mrc", "voxel size", f"{APIX:g} Å")),
              (["--recipe", "cryoai", "--pose-only-epochs", "1"],
               ("--pose-only-epochs", "--initial-map")),

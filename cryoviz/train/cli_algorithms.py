@@ -27,13 +27,16 @@ __all__ = ["OWN_ALGORITHM", "CHECKPOINTING", "RUNNERS", "run_algorithm"]
 
 
 def _read_start_maps(args: argparse.Namespace, particles) -> list[torch.Tensor]:
-    """The ``--initial-map`` file(s) (comma-separated), voxel size checked."""
+    """The ``--initial-map`` file(s) (comma-separated), box and voxel size checked."""
     from cryoviz.io.mrc import read_volume  # noqa: PLC0415
 
-    apix = particles.pixel_size_angstrom
+    apix, box = particles.pixel_size_angstrom, particles.box_size
     maps = []
     for name in (n for n in args.initial_map.split(",") if n):
         volume, voxel = read_volume(name)
+        if tuple(volume.shape) != (box,) * 3:
+            raise InputError(name, "box size", f"{box}^3 voxels (the particles' box)",
+                             got="x".join(str(n) for n in volume.shape))
         if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
             raise InputError(name, "voxel size", f"{apix:g} Å (the particles')",
                              got=f"{voxel:g} Å")
