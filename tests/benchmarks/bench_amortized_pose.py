@@ -21,7 +21,8 @@ truth's frame without any alignment, and each particle is sorted into a failure
 mode (:func:`cryoviz.metrics.pose_error_modes`: correct, in-plane π flip, right
 view with a wrong in-plane angle, opposite view, other) to see which minimum
 the symmetrized loss does or does not get out of. Results go to
-``amortized_pose_known_map_...json``; a ``--seed`` other than 0 adds ``seed<S>_``.
+``amortized_pose_known_map_...json``; a ``--seed`` other than 0 adds ``seed<S>_``,
+an ``--snr`` other than 1 ``snr<SNR>_``.
 
 Writes ``tests/benchmarks/results/amortized_pose_<device>.json``.
 
@@ -183,7 +184,8 @@ def main() -> None:
     heads = f"heads{args.heads}_" if args.heads > 1 else ""
     known = "known_map_" if args.known_map else ""
     seed = f"seed{args.seed}_" if args.seed else ""
-    path = RESULTS_DIR / f"amortized_pose_{known}{heads}{seed}{out['machine']['device']}.json"
+    snr = f"snr{args.snr:g}_" if args.snr != 1.0 else ""
+    path = RESULTS_DIR / f"amortized_pose_{known}{heads}{seed}{snr}{out['machine']['device']}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(runs, indent=2))
     print(f"wrote {path}")
