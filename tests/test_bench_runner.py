@@ -148,6 +148,24 @@ def test_pose_scorers_recover_the_injected_error(bench):
     assert abinit["fsc_auc"] > 0.4  # the rotated, mirrored true map aligns back
 
 
+@pytest.mark.parametrize(("lab", "mode"), [
+    (np.diag([-1.0, -1.0, 1.0]), "pose_inplane_pi"),  # Rz(pi): the image rotated by pi
+    (np.diag([1.0, -1.0, -1.0]), "pose_opposite_view"),  # Rx(pi): the mirror image
+])
+def test_pose_scores_count_the_particles_in_each_failure_mode(bench, tmp_path, lab, mode):
+    """60 % right (in another frame), 40 % in one failure mode: the scores say so."""
+    truth = load_truth(bench[0] / "datasets" / "homogeneous-hi-uniform-tiny")
+    est = truth.rotations.copy()
+    wrong = np.arange(len(est)) % 5 < 2
+    est[wrong] = lab @ est[wrong]
+    run = RunOutputs(poses_file=write_pose_posterior(tmp_path, _posterior(est @ GLOBAL.T)))
+    metrics = score("pose", run, truth)
+    assert metrics["pose_within_10deg"] == pytest.approx(1 - wrong.mean(), abs=1e-9)
+    assert metrics[mode] == pytest.approx(wrong.mean(), abs=1e-9)
+    other = {"pose_inplane_pi", "pose_opposite_view"} - {mode}
+    assert metrics[other.pop()] == 0.0
+
+
 def test_abinit_rows_without_poses_score_the_map_only(bench):
     """A recipe without per-particle poses (cryogan) is scored on its aligned map; the
     pose task still needs poses."""

@@ -24,7 +24,10 @@ Metric definitions (see ``docs/bench.md``):
 * ``pose_median_error_deg`` / ``pose_mean_error_deg``: geodesic error after the
   global alignment (and hand) of :func:`cryoviz.metrics.align_rotations` (also in
   the conformation task for recipes that infer the poses instead of reading
-  them: ``atomvae``, ``relion-class3d-search``);
+  them: ``atomvae``, ``relion-class3d-search``); ``pose_inplane_pi`` and
+  ``pose_opposite_view``: the fractions of particles whose aligned pose is the
+  in-plane π flip of the true one or views it from the opposite side (the
+  mirror-image projection), within 10° (:func:`cryoviz.metrics.pose_error_modes`);
 * ``knn_preservation`` (and ``knn_chance``): :func:`cryoviz.metrics.neighbourhood_preservation`
   of the latents against the true path coordinate or state;
 * ``half_w2``: :func:`cryoviz.metrics.half_latent_wasserstein` of models trained
@@ -66,6 +69,7 @@ from cryoviz.metrics.landscape import (
     half_latent_wasserstein,
     neighbourhood_preservation,
 )
+from cryoviz.metrics.pose_modes import pose_error_modes
 from cryoviz.metrics.poses import align_rotations, apply_rotation_alignment
 
 __all__ = ["TASKS", "RunOutputs", "Truth", "load_truth", "render_plan", "score",
@@ -225,10 +229,14 @@ def _score_poses(out: RunOutputs, truth: Truth) -> dict:
     true_rot = torch.as_tensor(truth.rotations[posterior.particle_ids], dtype=torch.float64)
     est = torch.as_tensor(posterior.rotations, dtype=torch.float64)
     alignment = align_rotations(est, true_rot)
-    errors = geodesic_distance_deg(apply_rotation_alignment(est, alignment), true_rot)
+    aligned = apply_rotation_alignment(est, alignment)
+    errors = geodesic_distance_deg(aligned, true_rot)
+    modes = pose_error_modes(aligned, true_rot, tolerance_deg=10.0).fractions()
     return {"pose_median_error_deg": float(errors.median()),
             "pose_mean_error_deg": float(errors.mean()),
             "pose_within_10deg": float((errors <= 10.0).to(torch.float64).mean()),
+            "pose_inplane_pi": modes["inplane_pi"],
+            "pose_opposite_view": modes["opposite_view"],
             "pose_hand_flipped": bool(alignment.flipped)}
 
 
