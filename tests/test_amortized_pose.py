@@ -238,8 +238,8 @@ def test_pose_encoder_heads_give_hypotheses_and_the_first_is_forward():
 def test_cli_pose_only_task_learns_poses_against_a_known_map(tmp_path):
     """``--initial-map`` with as many ``--pose-only-epochs`` as ``--epochs``: the map
     stays the (low-passed) given map and an 8-head encoder learns the poses in the
-    map's frame. Measured: about half the particles within 10 degrees, median
-    about 10 degrees (an untrained encoder: none, about 120 degrees)."""
+    map's frame. Measured: 50.6 % of the particles within 10 degrees, median 9.9
+    degrees (uniformly random poses: 0.03 %, about 126 degrees)."""
     from cryoviz.cli import main
     from cryoviz.fourier import lowpass_volume
     from cryoviz.io.mrc import write_volume
