@@ -22,7 +22,8 @@ mode (:func:`cryoviz.metrics.pose_error_modes`: correct, in-plane π flip, right
 view with a wrong in-plane angle, opposite view, other) to see which minimum
 the symmetrized loss does or does not get out of. Results go to
 ``amortized_pose_known_map_...json``; a ``--seed`` other than 0 adds ``seed<S>_``,
-an ``--snr`` other than 1 ``snr<SNR>_``.
+an ``--snr`` other than 1 ``snr<SNR>_``, ``--start-lowpass A`` (the fixed map
+low-passed to A Å instead of Nyquist) ``lowpass<A>_``.
 
 Writes ``tests/benchmarks/results/amortized_pose_<device>.json``.
 
@@ -104,8 +105,9 @@ def _one(particles, truth_rot: torch.Tensor, truth_map: torch.Tensor, symmetrize
          args) -> dict:
     known = {}
     if args.known_map:  # pose-only task: the true map, fixed, on a voxel grid
+        lowpass = args.start_lowpass or 2.0 * particles.pixel_size_angstrom
         known = {"volume": "voxel", "pose_only_steps": args.steps,
-                 "initial_lowpass_angstrom": 2.0 * particles.pixel_size_angstrom}
+                 "initial_lowpass_angstrom": lowpass}
     settings = AmortizedPoseSettings(recipe="cryoai", symmetrized=symmetrized,
                                      n_steps=args.steps, batch_size=args.batch_size,
                                      heads=args.heads, seed=args.seed, **known)
@@ -159,6 +161,9 @@ def main() -> None:
     parser.add_argument("--loss", choices=("both", "symmetrized", "plain"), default="both")
     parser.add_argument("--known-map", action="store_true",
                         help="pose-only task: the encoder learns poses against the true map")
+    parser.add_argument("--start-lowpass", type=float,
+                        help="with --known-map: low-pass of the fixed true map in Å "
+                        "(default: Nyquist)")
     args = parser.parse_args()
     start_load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,12 +184,14 @@ def main() -> None:
                        "pixel_size_angstrom": args.pixel_size, "snr": args.snr,
                        "poses": "uniform", "ctf": True},
            "settings": {"steps": args.steps, "batch_size": args.batch_size, "seed": args.seed,
-                        "heads": args.heads, "known_map": args.known_map},
+                        "heads": args.heads, "known_map": args.known_map,
+                        "start_lowpass_angstrom": args.start_lowpass},
            "runs": runs}
     heads = f"heads{args.heads}_" if args.heads > 1 else ""
     known = "known_map_" if args.known_map else ""
     seed = f"seed{args.seed}_" if args.seed else ""
     snr = f"snr{args.snr:g}_" if args.snr != 1.0 else ""
+    snr += f"lowpass{args.start_lowpass:g}_" if args.known_map and args.start_lowpass else ""
     path = RESULTS_DIR / f"amortized_pose_{known}{heads}{seed}{snr}{out['machine']['device']}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(runs, indent=2))
