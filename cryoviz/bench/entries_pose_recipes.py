@@ -70,14 +70,10 @@ def _amortized(recipe: str, from_lowpass: bool):
 
         particles = load_particles(dataset / "particles.star")
         steps = POSE_RECIPE_SETTINGS[ctx.size]["amortized_steps"]
-        settings = AmortizedPoseSettings(recipe=recipe, n_steps=steps, seed=ctx.seed)
-        start = None
-        if from_lowpass:
-            start = load_truth(dataset).maps[0]
-            settings = AmortizedPoseSettings(
-                recipe=recipe, n_steps=steps, seed=ctx.seed, volume="voxel",
-                heads=POSE_TASK_HEADS, pose_only_steps=steps // 2,
-                initial_lowpass_angstrom=20.0)
+        start = load_truth(dataset).maps[0] if from_lowpass else None
+        refine = {"volume": "voxel", "heads": POSE_TASK_HEADS, "pose_only_steps": steps // 2,
+                  "initial_lowpass_angstrom": 20.0} if from_lowpass else {}
+        settings = AmortizedPoseSettings(recipe=recipe, n_steps=steps, seed=ctx.seed, **refine)
         result = run_amortized_pose(particles, settings, initial_map=start,
                                     device=ctx.device)
         write_amortized_pose(result, particles, output)

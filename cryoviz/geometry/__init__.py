@@ -1,6 +1,7 @@
 """Rotations and SO(3) grids."""
 
 from cryoviz.geometry.rotations import (
+    IN_PLANE_PI,
     axis_angle_to_matrix,
     euler_relion_to_matrix,
     geodesic_distance_deg,
@@ -17,6 +18,7 @@ from cryoviz.geometry.rotations import (
 from cryoviz.geometry.so3_grid import SO3Grid, local_rotations, nearest_grid_index
 
 __all__ = [
+    "IN_PLANE_PI",
     "SO3Grid",
     "axis_angle_to_matrix",
     "euler_relion_to_matrix",

@@ -39,7 +39,12 @@ __all__ = [
     "rotation_6d_to_matrix",
     "matrix_to_rotation_6d",
     "viewing_direction",
+    "IN_PLANE_PI",
 ]
+
+IN_PLANE_PI = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
+"""``Rz(π)`` ``(3, 3)`` in the lab frame: ``IN_PLANE_PI @ R`` views the particle along the
+same direction with its projection rotated by π in the image plane."""
 
 
 def _check_tail(x: torch.Tensor, tail: tuple[int, ...], name: str) -> None:

@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import torch
 
-from cryoviz.geometry.rotations import rotation_6d_to_matrix
+from cryoviz.geometry.rotations import IN_PLANE_PI, rotation_6d_to_matrix
 from cryoviz.imaging import apply_shift_and_ctf
 
 __all__ = ["PoseEncoder", "rotate_images_180", "flip_pose_180", "render_hypotheses",
            "IN_PLANE_PI"]
-
-IN_PLANE_PI = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
-"""``Rz(π)`` ``(3, 3)``: left-multiplying a pose rotates its projection by π in-plane."""
-
 
 def rotate_images_180(images: torch.Tensor) -> torch.Tensor:
     """Rotate real images by π in-plane about the centre pixel ``D // 2`` (periodic).

@@ -17,7 +17,7 @@ image likelihood. :func:`pose_error_modes` sorts each particle into one of
 
 Conventions: rotations map particle to lab coordinates and the beam runs along
 the lab ``z`` axis, so the viewing direction in the particle frame is
-``R^T e_z``, the third row of ``R``.
+``R^T e_z`` (:func:`cryoviz.geometry.viewing_direction`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cryoviz.geometry import geodesic_distance_deg
+from cryoviz.geometry import IN_PLANE_PI, geodesic_distance_deg, viewing_direction
 
 __all__ = ["POSE_ERROR_MODES", "PoseErrorModes", "pose_error_modes"]
 
@@ -85,10 +85,9 @@ def pose_error_modes(R_est: torch.Tensor, R_true: torch.Tensor,
                          f"and {tuple(R_true.shape)}")
     if not tolerance_deg > 0:
         raise ValueError(f"tolerance_deg must be > 0, got {tolerance_deg}")
-    flip = torch.diag(torch.tensor([-1.0, -1.0, 1.0], dtype=torch.float64))
     error = geodesic_distance_deg(R_est, R_true).numpy()
-    error_pi = geodesic_distance_deg(R_est, flip @ R_true).numpy()
-    cos_view = (R_est[:, 2] * R_true[:, 2]).sum(-1).clamp(-1.0, 1.0)
+    error_pi = geodesic_distance_deg(R_est, IN_PLANE_PI @ R_true).numpy()
+    cos_view = (viewing_direction(R_est) * viewing_direction(R_true)).sum(-1).clamp(-1.0, 1.0)
     view = torch.rad2deg(torch.arccos(cos_view)).numpy()
     labels = np.full(len(error), "other", dtype=object)
     tol = float(tolerance_deg)

@@ -242,12 +242,17 @@ def _done(args: argparse.Namespace) -> int:
     return 0
 
 
+def _steps_per_epoch(settings: Any, n_particles: int) -> int:
+    """Optimiser steps of one pass over ``n_particles`` in ``settings.batch_size`` batches."""
+    return -(-n_particles // settings.batch_size)
+
+
 def _steps_for_epochs(settings: Any, n_particles: int, epochs: int | None) -> Any:
     """``settings`` with ``n_steps`` for ``epochs`` passes of ``settings.batch_size`` images."""
     if not epochs:
         return settings
-    per_epoch = -(-n_particles // settings.batch_size)
-    return dataclasses.replace(settings, n_steps=epochs * per_epoch)
+    return dataclasses.replace(settings, n_steps=epochs * _steps_per_epoch(settings,
+                                                                           n_particles))
 
 
 def _run_fstdiff(args: argparse.Namespace, particles) -> int:
@@ -335,7 +340,7 @@ def _run_amortized(args: argparse.Namespace, particles) -> int:
         if initial is None:
             raise InputError(None, "--pose-only-epochs", f"--initial-map with {args.recipe} "
                              "(the encoder learns against it)", args.pose_only_epochs)
-        per_epoch = -(-len(particles) // settings.batch_size)
+        per_epoch = _steps_per_epoch(settings, len(particles))
         steps = args.pose_only_epochs * per_epoch
         if steps > settings.n_steps:
             raise InputError(None, "--pose-only-epochs", f"at most the run's epochs "
