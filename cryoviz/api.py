@@ -43,16 +43,16 @@ from cryoviz.inference.amortized_pose import (
     AmortizedPoseResult,
     AmortizedPoseSettings,
     iter_amortized_pose,
-    write_amortized_pose,
 )
+from cryoviz.inference.amortized_pose_output import write_amortized_pose
 from cryoviz.inference.class_em import iter_class_em, write_class_em
 from cryoviz.inference.cryogan import (
     CryoGANProgress,
     CryoGANResult,
     CryoGANSettings,
     iter_cryogan,
-    write_cryogan,
 )
+from cryoviz.inference.cryogan_output import write_cryogan
 from cryoviz.inference.posterior import PosePosterior, read_pose_posterior, write_pose_posterior
 from cryoviz.inference.ppca import eval_ppca, iter_ppca, write_ppca
 from cryoviz.inference.refine import (

@@ -33,12 +33,8 @@ import torch
 from cryoviz.ctf import CTFParams
 from cryoviz.errors import InputError
 from cryoviz.fourier import centered_irfft2
-from cryoviz.gaussians import (
-    GaussianMixture,
-    gaussians_volume,
-    project_gaussians_fourier,
-    structure_to_gaussians,
-)
+from cryoviz.gaussian_projection import project_gaussians_fourier
+from cryoviz.gaussians import GaussianMixture, gaussians_volume, structure_to_gaussians
 from cryoviz.geometry import euler_relion_to_matrix, random_rotations
 from cryoviz.imaging import apply_shift_and_ctf, forward_fourier, volume_to_fourier
 from cryoviz.io.mrc import StackWriter, read_volume, write_volume

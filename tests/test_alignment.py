@@ -1,4 +1,4 @@
-"""Tests for cryoviz.metrics.alignment (rotate_volume, flip_hand, align_volume)."""
+"""Tests for cryoviz.metrics.volume_transforms (rotate_volume, flip_hand) and align_volume."""
 
 from __future__ import annotations
 

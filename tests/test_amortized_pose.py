@@ -32,8 +32,8 @@ from cryoviz.inference.amortized_pose import (
     AmortizedPoseSettings,
     iter_amortized_pose,
     run_amortized_pose,
-    write_amortized_pose,
 )
+from cryoviz.inference.amortized_pose_output import write_amortized_pose
 from cryoviz.inference.posterior import read_pose_posterior
 from cryoviz.io import load_particles, read_cs, read_pose_pkl, read_volume
 from cryoviz.io.conventions import cryodrgn_to_internal

@@ -21,9 +21,9 @@ from cryoviz.inference.cryogan import (
     estimate_noise_std,
     iter_cryogan,
     run_cryogan,
-    write_cryogan,
 )
 from cryoviz.inference.cryogan_models import Critic, PhysicsGenerator, gradient_penalty
+from cryoviz.inference.cryogan_output import write_cryogan
 from cryoviz.io import load_particles, read_volume
 from cryoviz.metrics import align_volume
 from cryoviz.simulate import SimulationConfig, simulate

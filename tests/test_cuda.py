@@ -17,7 +17,8 @@ import torch
 from cryoviz.backprojection import FourierAccumulator
 from cryoviz.ctf import CTFParams
 from cryoviz.fourier import lowpass_volume
-from cryoviz.gaussians import GaussianMixture, project_gaussians_fourier
+from cryoviz.gaussian_projection import project_gaussians_fourier
+from cryoviz.gaussians import GaussianMixture
 from cryoviz.geometry.rotations import random_rotations
 from cryoviz.imaging import forward_fourier, volume_to_fourier
 from cryoviz.inference.abinit import AbinitSettings, iter_abinit

@@ -1,4 +1,4 @@
-"""Tests for cryoviz.gaussians."""
+"""Tests for cryoviz.gaussians and cryoviz.gaussian_projection."""
 
 from __future__ import annotations
 
@@ -10,13 +10,8 @@ import pytest
 import torch
 
 from cryoviz.fourier import centered_irfft2, centered_rfft2
-from cryoviz.gaussians import (
-    GaussianMixture,
-    gaussians_volume,
-    project_gaussians_fourier,
-    project_gaussians_real,
-    structure_to_gaussians,
-)
+from cryoviz.gaussian_projection import project_gaussians_fourier, project_gaussians_real
+from cryoviz.gaussians import GaussianMixture, gaussians_volume, structure_to_gaussians
 from cryoviz.scattering import PENG_ELECTRON_SCATTERING
 from cryoviz.structure import Structure
 

@@ -19,7 +19,8 @@ import torch
 
 from cryoviz.ctf import compute_ctf_2d, electron_wavelength_angstrom
 from cryoviz.fourier import centered_irfft2, phase_shift
-from cryoviz.gaussians import GaussianMixture, project_gaussians_fourier
+from cryoviz.gaussian_projection import project_gaussians_fourier
+from cryoviz.gaussians import GaussianMixture
 from cryoviz.io.mrc import write_stack
 from cryoviz.io.particles import load_particles
 from cryoviz.io.star import write_star_blocks

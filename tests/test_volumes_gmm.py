@@ -8,10 +8,8 @@ import torch
 
 from cryoviz.errors import InputError
 from cryoviz.fourier import centered_irfft2, centered_rfft2
-from cryoviz.gaussians import (
-    GaussianMixture,
-    project_gaussians_fourier,
-)
+from cryoviz.gaussian_projection import project_gaussians_fourier
+from cryoviz.gaussians import GaussianMixture
 from cryoviz.geometry.rotations import quaternion_to_matrix
 from cryoviz.structure import adenylate_kinase_pair
 from cryoviz.train.loop import build_models

@@ -65,8 +65,8 @@ def _amortized(recipe: str, from_lowpass: bool):
         from cryoviz.inference.amortized_pose import (  # noqa: PLC0415
             AmortizedPoseSettings,
             run_amortized_pose,
-            write_amortized_pose,
         )
+        from cryoviz.inference.amortized_pose_output import write_amortized_pose  # noqa: PLC0415
 
         particles = load_particles(dataset / "particles.star")
         steps = POSE_RECIPE_SETTINGS[ctx.size]["amortized_steps"]
@@ -88,11 +88,8 @@ def _amortized(recipe: str, from_lowpass: bool):
 
 def _cryogan(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
     """cryogan: a map from the image distribution alone (the abinit task, no poses)."""
-    from cryoviz.inference.cryogan import (  # noqa: PLC0415
-        CryoGANSettings,
-        run_cryogan,
-        write_cryogan,
-    )
+    from cryoviz.inference.cryogan import CryoGANSettings, run_cryogan  # noqa: PLC0415
+    from cryoviz.inference.cryogan_output import write_cryogan  # noqa: PLC0415
 
     particles = load_particles(dataset / "particles.star")
     settings = CryoGANSettings(n_steps=POSE_RECIPE_SETTINGS[ctx.size]["cryogan_steps"],

@@ -63,8 +63,8 @@ from cryoviz.inference.amortized_pose import (  # noqa: E402
     AmortizedPoseProgress,
     AmortizedPoseSettings,
     iter_amortized_pose,
-    write_amortized_pose,
 )
+from cryoviz.inference.amortized_pose_output import write_amortized_pose  # noqa: E402
 
 __all__ += ["AmortizedPoseSettings", "AmortizedPoseProgress", "iter_amortized_pose",
             "write_amortized_pose"]
@@ -76,8 +76,8 @@ from cryoviz.inference.cryogan import (  # noqa: E402
     CryoGANSettings,
     iter_cryogan,
     run_cryogan,
-    write_cryogan,
 )
+from cryoviz.inference.cryogan_output import write_cryogan  # noqa: E402
 
 __all__ += ["CryoGANSettings", "CryoGANProgress", "CryoGANResult", "iter_cryogan",
             "run_cryogan", "write_cryogan"]

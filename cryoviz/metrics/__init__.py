@@ -1,6 +1,6 @@
 """Map and pose quality metrics."""
 
-from cryoviz.metrics.alignment import AlignmentResult, align_volume, flip_hand, rotate_volume
+from cryoviz.metrics.alignment import AlignmentResult, align_volume
 from cryoviz.metrics.fsc import FSCCurve, fsc, soft_spherical_mask
 from cryoviz.metrics.landscape import (
     FSCClustering,
@@ -21,6 +21,7 @@ from cryoviz.metrics.poses import (
     rotation_error_deg,
     shift_error_angstrom,
 )
+from cryoviz.metrics.volume_transforms import flip_hand, rotate_volume
 
 __all__ = [
     "POSE_ERROR_MODES",

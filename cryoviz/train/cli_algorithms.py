@@ -320,8 +320,8 @@ def _run_amortized(args: argparse.Namespace, particles) -> int:
     from cryoviz.inference.amortized_pose import (  # noqa: PLC0415
         AmortizedPoseSettings,
         iter_amortized_pose,
-        write_amortized_pose,
     )
+    from cryoviz.inference.amortized_pose_output import write_amortized_pose  # noqa: PLC0415
 
     given = {"batch_size": args.batch_size, "lr_encoder": args.lr, "seed": args.seed,
              "heads": args.pose_heads}
@@ -357,11 +357,8 @@ def _run_amortized(args: argparse.Namespace, particles) -> int:
 def _run_cryogan(args: argparse.Namespace, particles) -> int:
     """``cryogan``: a homogeneous map learned adversarially (poses never inferred);
     ``multi-cryogan``: maps drawn from a learned linear subspace (``--components``)."""
-    from cryoviz.inference.cryogan import (  # noqa: PLC0415
-        CryoGANSettings,
-        iter_cryogan,
-        write_cryogan,
-    )
+    from cryoviz.inference.cryogan import CryoGANSettings, iter_cryogan  # noqa: PLC0415
+    from cryoviz.inference.cryogan_output import write_cryogan  # noqa: PLC0415
 
     components = 0
     if args.recipe == "multi-cryogan":

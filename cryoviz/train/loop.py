@@ -20,7 +20,8 @@ Every epoch writes an atomic checkpoint (model, optimizer, RNG states of
 torch, numpy, python, the data order and the latent noise) and a line of
 ``log.jsonl``; ``resume=True`` continues from the last checkpoint and ends with
 the same weights as an unbroken run (on CPU: the computation is the same
-sequence of deterministic kernels).
+sequence of deterministic kernels). The run folder's files are written by
+:mod:`cryoviz.train.run_files` and, after the last epoch, :mod:`cryoviz.train.final_outputs`.
 """
 
 from __future__ import annotations
@@ -39,16 +40,9 @@ import torch
 from cryoviz.errors import InputError
 from cryoviz.fourier import centered_rfft2, frequency_grid_2d, shell_index_2d
 from cryoviz.imaging import apply_shift_and_ctf
-from cryoviz.inference.amortized_encoder import PoseEncoder
-from cryoviz.inference.posterior import export_poses
-from cryoviz.io.mrc import atomic_output, write_volume
+from cryoviz.io.mrc import atomic_output
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.train.amortized_poses import (
-    band_limit,
-    build_pose_encoder,
-    hypothesis_errors,
-    pose_posterior,
-)
+from cryoviz.train.amortized_poses import band_limit, build_pose_encoder, hypothesis_errors
 from cryoviz.train.data import ParticleBatches
 from cryoviz.train.distributed import (
     all_sum,
@@ -58,22 +52,22 @@ from cryoviz.train.distributed import (
     make_grad_scaler,
     wrap_model,
 )
-from cryoviz.train.encoders import LatentTable
-from cryoviz.train.memory import release_free_heap
+from cryoviz.train.final_outputs import encode_all, write_final
 from cryoviz.train.models import as_tensor, build_models, initialise_models
 from cryoviz.train.recipes import Recipe
 from cryoviz.train.run_files import (
     check_resume_settings,
     latest_checkpoint,
+    rng_state,
+    set_rng_state,
+    truncate_log,
     write_toml,
     write_z_pkl,
 )
-from cryoviz.volumes import VolumeModel
-from cryoviz.volumes.deformation import DeformationVolume
 from cryoviz.volumes.frc import frc_loss
 
 __all__ = ["TrainProgress", "iter_train", "train", "build_models", "write_toml",
-           "latest_checkpoint", "write_z_pkl"]
+           "latest_checkpoint", "write_z_pkl", "encode_all"]
 
 
 @dataclass(frozen=True)
@@ -109,38 +103,6 @@ class TrainProgress:
     checkpoint: Path
     output_dir: Path
     done: bool = False
-
-
-# -- small helpers ------------------------------------------------------------------------
-def _rng_state(batches: ParticleBatches, noise: torch.Generator) -> dict:
-    np_state = np.random.get_state()  # noqa: NPY002 - the global state is saved
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"name": str(np_state[0]),
-                  "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
-                  "cached_gaussian": float(np_state[4])},
-        "python": {"version": int(py_state[0]),
-                   "state": torch.tensor(py_state[1], dtype=torch.int64),
-                   "gauss": py_state[2]},
-        "data": batches.generator.get_state(),
-        "noise": noise.get_state(),
-    }
-
-
-def _set_rng_state(state: dict, batches: ParticleBatches, noise: torch.Generator) -> None:
-    # generator states are CPU byte tensors, also for a CUDA generator; a checkpoint
-    # loaded with map_location="cuda" brings them back on the GPU
-    torch.set_rng_state(state["torch"].cpu())
-    n = state["numpy"]
-    np_state = (n["name"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                n["cached_gaussian"])
-    np.random.set_state(np_state)  # noqa: NPY002
-    p = state["python"]
-    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
-    batches.generator.set_state(state["data"].cpu())
-    noise.set_state(state["noise"].cpu())
 
 
 def _check_particles(particles: ParticleSet, recipe: Recipe) -> None:
@@ -253,11 +215,11 @@ def iter_train(
         optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"], batches, noise_gen)
+        set_rng_state(state["rng"], batches, noise_gen)
         start_epoch, step = int(state["epoch"]), int(state["step"])
         data_scale = float(state["data_scale"])
         if info.is_main:
-            _truncate_log(out / "log.jsonl", start_epoch)
+            truncate_log(out / "log.jsonl", start_epoch)
     else:
         data_scale = initialise_models(volume, encoder, recipe, particles, batches,
                                        inside.cpu(), device, pose_encoder)
@@ -368,7 +330,7 @@ def iter_train(
             "pose_encoder": {} if pose_encoder is None or joint else pose_encoder.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(),
-            "rng": _rng_state(batches, noise_gen),
+            "rng": rng_state(batches, noise_gen),
         }
         mean_loss = total_loss / max(n_batches, 1)
         mean_kl = total_kl / max(n_seen, 1)
@@ -380,7 +342,7 @@ def iter_train(
                 fh.write(json.dumps({"epoch": epoch, "step": step, "loss": mean_loss,
                                      "kl": mean_kl, "seconds": seconds}) + "\n")
             if done:
-                _write_final(out, volume, encoder, batches, particles, apix, device,
+                write_final(out, volume, encoder, batches, particles, apix, device,
                              pose_encoder, weight_2d)
         barrier(info)  # the checkpoint (and final outputs) exist on every rank's return
         yield TrainProgress(epoch=epoch, epochs=recipe.epochs, step=step, loss=mean_loss,
@@ -389,81 +351,10 @@ def iter_train(
     if start_epoch >= recipe.epochs and ckpt is not None:
         # resumed a finished run: make sure the final outputs exist
         if info.is_main:
-            _write_final(out, volume, encoder, batches, particles, apix, device,
+            write_final(out, volume, encoder, batches, particles, apix, device,
                          pose_encoder, weight_2d)
         barrier(info)
     source.close()
-
-
-def _truncate_log(path: Path, last_epoch: int) -> None:
-    """Drop log lines of epochs after ``last_epoch`` (from a run killed after its checkpoint)."""
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["epoch"] <= last_epoch]
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text("".join(line + "\n" for line in keep))
-
-
-@torch.no_grad()
-def encode_all(encoder: torch.nn.Module, batches: ParticleBatches,
-               device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
-    """Latent means ``(N, L)`` and log-variances ``(N, L)`` (or None) of every particle.
-
-    Images are read one batch at a time (``batches.batch_size``) in stack order.
-    The outputs are filled in place in two ``(N, L)`` float32 arrays allocated at
-    the first batch, rather than kept as one small tensor per batch: small
-    long-lived blocks allocated between each batch's large temporaries pin the
-    malloc heap, which then grew with the number of batches (about 200 MB for a
-    4,800-image stack of 128 px images, measured 2026-11-25).
-    """
-    encoder.eval()
-    if isinstance(encoder, LatentTable):
-        return encoder.table.detach().cpu().numpy().astype(np.float32), None
-    mu_all: np.ndarray | None = None
-    logvar_all: np.ndarray | None = None
-    for index, images in batches.sequential():
-        mu, logvar = encoder(images.to(device), torch.as_tensor(index, device=device))
-        if mu_all is None:
-            mu_all = np.empty((batches.n, mu.shape[1]), dtype=np.float32)
-            if logvar is not None:
-                logvar_all = np.empty((batches.n, logvar.shape[1]), dtype=np.float32)
-        mu_all[index] = mu.cpu().numpy()
-        if logvar_all is not None and logvar is not None:
-            logvar_all[index] = logvar.cpu().numpy()
-        del mu, logvar, images
-    if mu_all is None:
-        raise ValueError("encode_all needs at least one particle")
-    return mu_all, logvar_all
-
-
-def _write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None,
-                 batches: ParticleBatches, particles: ParticleSet, apix: float,
-                 device: torch.device, pose_encoder: PoseEncoder | None,
-                 weight_2d: torch.Tensor) -> None:
-    volume.eval()
-    mu = None
-    if encoder is not None:
-        mu, logvar = encode_all(encoder, batches, device)
-        arrays = {"mu": mu, "particle_ids": particles.particle_ids}
-        if logvar is not None:
-            arrays["logvar"] = logvar
-        with atomic_output(out / "latents.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-        write_z_pkl(out / "z.pkl", mu)
-        if isinstance(volume, DeformationVolume):  # 3dflex: the canonical map too
-            with torch.no_grad():
-                canonical = volume.volume(None).detach().cpu().numpy()
-            write_volume(out / "volumes" / "canonical.mrc", canonical, apix)
-    else:
-        with torch.no_grad():
-            vol = volume.volume(None).detach().cpu().numpy()
-        write_volume(out / "volumes" / "map.mrc", vol, apix)
-    if pose_encoder is not None:  # poses.npz, particles.star / .cs, poses.pkl
-        export_poses(pose_posterior(pose_encoder, volume, mu, batches, particles, weight_2d,
-                                    device), particles, out)
-    release_free_heap()  # glibc keeps the freed batch buffers resident otherwise
 
 
 def train(particles: ParticleSet, recipe: Recipe, output_dir: str | Path,

@@ -1,4 +1,4 @@
-"""Files of a training run folder: ``config.toml``, ``z.pkl``, epoch checkpoints.
+"""Files of a training run folder: ``config.toml``, ``z.pkl``, ``log.jsonl``, epoch checkpoints.
 
 Shared by the training loop and the algorithms with their own loops (so that
 they need not import the loop).
@@ -8,17 +8,23 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import re
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from cryoviz.errors import InputError
 from cryoviz.io.mrc import atomic_output
 
+if TYPE_CHECKING:
+    from cryoviz.train.data import ParticleBatches
+
 __all__ = ["CHECKPOINT_RE", "write_toml", "write_z_pkl", "latest_checkpoint",
-           "check_resume_settings"]
+           "check_resume_settings", "truncate_log", "rng_state", "set_rng_state"]
 
 #: Name of an epoch checkpoint in ``RUN/checkpoints``.
 CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
@@ -107,3 +113,51 @@ def check_resume_settings(run_dir: str | Path, recipe: dict,
                              f"{saved.get(key)!r}, the value the run was started with (on "
                              f"--resume only {', '.join(may_change)} may change)",
                              current.get(key))
+
+
+def truncate_log(path: Path, last_epoch: int) -> None:
+    """Drop log lines of epochs after ``last_epoch`` (from a run killed after its checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["epoch"] <= last_epoch]
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text("".join(line + "\n" for line in keep))
+
+
+def rng_state(batches: ParticleBatches, noise: torch.Generator) -> dict:
+    """The RNG states an epoch checkpoint of :func:`cryoviz.train.loop.iter_train` holds.
+
+    The global torch, numpy and python generators, the data order's generator
+    (``batches.generator``) and the latent noise generator ``noise``, as tensors and
+    plain values (loadable with ``torch.load(weights_only=True)``).
+    """
+    np_state = np.random.get_state()  # noqa: NPY002 - the global state is saved
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": str(np_state[0]),
+                  "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]),
+                  "cached_gaussian": float(np_state[4])},
+        "python": {"version": int(py_state[0]),
+                   "state": torch.tensor(py_state[1], dtype=torch.int64),
+                   "gauss": py_state[2]},
+        "data": batches.generator.get_state(),
+        "noise": noise.get_state(),
+    }
+
+
+def set_rng_state(state: dict, batches: ParticleBatches, noise: torch.Generator) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    # generator states are CPU byte tensors, also for a CUDA generator; a checkpoint
+    # loaded with map_location="cuda" brings them back on the GPU
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    np_state = (n["name"], n["keys"].cpu().numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                n["cached_gaussian"])
+    np.random.set_state(np_state)  # noqa: NPY002
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+    batches.generator.set_state(state["data"].cpu())
+    noise.set_state(state["noise"].cpu())

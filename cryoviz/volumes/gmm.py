@@ -13,7 +13,7 @@ with a fixed overall amplitude scale ``s`` (the buffer ``amplitude_scale``,
 set by the trainer to put the model in the data's normalisation).
 
 Projections are analytic (:func:`project_gaussians_batched`, the batched form of
-:func:`cryoviz.gaussians.project_gaussians_fourier` with one mixture per
+:func:`cryoviz.gaussian_projection.project_gaussians_fourier` with one mixture per
 particle) and maps are band-limited (:func:`cryoviz.gaussians.gaussians_volume`).
 
 Initialisation
@@ -92,7 +92,7 @@ def project_gaussians_batched(
     torch.Tensor
         ``(B, D, D//2+1)`` complex in the real dtype of ``centres_angstrom``
         (complex64 for float32), the layout and normalisation of
-        :func:`cryoviz.gaussians.project_gaussians_fourier` (DC = total mass; aliased
+        :func:`cryoviz.gaussian_projection.project_gaussians_fourier` (DC = total mass; aliased
         Nyquist samples of even boxes Hermitian-symmetrised).
     """
     if rotations.ndim != 3 or rotations.shape[1:] != (3, 3):

@@ -84,7 +84,7 @@ from cryoviz.inference.vaegan.search import half_plane_weights
 from cryoviz.io.mrc import atomic_output
 from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.train.data import ParticleBatches
-from cryoviz.train.run_files import latest_checkpoint, write_toml
+from cryoviz.train.run_files import latest_checkpoint, truncate_log, write_toml
 
 __all__ = ["CryoVAEGANSettings", "CryoVAEGANProgress", "iter_cryovaegan", "train_cryovaegan"]
 
@@ -296,15 +296,6 @@ def _rng_state(batches: ParticleBatches, gen: torch.Generator) -> dict:
     return {"data": batches.generator.get_state(), "noise": gen.get_state()}
 
 
-def _truncate_log(path: Path, last_epoch: int) -> None:
-    if not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["epoch"] <= last_epoch]
-    with atomic_output(path) as tmp:
-        Path(tmp).write_text("".join(line + "\n" for line in keep))
-
-
 def iter_cryovaegan(
     particles: ParticleSet,
     settings: CryoVAEGANSettings,
@@ -361,7 +352,7 @@ def iter_cryovaegan(
         batches.generator.set_state(state["rng"]["data"])
         gen.set_state(state["rng"]["noise"])
         start_epoch, step = int(state["epoch"]), int(state["step"])
-        _truncate_log(out / "log.jsonl", start_epoch)
+        truncate_log(out / "log.jsonl", start_epoch)
     else:
         _initialise(models, batches)
         (out / "log.jsonl").unlink(missing_ok=True)
