@@ -16,72 +16,54 @@ import numpy as np
 import pytest
 import torch
 
-from cryoviz.io.mrc import read_volume
 from cryoviz.io.particles import load_particles
-from cryoviz.metrics.fsc import fsc
 from cryoviz.simulate import SimulationConfig, simulate
 from cryoviz.train.evaluate import eval_volumes, load_run
 from cryoviz.train.loop import iter_train
 from cryoviz.train.recipes import get_recipe
-from cryoviz.volumes import resample_volume
-from tests.test_train_cryodrgn import _two_means
-
-
-def _run_e2gmm(tmp_path, *, n, box, apix, snr, train_box, epochs, overrides, min_accuracy,
-               fsc_band):
-    data = tmp_path / "data"
-    simulate(SimulationConfig(n_particles=n, box_size=box, pixel_size_angstrom=apix, snr=snr,
-                              states=("4ake", "1ake"), seed=0), data)
-    truth_labels = np.load(data / "truth" / "truth.npz")["labels"]
-    ps = load_particles(data / "particles.star")
-    recipe = get_recipe("e2gmm", epochs=epochs, box=train_box, **overrides)
-    times = []
-    for p in iter_train(ps, recipe, tmp_path / "run"):
-        times.append(p.seconds)
-        print(f"epoch {p.epoch}: loss {p.loss:.4f} kl {p.kl:.3f} {p.seconds:.1f} s")
-    run = load_run(tmp_path / "run")
-    labels, centres = _two_means(run.mu.astype(np.float64))
-    accuracy = max(np.mean(labels == truth_labels), np.mean(labels != truth_labels))
-    cluster_of_state = [int(np.round(np.mean(labels[truth_labels == s]))) for s in (0, 1)]
-    report = {"accuracy": float(accuracy), "seconds_per_epoch": float(np.mean(times)),
-              "epochs": epochs}
-    assert cluster_of_state[0] != cluster_of_state[1], report
-    maps = eval_volumes(run, centres[cluster_of_state])
-    d = run.box_size
-    truths = [resample_volume(torch.from_numpy(read_volume(data / "truth" / f"state_{s}.mrc")[0])
-                              .double(), d).float() for s in (0, 1)]
-    lo, hi = fsc_band
-    for s in (0, 1):
-        own = fsc(maps[s], truths[s])
-        other = fsc(maps[s], truths[1 - s])
-        band = (own.frequency_per_px >= lo) & (own.frequency_per_px <= hi)
-        report[f"state{s}_own"] = float(own.fsc[band].mean())
-        report[f"state{s}_other"] = float(other.fsc[band].mean())
-        report[f"state{s}_res05_px"] = own.resolution_px(0.5)
-    print(report)
-    assert accuracy >= min_accuracy, report
-    for s in (0, 1):
-        assert report[f"state{s}_own"] > report[f"state{s}_other"], report
-    return report
+from tests._science import run_mixture_science, run_path_science
 
 
 def test_e2gmm_separates_open_and_closed(tmp_path):
     """Box 24 at 5 Å/px, 1500 particles, SNR 1, reference-based from 4AKE, 4 epochs."""
     t0 = time.perf_counter()
-    _run_e2gmm(
-        tmp_path, n=1500, box=24, apix=5.0, snr=1.0, train_box=None, epochs=4,
+    run_mixture_science(
+        tmp_path, "e2gmm", n=1500, box=24, apix=5.0, snr=1.0, train_box=None, epochs=4,
         overrides=dict(reference="4ake"), min_accuracy=0.90, fsc_band=(0.1, 0.35),
     )
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 
+#: The engine issue's dataset: adenylate kinase, box 64, 2 Å/px, CTF, SNR 0.1.
+ISSUE_SCALE = {"n": 4000, "box": 64, "apix": 2.0, "snr": 0.1}
+
+
 @pytest.mark.slow
-def test_e2gmm_separates_states_larger(tmp_path):
-    """Box 32 at 4 Å/px, 4000 particles, SNR 0.5, full box, 8 epochs (minutes on CPU)."""
-    _run_e2gmm(
-        tmp_path, n=4000, box=32, apix=4.0, snr=0.5, train_box=None, epochs=8,
-        overrides=dict(reference="4ake"), min_accuracy=0.95, fsc_band=(0.1, 0.35),
-    )
+def test_e2gmm_meets_the_issue_targets_on_the_mixture(tmp_path):
+    """50/50 open / closed, poses known, 4,000 particles, 20 epochs, reference-free.
+
+    Targets: 2-means of z agrees with the true state for >= 95 % of particles;
+    the mixture decoded at each cluster centre reaches FSC 0.5 against its true
+    state at 3 px or better. 512 Gaussians: measured 2026-12-05
+    (``bench_heterogeneity_targets.py --set gaussians=512``, same data) agreement
+    0.999, FSC 0.5 at 2.16 / 2.14 px; the recipe's default 256 Gaussians give
+    0.998 and 3.27 / 3.23 px (too coarse a mixture for 2 Å pixels).
+    """
+    report = run_mixture_science(tmp_path, "e2gmm", train_box=None, epochs=20,
+                                 overrides={"gaussians": 512}, min_accuracy=0.95,
+                                 fsc_band=(0.1, 0.3), **ISSUE_SCALE)
+    for s in (0, 1):
+        assert report[f"state{s}_res05_px"] <= 3.0, report
+
+
+@pytest.mark.slow
+def test_e2gmm_first_component_follows_the_issue_scale_path(tmp_path):
+    """Continuous open -> closed path, 4,000 particles, 20 epochs, default recipe.
+
+    Target ``|rho(PC 1, path coordinate)| >= 0.9``; measured 2026-12-05: 0.952.
+    """
+    rho = run_path_science(tmp_path, "e2gmm", epochs=20, overrides={}, **ISSUE_SCALE)
+    assert rho >= 0.9, rho
 
 
 @pytest.mark.parametrize("loss", ["frc", "gaussian"])
