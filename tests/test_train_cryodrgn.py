@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests._science import run_mixture_science
+from tests._science import run_mixture_science, run_path_science
 
 
 def test_cryodrgn_separates_open_and_closed(tmp_path):
@@ -44,13 +44,35 @@ def test_reference_based_cryodrgn_sharpens_the_reference_state(tmp_path):
     assert with_ref["state1_own"] > without["state1_own"] - 0.03, (with_ref, without)
 
 
+#: The engine issue's dataset: adenylate kinase, box 64, 2 Å/px, CTF, SNR 0.1.
+ISSUE_SCALE = {"n": 4000, "box": 64, "apix": 2.0, "snr": 0.1}
+
+
 @pytest.mark.slow
 def test_cryodrgn_separates_states_at_issue_scale(tmp_path):
-    """The issue's scale: box 64, 2 Å/px, SNR 0.1 (hours on 2 CPU cores; not run here)."""
+    """50/50 open / closed, poses known, 4,000 particles, 15 epochs of batch 16.
+
+    Targets: 2-means of z agrees with the true state for >= 95 % of particles;
+    the map at each cluster centre reaches FSC 0.5 against its true state at 3 px
+    or better. The recipe's default network (decoder width 128 x 3, zdim 8).
+    Measured 2026-12-05 (``bench_heterogeneity_targets.py``, same data):
+    agreement 1.000, FSC 0.5 at 2.03 / 2.01 px (Nyquist is 2 px); about an hour
+    on one shared core.
+    """
     report = run_mixture_science(
-        tmp_path, "cryodrgn", n=20_000, box=64, apix=2.0, snr=0.1, train_box=None, epochs=25,
-        overrides=dict(zdim=8, width=256, depth=3, lr=1e-4, batch_size=64),
-        min_accuracy=0.95, fsc_band=(0.1, 0.3),
+        tmp_path, "cryodrgn", train_box=None, epochs=15, overrides=dict(batch_size=16),
+        min_accuracy=0.95, fsc_band=(0.1, 0.3), **ISSUE_SCALE,
     )
     for s in (0, 1):
         assert report[f"state{s}_res05_px"] <= 3.0, report
+
+
+@pytest.mark.slow
+def test_cryodrgn_first_component_follows_the_issue_scale_path(tmp_path):
+    """Continuous open -> closed path, 4,000 particles, 8 epochs of batch 16.
+
+    Target ``|rho(PC 1, path coordinate)| >= 0.9``; measured 2026-12-05: 0.932.
+    """
+    rho = run_path_science(tmp_path, "cryodrgn", epochs=8, overrides=dict(batch_size=16),
+                           **ISSUE_SCALE)
+    assert rho >= 0.9, rho

@@ -7,11 +7,12 @@ then local searches up to ``--max-order``) from the true map low-passed to
 Å), the median rotation error against the true poses (no global alignment is
 needed: the start fixes the frame), that of the better half of the particles by
 their posterior angular spread, and the fraction within 5 degrees. Writes
-``tests/benchmarks/results/refine_accuracy_<device>.json``.
+``tests/benchmarks/results/refine_accuracy_<device>.json`` (or ``--output``).
 
 Usage::
 
-    python tests/benchmarks/bench_refine_accuracy.py [--particles 5000] [--iterations 5]
+    python tests/benchmarks/bench_refine_accuracy.py [--particles 5000] [--iterations 5] \
+        [--output FILE]
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--max-order", type=int, default=4)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="result JSON (default results/refine_accuracy_<device>.json)")
     args = parser.parse_args()
     device = torch.device(args.device)
     info = machine_info(device)
@@ -83,7 +86,7 @@ def main() -> None:
         "iterations": iterations,
         "seconds": time.perf_counter() - t0,
     }
-    path = RESULTS_DIR / f"refine_accuracy_{device.type}.json"
+    path = args.output or RESULTS_DIR / f"refine_accuracy_{device.type}.json"
     path.write_text(json.dumps(out, indent=2))
     print(json.dumps({k: v for k, v in out.items() if k not in ("machine", "iterations")}))
     print(f"wrote {path}")
