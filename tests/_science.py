@@ -72,7 +72,9 @@ def run_mixture_science(tmp_path: Path, recipe: str, *, n: int, box: int, apix: 
                         min_accuracy: float, fsc_band: tuple[float, float]) -> dict:
     """Train ``recipe`` on the open / closed mixture and check the two states.
 
-    ``epochs``: PPCA-EM iterations for ``3dva``; ``train_box``: its working box.
+    ``epochs``: PPCA-EM iterations for ``3dva``; ``train_box``: the training box (for
+    ``3dva`` its working box; None there means at most 32 px, so give the full box
+    for full-resolution maps).
 
     Returns ``accuracy`` (2-means agreement with the true states), per state ``s``
     the band-mean FSC of its cluster's map against its own (``state{s}_own``) and
@@ -114,7 +116,8 @@ def path_spearman(z: np.ndarray, path_coordinate: np.ndarray) -> float:
 
 
 def run_path_science(tmp_path: Path, recipe: str, *, n: int, box: int, apix: float,
-                     snr: float, epochs: int, overrides: dict) -> float:
+                     snr: float, epochs: int, overrides: dict,
+                     train_box: int | None = None) -> float:
     """Train ``recipe`` on the continuous open -> closed path; ``|rho|`` of PC 1.
 
     ``epochs``: PPCA-EM iterations for ``3dva``.
@@ -122,7 +125,7 @@ def run_path_science(tmp_path: Path, recipe: str, *, n: int, box: int, apix: flo
     data = tmp_path / "data"
     simulate(SimulationConfig(n_particles=n, box_size=box, pixel_size_angstrom=apix, snr=snr,
                               states=("4ake", "1ake"), ensemble="continuous", seed=0), data)
-    mu, _, _ = _train(tmp_path, recipe, data, epochs, None, overrides)
+    mu, _, _ = _train(tmp_path, recipe, data, epochs, train_box, overrides)
     rho = path_spearman(mu, np.load(data / "truth" / "truth.npz")["path_coordinate"])
     print(f"{recipe} on the path: |Spearman rho| of PC 1 = {rho:.3f}")
     return rho

@@ -170,7 +170,7 @@ def test_3dva_meets_the_issue_targets_on_the_mixture(tmp_path):
     or better. Measured 2026-12-05 (``bench_heterogeneity_targets.py``, same
     data): agreement 1.000, FSC 0.5 at 2.13 / 2.12 px; 21 min on one shared core.
     """
-    report = run_mixture_science(tmp_path, "3dva", train_box=None, epochs=10, overrides={},
+    report = run_mixture_science(tmp_path, "3dva", train_box=64, epochs=10, overrides={},
                                  min_accuracy=0.95, fsc_band=(0.1, 0.3), **ISSUE_SCALE)
     for s in (0, 1):
         assert report[f"state{s}_res05_px"] <= 3.0, report
@@ -179,5 +179,6 @@ def test_3dva_meets_the_issue_targets_on_the_mixture(tmp_path):
 @pytest.mark.slow
 def test_3dva_first_component_follows_the_issue_scale_path(tmp_path):
     """Continuous open -> closed path, 4,000 particles, 10 iterations: |rho(PC 1)| >= 0.9."""
-    rho = run_path_science(tmp_path, "3dva", epochs=10, overrides={}, **ISSUE_SCALE)
+    rho = run_path_science(tmp_path, "3dva", epochs=10, overrides={}, train_box=64,
+                           **ISSUE_SCALE)
     assert rho >= 0.9, rho
