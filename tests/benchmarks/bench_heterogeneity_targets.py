@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward_backproject import RESULTS_DIR, load_average, machine_info  # noqa: E402
@@ -126,19 +127,14 @@ def _score_mixture(z: np.ndarray, decode, data: Path) -> dict:
     return out
 
 
-def _ranks(values: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(values)).astype(np.float64)
-
-
 def _score_path(z: np.ndarray, data: Path) -> dict:
     coordinate = _truth(data, "path_coordinate")
     pc = pca(z)
-    rho = float(np.corrcoef(_ranks(pc.coords[:, 0]), _ranks(coordinate))[0, 1])
-    best = max(range(pc.n_components), key=lambda k: abs(
-        np.corrcoef(_ranks(pc.coords[:, k]), _ranks(coordinate))[0, 1]))
-    return {"abs_spearman_pc1": abs(rho),
+    rho = [abs(float(spearmanr(pc.coords[:, k], coordinate).statistic))
+           for k in range(pc.n_components)]
+    return {"abs_spearman_pc1": rho[0],
             "pc1_explained_variance_ratio": float(pc.explained_variance_ratio[0]),
-            "best_component": int(best) + 1}
+            "best_component": int(np.argmax(rho)) + 1}
 
 
 def _meets(score: dict, kind: str) -> bool:
