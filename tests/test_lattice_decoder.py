@@ -117,3 +117,34 @@ def test_bf16_network_gives_nearly_the_float32_map(domain):
     torch.testing.assert_close(stages["full"], got, rtol=0, atol=0)
     with pytest.raises(InputError, match="precision"):
         LatticeDecoder(model, 24, precision="fp16")  # CUDA only
+
+
+@pytest.mark.parametrize("domain", ["hartley", "fourier"])
+@pytest.mark.parametrize("latent_dim", [0, 3])
+def test_cached_first_layer_gives_the_uncached_map(domain, latent_dim):
+    model = ImplicitVolume(12, 3.0, latent_dim=latent_dim, width=16, depth=2, pe_dim=8,
+                           domain=domain)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    model.eval()
+    z = np.array([0.4, -0.9, 0.2], dtype=np.float32) if latent_dim else None
+    cached = LatticeDecoder(model, 12, chunk_points=50)
+    plain = LatticeDecoder(model, 12, chunk_points=50, cache_bytes=0)
+    assert cached.cached and not plain.cached
+    reads = 2 if domain == "hartley" else 1
+    assert cached._first.shape == (cached.n_points, reads, 16)
+    # one byte short of the cache's size: no cache
+    assert not LatticeDecoder(model, 12, cache_bytes=cached._first.numel() * 4 - 1).cached
+    model.points_evaluated = 0
+    got = cached(z)
+    assert model.points_evaluated == reads * cached.n_points  # the reads are still counted
+    expected = plain(z)
+    scale = float(expected.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * scale)
+    stages = dict(cached.progressive(z, 0.5))  # other chunk boundaries: rounding only
+    torch.testing.assert_close(stages["full"], got, rtol=0, atol=1e-6 * scale)
+    torch.testing.assert_close(stages["preview"], dict(plain.progressive(z, 0.5))["preview"],
+                               rtol=0, atol=1e-5 * scale)

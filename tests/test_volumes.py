@@ -124,3 +124,31 @@ def test_implicit_other_box_same_extent():
     small = model.volume(None)
     big = model.volume(None, box_size=24)
     torch.testing.assert_close(resample_volume(big, 12), small)
+
+
+@pytest.mark.parametrize("domain", ["hartley", "fourier"])
+def test_implicit_values_from_cached_first_layer_equal_evaluate(domain):
+    model = ImplicitVolume(16, 2.0, latent_dim=2, width=24, depth=2, pe_dim=8, domain=domain)
+    gen = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    q = 0.45 * (2 * torch.rand(300, 3, generator=gen) - 1)
+    q = q[torch.linalg.vector_norm(q, dim=-1) < 0.5]
+    q[0] = 0.0  # F(0) is real
+    z = torch.tensor([0.7, -0.3])
+    with torch.no_grad():
+        expected = model.evaluate(q[None], z[None])[0]
+        first = model.first_layer_at(q)
+        kept = first.clone()
+        got = model.values_from_first_layer(first, q, z)
+    assert first.shape == (len(q), 2 if domain == "hartley" else 1, 24)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * float(expected.abs().max()))
+    assert float(got[0].imag) == 0.0
+    torch.testing.assert_close(first, kept, rtol=0, atol=0)  # the cache is not written to
+    # the no-autograd branch of the network (in place) is the autograd one's arithmetic
+    graded = model.values_from_first_layer(first, q, z)
+    assert graded.requires_grad
+    torch.testing.assert_close(graded.detach(), got, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="needs z"):
+        model.values_from_first_layer(first, q, None)

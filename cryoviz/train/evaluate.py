@@ -172,11 +172,17 @@ class LatticeDecoder:
     For an :class:`~cryoviz.volumes.ImplicitVolume` the frequency lattice is
     prepared once: the points inside the Nyquist ball that the network must be
     read at (the canonical half; the other half is their complex conjugate),
-    their lattice indices and their mirrors, sorted by radius. A call then
-    only evaluates the network on those points (``volume.evaluate``, in chunks,
-    under :func:`torch.inference_mode`), scatters the values and inverts one
-    FFT. The map is the one ``volume.volume(z, box_size)`` gives (same
-    frequencies, same values; only the chunking differs).
+    their lattice indices and their mirrors, sorted by radius. The network's
+    first-layer pre-activations at those points do not depend on ``z``
+    (:meth:`~cryoviz.volumes.ImplicitVolume.first_layer_at`); they are
+    computed once too, when they fit in ``cache_bytes``, which skips the
+    random features and the first layer (about 30 % of a decode with the
+    cryodrgn recipe's network). A call then evaluates the rest of the network
+    at those points (in chunks, under :func:`torch.inference_mode`), scatters
+    the values and inverts one FFT. The map is the one
+    ``volume.volume(z, box_size)`` gives (same frequencies, same values to
+    float32 rounding). The cache holds the weights of construction time: make
+    a new decoder after the weights change.
 
     :meth:`progressive` first gives a low-pass *preview*: the same map with
     only the frequencies inside a smaller ball (by default half the decoded
@@ -200,11 +206,18 @@ class LatticeDecoder:
         ``'fp32'`` (default) or ``'bf16'``: an implicit model's MLP runs under
         bfloat16 autocast (faster on CPUs with native bfloat16, see
         :func:`~cryoviz.train.distributed.bf16_is_fast`; the maps differ slightly
-        from float32 ones: ``tests/test_evaluate.py`` bounds the difference).
+        from float32 ones: ``tests/test_lattice_decoder.py`` bounds the
+        difference). The cached first layer stays float32.
+    cache_bytes
+        Most bytes the first-layer cache may take (float32, ``n_points * S *
+        width * 4``: 70 MB at box 64 and 0.56 GB at box 128 for the cryodrgn
+        recipe's Hartley network of width 128); a larger lattice is decoded
+        without it. 0 turns it off.
     """
 
     def __init__(self, volume: VolumeModel, box_size: int | None = None,
-                 chunk_points: int = 4096, precision: str = "fp32") -> None:
+                 chunk_points: int = 2048, precision: str = "fp32",
+                 cache_bytes: int = 1 << 30) -> None:
         self.volume = volume
         self.precision = precision
         device = next(iter(volume.buffers()), torch.zeros(())).device
@@ -214,8 +227,10 @@ class LatticeDecoder:
             raise InputError(None, "box_size", "at least 2", got=self.box_size)
         self.chunk_points = max(1, int(chunk_points))
         self.implicit = isinstance(volume, ImplicitVolume)
+        self._first: torch.Tensor | None = None
         if self.implicit:
             self._prepare_lattice()
+            self._prepare_first_layer(int(cache_bytes))
 
     @property
     def n_points(self) -> int:
@@ -255,13 +270,34 @@ class LatticeDecoder:
         # the band a full decode covers, in model cycles per pixel
         self.band_limit = min(0.5, 0.5 * box / vol.box_size)
 
+    @property
+    def cached(self) -> bool:
+        """Whether the first-layer pre-activations are cached (see ``cache_bytes``)."""
+        return self._first is not None
+
+    def _prepare_first_layer(self, cache_bytes: int) -> None:
+        vol = self.volume
+        reads = 2 if vol.domain == "hartley" else 1
+        width = vol.mlp.inp.out_features
+        if reads * self.n_points * width * 4 > cache_bytes:
+            return
+        with torch.inference_mode():
+            self._first = torch.cat([vol.first_layer_at(self._q[s:s + self.chunk_points])
+                                     for s in range(0, self.n_points, self.chunk_points)]
+                                    ).float()
+
     def _values(self, z: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
         """Complex transform values ``(stop - start,)`` at the sorted points."""
         zz = None if z is None else z[None]
         parts = []
         for s in range(start, stop, self.chunk_points):
             e = min(stop, s + self.chunk_points)
-            parts.append(self.volume.evaluate(self._q[s:e][None], zz, self.network_dtype)[0])
+            if self._first is not None:
+                parts.append(self.volume.values_from_first_layer(
+                    self._first[s:e], self._q[s:e], z, self.network_dtype))
+            else:
+                parts.append(self.volume.evaluate(self._q[s:e][None], zz,
+                                                  self.network_dtype)[0])
         if not parts:
             return torch.zeros(0, dtype=torch.complex64, device=self._q.device)
         return torch.cat(parts)

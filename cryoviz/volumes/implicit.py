@@ -90,15 +90,29 @@ class _ResidualMLP(torch.nn.Module):
             ``None`` or the latents: ``(..., L)`` (one per point) or, with ``x`` of
             shape ``(B, P, F)``, ``(B, L)`` (one per image, shared by its points).
         """
-        n_feat = x.shape[-1]
-        weight = self.inp.weight
-        h = torch.nn.functional.linear(x, weight[:, :n_feat], self.inp.bias)
+        return self.from_first_layer(self.first_layer(x), cond)
+
+    def first_layer(self, x: torch.Tensor) -> torch.Tensor:
+        """The first layer's pre-activation ``(..., width)`` from the features ``x``
+        ``(..., F)`` alone (with the bias; without the latent's term)."""
+        return torch.nn.functional.linear(x, self.inp.weight[:, :x.shape[-1]], self.inp.bias)
+
+    def from_first_layer(self, h: torch.Tensor, cond: torch.Tensor | None = None
+                         ) -> torch.Tensor:
+        """Outputs ``(..., out_dim)`` from :meth:`first_layer`'s ``h`` and ``cond`` (as in
+        :meth:`forward`)."""
         if cond is not None and cond.shape[-1] > 0:
-            shift = torch.nn.functional.linear(cond.to(x.dtype), weight[:, n_feat:])
-            h = h + (shift.unsqueeze(-2) if cond.dim() < x.dim() else shift)
+            weight = self.inp.weight
+            shift = torch.nn.functional.linear(cond.to(h.dtype),
+                                               weight[:, weight.shape[1] - cond.shape[-1]:])
+            h = h + (shift.unsqueeze(-2) if cond.dim() < h.dim() else shift)
         h = torch.relu(h)
-        for block in self.blocks:
-            h = h + torch.relu(block(h))
+        if torch.is_grad_enabled():
+            for block in self.blocks:
+                h = h + torch.relu(block(h))
+        else:  # no autograd: the same arithmetic in place (about 20 % faster on CPU)
+            for block in self.blocks:
+                h.add_(block(h).relu_())
         return self.out(h)
 
 
@@ -202,8 +216,7 @@ class ImplicitVolume(VolumeModel):
             z = None
         elif z is None:
             raise ValueError(f"this model needs z of length {self.latent_dim}")
-        phase = (2.0 * math.pi) * (q @ self.pe_frequencies.to(q.dtype))
-        cos, sin = torch.cos(phase), torch.sin(phase)
+        cos, sin = self._cos_sin(q)
         if self.domain == "hartley":
             n = q.shape[-2]
             feats = torch.cat([torch.cat([cos, sin], dim=-1), torch.cat([cos, -sin], dim=-1)],
@@ -211,17 +224,75 @@ class ImplicitVolume(VolumeModel):
             cond = z if (z is None or z.dim() < q.dim()) else torch.cat([z, z], dim=-2)
             self.points_evaluated += int(feats.shape[:-1].numel())
             h = self._network(feats, cond, network_dtype)[..., 0]
-            a, b = h[..., :n], h[..., n:]
-            value = torch.complex(0.5 * (a + b), -0.5 * (a - b))
+            return self._hartley_value(h[..., :n], h[..., n:])
+        sign = canonical_sign(q)
+        feats = torch.cat([cos, sin * sign[..., None]], dim=-1)
+        self.points_evaluated += int(feats.shape[:-1].numel())
+        return self._fourier_value(self._network(feats, z, network_dtype), q, sign)
+
+    def _cos_sin(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``cos`` and ``sin`` ``(..., pe_dim)`` of the random-feature phases at ``q``."""
+        phase = (2.0 * math.pi) * (q @ self.pe_frequencies.to(q.dtype))
+        return torch.cos(phase), torch.sin(phase)
+
+    def _hartley_value(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``F`` from the Hartley outputs ``a = H(q)`` and ``b = H(-q)``."""
+        return torch.complex(0.5 * (a + b), -0.5 * (a - b)) * self.output_scale
+
+    def _fourier_value(self, out: torch.Tensor, q: torch.Tensor,
+                       sign: torch.Tensor) -> torch.Tensor:
+        """``F`` from the outputs ``(..., 2)`` read at the canonical points ``sign * q``."""
+        # F(0) is real: q = 0 is its own mirror
+        imag = out[..., 1] * ((q != 0).any(dim=-1).to(out.dtype) * sign)
+        return torch.complex(out[..., 0], imag) * self.output_scale
+
+    def first_layer_at(self, q: torch.Tensor) -> torch.Tensor:
+        """The first layer's pre-activations ``(N, S, width)`` at frequencies ``q`` ``(N, 3)``.
+
+        They do not depend on ``z`` (its term is added per latent), so those of a
+        fixed lattice can be computed once and reused for every latent
+        (:class:`~cryoviz.train.evaluate.LatticeDecoder` does), skipping the
+        features and the widest layer: :meth:`values_from_first_layer` then
+        gives :meth:`evaluate`'s values. ``S`` is 2 for ``hartley`` (the reads at
+        ``q``, then at ``-q``), 1 for ``fourier`` (at the canonical points). Float32;
+        valid for the weights they were computed with.
+        """
+        cos, sin = self._cos_sin(q)
+        if self.domain == "hartley":
+            feats = torch.stack([torch.cat([cos, sin], dim=-1), torch.cat([cos, -sin], dim=-1)],
+                                dim=-2)
         else:
-            sign = canonical_sign(q)
-            feats = torch.cat([cos, sin * sign[..., None]], dim=-1)
-            self.points_evaluated += int(feats.shape[:-1].numel())
-            out = self._network(feats, z, network_dtype)
-            # F(0) is real: q = 0 is its own mirror
-            imag = out[..., 1] * ((q != 0).any(dim=-1).to(out.dtype) * sign)
-            value = torch.complex(out[..., 0], imag)
-        return value * self.output_scale
+            feats = torch.cat([cos, sin * canonical_sign(q)[..., None]], dim=-1)[:, None]
+        return self.mlp.first_layer(feats)
+
+    def values_from_first_layer(self, first: torch.Tensor, q: torch.Tensor,
+                                z: torch.Tensor | None,
+                                network_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Complex ``F`` ``(N,)`` at ``q`` ``(N, 3)`` (``|q| < 0.5``) from ``first``.
+
+        Parameters
+        ----------
+        first
+            ``(N, S, width)``: :meth:`first_layer_at` ``(q)``.
+        q
+            ``(N, 3)`` frequencies.
+        z
+            ``(L,)`` latent, or ``None`` for homogeneous models.
+        network_dtype
+            Autocast dtype of the layers after the first (see :meth:`_values`).
+        """
+        if self.latent_dim and z is None:
+            raise ValueError(f"this model needs z of length {self.latent_dim}")
+        cond = z.reshape(1, -1) if self.latent_dim else None
+        self.points_evaluated += int(first.shape[:-1].numel())
+        if network_dtype is None:
+            out = self.mlp.from_first_layer(first, cond)
+        else:
+            with torch.autocast(first.device.type, dtype=network_dtype):
+                out = self.mlp.from_first_layer(first, cond).float()
+        if self.domain == "hartley":
+            return self._hartley_value(out[:, 0, 0], out[:, 1, 0])
+        return self._fourier_value(out[:, 0], q, canonical_sign(q))
 
     def evaluate(self, q: torch.Tensor, z: torch.Tensor | None,
                  network_dtype: torch.dtype | None = None) -> torch.Tensor:
