@@ -2,8 +2,9 @@
 
 For each box size, a cryoDRGN run with the recipe's default network is trained
 for one epoch on a small simulated dataset of that box (the weights do not
-change the timing). Then, for each torch thread count, in a shown napari
-viewer with the latent explorer dock:
+change the timing). Then, for each torch thread count (each box and thread
+count in its own process), in a shown napari viewer with the latent explorer
+dock:
 
 * engine only (no GUI), wall and process CPU time (``*_cpu_ms``: with one
   thread, the wall time the same work takes on an otherwise idle core):
@@ -19,7 +20,13 @@ viewer with the latent explorer dock:
   reads the frame back: an upper bound). The decode runs in the explorer's
   worker thread; the Qt event loop is run in between (with 2 ms sleeps), so
   renders of the preview that napari schedules are included, as in the app.
-  With the preview off, only the full map is decoded and shown.
+  With the preview off, only the full map is decoded and shown. Two ways of
+  clicking: ``settled`` clicks come after ``--settle-s`` seconds (default 1)
+  of the event loop running idle, as when a user looks at a map before the
+  next click (the paints the previous map caused are over); ``back_to_back``
+  clicks come as soon as the previous one's frame was rendered, so the
+  window paints it left pending (150-190 ms each with software OpenGL)
+  compete with the next decode for the CPU.
   ``first_click_ms``: the first click of a run (the layer is made; the
   decoder's lattice was prepared when the run was loaded).
 * ``movie_fps``: frames per second stepping a 10-map path layer along napari's
@@ -44,6 +51,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -56,6 +65,7 @@ from napari_cryoviz.latent import PATH_LAYER, VOLUME_LAYER, LatentExplorer, show
 from qtpy.QtWidgets import QApplication
 
 from cryoviz import api
+from cryoviz.bench.measure import cpu_model
 
 HERE = Path(__file__).resolve().parent
 
@@ -127,9 +137,21 @@ def engine_times(session: RunSession, box: int, repeats: int) -> dict:
             "eval_volumes_cpu_ms_median": statistics.median(old_cpu)}
 
 
-def click(viewer: napari.Viewer, dock: LatentExplorer, index: int) -> tuple[float, ...]:
-    """One click: ms to the preview's data set (or None), to the full's, to a rendered frame."""
+def idle(seconds: float) -> None:
+    """Run the Qt event loop for ``seconds``."""
     app = QApplication.instance()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        app.processEvents()
+        time.sleep(0.005)
+
+
+def click(viewer: napari.Viewer, dock: LatentExplorer, index: int,
+          settle_s: float = 0.0) -> tuple[float, ...]:
+    """One click after ``settle_s`` idle: ms to the preview's data set (or None), to the
+    full's, to a rendered frame."""
+    app = QApplication.instance()
+    idle(settle_s)
     dock.last_decode_seconds = dock.last_preview_seconds = None
     t0 = time.perf_counter()
     dock.click_particle(index)
@@ -142,7 +164,8 @@ def click(viewer: napari.Viewer, dock: LatentExplorer, index: int) -> tuple[floa
     return preview, 1e3 * dock.last_decode_seconds, rendered
 
 
-def gui_times(viewer: napari.Viewer, session: RunSession, box: int, repeats: int) -> dict:
+def gui_times(viewer: napari.Viewer, session: RunSession, box: int, repeats: int,
+              settle_s: float) -> dict:
     dock = LatentExplorer(viewer)
     viewer.window.add_dock_widget(dock)
     dock.set_session(session)  # starts preparing the decoder at the training box
@@ -152,21 +175,22 @@ def gui_times(viewer: napari.Viewer, session: RunSession, box: int, repeats: int
         app.processEvents()
         time.sleep(0.002)
     n = len(session.z)
-    out: dict = {}
-    for preview in (True, False):
+    out: dict = {"settle_s": settle_s}
+    modes = {"settled": settle_s, "back_to_back": 0.0} if settle_s > 0 else {"back_to_back": 0.0}
+    for (mode, settle), preview in itertools.product(modes.items(), (True, False)):
         dock.preview.setChecked(preview)
-        first = click(viewer, dock, 0)
-        if preview:
+        first = click(viewer, dock, 0, settle)
+        if preview and "first_click_ms" not in out:
             out["first_click_ms"] = first[1]
-        rows = [click(viewer, dock, (i + 1) % n) for i in range(repeats)]
+        rows = [click(viewer, dock, (i + 1) % n, settle) for i in range(repeats)]
         key = "with_preview" if preview else "no_preview"
-        out[key] = {"click_to_full_data_set_ms_median": statistics.median(r[1] for r in rows),
-                    "click_to_full_data_set_ms_max": max(r[1] for r in rows),
-                    "click_to_full_rendered_ms_median": statistics.median(r[2] for r in rows)}
+        fig = {"click_to_full_data_set_ms_median": statistics.median(r[1] for r in rows),
+               "click_to_full_data_set_ms_max": max(r[1] for r in rows),
+               "click_to_full_rendered_ms_median": statistics.median(r[2] for r in rows)}
         if preview:
-            out[key]["click_to_preview_data_set_ms_median"] = statistics.median(
-                r[0] for r in rows)
-            out[key]["click_to_preview_data_set_ms_max"] = max(r[0] for r in rows)
+            fig["click_to_preview_data_set_ms_median"] = statistics.median(r[0] for r in rows)
+            fig["click_to_preview_data_set_ms_max"] = max(r[0] for r in rows)
+        out.setdefault(mode, {})[key] = fig
     viewer.window.remove_dock_widget(dock)
     viewer.layers.remove(VOLUME_LAYER)
     return out
@@ -191,51 +215,76 @@ def movie(viewer: napari.Viewer, session: RunSession, box: int) -> dict:
     return {"movie_fps": fps, "movie_volumes": len(series), "path_decode_ms": decode_ms}
 
 
+def measure(args: argparse.Namespace, box: int, threads: int, work: Path) -> None:
+    """Write ``args.out``: the rows of one box at one thread count (one per precision)."""
+    torch.set_num_threads(threads)
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1200, 900)
+    session = RunSession(make_run(work, box))
+    precisions = [p for p in args.precisions if p == "fp32" or session.fast_decode_available]
+    rows = []
+    for precision in precisions:
+        session.decode_precision = precision
+        repeats = args.repeats if box <= 64 else max(3, args.repeats // 2)
+        row = {"box": box, "torch_threads": threads, "decode_precision": precision,
+               "voxel_size_angstrom": session.voxel_size(box), "repeats": repeats,
+               "load_average_before": load()}
+        row.update(engine_times(session, box, repeats))
+        row.update(gui_times(viewer, session, box, repeats, args.settle_s))
+        row.update(movie(viewer, session, box))
+        row["load_average_after"] = load()
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        write_results(args.out, rows)  # while the viewer is open: its OpenGL renderer
+    viewer.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--boxes", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                        help="torch thread counts to run with")
+                        help="torch thread counts to run with (each in its own process: "
+                             "OpenMP keeps the count a worker thread started with)")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"],
                         choices=["fp32", "bf16"],
                         help="decode precisions of the clicked maps (bf16 only where the "
                              "CPU has it natively)")
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--settle-s", type=float, default=1.0,
+                        help="idle event-loop seconds before each 'settled' click (0: only "
+                             "back-to-back clicks)")
     parser.add_argument("--work", type=Path, default=None, help="where the runs are built")
     parser.add_argument("--out", type=Path, default=HERE / "interactivity.json")
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="cryoviz_bench_"))
-    viewer = napari.Viewer(show=True)
-    viewer.window.resize(1200, 900)
+    if len(args.boxes) == 1 and len(args.threads) == 1:
+        measure(args, args.boxes[0], args.threads[0], work)
+        print(f"wrote {args.out}")
+        return
     results: list[dict] = []
-    for box in args.boxes:
-        session = RunSession(make_run(work, box))
-        precisions = [p for p in args.precisions
-                      if p == "fp32" or session.fast_decode_available]
-        for threads, precision in itertools.product(args.threads, precisions):
-            torch.set_num_threads(threads)
-            session.decode_precision = precision
-            repeats = args.repeats if box <= 64 else max(3, args.repeats // 2)
-            row = {"box": box, "torch_threads": threads, "decode_precision": precision,
-                   "voxel_size_angstrom": session.voxel_size(box), "repeats": repeats,
-                   "load_average_before": load()}
-            row.update(engine_times(session, box, repeats))
-            row.update(gui_times(viewer, session, box, repeats))
-            row.update(movie(viewer, session, box))
-            row["load_average_after"] = load()
-            print(json.dumps(row), flush=True)
-            results.append(row)
-            write_results(args.out, results)  # after every row: partial results survive
+    for box, threads in itertools.product(args.boxes, args.threads):
+        # a fresh process per thread count: the napari worker threads of an earlier
+        # count would keep running its OpenMP thread count
+        part = work / f"part_{box}_{threads}.json"
+        cmd = [sys.executable, __file__, "--boxes", str(box), "--threads", str(threads),
+               "--precisions", *args.precisions, "--repeats", str(args.repeats),
+               "--settle-s", str(args.settle_s), "--work", str(work), "--out", str(part)]
+        subprocess.run(cmd, check=True)
+        written = json.loads(part.read_text())
+        results.extend(written["results"])
+        # after every process (partial results survive), with the machine as a child
+        # saw it (the OpenGL renderer is only known where a viewer was open)
+        write_results(args.out, results, written["machine"])
     print(f"wrote {args.out}")
-    viewer.close()
 
 
-def write_results(path: Path, results: list[dict]) -> None:
-    """Write the figures with the machine description."""
+def write_results(path: Path, results: list[dict], machine: dict | None = None) -> None:
+    """Write the figures with the machine description (``machine``: one already made)."""
     out = {
         "benchmark": "napari-cryoviz interactivity",
         "goal": "click to the map shown under 200 ms at box 64 on CPU",
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+        "machine": machine or {"platform": platform.platform(), "processor": cpu_model(),
+                    "native_bfloat16": api.bf16_is_fast("cpu"),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__, "device": "cpu",
                     "napari": napari.__version__, "numpy": np.__version__,
                     "gl_renderer": gl_renderer(),
@@ -243,7 +292,8 @@ def write_results(path: Path, results: list[dict]) -> None:
         "model": "cryodrgn recipe defaults (implicit Hartley MLP width 128, depth 3, "
                  "pe_dim 64, zdim 8), maps decoded at the training box; clicks in each "
                  "row's decode_precision (bf16: the MLP under bfloat16 autocast), "
-                 "path movies in float32",
+                 "path movies in float32; api.LatticeDecoder with its first-layer cache "
+                 "(on at both boxes)",
         "viewer": "napari window 1200 x 900, volume layer rendered as MIP",
         "load_average_1_5_15_min_at_end": load(),
         "results": results,
