@@ -414,6 +414,17 @@ def test_cli_merges_bench_folders(bench, tmp_path, capsys):
     assert [m["overrides"] for m in merged["merged_from"]] == [{"halves": True}, {"epochs": 1}]
     md = (tmp_path / "m" / "leaderboard.md").read_text()
     assert all(f"| {r['recipe']} | {r['dataset']} |" in md for r in rows)
+    # merging into a merged leaderboard keeps the earlier parts' provenance
+    write_leaderboard(tmp_path / "d", others[:1], {**results, "overrides": {"epochs": 7}})
+    again = parser.parse_args(["bench", "merge", str(tmp_path / "m"), str(tmp_path / "d"),
+                               "-o", str(tmp_path / "m")])
+    assert bench_cli.run(again) == 0
+    merged = read_results(tmp_path / "m")
+    assert merged["rows"] == volume + others + others[:1]
+    assert [m["overrides"] for m in merged["merged_from"]] == [
+        {"halves": True}, {"epochs": 1}, {"epochs": 7}]
+    assert [m["folder"] for m in merged["merged_from"]] == [
+        str(tmp_path / n) for n in ("a", "b", "d")]
     write_leaderboard(tmp_path / "c", volume, {**results, "suite_version": "0"})
     bad = parser.parse_args(["bench", "merge", str(tmp_path / "a"), str(tmp_path / "c"),
                              "-o", str(tmp_path / "m2")])

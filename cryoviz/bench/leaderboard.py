@@ -210,7 +210,9 @@ def merge(output_dir: str | Path, folders: list) -> dict:
 
     The rows are concatenated in the order of ``folders``; the header
     (suite version, machine) is the first folder's, and ``merged_from`` records
-    every folder with its own machine, datasets and overrides.
+    every folder with its own machine, datasets and overrides. A folder that is
+    itself a merge contributes its own ``merged_from`` entries (merging into
+    a merged leaderboard keeps where each earlier part came from).
 
     Raises
     ------
@@ -227,7 +229,9 @@ def merge(output_dir: str | Path, folders: list) -> dict:
     rows = [r for p in parts for r in p["rows"]]
     info = {k: v for k, v in parts[0].items() if k != "rows"}
     info["datasets"] = sorted({d for p in parts for d in p.get("datasets", [])})
-    info["merged_from"] = [{"folder": str(f), "machine": p.get("machine"),
-                            "datasets": p.get("datasets"), "overrides": p.get("overrides")}
-                           for f, p in zip(folders, parts, strict=True)]
+    info["merged_from"] = [
+        entry for f, p in zip(folders, parts, strict=True)
+        for entry in (p.get("merged_from") or
+                      [{"folder": str(f), "machine": p.get("machine"),
+                        "datasets": p.get("datasets"), "overrides": p.get("overrides")}])]
     return write_leaderboard(output_dir, rows, info)
