@@ -92,7 +92,7 @@ def test_fast_decode_gives_nearly_the_float32_map(explorer, wait_workers):
     dock.fast_decode.setChecked(False)
     dock.click_particle(5)
     wait_workers(dock)
-    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data, expected, rtol=1e-5, atol=1e-6)
+    assert_same_map(viewer.layers[VOLUME_LAYER].data, expected)
 
 
 def test_a_newer_click_wins_over_an_older_decode(explorer, wait_workers):
@@ -102,9 +102,8 @@ def test_a_newer_click_wins_over_an_older_decode(explorer, wait_workers):
         dock.click_particle(index)
     wait_workers(dock)
     run = api.load_run(dock.session.path)
-    np.testing.assert_allclose(viewer.layers[VOLUME_LAYER].data,
-                               api.eval_volumes(run, run.mu[20:21], 32).numpy()[0],
-                               rtol=1e-5, atol=1e-6)
+    assert_same_map(viewer.layers[VOLUME_LAYER].data,
+                    api.eval_volumes(run, run.mu[20:21], 32).numpy()[0])
     assert dock.shown_stages[-1] == "full"
 
 
@@ -124,8 +123,7 @@ def test_path_gives_a_4d_layer_with_the_requested_volumes(explorer, wait_workers
         np.testing.assert_allclose(z[0], dock.session.z[1], rtol=1e-6)
         np.testing.assert_allclose(z[-1], dock.session.z[100], rtol=1e-6)
     run = api.load_run(dock.session.path)
-    np.testing.assert_allclose(layer.data[3], api.eval_volumes(run, z[3:4]).numpy()[0],
-                               rtol=1e-5, atol=1e-6)
+    assert_same_map(layer.data[3], api.eval_volumes(run, z[3:4]).numpy()[0])
     # the path is drawn on the scatter
     assert any(len(line.get_xdata()) == 6 for line in dock.axes.get_lines())
 
