@@ -207,12 +207,12 @@ class LatticeDecoder:
         bfloat16 autocast (faster on CPUs with native bfloat16, see
         :func:`~cryoviz.train.distributed.bf16_is_fast`; the maps differ slightly
         from float32 ones: ``tests/test_lattice_decoder.py`` bounds the
-        difference). The cached first layer stays float32.
+        difference). The cached first layer keeps the model's dtype.
     cache_bytes
-        Most bytes the first-layer cache may take (float32, ``n_points * S *
-        width * 4``: 70 MB at box 64 and 0.56 GB at box 128 for the cryodrgn
-        recipe's Hartley network of width 128); a larger lattice is decoded
-        without it. 0 turns it off.
+        Most bytes the first-layer cache may take (``n_points * S * width``
+        elements of the model's dtype; in float32 70 MB at box 64 and 0.56 GB
+        at box 128 for the cryodrgn recipe's Hartley network of width 128); a
+        larger lattice is decoded without it. 0 turns it off.
     """
 
     def __init__(self, volume: VolumeModel, box_size: int | None = None,
@@ -279,12 +279,11 @@ class LatticeDecoder:
         vol = self.volume
         reads = 2 if vol.domain == "hartley" else 1
         width = vol.mlp.inp.out_features
-        if reads * self.n_points * width * 4 > cache_bytes:
+        if reads * self.n_points * width * self._q.element_size() > cache_bytes:
             return
         with torch.inference_mode():
             self._first = torch.cat([vol.first_layer_at(self._q[s:s + self.chunk_points])
-                                     for s in range(0, self.n_points, self.chunk_points)]
-                                    ).float()
+                                     for s in range(0, self.n_points, self.chunk_points)])
 
     def _values(self, z: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
         """Complex transform values ``(stop - start,)`` at the sorted points."""

@@ -254,8 +254,8 @@ class ImplicitVolume(VolumeModel):
         (:class:`~cryoviz.train.evaluate.LatticeDecoder` does), skipping the
         features and the widest layer: :meth:`values_from_first_layer` then
         gives :meth:`evaluate`'s values. ``S`` is 2 for ``hartley`` (the reads at
-        ``q``, then at ``-q``), 1 for ``fourier`` (at the canonical points). Float32;
-        valid for the weights they were computed with.
+        ``q``, then at ``-q``), 1 for ``fourier`` (at the canonical points). In
+        ``q``'s dtype; valid for the weights they were computed with.
         """
         cos, sin = self._cos_sin(q)
         if self.domain == "hartley":
