@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 
 import numpy as np
 import pytest
@@ -111,3 +112,22 @@ def test_train_3dva_recipe(trained_run, tmp_path):
         assert latents["mu"].shape == (300, 2)
     volume, _ = read_volume(out / "volumes" / "component_0.mrc")
     assert volume.shape[0] <= 24
+
+
+def test_domain_flag_and_resuming_a_hartley_run(trained_run, tmp_path, capsys):
+    """``--domain hartley`` is kept in the run; resuming it needs the same flag."""
+    with open(trained_run / "run" / "config.toml", "rb") as fh:
+        assert tomllib.load(fh)["recipe"]["domain"] == "fourier"  # the default
+    out = tmp_path / "hartley"
+    args = ["train", str(trained_run / "data" / "particles.star"), "--recipe", "cryodrgn",
+            "-o", str(out), "--zdim", "2", "--width", "16", "--depth", "1",
+            "--batch-size", "64"]
+    assert main([*args, "--epochs", "1", "--domain", "hartley"]) == 0
+    with open(out / "config.toml", "rb") as fh:
+        assert tomllib.load(fh)["recipe"]["domain"] == "hartley"
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "recipe domain" in err and "'hartley'" in err, err
+    assert main([*args, "--epochs", "2", "--resume", "--domain", "hartley"]) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2

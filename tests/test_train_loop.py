@@ -35,7 +35,7 @@ def tiny_dataset(tmp_path_factory):
 
 def test_get_recipe():
     r = get_recipe("cryodrgn")
-    assert r.volume == "implicit" and r.domain == "hartley" and r.encoder == "vae"
+    assert r.volume == "implicit" and r.domain == "fourier" and r.encoder == "vae"
     assert r.lr == 1e-4 and r.kl_weight == pytest.approx(1.0 / r.zdim)
     r = get_recipe("cryodrgn", zdim=4, epochs=2, box=None)
     assert r.zdim == 4 and r.epochs == 2 and r.kl_weight == 0.25

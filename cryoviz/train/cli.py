@@ -53,6 +53,9 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--encoder", choices=("vae", "ae", "table", "joint", "none"),
                     help="latent encoder: image MLP (vae / ae), per-particle table, 'joint' "
                     "(a VAE head on the amortized pose encoder's CNN, atomvae) or none")
+    tr.add_argument("--domain", choices=("fourier", "hartley"),
+                    help="implicit volume output: 'fourier' (default, half-space reads) or "
+                    "'hartley' (runs started before 2026-12-05 used it)")
     tr.add_argument("--encoder-input", choices=("real", "hartley"),
                     help="image encoder input: the pixels or their Hartley transform")
     tr.add_argument("--pose-only-epochs", type=int,
@@ -158,7 +161,8 @@ def _run_loop(args: argparse.Namespace, info) -> int:
                         depth=args.depth, seed=args.seed, precision=args.precision,
                         reference=_reference_path(args.reference),
                         pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,
-                        encoder_input=args.encoder_input, encoder=args.encoder)
+                        encoder_input=args.encoder_input, encoder=args.encoder,
+                        domain=args.domain)
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                ctf=args.ctf, datadir=args.datadir,
                                require_poses=recipe.poses == "given")

@@ -210,9 +210,11 @@ class LatticeDecoder:
         difference). The cached first layer keeps the model's dtype.
     cache_bytes
         Most bytes the first-layer cache may take (``n_points * S * width``
-        elements of the model's dtype; in float32 70 MB at box 64 and 0.56 GB
-        at box 128 for the cryodrgn recipe's Hartley network of width 128); a
-        larger lattice is decoded without it. 0 turns it off.
+        elements of the model's dtype, ``S`` = 1 for ``fourier`` and 2 for
+        ``hartley``; for the cryodrgn recipe's network of width 128 in float32
+        35 MB at box 64 and 0.28 GB at box 128 with its default ``fourier``
+        output, twice that with ``hartley``); a larger lattice is decoded without
+        it. 0 turns it off.
     """
 
     def __init__(self, volume: VolumeModel, box_size: int | None = None,

@@ -16,8 +16,10 @@ The script
      --enc-layers 1 --enc-dim W``: ``Linear(in, W)``, 1 x ``Linear(W, W)``, head);
    - decoder: ``Linear(in, W)`` + ``--dec-layers`` residual ``W x W`` layers + output
      (cryoviz ``--width W --depth L``; cryoDRGN ``--dec-dim W --dec-layers L``),
-     Hartley domain for both (``--domain hartley``), Gaussian random Fourier
-     features (each program's default count and scale);
+     the same output domain for both (``--domain``: ``fourier``, both programs'
+     default, reads the network once per point of the Hermitian half space;
+     ``hartley`` reads it at ``q`` and ``-q``), Gaussian random Fourier features
+     (each program's default count and scale);
    - ``beta = 1 / zdim``, Adam ``lr = 1e-4`` (both defaults);
 
 3. reads the seconds per epoch each program reports (cryoDRGN's ``Finished in``
@@ -284,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
                         help="cryoviz train --precision (cryoDRGN keeps its default, AMP: "
                              "fp16 autocast on CUDA, none on the CPU)")
+    parser.add_argument("--domain", default="fourier", choices=["fourier", "hartley"],
+                        help="decoder output domain of both programs (default: fourier, "
+                        "the default of both)")
     parser.add_argument("--encoder-input", default="real", choices=["real", "hartley"],
                         help="cryoviz train --encoder-input (cryoDRGN's encoder sees the "
                         "Hartley transform)")
@@ -326,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 "-n", str(args.epochs), "-b", str(args.batch_size), "--seed", str(args.seed),
                 "--encode-mode", "mlp", "--enc-layers", "1", "--enc-dim", str(args.enc_width),
                 "--dec-layers", str(args.depth), "--dec-dim", str(args.width),
-                "--domain", "hartley", "--no-analysis"]
+                "--domain", args.domain, "--no-analysis"]
     saved_run = work / "cryodrgn_run.json"
     if args.reuse_cryodrgn:
         saved = json.loads(saved_run.read_text()) if saved_run.is_file() else {}
@@ -353,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
               "--epochs", str(cv_epochs_wanted), "--batch-size", str(args.batch_size),
               "--zdim", str(args.zdim), "--width", str(args.width), "--depth", str(args.depth),
               "--seed", str(args.seed), "--device", args.device,
-              "--precision", args.precision, "--encoder-input", args.encoder_input]
+              "--precision", args.precision, "--encoder-input", args.encoder_input,
+              "--domain", args.domain]
     shutil.rmtree(cv_dir, ignore_errors=True)
     cv_run = run_cpu_timed(cv_cmd, work / "cryoviz_train.log")
     cv_log = [json.loads(line) for line in (cv_dir / "log.jsonl").read_text().splitlines()
@@ -460,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                      "batch_size": args.batch_size, "zdim": args.zdim,
                      "encoder": f"MLP {args.enc_width} x 2 hidden layers",
                      "decoder": f"residual MLP width {args.width}, {args.depth} hidden "
-                                "residual layers, Hartley",
+                                f"residual layers, {args.domain.capitalize()}",
                      "seed": args.seed,
                      "cryoviz_precision": args.precision,
                      "cryoviz_encoder_input": args.encoder_input,
