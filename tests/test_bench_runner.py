@@ -425,6 +425,25 @@ def test_cli_merges_bench_folders(bench, tmp_path, capsys):
         {"halves": True}, {"epochs": 1}, {"epochs": 7}]
     assert [m["folder"] for m in merged["merged_from"]] == [
         str(tmp_path / n) for n in ("a", "b", "d")]
+    # --replace: a re-run row takes the earlier row's place, and the change is recorded
+    rerun = {**others[0], "metrics": {**others[0]["metrics"], "wall_s_marker": 1.0}}
+    write_leaderboard(tmp_path / "e", [rerun], {**results, "overrides": {"epochs": 9}})
+    swap = parser.parse_args(["bench", "merge", str(tmp_path / "a"), str(tmp_path / "b"),
+                              str(tmp_path / "e"), "-o", str(tmp_path / "r"), "--replace"])
+    assert bench_cli.run(swap) == 0
+    swapped = read_results(tmp_path / "r")
+    assert swapped["rows"] == volume + [rerun] + others[1:]
+    (entry,) = swapped["replaced"]
+    assert (entry["recipe"], entry["task"], entry["dataset"]) == (
+        others[0]["recipe"], others[0]["task"], others[0]["dataset"])
+    assert entry["from"] == str(tmp_path / "b") and entry["by"] == str(tmp_path / "e")
+    assert entry["old_metrics"] == others[0]["metrics"]
+    assert entry["new_metrics"]["wall_s_marker"] == 1.0
+    # a later merge into it keeps the record
+    keep = parser.parse_args(["bench", "merge", str(tmp_path / "r"), str(tmp_path / "d"),
+                              "-o", str(tmp_path / "r")])
+    assert bench_cli.run(keep) == 0
+    assert read_results(tmp_path / "r")["replaced"] == swapped["replaced"]
     write_leaderboard(tmp_path / "c", volume, {**results, "suite_version": "0"})
     bad = parser.parse_args(["bench", "merge", str(tmp_path / "a"), str(tmp_path / "c"),
                              "-o", str(tmp_path / "m2")])

@@ -85,6 +85,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     mg.add_argument("folders", type=Path, nargs="+", help="bench folders with results.json")
     mg.add_argument("-o", "--output", dest="merged", type=Path, required=True,
                     help="folder to write (results.json, leaderboard.md/.html)")
+    mg.add_argument("--replace", action="store_true",
+                    help="a later folder's row replaces earlier rows of the same recipe, "
+                    "task and dataset (recorded under 'replaced' in results.json)")
     mg.set_defaults(func=_run_merge)
 
     zf = sub.add_parser("zfile", help="z values of the particles the conformation task scores")
@@ -199,7 +202,7 @@ def _run_regenerate(args: argparse.Namespace) -> int:
 def _run_merge(args: argparse.Namespace) -> int:
     from cryoviz.bench.leaderboard import merge  # noqa: PLC0415
 
-    results = merge(args.merged, list(args.folders))
+    results = merge(args.merged, list(args.folders), replace=args.replace)
     print(f"leaderboard: {args.merged / 'leaderboard.md'} ({len(results['rows'])} rows)")
     return 0
 

@@ -205,7 +205,7 @@ def regenerate(output_dir: str | Path, extra_rows: list | None = None) -> dict:
     return write_leaderboard(output_dir, rows, results)
 
 
-def merge(output_dir: str | Path, folders: list) -> dict:
+def merge(output_dir: str | Path, folders: list, replace: bool = False) -> dict:
     """One leaderboard from several bench folders (e.g. runs made in parallel).
 
     The rows are concatenated in the order of ``folders``; the header
@@ -213,6 +213,11 @@ def merge(output_dir: str | Path, folders: list) -> dict:
     every folder with its own machine, datasets and overrides. A folder that is
     itself a merge contributes its own ``merged_from`` entries (merging into
     a merged leaderboard keeps where each earlier part came from).
+
+    With ``replace``, a row of a later folder takes the place of the earlier
+    rows with the same recipe, task and dataset (a recipe re-run after a
+    change), and ``replaced`` lists each replaced row's key, the folder it
+    came from and the one that replaced it, with both rows' metrics.
 
     Raises
     ------
@@ -226,8 +231,30 @@ def merge(output_dir: str | Path, folders: list) -> dict:
     if len(versions) != 1:
         raise InputError(folders[0], "suite_version", "the same suite version in every folder",
                          got=sorted(map(str, versions)))
-    rows = [r for p in parts for r in p["rows"]]
-    info = {k: v for k, v in parts[0].items() if k != "rows"}
+    rows: list[dict] = []
+    origin: list[str] = []
+    replaced = list(parts[0].get("replaced") or [])
+    for folder, part in zip(folders, parts, strict=True):
+        for row in part["rows"]:
+            key = (row["recipe"], row["task"], row["dataset"])
+            earlier = [i for i, r in enumerate(rows)
+                       if replace and (r["recipe"], r["task"], r["dataset"]) == key]
+            for i in earlier:
+                replaced.append({"recipe": key[0], "task": key[1], "dataset": key[2],
+                                 "from": origin[i], "by": str(folder),
+                                 "old_metrics": rows[i].get("metrics"),
+                                 "new_metrics": row.get("metrics")})
+            if earlier:
+                rows[earlier[0]] = row
+                origin[earlier[0]] = str(folder)
+                for i in reversed(earlier[1:]):
+                    del rows[i], origin[i]
+            else:
+                rows.append(row)
+                origin.append(str(folder))
+    info = {k: v for k, v in parts[0].items() if k not in ("rows", "replaced")}
+    if replaced:
+        info["replaced"] = replaced
     info["datasets"] = sorted({d for p in parts for d in p.get("datasets", [])})
     info["merged_from"] = [
         entry for f, p in zip(folders, parts, strict=True)
