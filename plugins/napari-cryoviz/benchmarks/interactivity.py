@@ -15,22 +15,25 @@ dock:
   ``decoder_setup_ms`` (preparing its lattice, once per run and box);
 * ``click_to_*``: wall time from the explorer's click handler
   (``LatentExplorer.click_particle``, which also redraws the scatter) to the
-  preview's data set in the layer, to the full map's data set, and to a
-  rendered frame of the full map (forced with a canvas screenshot, which also
-  reads the frame back: an upper bound). The decode runs in the explorer's
+  preview's data set in the layer, to the full map's data set, and to the end
+  of the first frame the viewer draws on its own after that (``*_drawn_*``: a
+  draw of napari's canvas that began after the data were set, timed at the
+  end of the draw event after ``glFinish``, so the rasterisation is included;
+  ``full_draw_ms``: that draw alone). The decode runs in the explorer's
   worker thread; the Qt event loop is run in between (with 2 ms sleeps), so
   renders of the preview that napari schedules are included, as in the app.
   With the preview off, only the full map is decoded and shown. Two ways of
   clicking: ``settled`` clicks come after ``--settle-s`` seconds (default 1)
   of the event loop running idle, as when a user looks at a map before the
   next click (the paints the previous map caused are over); ``back_to_back``
-  clicks come as soon as the previous one's frame was rendered, so the
-  window paints it left pending (150-190 ms each with software OpenGL)
-  compete with the next decode for the CPU.
+  clicks come as soon as the previous one's frame was drawn, so the window
+  paints it left pending (e.g. the scatter's markers) compete with the next
+  decode for the CPU.
   ``first_click_ms``: the first click of a run (the layer is made; the
   decoder's lattice was prepared when the run was loaded).
 * ``movie_fps``: frames per second stepping a 10-map path layer along napari's
-  time axis, each step rendered (and read back) as above; ``path_decode_ms``:
+  time axis, each step rendered and read back with a canvas screenshot (an
+  upper bound: a read-back costs more than a draw); ``path_decode_ms``:
   decoding those 10 maps.
 
 Each row is one box, torch thread count and decode precision of the clicked
@@ -146,22 +149,60 @@ def idle(seconds: float) -> None:
         time.sleep(0.005)
 
 
-def click(viewer: napari.Viewer, dock: LatentExplorer, index: int,
-          settle_s: float = 0.0) -> tuple[float, ...]:
+class DrawClock:
+    """Start and end times (``time.perf_counter``) of the draws of napari's canvas.
+
+    Hooks the vispy canvas's draw event (napari's ``_qt_viewer.canvas``: private,
+    read only here); the end is taken after ``glFinish`` so the frame is
+    rasterised. ``draws`` holds ``(start, end)`` pairs.
+    """
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        from vispy.gloo import gl
+
+        self._finish = gl.glFinish
+        self.draws: list[tuple[float, float]] = []
+        self._start = 0.0
+        events = viewer.window._qt_viewer.canvas._scene_canvas.events.draw
+        events.connect(self._on_start, position="first")
+        events.connect(self._on_end, position="last")
+
+    def _on_start(self, event) -> None:
+        self._start = time.perf_counter()
+
+    def _on_end(self, event) -> None:
+        self._finish()
+        self.draws.append((self._start, time.perf_counter()))
+
+    def first_after(self, t: float) -> tuple[float, float] | None:
+        """``(start, end)`` of the first draw that began after ``t``, or None."""
+        return next(((start, end) for start, end in self.draws if start > t), None)
+
+
+def click(viewer: napari.Viewer, dock: LatentExplorer, clock: DrawClock, index: int,
+          settle_s: float = 0.0) -> tuple[float | None, ...]:
     """One click after ``settle_s`` idle: ms to the preview's data set (or None), to the
-    full's, to a rendered frame."""
+    full's, to the end of the first frame drawn after it and that draw's own length
+    (both None if none within 5 s)."""
     app = QApplication.instance()
     idle(settle_s)
     dock.last_decode_seconds = dock.last_preview_seconds = None
+    clock.draws.clear()
     t0 = time.perf_counter()
     dock.click_particle(index)
     while dock.last_decode_seconds is None or dock.workers:
         app.processEvents()
         time.sleep(0.002)
-    viewer.screenshot(canvas_only=True, flash=False)
-    rendered = 1e3 * (time.perf_counter() - t0)
+    data_set = t0 + dock.last_decode_seconds
+    while clock.first_after(data_set) is None and time.perf_counter() - data_set < 5.0:
+        app.processEvents()
+        time.sleep(0.002)
+    draw = clock.first_after(data_set)
     preview = None if dock.last_preview_seconds is None else 1e3 * dock.last_preview_seconds
-    return preview, 1e3 * dock.last_decode_seconds, rendered
+    if draw is None:
+        return preview, 1e3 * dock.last_decode_seconds, None, None
+    return (preview, 1e3 * dock.last_decode_seconds, 1e3 * (draw[1] - t0),
+            1e3 * (draw[1] - draw[0]))
 
 
 def gui_times(viewer: napari.Viewer, session: RunSession, box: int, repeats: int,
@@ -175,18 +216,25 @@ def gui_times(viewer: napari.Viewer, session: RunSession, box: int, repeats: int
         app.processEvents()
         time.sleep(0.002)
     n = len(session.z)
+    clock = DrawClock(viewer)
     out: dict = {"settle_s": settle_s}
     modes = {"settled": settle_s, "back_to_back": 0.0} if settle_s > 0 else {"back_to_back": 0.0}
     for (mode, settle), preview in itertools.product(modes.items(), (True, False)):
         dock.preview.setChecked(preview)
-        first = click(viewer, dock, 0, settle)
+        first = click(viewer, dock, clock, 0, settle)
         if preview and "first_click_ms" not in out:
             out["first_click_ms"] = first[1]
-        rows = [click(viewer, dock, (i + 1) % n, settle) for i in range(repeats)]
+        rows = [click(viewer, dock, clock, (i + 1) % n, settle) for i in range(repeats)]
         key = "with_preview" if preview else "no_preview"
+        drawn = [r for r in rows if r[2] is not None]
         fig = {"click_to_full_data_set_ms_median": statistics.median(r[1] for r in rows),
                "click_to_full_data_set_ms_max": max(r[1] for r in rows),
-               "click_to_full_rendered_ms_median": statistics.median(r[2] for r in rows)}
+               "click_to_full_drawn_ms_median": (statistics.median(r[2] for r in drawn)
+                                                 if drawn else None),
+               "click_to_full_drawn_ms_max": max(r[2] for r in drawn) if drawn else None,
+               "full_draw_ms_median": (statistics.median(r[3] for r in drawn)
+                                       if drawn else None),
+               "clicks_without_a_draw_in_5_s": len(rows) - len(drawn)}
         if preview:
             fig["click_to_preview_data_set_ms_median"] = statistics.median(r[0] for r in rows)
             fig["click_to_preview_data_set_ms_max"] = max(r[0] for r in rows)
@@ -289,7 +337,8 @@ def write_results(path: Path, results: list[dict], machine: dict | None = None) 
                     "napari": napari.__version__, "numpy": np.__version__,
                     "gl_renderer": gl_renderer(),
                     "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-        "model": "cryodrgn recipe defaults (implicit Hartley MLP width 128, depth 3, "
+        "model": "cryodrgn recipe defaults (implicit MLP width 128, depth 3, domain "
+                 f"{api.get_recipe('cryodrgn').domain}, "
                  "pe_dim 64, zdim 8), maps decoded at the training box; clicks in each "
                  "row's decode_precision (bf16: the MLP under bfloat16 autocast), "
                  "path movies in float32; api.LatticeDecoder with its first-layer cache "
