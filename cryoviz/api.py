@@ -87,6 +87,7 @@ from cryoviz.train.evaluate import (
     Run,
     eval_volumes,
     load_run,
+    saved_recipe,
     voxel_size,
     write_volumes,
 )
@@ -109,7 +110,8 @@ __all__ = [
     "iter_reconstruct", "iter_simulate", "iter_train", "kmeans", "knn_graph_path",
     "label_agreement", "load_particles", "load_run", "path_length", "pc_traversal", "pca",
     "points_in_polygon", "read_pose_posterior", "read_star", "read_volume", "render_images",
-    "resample_path", "rotation_error_deg", "run_latents", "select_particles", "simulate",
+    "resample_path", "rotation_error_deg", "run_latents", "saved_recipe", "select_particles",
+    "simulate",
     "soft_spherical_mask", "straight_path", "train", "umap_embedding", "volume_series",
     "voxel_size", "write_class_em", "write_pose_posterior", "write_ppca",
     "write_reconstruction", "write_star", "write_volume", "write_volumes",

@@ -115,7 +115,8 @@ def test_train_3dva_recipe(trained_run, tmp_path):
 
 
 def test_domain_flag_and_resuming_a_hartley_run(trained_run, tmp_path, capsys):
-    """``--domain hartley`` is kept in the run; resuming it needs the same flag."""
+    """``--domain hartley`` is kept in the run; ``--resume`` keeps it without the flag
+    (settings not given are the run's), and refuses a different one, readably."""
     with open(trained_run / "run" / "config.toml", "rb") as fh:
         assert tomllib.load(fh)["recipe"]["domain"] == "fourier"  # the default
     out = tmp_path / "hartley"
@@ -126,8 +127,14 @@ def test_domain_flag_and_resuming_a_hartley_run(trained_run, tmp_path, capsys):
     with open(out / "config.toml", "rb") as fh:
         assert tomllib.load(fh)["recipe"]["domain"] == "hartley"
     capsys.readouterr()
-    assert main([*args, "--epochs", "2", "--resume"]) == 2
+    assert main([*args, "--epochs", "2", "--resume", "--domain", "fourier"]) == 2
     err = capsys.readouterr().err
     assert "recipe domain" in err and "'hartley'" in err, err
-    assert main([*args, "--epochs", "2", "--resume", "--domain", "hartley"]) == 0
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 2
+    with open(out / "config.toml", "rb") as fh:
+        assert tomllib.load(fh)["recipe"]["domain"] == "hartley"
+    # settings not given come from the run: its 2 epochs, so a bare resume is done
+    assert main(["train", str(trained_run / "data" / "particles.star"), "--recipe",
+                 "cryodrgn", "-o", str(out), "--resume"]) == 0
     assert len((out / "log.jsonl").read_text().splitlines()) == 2

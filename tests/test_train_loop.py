@@ -17,7 +17,7 @@ from cryoviz.io.particles import load_particles
 from cryoviz.metrics.fsc import fsc
 from cryoviz.simulate import SimulationConfig, simulate
 from cryoviz.train.cli import add_parsers, run
-from cryoviz.train.evaluate import eval_volumes, load_run
+from cryoviz.train.evaluate import eval_volumes, load_run, saved_recipe
 from cryoviz.train.loop import iter_train, train
 from cryoviz.train.recipes import RECIPES, get_recipe
 
@@ -109,6 +109,8 @@ def test_outputs_and_evaluation(tiny_dataset, tmp_path):
         ckpt["rng"])
 
     run_ = load_run(run_dir)
+    assert saved_recipe(run_dir) == recipe == run_.recipe  # as started, TOML round trip
+    assert saved_recipe(tmp_path) is None  # no config.toml: nothing to resume
     maps = eval_volumes(run_, mu[:3])
     assert maps.shape == (3, 12, 12, 12) and maps.dtype == torch.float32
     assert eval_volumes(run_, mu[:1], box_size=16).shape == (1, 16, 16, 16)

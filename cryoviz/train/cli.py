@@ -6,6 +6,7 @@ Progress is printed to stderr as plain text.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -39,7 +40,8 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--width", type=int)
     tr.add_argument("--depth", type=int)
     tr.add_argument("--seed", type=int)
-    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue from the last checkpoint (settings not given are the run's)")
     tr.add_argument("--device", default=_DEFAULT_DEVICE,
                     help="cpu or cuda (default: cuda when one is visible); under torchrun, "
                     "cuda means cuda:LOCAL_RANK")
@@ -54,8 +56,8 @@ def add_parsers(subparsers) -> None:
                     help="latent encoder: image MLP (vae / ae), per-particle table, 'joint' "
                     "(a VAE head on the amortized pose encoder's CNN, atomvae) or none")
     tr.add_argument("--domain", choices=("fourier", "hartley"),
-                    help="implicit volume output: 'fourier' (default, half-space reads) or "
-                    "'hartley' (runs started before 2026-12-05 used it)")
+                    help="implicit volume output: 'fourier' (default since 2026-12-05, "
+                    "half-space reads) or 'hartley' (the earlier default)")
     tr.add_argument("--encoder-input", choices=("real", "hartley"),
                     help="image encoder input: the pixels or their Hartley transform")
     tr.add_argument("--pose-only-epochs", type=int,
@@ -153,16 +155,23 @@ def _reference_path(reference: str | None) -> str | None:
 def _run_loop(args: argparse.Namespace, info) -> int:
     """Recipes of the shared loop, in one process or as one rank of a torchrun job."""
     from cryoviz.io.particles import load_particles  # noqa: PLC0415
+    from cryoviz.train.evaluate import saved_recipe  # noqa: PLC0415
     from cryoviz.train.loop import iter_train  # noqa: PLC0415
     from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
-    recipe = get_recipe(args.recipe, epochs=args.epochs, zdim=args.zdim, box=args.box,
-                        batch_size=args.batch_size, lr=args.lr, width=args.width,
-                        depth=args.depth, seed=args.seed, precision=args.precision,
-                        reference=_reference_path(args.reference),
-                        pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,
-                        encoder_input=args.encoder_input, encoder=args.encoder,
-                        domain=args.domain)
+    given = dict(epochs=args.epochs, zdim=args.zdim, box=args.box,
+                 batch_size=args.batch_size, lr=args.lr, width=args.width,
+                 depth=args.depth, seed=args.seed, precision=args.precision,
+                 reference=_reference_path(args.reference),
+                 pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,
+                 encoder_input=args.encoder_input, encoder=args.encoder, domain=args.domain)
+    # --resume: settings not given on the command line are the run's, not today's
+    # defaults (a default that changed since the run started must not block it)
+    saved = saved_recipe(args.output) if args.resume else None
+    base = {} if saved is None else {
+        k: v for k, v in dataclasses.asdict(saved).items() if k != "name"}
+    recipe = get_recipe(args.recipe, **{**base, **{k: v for k, v in given.items()
+                                                    if v is not None}})
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                ctf=args.ctf, datadir=args.datadir,
                                require_poses=recipe.poses == "given")

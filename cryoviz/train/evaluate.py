@@ -27,7 +27,8 @@ from cryoviz.train.run_files import latest_checkpoint
 from cryoviz.volumes import ImplicitVolume, VolumeModel
 from cryoviz.volumes.implicit import canonical_sign
 
-__all__ = ["Run", "load_run", "eval_volumes", "write_volumes", "voxel_size", "LatticeDecoder"]
+__all__ = ["Run", "load_run", "saved_recipe", "eval_volumes", "write_volumes", "voxel_size",
+           "LatticeDecoder"]
 
 
 @dataclass
@@ -73,16 +74,39 @@ class Run:
         return int(self.volume.latent_dim)
 
 
+def _read_config(run_dir: Path) -> dict | None:
+    """``run_dir/config.toml`` as a dict, or None when the folder has none."""
+    cfg_path = run_dir / "config.toml"
+    if not cfg_path.is_file():
+        return None
+    with open(cfg_path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def _recipe_of(config: dict) -> Recipe:
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    return Recipe(**{k: v for k, v in config["recipe"].items() if k in fields})
+
+
+def saved_recipe(run_dir: str | PathLike) -> Recipe | None:
+    """The recipe a training run was started with (its ``config.toml``), or None.
+
+    Settings a front end does not show (e.g. ``domain``, which changed default
+    on 2026-12-05) come from here when it resumes a run, so that the resumed
+    run trains the model its checkpoints hold. None for a folder without a
+    ``config.toml`` (nothing to resume).
+    """
+    config = _read_config(Path(run_dir))
+    return None if config is None else _recipe_of(config)
+
+
 def load_run(run_dir: str | PathLike, device: str | torch.device = "cpu") -> Run:
     """Load ``config.toml``, the last checkpoint and ``latents.npz`` of a run."""
     path = Path(run_dir)
-    cfg_path = path / "config.toml"
-    if not cfg_path.is_file():
+    config = _read_config(path)
+    if config is None:
         raise InputError(path, "config.toml", "a training run folder", got="no config.toml")
-    with open(cfg_path, "rb") as fh:
-        config = tomllib.load(fh)
-    fields = {f.name for f in dataclasses.fields(Recipe)}
-    recipe = Recipe(**{k: v for k, v in config["recipe"].items() if k in fields})
+    recipe = _recipe_of(config)
     data = config["data"]
     box, apix = int(data["box_size"]), float(data["pixel_size_angstrom"])
     volume, encoder = build_models(recipe, box, apix, int(data["n_particles"]))

@@ -70,9 +70,10 @@ CRYODRGN_PE_SIGMA = 1.0 / (8.0 * math.pi)
 
 # The implicit recipes default to ``domain = 'fourier'`` (before 2026-12-05 they used
 # ``'hartley'``; a run keeps the domain it was started with in ``config.toml``, and
-# resuming an older one needs ``--domain hartley``). Measured on 2026-12-05 on the
-# 2-core CPU VM, float32, a 2,000 particle box-64 open / closed mixture at SNR 0.1,
-# the recipe's default network, batch 16 (``docs/benchmarks.md``): ``fourier``
+# ``cryoviz train --resume`` and the napari training dock take the settings they are
+# not given from there). Measured on 2026-12-05 on the 2-core CPU VM, float32, a
+# 2,000 particle box-64 open / closed mixture at SNR 0.1, the recipe's default
+# network, batch 16 (``docs/benchmarks.md``): ``fourier``
 # trains at 19 s per epoch against 36 s for ``hartley``; after 4 epochs 2-means
 # agreement 0.876 vs 0.957 and FSC 0.5 at 4.7 / 3.2 px vs 4.8 / 3.1 px; after 8
 # ``fourier`` epochs (151 s, about the time of 4 ``hartley`` epochs) 0.991 and

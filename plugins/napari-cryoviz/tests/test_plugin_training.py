@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from napari_cryoviz.training import TRAINING_LAYER, TrainingDock
 
+from cryoviz import api
+
 
 def _dock(make_napari_viewer, star, out):
     viewer = make_napari_viewer()
@@ -62,6 +64,31 @@ def test_pause_resume_and_cancel(make_napari_viewer, qtbot, tiny_star, tmp_path,
     assert dock.history[-1].epoch == 6 and dock.history[-1].done
     assert dock.history[0].epoch > 1  # it continued, it did not start again
     assert (tmp_path / "run" / "latents.npz").is_file()
+
+
+def test_continuing_a_run_keeps_the_settings_the_form_does_not_show(
+        make_napari_viewer, wait_workers, tiny_star, tmp_path):
+    """A run started with ``domain='hartley'`` (the default before 2026-12-05) continues."""
+    out = tmp_path / "run"
+    started = api.get_recipe("cryodrgn", epochs=1, zdim=2, batch_size=80, width=16, lr=3e-3,
+                             domain="hartley")
+    assert started.domain != api.RECIPES["cryodrgn"].domain
+    list(api.iter_train(api.load_particles(tiny_star), started, out))
+    assert api.saved_recipe(out) == started and api.saved_recipe(tmp_path) is None
+    _, dock = _dock(make_napari_viewer, tiny_star, out)
+    dock.epochs.value = 2
+    dock.resume_box.setChecked(True)
+    dock.start()
+    wait_workers(dock)
+    assert dock.errors.text() == ""
+    assert [p.epoch for p in dock.history] == [2] and dock.history[-1].done
+    assert api.load_run(out).recipe.domain == "hartley"
+    # a visible setting that differs from the run's is still refused, readably
+    dock.width.value = 32
+    dock.epochs.value = 3
+    dock.start()
+    wait_workers(dock)
+    assert "width" in dock.errors.text() and "Traceback" not in dock.errors.text()
 
 
 def test_bad_input_is_a_readable_message(make_napari_viewer, wait_workers, tmp_path):

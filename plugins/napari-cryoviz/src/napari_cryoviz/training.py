@@ -7,6 +7,7 @@ viewer (the map at ``z = 0`` for latent recipes).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import napari
@@ -116,16 +117,22 @@ class TrainingDock(QWidget):
         self.zdim.value = max(1, base.zdim)
         self.zdim.enabled = base.latent_dim > 0
 
-    def recipe_from_form(self) -> api.Recipe:
-        """The recipe with the form's settings (an :class:`InputError` for bad ones)."""
+    def recipe_from_form(self, base: api.Recipe | None = None) -> api.Recipe:
+        """The recipe with the form's settings (an :class:`InputError` for bad ones).
+
+        ``base``: a run's saved recipe (:func:`cryoviz.api.saved_recipe`), which
+        gives the settings the form does not show when a run is continued.
+        """
         name = self.recipe.value
+        settings = {} if base is None else {
+            f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name != "name"}
         overrides = {"epochs": self.epochs.value, "batch_size": self.batch_size.value,
                      "lr": float(self.lr.value), "width": self.width.value,
                      "box": self.box.value or None,
                      "reference": self.reference.value.strip() or None}
         if api.RECIPES[name].latent_dim > 0:
             overrides["zdim"] = self.zdim.value
-        return api.get_recipe(name, **overrides)
+        return api.get_recipe(name, **{**settings, **overrides})
 
     # -- run control ---------------------------------------------------------------------
     def start(self, recipe: api.Recipe | None = None) -> None:
@@ -134,13 +141,18 @@ class TrainingDock(QWidget):
             return
         self.errors.clear_error()
         try:
-            recipe = self.recipe_from_form() if recipe is None else recipe
+            output = Path(str(self.output.value))
+            has_output = str(self.output.value) not in ("", ".")
+            if recipe is None:
+                # continuing a run: the settings the form does not show are the run's
+                continuing = has_output and self.resume_box.isChecked()
+                recipe = self.recipe_from_form(api.saved_recipe(output) if continuing
+                                               else None)
             particles = Path(str(self.particles.value))
             if not particles.is_file():
                 raise api.InputError(particles, "particles", "an existing .star, .cs or "
                                      ".mrcs file", got="no such file")
-            output = Path(str(self.output.value))
-            if str(self.output.value) in ("", "."):
+            if not has_output:
                 raise api.InputError(None, "run folder", "a folder for the run's outputs",
                                      got="none")
         except Exception as err:  # noqa: BLE001 - shown as a message
