@@ -51,6 +51,15 @@ def test_get_recipe():
         get_recipe("cryodrgn", zdim=0)
 
 
+def test_get_recipe_on_a_base_keeps_the_settings_not_given():
+    base = get_recipe("cryodrgn", domain="hartley", width=64, zdim=3)
+    r = get_recipe("cryodrgn", base=base, epochs=7, width=None)
+    assert (r.domain, r.width, r.zdim, r.epochs) == ("hartley", 64, 3, 7)
+    assert get_recipe("cryodrgn", base=None, width=None).domain == "fourier"
+    with pytest.raises(InputError, match="zdim"):
+        get_recipe("cryodrgn", base=base, zdim=0)
+
+
 def _weights(run_dir):
     run = load_run(run_dir)
     state = dict(run.volume.state_dict())

@@ -6,7 +6,6 @@ Progress is printed to stderr as plain text.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -167,11 +166,8 @@ def _run_loop(args: argparse.Namespace, info) -> int:
                  encoder_input=args.encoder_input, encoder=args.encoder, domain=args.domain)
     # --resume: settings not given on the command line are the run's, not today's
     # defaults (a default that changed since the run started must not block it)
-    saved = saved_recipe(args.output) if args.resume else None
-    base = {} if saved is None else {
-        k: v for k, v in dataclasses.asdict(saved).items() if k != "name"}
-    recipe = get_recipe(args.recipe, **{**base, **{k: v for k, v in given.items()
-                                                    if v is not None}})
+    recipe = get_recipe(args.recipe, base=saved_recipe(args.output) if args.resume else None,
+                        **given)
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses,
                                ctf=args.ctf, datadir=args.datadir,
                                require_poses=recipe.poses == "given")

@@ -331,8 +331,20 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def get_recipe(name: str, **overrides) -> Recipe:
+def get_recipe(name: str, base: Recipe | None = None, **overrides) -> Recipe:
     """The recipe ``name`` with ``overrides`` applied (``None`` values are ignored).
+
+    Parameters
+    ----------
+    name
+        A key of :data:`RECIPES`.
+    base
+        Settings to start from instead of ``name``'s defaults, e.g. a run's saved
+        recipe (:func:`cryoviz.train.evaluate.saved_recipe`) when it is resumed:
+        a setting not given then stays the run's, not today's default. Its
+        ``name`` is not used.
+    **overrides
+        Recipe fields; ``None`` means not given.
 
     Raises
     ------
@@ -347,6 +359,7 @@ def get_recipe(name: str, **overrides) -> Recipe:
         raise InputError(None, "recipe setting", f"one of {', '.join(sorted(names))}",
                          ", ".join(unknown))
     given = {k: v for k, v in overrides.items() if v is not None}
-    recipe = dataclasses.replace(RECIPES[name], **given)
+    start = RECIPES[name] if base is None else dataclasses.replace(base, name=name)
+    recipe = dataclasses.replace(start, **given)
     recipe.validate()
     return recipe

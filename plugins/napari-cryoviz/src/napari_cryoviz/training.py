@@ -7,7 +7,6 @@ viewer (the map at ``z = 0`` for latent recipes).
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import napari
@@ -124,15 +123,13 @@ class TrainingDock(QWidget):
         gives the settings the form does not show when a run is continued.
         """
         name = self.recipe.value
-        settings = {} if base is None else {
-            f.name: getattr(base, f.name) for f in dataclasses.fields(base) if f.name != "name"}
         overrides = {"epochs": self.epochs.value, "batch_size": self.batch_size.value,
                      "lr": float(self.lr.value), "width": self.width.value,
                      "box": self.box.value or None,
                      "reference": self.reference.value.strip() or None}
         if api.RECIPES[name].latent_dim > 0:
             overrides["zdim"] = self.zdim.value
-        return api.get_recipe(name, **{**settings, **overrides})
+        return api.get_recipe(name, base=base, **overrides)
 
     # -- run control ---------------------------------------------------------------------
     def start(self, recipe: api.Recipe | None = None) -> None:
