@@ -377,6 +377,8 @@ def test_epoch_and_iteration_overrides(capsys):
     assert _recipe("cryodrgn", short, {}).epochs == 3
     assert _recipe("e2gmm", short, {}).epochs == 3
     assert _recipe("cryodrgn", short, {"epochs": 7}).epochs == 7  # a sweep's own value wins
+    assert _recipe("cryodrgn", short, {}).seed == short.seed
+    assert _recipe("cryodrgn", short, {"seed": short.seed + 3}).seed == short.seed + 3  # seed sweep
     assert short.iterations == 2
     recipe = _recipe("cryodrgn", short, {})
     cmd = _train_cmd("cryodrgn", Path("p.mrcs"), Path("pose.pkl"), Path("ctf.pkl"),

@@ -168,7 +168,7 @@ def _recipe(name: str, ctx: RunContext, overrides: dict):
         settings = {"epochs": settings["epochs"], "batch_size": settings["batch_size"]}
     if name == "atomvae":  # a quarter of the epochs (at least one) trains the poses alone
         settings["pose_only_epochs"] = max(1, settings["epochs"] // 4)
-    return get_recipe(name, seed=ctx.seed, **{**settings, **overrides})
+    return get_recipe(name, **{"seed": ctx.seed, **settings, **overrides})
 
 
 def _encode(run_dir: Path, particles: ParticleSet, device: str) -> np.ndarray:
