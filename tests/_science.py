@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from cryoviz.analysis import pca
+from cryoviz.analysis import kmeans, pca
 from cryoviz.inference.ppca import eval_ppca, run_ppca
 from cryoviz.io.mrc import read_volume
 from cryoviz.io.particles import load_particles
@@ -26,23 +26,6 @@ from cryoviz.train.evaluate import eval_volumes, load_run
 from cryoviz.train.loop import iter_train
 from cryoviz.train.recipes import get_recipe
 from cryoviz.volumes import resample_volume
-
-
-def two_means(z: np.ndarray, seed: int = 0, iters: int = 50) -> tuple[np.ndarray, np.ndarray]:
-    """Plain 2-means (k-means++ start); returns labels ``(N,)`` and centres ``(2, L)``."""
-    rng = np.random.default_rng(seed)
-    first = z[rng.integers(len(z))]
-    d = ((z - first) ** 2).sum(1)
-    second = z[rng.choice(len(z), p=d / d.sum())]
-    centres = np.stack([first, second])
-    for _ in range(iters):
-        labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-        new = np.stack([z[labels == k].mean(0) if (labels == k).any() else centres[k]
-                        for k in (0, 1)])
-        if np.allclose(new, centres):
-            break
-        centres = new
-    return labels, centres
 
 
 def _train(tmp_path: Path, recipe_name: str, data: Path, epochs: int, train_box: int | None,
@@ -85,7 +68,8 @@ def run_mixture_science(tmp_path: Path, recipe: str, *, n: int, box: int, apix: 
                               states=("4ake", "1ake"), seed=0), data)
     truth_labels = np.load(data / "truth" / "truth.npz")["labels"]
     mu, decode, seconds = _train(tmp_path, recipe, data, epochs, train_box, overrides)
-    labels, centres = two_means(mu)
+    clusters = kmeans(mu, 2)  # what `cryoviz analyze` clusters with
+    labels, centres = clusters.labels, clusters.centres
     accuracy = max(np.mean(labels == truth_labels), np.mean(labels != truth_labels))
     # which cluster is which state: the majority label
     cluster_of_state = [int(np.round(np.mean(labels[truth_labels == s]))) for s in (0, 1)]

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryoviz.analysis import kmeans
 from cryoviz.errors import InputError
 from cryoviz.io.particles import load_particles
 from cryoviz.simulate import SimulationConfig, simulate
@@ -35,7 +36,6 @@ from cryoviz.train.evaluate import load_run
 from cryoviz.train.loop import iter_train
 from cryoviz.train.recipes import get_recipe
 from cryoviz.volumes.gmm_init import load_reference
-from tests._science import two_means
 
 
 def _decoded_centres(run, z: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ def test_cryofold_moves_residues_to_the_closed_state(tmp_path):
     recipe = get_recipe("cryofold", epochs=10, reference="4ake")
     list(iter_train(load_particles(data / "particles.star"), recipe, tmp_path / "run"))
     run = load_run(tmp_path / "run")
-    labels, _ = two_means(run.mu.astype(np.float64))
+    labels = kmeans(run.mu, 2).labels
     accuracy = max(np.mean(labels == truth), np.mean(labels != truth))
     open_ca = load_reference("4ake").centres_angstrom.numpy()
     closed_ca = load_reference("1ake").centres_angstrom.numpy()
