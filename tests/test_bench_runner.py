@@ -451,3 +451,35 @@ def test_cli_merges_bench_folders(bench, tmp_path, capsys):
                              "-o", str(tmp_path / "m2")])
     assert bench_cli.run(bad) == 2
     assert "suite_version" in capsys.readouterr().err
+
+
+def seed_recording_backprojection(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    """The backprojection, with the seed the harness gave and the run folder it wrote to."""
+    (output / "marker").write_text(str(ctx.seed))
+    result = reconstruct(load_particles(dataset / "particles.star", require_poses=True))
+    return RunOutputs(volumes=result.full_map[None],
+                      pixel_size_angstrom=result.pixel_size_angstrom,
+                      extra={"seed_given": ctx.seed})
+
+
+def test_seeds_run_each_entry_once_per_seed(bench, tmp_path, capsys):
+    out, _ = bench
+    name = "homogeneous-hi-uniform-tiny"
+    shutil.copytree(out / "datasets" / name, tmp_path / "datasets" / name)
+    entry = BenchEntry("seeded", "volume", seed_recording_backprojection, ("homogeneous",))
+    rows = run_bench([DatasetSpec("homogeneous")], tmp_path, [entry], seeds=(0, 4),
+                     raise_errors=True)
+    assert [(r.seed, r.metrics["seed_given"]) for r in rows] == [(0, 0), (4, 4)]
+    runs = tmp_path / "runs" / name
+    assert (runs / "seeded-volume" / "marker").read_text() == "0"
+    assert (runs / "seeded-volume-seed4" / "marker").read_text() == "4"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["overrides"]["seeds"] == [0, 4]
+    md = (tmp_path / "leaderboard.md").read_text()
+    assert "| seeded | homogeneous-hi-uniform-tiny | " in md and " ± 0.000 |" in md
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    for bad in ("1,1", "-1", "x", ","):
+        assert bench_cli.run(parser.parse_args(["bench", "-o", str(tmp_path / "bad"),
+                                                "--seeds", bad])) == 2
+        assert "seeds" in capsys.readouterr().err

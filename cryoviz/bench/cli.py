@@ -6,6 +6,7 @@ Wired into :mod:`cryoviz.cli` with :func:`add_parser` and :func:`run`::
     cryoviz bench --suite small -o OUT --epochs 5 --em-iterations 5 --no-halves
     cryoviz bench --suite tiny -o OUT --cryodrgn /path/to/venv/bin/cryodrgn
     cryoviz bench --suite tiny -o OUT --error-propagation --sweep cryodrgn:zdim=2,8
+    cryoviz bench --suite small -o OUT --recipes cryodrgn --tasks conformation --seeds 0,1,2
     cryoviz bench regenerate OUT
     cryoviz bench merge -o OUT A B C
     cryoviz bench zfile --dataset OUT/datasets/NAME --z z.pkl -o zfile.txt
@@ -74,6 +75,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="also FSC vs injected pose / defocus error (homogeneous datasets)")
     p.add_argument("--sweep", action="append", default=[],
                    help="RECIPE:SETTING=V1,V2,... (e.g. cryodrgn:zdim=2,8); repeatable")
+    p.add_argument("--seeds", default="0",
+                   help="comma-separated recipe seeds (default 0): every entry runs once "
+                   "per seed on the same data; the tables show mean ± sd over the seeds")
     p.set_defaults(func=_run_bench)
     sub = p.add_subparsers(dest="bench_command")
 
@@ -87,7 +91,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     help="folder to write (results.json, leaderboard.md/.html)")
     mg.add_argument("--replace", action="store_true",
                     help="a later folder's row replaces earlier rows of the same recipe, "
-                    "task and dataset (recorded under 'replaced' in results.json)")
+                    "task, dataset and seed (recorded under 'replaced' in results.json)")
     mg.set_defaults(func=_run_merge)
 
     zf = sub.add_parser("zfile", help="z values of the particles the conformation task scores")
@@ -141,7 +145,7 @@ def _run_bench(args: argparse.Namespace) -> int:
         write_error_propagation,
     )
     from cryoviz.bench.external import cryodrgn_entry  # noqa: PLC0415
-    from cryoviz.bench.runner import run_bench, select_entries  # noqa: PLC0415
+    from cryoviz.bench.runner import check_seeds, run_bench, select_entries  # noqa: PLC0415
     from cryoviz.bench.suite import (  # noqa: PLC0415
         KINDS,
         POSES,
@@ -153,6 +157,10 @@ def _run_bench(args: argparse.Namespace) -> int:
     for flag, value in (("--epochs", args.epochs), ("--em-iterations", args.em_iterations)):
         if value is not None and value < 1:
             raise InputError(None, flag, "a positive integer", value)
+    try:
+        seeds = check_seeds([int(s) for s in _csv(args.seeds) or ()])
+    except ValueError:
+        raise InputError(None, "--seeds", "comma-separated integers", args.seeds) from None
     if args.device == "auto":
         import torch  # noqa: PLC0415
 
@@ -180,11 +188,12 @@ def _run_bench(args: argparse.Namespace) -> int:
                 path = write_error_propagation(result, args.output / "diagnostics" / spec.name)
                 print(f"error propagation: {path}", file=sys.stderr, flush=True)
     rows = run_bench(datasets, args.output, entries, device=args.device, halves=halves,
-                     per_state=args.per_state, epochs=epochs, em_iterations=em_iterations)
+                     per_state=args.per_state, epochs=epochs, em_iterations=em_iterations,
+                     seeds=seeds)
     failed = [r for r in rows if r.status != "ok"]
     for r in rows:
         auc = r.metrics.get("fsc_auc")
-        print(f"{r.recipe:28s} {r.task:13s} {r.dataset:34s} "
+        print(f"{r.recipe:28s} {r.task:13s} {r.dataset:34s} seed {r.seed:<3d} "
               f"{'' if auc is None else f'FSC-AUC {auc:.3f}'}  {r.status}", file=sys.stderr)
     print(f"leaderboard: {args.output / 'leaderboard.md'} ({len(rows)} rows, "
           f"{len(failed)} failed)")

@@ -4,19 +4,26 @@
 ``leaderboard.md`` and ``leaderboard.html`` are regenerated from it (one table
 per task, rows grouped by dataset, best FSC-AUC first) by
 :func:`write_leaderboard`, or from an existing file by :func:`regenerate`.
+
+A recipe run with several seeds (``cryoviz bench --seeds``) keeps one row per
+seed in ``results.json``; the tables show one line for them, each number as
+``mean ± sd`` over the seeds (sample standard deviation), the wall time as the
+mean, the peak memory as the largest, and the number of seeds in ``seeds``.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
+from typing import NamedTuple
 
 from cryoviz.errors import InputError
 from cryoviz.io.mrc import atomic_output
 
-__all__ = ["COLUMNS", "write_leaderboard", "read_results", "regenerate", "merge",
-           "markdown_table", "html_page"]
+__all__ = ["COLUMNS", "Spread", "write_leaderboard", "read_results", "regenerate", "merge",
+           "markdown_table", "html_page", "seed_groups"]
 
 #: ``task -> [(header, metric key)]``; ``wall_s`` etc. are row fields, the rest metrics.
 COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -44,13 +51,23 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                 ("encoder angle error °", "encoder_angle_median_error_deg"),
                 ("average FRC-AUC loss", "frc_auc_loss_fraction")],
 }
-_TAIL = [("wall s", "wall_s"), ("peak RSS MiB", "peak_rss_mb"), ("device", "device"),
-         ("source", "source")]
+_TAIL = [("seeds", "n_seeds"), ("wall s", "wall_s"), ("peak RSS MiB", "peak_rss_mb"),
+         ("device", "device"), ("source", "source")]
+
+
+class Spread(NamedTuple):
+    """A number over several seeds: mean, sample standard deviation, count."""
+
+    mean: float
+    sd: float
+    n: int
 
 
 def _fmt(value) -> str:
     if value is None:
         return "–"
+    if isinstance(value, Spread):
+        return f"{_fmt(value.mean)} ± {_fmt(value.sd)}"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -58,20 +75,66 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _combine(values: list):
+    """One table value from the seeds' values of a field (see the module notes)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+    if numbers and len(present) > 1:
+        mean = math.fsum(present) / len(present)
+        var = math.fsum((v - mean) ** 2 for v in present) / (len(present) - 1)
+        return Spread(mean, math.sqrt(var), len(present))
+    return present[0] if all(v == present[0] for v in present) else "mixed"
+
+
+def seed_groups(rows: list[dict], task: str) -> list[dict]:
+    """One table line per recipe and dataset of ``task``'s successful rows.
+
+    Rows that differ only in their ``seed`` become one line (module notes);
+    a single row is returned as it is, with ``n_seeds`` 1.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["task"] == task and r["status"] == "ok":
+            groups.setdefault((r["recipe"], r["dataset"]), []).append(r)
+    lines = []
+    for (recipe, dataset), members in groups.items():
+        if len(members) == 1:
+            lines.append({**members[0], "n_seeds": 1})
+            continue
+        keys = dict.fromkeys(k for m in members for k in m["metrics"])
+        line = {"recipe": recipe, "task": task, "dataset": dataset, "status": "ok",
+                "n_seeds": len(members),
+                "metrics": {k: _combine([m["metrics"].get(k) for m in members]) for k in keys}}
+        walls = [m["wall_s"] for m in members if m.get("wall_s") is not None]
+        rss = [m["peak_rss_mb"] for m in members if m.get("peak_rss_mb") is not None]
+        line["wall_s"] = math.fsum(walls) / len(walls) if walls else None
+        line["peak_rss_mb"] = max(rss) if rss else None
+        for name in ("device", "source"):
+            line[name] = _combine([m.get(name) for m in members])
+        lines.append(line)
+    return lines
+
+
+def _number(value) -> float | None:
+    return value.mean if isinstance(value, Spread) else value
+
+
 def _sorted(rows: list[dict], task: str) -> list[dict]:
     def key(r: dict):
-        auc = r["metrics"].get("fsc_auc")
-        err = r["metrics"].get("pose_median_error_deg",
-                                r["metrics"].get("angle_median_error_deg"))
-        return (r["dataset"], -(auc if auc is not None else -1.0),
-                err if err is not None else 1e9, r["recipe"])
-    return sorted((r for r in rows if r["task"] == task and r["status"] == "ok"), key=key)
+        auc = _number(r["metrics"].get("fsc_auc"))
+        err = _number(r["metrics"].get("pose_median_error_deg",
+                                       r["metrics"].get("angle_median_error_deg")))
+        return (r["dataset"], -(auc if isinstance(auc, (int, float)) else -1.0),
+                err if isinstance(err, (int, float)) else 1e9, r["recipe"])
+    return sorted(seed_groups(rows, task), key=key)
 
 
 def _cells(row: dict, task: str) -> list[str]:
     values = [row["recipe"], row["dataset"]]
     values += [_fmt(row["metrics"].get(key)) for _, key in COLUMNS[task]]
-    values += [_fmt(row.get(key)) for _, key in _TAIL]
+    values += [_fmt(row.get(key, 1 if key == "n_seeds" else None)) for _, key in _TAIL]
     return values
 
 
@@ -97,6 +160,10 @@ def _machine_line(info: dict) -> str:
             f"{_fmt(m.get('baseline_rss_mb'))} MiB (included in in-process peaks).")
 
 
+def _seed_text(row: dict) -> str:
+    return f" (seed {row['seed']})" if row.get("seed") else ""
+
+
 def _failed(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] != "ok"]
 
@@ -110,8 +177,8 @@ def markdown(rows: list[dict], info: dict) -> str:
     failed = _failed(rows)
     if failed:
         parts += ["## Failed runs", ""]
-        parts += [f"- {r['recipe']} / {r['task']} / {r['dataset']}: {r['status']}"
-                  for r in failed]
+        parts += [f"- {r['recipe']} / {r['task']} / {r['dataset']}{_seed_text(r)}: "
+                  f"{r['status']}" for r in failed]
         parts.append("")
     parts += ["Metric definitions: `docs/bench.md`. Memory: " +
               ", ".join(sorted({r['memory_method'] for r in rows if r.get('memory_method')})),
@@ -142,8 +209,8 @@ def html_page(rows: list[dict], info: dict) -> str:
     failed = _failed(rows)
     if failed:
         out.append("<h2>Failed runs</h2><ul>")
-        out += [f"<li>{esc(r['recipe'])} / {esc(r['task'])} / {esc(r['dataset'])}: "
-                f"{esc(r['status'])}</li>" for r in failed]
+        out += [f"<li>{esc(r['recipe'])} / {esc(r['task'])} / {esc(r['dataset'])}"
+                f"{esc(_seed_text(r))}: {esc(r['status'])}</li>" for r in failed]
         out.append("</ul>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
@@ -205,6 +272,11 @@ def regenerate(output_dir: str | Path, extra_rows: list | None = None) -> dict:
     return write_leaderboard(output_dir, rows, results)
 
 
+def _row_key(row: dict) -> tuple:
+    """Recipe, task, dataset and seed (0 for rows written before seeds were recorded)."""
+    return row["recipe"], row["task"], row["dataset"], row.get("seed", 0)
+
+
 def merge(output_dir: str | Path, folders: list, replace: bool = False) -> dict:
     """One leaderboard from several bench folders (e.g. runs made in parallel).
 
@@ -215,7 +287,7 @@ def merge(output_dir: str | Path, folders: list, replace: bool = False) -> dict:
     a merged leaderboard keeps where each earlier part came from).
 
     With ``replace``, a row of a later folder takes the place of the earlier
-    rows with the same recipe, task and dataset (a recipe re-run after a
+    rows with the same recipe, task, dataset and seed (a recipe re-run after a
     change), and ``replaced`` lists each replaced row's key, the folder it
     came from and the one that replaced it, with both rows' metrics.
 
@@ -236,12 +308,11 @@ def merge(output_dir: str | Path, folders: list, replace: bool = False) -> dict:
     replaced = list(parts[0].get("replaced") or [])
     for folder, part in zip(folders, parts, strict=True):
         for row in part["rows"]:
-            key = (row["recipe"], row["task"], row["dataset"])
-            earlier = [i for i, r in enumerate(rows)
-                       if replace and (r["recipe"], r["task"], r["dataset"]) == key]
+            key = _row_key(row)
+            earlier = [i for i, r in enumerate(rows) if _row_key(r) == key] if replace else []
             for i in earlier:
                 replaced.append({"recipe": key[0], "task": key[1], "dataset": key[2],
-                                 "from": origin[i], "by": str(folder),
+                                 "seed": key[3], "from": origin[i], "by": str(folder),
                                  "old_metrics": rows[i].get("metrics"),
                                  "new_metrics": row.get("metrics")})
             if earlier:

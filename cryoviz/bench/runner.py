@@ -8,7 +8,8 @@ after every row, so an interrupted bench still leaves a table.
 Layout of the output folder::
 
     OUT/datasets/<dataset>/          simulated once, reused when identical
-    OUT/runs/<dataset>/<recipe>-<task>/   each run's own outputs
+    OUT/runs/<dataset>/<recipe>-<task>/   each run's own outputs (``-seed<S>`` added
+                                          for a seed other than 0)
     OUT/results.json  OUT/leaderboard.md  OUT/leaderboard.html
 """
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import re
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from cryoviz.bench.suite import SUITE_VERSION, DatasetSpec, build_dataset
 from cryoviz.bench.tasks import load_truth, render_plan, score
 from cryoviz.errors import InputError
 
-__all__ = ["BenchRow", "iter_bench", "run_bench", "select_entries"]
+__all__ = ["BenchRow", "check_seeds", "iter_bench", "run_bench", "select_entries"]
 
 
 @dataclass
@@ -48,6 +49,8 @@ class BenchRow:
         ``"ok"`` or ``"error: ..."``.
     source
         ``"cryoviz"``, or the external tool and version that produced it.
+    seed
+        Seed of the recipe (the dataset's own seed does not change with it).
     """
 
     recipe: str
@@ -61,6 +64,7 @@ class BenchRow:
     device: str = "cpu"
     status: str = "ok"
     source: str = "cryoviz"
+    seed: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready dictionary."""
@@ -90,9 +94,9 @@ def select_entries(recipes: Iterable[str] | None = None, tasks: Iterable[str] | 
 def iter_bench(datasets: list[DatasetSpec], output_dir: str | Path,
                entries: list[BenchEntry] | None = None, device: str = "cpu",
                halves: bool = True, per_state: int = 4, raise_errors: bool = False,
-               epochs: int | None = None, em_iterations: int | None = None
-               ) -> Iterator[BenchRow]:
-    """Run every entry on every dataset of its kinds; yield one row per run.
+               epochs: int | None = None, em_iterations: int | None = None,
+               seeds: Sequence[int] = (0,)) -> Iterator[BenchRow]:
+    """Run every entry on every dataset of its kinds and seed; yield one row per run.
 
     Parameters
     ----------
@@ -113,9 +117,13 @@ def iter_bench(datasets: list[DatasetSpec], output_dir: str | Path,
     epochs, em_iterations
         Override the suite size's training epochs / EM iterations
         (:class:`cryoviz.bench.entries.RunContext`); each row records its own.
+    seeds
+        Seeds of the recipes (:attr:`RunContext.seed`): each entry runs once per
+        seed on the same data, giving the seed-to-seed spread of its metrics.
     """
     out = Path(output_dir)
     entries = list(ENTRIES.values()) if entries is None else entries
+    seeds = check_seeds(seeds)
     for spec in datasets:
         todo = [e for e in entries if spec.kind in e.kinds]
         if not todo:
@@ -124,31 +132,53 @@ def iter_bench(datasets: list[DatasetSpec], output_dir: str | Path,
         truth = load_truth(folder)
         render = render_plan(truth, per_state=per_state, seed=spec.seed)
         for entry in todo:
-            ctx = RunContext(render=render if entry.task == "conformation" else
-                             np.zeros(0, dtype=np.int64),
-                             n_states=spec.n_states, size=spec.size, device=device,
-                             halves=halves, epochs=epochs, em_iterations=em_iterations)
-            run_dir = out / "runs" / spec.name / _safe(f"{entry.name}-{entry.task}")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            row = BenchRow(recipe=entry.name, task=entry.task, dataset=spec.name,
-                           device=device)
-            try:
-                with measure(device) as cost:
-                    outputs = entry.run(folder, run_dir, ctx)
-                row.wall_s, row.peak_rss_mb = cost.wall_s, cost.peak_rss_mb
-                row.peak_gpu_mb, row.memory_method = cost.peak_gpu_mb, cost.method
-                child = outputs.extra.pop("child_measurement", None)
-                if child is not None:  # an external tool ran in a child process
-                    row.wall_s, row.peak_rss_mb = child.wall_s, child.peak_rss_mb
-                    row.memory_method = child.method
-                row.source = outputs.extra.pop("source", "cryoviz")
-                row.metrics = score(entry.task, outputs, truth, render)
-            except Exception as err:  # noqa: BLE001 - one failing recipe must not stop the bench
-                if raise_errors:
-                    raise
-                row.status = f"error: {type(err).__name__}: {err}"
-                (run_dir / "error.txt").write_text(traceback.format_exc())
-            yield row
+            for seed in seeds:
+                yield _run_one(entry, spec, folder, truth, render, out, seed, device=device,
+                               halves=halves, epochs=epochs, em_iterations=em_iterations,
+                               raise_errors=raise_errors)
+
+
+def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
+    """``seeds`` as a tuple, or an :class:`InputError` unless distinct integers >= 0."""
+    values = tuple(seeds)
+    good = (values and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                           for s in values) and len(set(values)) == len(values))
+    if not good:
+        raise InputError(None, "seeds", "distinct integers >= 0 (at least one)",
+                         ", ".join(map(str, values)) or "none")
+    return values
+
+
+def _run_one(entry: BenchEntry, spec: DatasetSpec, folder: Path, truth, render: np.ndarray,
+             out: Path, seed: int, device: str, halves: bool, epochs: int | None,
+             em_iterations: int | None, raise_errors: bool) -> BenchRow:
+    """One entry on one dataset with one seed, measured and scored (errors in the row)."""
+    ctx = RunContext(render=render if entry.task == "conformation" else
+                     np.zeros(0, dtype=np.int64),
+                     n_states=spec.n_states, size=spec.size, device=device,
+                     halves=halves, seed=seed, epochs=epochs, em_iterations=em_iterations)
+    name = f"{entry.name}-{entry.task}" + (f"-seed{seed}" if seed else "")
+    run_dir = out / "runs" / spec.name / _safe(name)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    row = BenchRow(recipe=entry.name, task=entry.task, dataset=spec.name, device=device,
+                   seed=seed)
+    try:
+        with measure(device) as cost:
+            outputs = entry.run(folder, run_dir, ctx)
+        row.wall_s, row.peak_rss_mb = cost.wall_s, cost.peak_rss_mb
+        row.peak_gpu_mb, row.memory_method = cost.peak_gpu_mb, cost.method
+        child = outputs.extra.pop("child_measurement", None)
+        if child is not None:  # an external tool ran in a child process
+            row.wall_s, row.peak_rss_mb = child.wall_s, child.peak_rss_mb
+            row.memory_method = child.method
+        row.source = outputs.extra.pop("source", "cryoviz")
+        row.metrics = score(entry.task, outputs, truth, render)
+    except Exception as err:  # noqa: BLE001 - one failing recipe must not stop the bench
+        if raise_errors:
+            raise
+        row.status = f"error: {type(err).__name__}: {err}"
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+    return row
 
 
 def run_bench(datasets: list[DatasetSpec], output_dir: str | Path,
@@ -164,6 +194,8 @@ def run_bench(datasets: list[DatasetSpec], output_dir: str | Path,
             "datasets": [s.name for s in datasets],
             "overrides": {k: kwargs[k] for k in ("epochs", "em_iterations", "halves")
                           if kwargs.get(k) is not None}}
+    if tuple(kwargs.get("seeds", (0,))) != (0,):
+        info["overrides"]["seeds"] = list(kwargs["seeds"])
     write_leaderboard(out, rows, info)
     for row in iter_bench(datasets, out, entries, device=device, **kwargs):
         rows.append(row)
