@@ -35,10 +35,13 @@ def blob(box: int, centre_xyz: tuple[float, float, float], sigma: float = 1.5) -
     return np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2 + (zz - cz) ** 2) / (2 * sigma**2))
 
 
-def test_import_does_not_load_plotly_or_ipywidgets():
-    code = ("import sys, cryoviz, cryoviz.viz, cryoviz.api; "
+def test_import_does_not_load_gui_plotting_or_notebook_libraries():
+    """The engine, its API and CLI load no GUI, plotting or notebook library (matplotlib
+    came in through healpy until the SO(3) grid imported it on first use)."""
+    code = ("import sys, cryoviz, cryoviz.viz, cryoviz.viz.widgets, cryoviz.api, cryoviz.cli; "
             "bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('plotly', 'ipywidgets', 'anywidget')]; assert not bad, bad")
+            "('plotly', 'ipywidgets', 'anywidget', 'matplotlib', 'napari', 'magicgui', "
+            "'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'vispy')]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

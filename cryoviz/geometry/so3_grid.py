@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 from functools import cached_property
 
-import healpy
 import numpy as np
 import torch
 
@@ -34,9 +33,18 @@ from cryoviz.geometry.rotations import (
 __all__ = ["SO3Grid", "local_rotations", "nearest_grid_index"]
 
 
+def _healpy():
+    """healpy, imported on first use: importing it loads astropy and matplotlib
+    (about 1.5 s), which every ``cryoviz`` command and the napari plugin would
+    otherwise pay at start-up."""
+    import healpy  # noqa: PLC0415
+
+    return healpy
+
+
 def _direction_frames(nside: int, pix: np.ndarray) -> torch.Tensor:
     """``(..., 3, 3)`` float64 matrices of HEALPix pixels with ``psi = 0``."""
-    theta, phi = healpy.pix2ang(nside, pix.reshape(-1), nest=True)
+    theta, phi = _healpy().pix2ang(nside, pix.reshape(-1), nest=True)
     euler = np.stack([np.rad2deg(phi), np.rad2deg(theta), np.zeros_like(theta)], -1)
     mats = euler_relion_to_matrix(torch.from_numpy(euler))
     return mats.reshape(*pix.shape, 3, 3)
@@ -106,7 +114,7 @@ class SO3Grid:
 
     @cached_property
     def _euler(self) -> np.ndarray:
-        theta, phi = healpy.pix2ang(self.nside, np.arange(self.n_directions), nest=True)
+        theta, phi = _healpy().pix2ang(self.nside, np.arange(self.n_directions), nest=True)
         psi = (np.arange(self.n_inplane) + 0.5) * self.inplane_step_deg
         euler = np.empty((self.n_directions, self.n_inplane, 3), dtype=np.float64)
         euler[..., 0] = np.rad2deg(phi)[:, None]
@@ -190,7 +198,7 @@ class SO3Grid:
         if not isinstance(index, torch.Tensor) or index.ndim != 1:
             raise ValueError("index: expected a 1-D integer tensor of flat grid indices")
         pix, j = self._split(index, "index")
-        nb = healpy.get_all_neighbours(self.nside, pix, nest=True).T.reshape(-1, 8)  # (B, 8)
+        nb = _healpy().get_all_neighbours(self.nside, pix, nest=True).T.reshape(-1, 8)  # (B, 8)
         nb = np.where(nb < 0, pix[:, None], nb)
         dirs = np.concatenate([nb[:, :4], pix[:, None], nb[:, 4:]], axis=1)  # self at column 4
         frames_self = _direction_frames(self.nside, pix)[:, None]
