@@ -127,6 +127,27 @@ def test_outputs_and_evaluation(tiny_dataset, tmp_path):
         eval_volumes(run_, np.zeros((1, 5)))
 
 
+def test_kl_is_weighted_per_image_pixel_as_in_cryodrgn(tiny_dataset, tmp_path):
+    """``loss = data + beta * KL / P`` with ``P`` the pixels of the full ``D x D`` image
+    transform inside Nyquist: cryoDRGN divides ``beta * KL`` by its circular mask's
+    pixel count, so the same ``beta`` weights the KL the same against the per-pixel
+    mean squared error. One batch of all particles: the epoch's loss is the one before
+    the first step, identical but for ``beta``."""
+    ps = load_particles(tiny_dataset / "particles.star")
+    box = 16
+    k = np.arange(box) - box // 2
+    pixels = int(((k[:, None] ** 2 + k[None, :] ** 2) < (box // 2) ** 2).sum())
+    losses, kls = [], []
+    for beta in (0.5, 2.0):
+        recipe = get_recipe("cryodrgn", epochs=1, **{**TINY, "batch_size": len(ps)},
+                            beta=beta)
+        (last,) = iter_train(ps, recipe, tmp_path / f"beta{beta}")
+        losses.append(last.loss)
+        kls.append(last.kl)
+    assert kls[0] == pytest.approx(kls[1], rel=1e-6) and kls[0] > 0
+    assert losses[1] - losses[0] == pytest.approx(1.5 * kls[0] / pixels, rel=1e-3)
+
+
 def test_ae_recipe_runs(tiny_dataset, tmp_path):
     ps = load_particles(tiny_dataset / "particles.star")
     last = train(ps, get_recipe("cryodrgn-ae", epochs=1, **TINY), tmp_path / "ae")

@@ -199,6 +199,11 @@ def iter_train(
         sw = torch.as_tensor(shell_weights, dtype=torch.float32, device=device)
         weight_2d = weight_2d * sw[shells.clamp(max=sw.numel() - 1)]
     n_coeff = float(inside.sum())
+    # beta * KL per pixel of the full D x D transform inside Nyquist, as cryoDRGN divides
+    # it by its circular mask's pixel count: the same beta weighs the same against the
+    # per-pixel squared error (the half plane's n_coeff made it about twice as heavy)
+    fy, fx = frequency_grid_2d(box, rfft=False)
+    kl_pixels = float(((fy**2 + fx**2).sqrt() < 0.5).sum())
     frc_max_shell = (box // 2 if recipe.frc_max_resolution_angstrom is None else
                      max(1, min(box // 2, int(box * apix / recipe.frc_max_resolution_angstrom))))
 
@@ -304,7 +309,7 @@ def iter_train(
                                             None if ctf is None else ctf.subset(sel))
                 residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
                 data_term = residual.mean() / (data_scale**2 * n_coeff)
-            loss = data_term + beta * kl / n_coeff
+            loss = data_term + beta * kl / kl_pixels
             # the model's own regularisers (3dflex smoothness / rigidity, cryofold bonds)
             loss = loss + volume.regularization_loss(z)
             optimizer.zero_grad(set_to_none=True)

@@ -103,7 +103,11 @@ class Recipe:
     zdim
         Latent length (0 for homogeneous recipes).
     beta
-        KL weight; ``None`` means ``1 / zdim``.
+        KL weight; ``None`` means ``1 / zdim``. As cryoDRGN's ``--beta``: the loss
+        is the per-pixel mean squared error (in units of the data's power) plus
+        ``beta * KL / P``, ``P`` the pixels of the full image transform inside
+        Nyquist (before 2026-12-05 ``P`` was the half plane's count, about
+        ``P / 2``, so the KL weighed twice as much as cryoDRGN's at equal beta).
     epochs, batch_size, lr, weight_decay, seed
         Optimisation (Adam).
     width, depth, pe_dim, pe_sigma
