@@ -27,7 +27,7 @@ from cryoviz.bench.entries import ENTRIES, BenchEntry, RunContext
 from cryoviz.bench.leaderboard import write_leaderboard
 from cryoviz.bench.measure import machine_info, measure
 from cryoviz.bench.suite import SUITE_VERSION, DatasetSpec, build_dataset
-from cryoviz.bench.tasks import load_truth, render_plan, score
+from cryoviz.bench.tasks import Truth, load_truth, render_plan, score
 from cryoviz.errors import InputError
 
 __all__ = ["BenchRow", "check_seeds", "iter_bench", "run_bench", "select_entries"]
@@ -149,7 +149,7 @@ def check_seeds(seeds: Sequence[int]) -> tuple[int, ...]:
     return values
 
 
-def _run_one(entry: BenchEntry, spec: DatasetSpec, folder: Path, truth, render: np.ndarray,
+def _run_one(entry: BenchEntry, spec: DatasetSpec, folder: Path, truth: Truth, render: np.ndarray,
              out: Path, seed: int, device: str, halves: bool, epochs: int | None,
              em_iterations: int | None, raise_errors: bool) -> BenchRow:
     """One entry on one dataset with one seed, measured and scored (errors in the row)."""
