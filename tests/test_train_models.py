@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cryoviz.errors import InputError
 from cryoviz.fourier import frequency_grid_2d
 from cryoviz.io.particles import ImageSource, load_particles
 from cryoviz.simulate import SimulationConfig, simulate
@@ -71,3 +72,17 @@ def test_a_reference_model_starts_at_the_scaled_reference(data):
         torch.testing.assert_close(volume.volume(z[0]),
                                    volume.reference_map * volume.reference_scale)
     assert as_tensor(None, "cpu") is None
+
+
+@pytest.mark.parametrize(("box", "pe_dim", "frequencies"), [(16, None, 24), (64, None, 96),
+                                                             (16, 10, 10)])
+def test_implicit_volume_draws_cryodrgns_number_of_random_frequencies(box, pe_dim, frequencies):
+    """cryoDRGN's Gaussian encoding: ``3 * pe_dim`` frequencies, ``pe_dim = D / 2`` unless
+    given; cryoviz's ``pe_dim`` counts the frequencies (``None``: ``3 * (D // 2)``)."""
+    recipe = get_recipe("cryodrgn", width=16, depth=1, pe_dim=pe_dim)
+    assert recipe.random_frequencies(box) == frequencies
+    volume, _ = build_models(recipe, box, 4.0, n_particles=4)
+    assert volume.pe_frequencies.shape == (3, frequencies)
+    assert volume.mlp.inp.in_features == 2 * frequencies + recipe.zdim
+    with pytest.raises(InputError, match="pe_dim"):
+        get_recipe("cryodrgn", pe_dim=0)

@@ -59,7 +59,8 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
     else:
         volume = ImplicitVolume(
             box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, width=recipe.width,
-            depth=recipe.depth, pe_dim=recipe.pe_dim, pe_sigma=recipe.pe_sigma,
+            depth=recipe.depth, pe_dim=recipe.random_frequencies(box_size),
+            pe_sigma=recipe.pe_sigma,
             domain=recipe.domain, seed=recipe.seed,
         )
         if recipe.reference is not None:  # V(z) = V0 + dV(z)
