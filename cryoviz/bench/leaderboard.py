@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 import json
-import math
+import statistics
 from pathlib import Path
 from typing import NamedTuple
 
@@ -82,9 +82,7 @@ def _combine(values: list):
         return None
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
     if numbers and len(present) > 1:
-        mean = math.fsum(present) / len(present)
-        var = math.fsum((v - mean) ** 2 for v in present) / (len(present) - 1)
-        return Spread(mean, math.sqrt(var), len(present))
+        return Spread(statistics.fmean(present), statistics.stdev(present), len(present))
     return present[0] if all(v == present[0] for v in present) else "mixed"
 
 
@@ -109,7 +107,7 @@ def seed_groups(rows: list[dict], task: str) -> list[dict]:
                 "metrics": {k: _combine([m["metrics"].get(k) for m in members]) for k in keys}}
         walls = [m["wall_s"] for m in members if m.get("wall_s") is not None]
         rss = [m["peak_rss_mb"] for m in members if m.get("peak_rss_mb") is not None]
-        line["wall_s"] = math.fsum(walls) / len(walls) if walls else None
+        line["wall_s"] = statistics.fmean(walls) if walls else None
         line["peak_rss_mb"] = max(rss) if rss else None
         for name in ("device", "source"):
             line[name] = _combine([m.get(name) for m in members])
@@ -134,7 +132,7 @@ def _sorted(rows: list[dict], task: str) -> list[dict]:
 def _cells(row: dict, task: str) -> list[str]:
     values = [row["recipe"], row["dataset"]]
     values += [_fmt(row["metrics"].get(key)) for _, key in COLUMNS[task]]
-    values += [_fmt(row.get(key, 1 if key == "n_seeds" else None)) for _, key in _TAIL]
+    values += [_fmt(row.get(key)) for _, key in _TAIL]
     return values
 
 

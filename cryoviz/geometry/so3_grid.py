@@ -35,7 +35,7 @@ __all__ = ["SO3Grid", "local_rotations", "nearest_grid_index"]
 
 def _healpy():
     """healpy, imported on first use: importing it loads astropy and matplotlib
-    (about 1.5 s), which every ``cryoviz`` command and the napari plugin would
+    (about 1 s), which every ``cryoviz`` command and the napari plugin would
     otherwise pay at start-up."""
     import healpy  # noqa: PLC0415
 
