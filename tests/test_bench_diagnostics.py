@@ -70,3 +70,17 @@ def test_sweep_entries_name_the_setting():
     assert all(e.task == "conformation" for e in entries)
     with pytest.raises(InputError, match="recipe setting"):
         sweep_entries("cryodrgn", "no_such_setting", [1])
+    with pytest.raises(InputError, match="zdim"):  # every value is checked, not the first
+        sweep_entries("cryodrgn", "zdim", [2, 0])
+
+
+def test_sweep_values_on_the_command_line_may_be_words_and_booleans():
+    from cryoviz.bench.cli import _sweep_entries  # noqa: PLC0415
+
+    names = [e.name for e in _sweep_entries(["cryodrgn:domain=hartley,fourier",
+                                             "cryodrgn:encoder_phase_flip=false",
+                                             "cryodrgn:beta=0.5"])]
+    assert names == ["cryodrgn[domain=hartley]", "cryodrgn[domain=fourier]",
+                     "cryodrgn[encoder_phase_flip=False]", "cryodrgn[beta=0.5]"]
+    with pytest.raises(InputError, match="domain"):
+        _sweep_entries(["cryodrgn:domain=sideways"])

@@ -126,17 +126,21 @@ def _sweep_entries(specs: list[str]):
             setting, values = rest.split("=", 1)
         except ValueError:
             raise InputError(None, "--sweep", "RECIPE:SETTING=V1,V2,...", spec) from None
-        parsed = []
-        for v in values.split(","):
-            try:
-                parsed.append(int(v))
-            except ValueError:
-                try:
-                    parsed.append(float(v))
-                except ValueError:
-                    raise InputError(None, "--sweep", "numeric values", v) from None
-        entries += sweep_entries(recipe, setting, parsed)
+        entries += sweep_entries(recipe, setting, [_sweep_value(v) for v in values.split(",")])
     return entries
+
+
+def _sweep_value(text: str) -> int | float | bool | str:
+    """A ``--sweep`` value: an int, a float, ``true`` / ``false``, else the text itself
+    (e.g. ``domain=hartley``); the recipe checks it."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _run_bench(args: argparse.Namespace) -> int:

@@ -155,7 +155,8 @@ def sweep_entries(recipe: str, setting: str, values) -> list[BenchEntry]:
     """Conformation entries ``recipe[setting=value]``, one per value (e.g. ``zdim``, ``beta``)."""
     from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
-    get_recipe(recipe, **{setting: values[0]})  # unknown recipe / setting -> InputError
+    for value in values:  # unknown recipe, setting or value -> InputError
+        get_recipe(recipe, **{setting: value})
     return [BenchEntry(f"{recipe}[{setting}={v}]", "conformation",
                        train_entry(recipe, **{setting: v}), HETEROGENEOUS_KINDS,
                        f"{recipe} with {setting} = {v}") for v in values]
