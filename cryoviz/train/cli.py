@@ -59,6 +59,12 @@ def add_parsers(subparsers) -> None:
                     "half-space reads) or 'hartley' (the earlier default)")
     tr.add_argument("--encoder-input", choices=("real", "hartley"),
                     help="image encoder input: the pixels or their Hartley transform")
+    tr.add_argument("--encoder-centre", action=argparse.BooleanOptionalAction,
+                    help="encode each image moved back by its given shift (default: on, "
+                    "as cryoDRGN; runs before 2026-12-05 had it off)")
+    tr.add_argument("--encoder-phase-flip", action=argparse.BooleanOptionalAction,
+                    help="encode each image phase-flipped by the sign of its CTF (default: "
+                    "on, as cryoDRGN; runs before 2026-12-05 had it off)")
     tr.add_argument("--pose-only-epochs", type=int,
                     help="amortized poses: epochs that train the pose encoder alone against "
                     "the reference at z = 0 (atomvae) or the --initial-map (cryoai, "
@@ -163,7 +169,8 @@ def _run_loop(args: argparse.Namespace, info) -> int:
                  depth=args.depth, seed=args.seed, precision=args.precision,
                  reference=_reference_path(args.reference),
                  pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,
-                 encoder_input=args.encoder_input, encoder=args.encoder, domain=args.domain)
+                 encoder_input=args.encoder_input, encoder=args.encoder, domain=args.domain,
+                 encoder_centre=args.encoder_centre, encoder_phase_flip=args.encoder_phase_flip)
     # --resume: settings not given on the command line are the run's, not today's
     # defaults (a default that changed since the run started must not block it)
     recipe = get_recipe(args.recipe, base=saved_recipe(args.output) if args.resume else None,

@@ -22,7 +22,7 @@ from cryoviz.fourier import centered_ifft3
 from cryoviz.io.mrc import write_volume
 from cryoviz.train.distributed import autocast_dtype
 from cryoviz.train.models import build_models
-from cryoviz.train.recipes import Recipe
+from cryoviz.train.recipes import ADDED_SETTINGS, Recipe
 from cryoviz.train.run_files import latest_checkpoint
 from cryoviz.volumes import ImplicitVolume, VolumeModel
 from cryoviz.volumes.implicit import canonical_sign
@@ -85,7 +85,8 @@ def _read_config(run_dir: Path) -> dict | None:
 
 def _recipe_of(config: dict) -> Recipe:
     fields = {f.name for f in dataclasses.fields(Recipe)}
-    return Recipe(**{k: v for k, v in config["recipe"].items() if k in fields})
+    saved = {**ADDED_SETTINGS, **config["recipe"]}
+    return Recipe(**{k: v for k, v in saved.items() if k in fields})
 
 
 def saved_recipe(run_dir: str | PathLike) -> Recipe | None:

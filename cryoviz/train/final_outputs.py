@@ -17,6 +17,7 @@ from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ParticleSet
 from cryoviz.train.amortized_poses import pose_posterior
 from cryoviz.train.data import ParticleBatches
+from cryoviz.train.encoder_input import EncoderInput
 from cryoviz.train.encoders import LatentTable
 from cryoviz.train.memory import release_free_heap
 from cryoviz.train.run_files import write_z_pkl
@@ -27,11 +28,12 @@ __all__ = ["encode_all", "write_final"]
 
 
 @torch.no_grad()
-def encode_all(encoder: torch.nn.Module, batches: ParticleBatches,
-               device: torch.device) -> tuple[np.ndarray, np.ndarray | None]:
+def encode_all(encoder: torch.nn.Module, batches: ParticleBatches, device: torch.device,
+               view: EncoderInput | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Latent means ``(N, L)`` and log-variances ``(N, L)`` (or None) of every particle.
 
-    Images are read one batch at a time (``batches.batch_size``) in stack order.
+    Images are read one batch at a time (``batches.batch_size``) in stack order,
+    corrected by ``view`` (the run's encoder input, as in training) when given.
     The outputs are filled in place in two ``(N, L)`` float32 arrays allocated at
     the first batch, rather than kept as one small tensor per batch: small
     long-lived blocks allocated between each batch's large temporaries pin the
@@ -44,7 +46,9 @@ def encode_all(encoder: torch.nn.Module, batches: ParticleBatches,
     mu_all: np.ndarray | None = None
     logvar_all: np.ndarray | None = None
     for index, images in batches.sequential():
-        mu, logvar = encoder(images.to(device), torch.as_tensor(index, device=device))
+        sel = torch.as_tensor(index, device=device)
+        images = images.to(device)
+        mu, logvar = encoder(images if view is None else view(images, sel), sel)
         if mu_all is None:
             mu_all = np.empty((batches.n, mu.shape[1]), dtype=np.float32)
             if logvar is not None:
@@ -61,7 +65,7 @@ def encode_all(encoder: torch.nn.Module, batches: ParticleBatches,
 def write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None,
                  batches: ParticleBatches, particles: ParticleSet, apix: float,
                  device: torch.device, pose_encoder: PoseEncoder | None,
-                 weight_2d: torch.Tensor) -> None:
+                 weight_2d: torch.Tensor, view: EncoderInput | None = None) -> None:
     """Write the outputs of a finished run into the run folder ``out``.
 
     Latent recipes: ``latents.npz`` (``mu``, ``particle_ids`` and ``logvar`` for a
@@ -73,7 +77,7 @@ def write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None,
     volume.eval()
     mu = None
     if encoder is not None:
-        mu, logvar = encode_all(encoder, batches, device)
+        mu, logvar = encode_all(encoder, batches, device, view)
         arrays = {"mu": mu, "particle_ids": particles.particle_ids}
         if logvar is not None:
             arrays["logvar"] = logvar

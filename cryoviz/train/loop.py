@@ -52,6 +52,7 @@ from cryoviz.train.distributed import (
     make_grad_scaler,
     wrap_model,
 )
+from cryoviz.train.encoder_input import run_encoder_input
 from cryoviz.train.final_outputs import encode_all, write_final
 from cryoviz.train.models import as_tensor, build_models, initialise_models
 from cryoviz.train.recipes import Recipe
@@ -252,6 +253,7 @@ def iter_train(
     # the networks as the loop calls them: autocast for bf16 / fp16, DDP across ranks
     encode = (None if encoder is None or joint else
               wrap_model(encoder, "forward", recipe.precision, device, info))
+    encoder_view = run_encoder_input(recipe, encoder, apix, shifts, ctf)
     slice_volume = wrap_model(volume, "slices", recipe.precision, device, info)
     encode_poses = None if given else wrap_model(
         pose_encoder, "joint" if joint else "hypotheses", recipe.precision, device, info)
@@ -279,7 +281,7 @@ def iter_train(
                     kl = 0.0 * (mu.sum() + logvar.sum())
             elif encoder is not None:
                 if not joint:
-                    mu, logvar = encode(images, sel)
+                    mu, logvar = encode(encoder_view(images, sel), sel)
                 if logvar is not None:
                     eps = part.rows(torch.randn((part.total, mu.shape[1]), generator=noise_gen,
                                                  device=device))
@@ -348,7 +350,7 @@ def iter_train(
                                      "kl": mean_kl, "seconds": seconds}) + "\n")
             if done:
                 write_final(out, volume, encoder, batches, particles, apix, device,
-                             pose_encoder, weight_2d)
+                             pose_encoder, weight_2d, encoder_view)
         barrier(info)  # the checkpoint (and final outputs) exist on every rank's return
         yield TrainProgress(epoch=epoch, epochs=recipe.epochs, step=step, loss=mean_loss,
                             kl=mean_kl, seconds=seconds, checkpoint=ckpt_path,
@@ -357,7 +359,7 @@ def iter_train(
         # resumed a finished run: make sure the final outputs exist
         if info.is_main:
             write_final(out, volume, encoder, batches, particles, apix, device,
-                         pose_encoder, weight_2d)
+                         pose_encoder, weight_2d, encoder_view)
         barrier(info)
     source.close()
 

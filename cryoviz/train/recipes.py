@@ -49,7 +49,7 @@ from dataclasses import dataclass
 
 from cryoviz.errors import InputError
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "CRYODRGN_PE_SIGMA"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "CRYODRGN_PE_SIGMA", "ADDED_SETTINGS"]
 
 #: Scale of the implicit volume's Gaussian random Fourier features, as a fraction
 #: of the box: the real-space offsets ``b`` of the features ``cos / sin (2 pi q . b)``
@@ -66,6 +66,10 @@ __all__ = ["Recipe", "RECIPES", "get_recipe", "CRYODRGN_PE_SIGMA"]
 #: ad hoc comparison on 2026-11-25 (no committed script reproduces it;
 #: ``tests/test_train_cryodrgn.py`` checks the separation at the new default).
 CRYODRGN_PE_SIGMA = 1.0 / (8.0 * math.pi)
+
+#: Recipe settings added after runs had been saved, with the value that reproduces
+#: a run whose ``config.toml`` lacks them (it was trained without the feature).
+ADDED_SETTINGS: dict[str, object] = {"encoder_centre": False, "encoder_phase_flip": False}
 
 
 # The implicit recipes default to ``domain = 'fourier'`` (before 2026-12-05 they used
@@ -121,6 +125,13 @@ class Recipe:
         What the image encoder sees: ``'real'`` (the pixels in a disc) or
         ``'hartley'`` (the image's Hartley transform in a disc of frequencies,
         as in cryoDRGN); see :class:`cryoviz.train.encoders.MLPEncoder`.
+    encoder_centre, encoder_phase_flip
+        The image MLP encodes each image moved back by its known shift (poses
+        given) and phase-flipped by the sign of its CTF, as cryoDRGN's
+        ``train_vae`` does (:mod:`cryoviz.train.encoder_input`); the loss still
+        compares the model with the recorded image. Runs started before
+        2026-12-05 encoded the raw images: a ``config.toml`` without these keys
+        reads as False (:data:`ADDED_SETTINGS`).
     table_noise_std
         Fixed noise added to auto-decoder latents during training.
     box
@@ -200,6 +211,8 @@ class Recipe:
     enc_width: int = 256
     enc_depth: int = 2
     encoder_input: str = "real"
+    encoder_centre: bool = True
+    encoder_phase_flip: bool = True
     table_noise_std: float = 0.0
     box: int | None = None
     chunk_size: int = 256

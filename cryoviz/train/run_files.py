@@ -19,6 +19,7 @@ import torch
 
 from cryoviz.errors import InputError
 from cryoviz.io.mrc import atomic_output
+from cryoviz.train.recipes import ADDED_SETTINGS
 
 if TYPE_CHECKING:
     from cryoviz.train.data import ParticleBatches
@@ -105,7 +106,7 @@ def check_resume_settings(run_dir: str | Path, recipe: dict,
     if not path.is_file():
         return
     with open(path, "rb") as fh:
-        saved = tomllib.load(fh).get("recipe", {})
+        saved = {**ADDED_SETTINGS, **tomllib.load(fh).get("recipe", {})}
     current = {k: _plain(v) for k, v in recipe.items() if v is not None}
     for key in sorted(set(saved) | set(current)):
         if key not in may_change and saved.get(key) != current.get(key):

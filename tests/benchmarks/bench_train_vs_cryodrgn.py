@@ -21,6 +21,9 @@ The script
      ``hartley`` reads it at ``q`` and ``-q``), Gaussian random Fourier features
      (each program's default count and scale);
    - ``beta = 1 / zdim``, Adam ``lr = 1e-4`` (both defaults);
+   - both encoders see each image moved back by its shift and phase-flipped by
+     its CTF (cryoDRGN always; cryoviz by default since 2026-12-05,
+     ``--encoder-correction off`` for the earlier raw images);
 
 3. reads the seconds per epoch each program reports (cryoDRGN's ``Finished in``
    lines; cryoviz's ``log.jsonl``) and times the whole commands;
@@ -180,7 +183,9 @@ def markdown(res: dict) -> str:
         f"Settings: {st['epochs']} epochs, batch {st['batch_size']}, zdim {st['zdim']}, "
         f"encoder {st['encoder']}, decoder {st['decoder']}, seed {st['seed']}; precision: "
         f"cryoviz {st.get('cryoviz_precision', 'fp32')}, cryoDRGN "
-        f"{st.get('cryodrgn_precision', 'its default')}.",
+        f"{st.get('cryodrgn_precision', 'its default')}; cryoviz encoder input "
+        f"{st.get('cryoviz_encoder_input', 'real')}, shift and CTF-sign correction "
+        f"{st.get('cryoviz_encoder_correction', 'off')}.",
         "",
         f"Command: `{res['command']}`",
         "",
@@ -232,7 +237,8 @@ def seed_spread(paths: list[Path]) -> dict:
     where the machine was quiet (see each file's load averages).
     """
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    defaults = {"cryoviz_encoder_input": "real"}  # files written before the option existed
+    # files written before the options existed
+    defaults = {"cryoviz_encoder_input": "real", "cryoviz_encoder_correction": "off"}
     settings = {json.dumps({"cryoviz_epochs": r["settings"]["epochs"], **defaults,
                             **{k: v for k, v in r["settings"].items() if k != "seed"}},
                            sort_keys=True) for r in runs}
@@ -292,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder-input", default="real", choices=["real", "hartley"],
                         help="cryoviz train --encoder-input (cryoDRGN's encoder sees the "
                         "Hartley transform)")
+    parser.add_argument("--encoder-correction", default="on", choices=["on", "off"],
+                        help="cryoviz train --[no-]encoder-centre --[no-]encoder-phase-flip: "
+                        "encode the images moved back by their shifts and phase-flipped by "
+                        "their CTF, as cryoDRGN does ('on', the default since 2026-12-05)")
     parser.add_argument("--cryoviz-epochs", type=int, default=None,
                         help="epochs of the cryoviz run (default --epochs): how many it needs "
                              "to reach cryoDRGN's FSC after --epochs, and in what time")
@@ -359,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
               "--zdim", str(args.zdim), "--width", str(args.width), "--depth", str(args.depth),
               "--seed", str(args.seed), "--device", args.device,
               "--precision", args.precision, "--encoder-input", args.encoder_input,
-              "--domain", args.domain]
+              "--domain", args.domain,
+              *(["--encoder-centre", "--encoder-phase-flip"] if args.encoder_correction == "on"
+                else ["--no-encoder-centre", "--no-encoder-phase-flip"])]
     shutil.rmtree(cv_dir, ignore_errors=True)
     cv_run = run_cpu_timed(cv_cmd, work / "cryoviz_train.log")
     cv_log = [json.loads(line) for line in (cv_dir / "log.jsonl").read_text().splitlines()
@@ -470,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
                      "seed": args.seed,
                      "cryoviz_precision": args.precision,
                      "cryoviz_encoder_input": args.encoder_input,
+                     "cryoviz_encoder_correction": args.encoder_correction,
                      "cryodrgn_precision": ("AMP (fp16 autocast)" if args.device == "cuda"
                                             else "fp32 (its AMP is CUDA autocast: no effect "
                                                  "on the CPU)")},

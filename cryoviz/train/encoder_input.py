@@ -1,0 +1,111 @@
+"""What the image encoder sees: each image moved back by its known shift and
+phase-flipped by its CTF, as cryoDRGN's ``train_vae`` encodes its images.
+
+The decoder's loss compares the model with the image as recorded; only the
+encoder's input is corrected. Both corrections are unitary in Fourier space (a
+phase ramp, a sign per frequency), so the image's power and the encoder's
+``input_scale`` are unchanged. Without them the encoder must learn the
+conformation through every defocus's sign pattern and every particle offset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cryoviz.ctf import CTFParams, compute_ctf_2d
+from cryoviz.fourier import centered_irfft2, centered_rfft2, phase_shift, real_dtype_of
+from cryoviz.train.encoders import MLPEncoder
+from cryoviz.train.recipes import Recipe
+
+__all__ = ["EncoderInput", "corrected_images", "run_encoder_input"]
+
+
+def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
+                     shifts_angstrom: torch.Tensor | None = None,
+                     ctf: CTFParams | None = None) -> torch.Tensor:
+    """Images moved back by their shifts and multiplied in Fourier space by ``sign(CTF)``.
+
+    Parameters
+    ----------
+    images
+        ``(B, D, D)`` real images.
+    pixel_size_angstrom
+        Pixel size of ``images`` in Å.
+    shifts_angstrom
+        ``(B, 2)`` displacements ``(x, y)`` of the particles in Å (as
+        :func:`cryoviz.imaging.apply_shift_and_ctf` applies them), or None.
+    ctf
+        CTF parameters of the ``B`` particles, or None.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D, D)`` real images; ``images`` itself when both are None.
+    """
+    if shifts_angstrom is None and ctf is None:
+        return images
+    box = int(images.shape[-1])
+    ft = centered_rfft2(images)
+    rdtype = real_dtype_of(ft.dtype)
+    if shifts_angstrom is not None:
+        back_px = -shifts_angstrom.to(dtype=rdtype, device=ft.device) / pixel_size_angstrom
+        ft = phase_shift(ft, back_px, box, rfft=True)
+    if ctf is not None:
+        values = compute_ctf_2d(ctf, box, pixel_size_angstrom, rfft=True, dtype=rdtype,
+                                device=ft.device)
+        ft = ft * torch.sign(values)
+    return centered_irfft2(ft, box).to(images.dtype)
+
+
+@dataclass(frozen=True)
+class EncoderInput:
+    """The per-particle corrections of a training run, applied batch by batch.
+
+    Attributes
+    ----------
+    pixel_size_angstrom
+        Pixel size of the training images in Å.
+    shifts_angstrom
+        ``(N, 2)`` shifts of all particles (file order), or None: not corrected.
+    ctf
+        CTF parameters of all ``N`` particles, or None: not phase-flipped.
+    """
+
+    pixel_size_angstrom: float
+    shifts_angstrom: torch.Tensor | None = None
+    ctf: CTFParams | None = None
+
+    def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """``(B, D, D)`` encoder input of the particles ``index`` ``(B,)`` (file order)."""
+        shifts = None if self.shifts_angstrom is None else self.shifts_angstrom[index]
+        ctf = None if self.ctf is None else self.ctf.subset(index)
+        return corrected_images(images, self.pixel_size_angstrom, shifts, ctf)
+
+
+def run_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,
+                      pixel_size_angstrom: float, shifts_angstrom: torch.Tensor | None,
+                      ctf: CTFParams | None) -> EncoderInput:
+    """The encoder input of a training run: the recipe's corrections for an image MLP.
+
+    Parameters
+    ----------
+    recipe
+        Its ``encoder_centre`` and ``encoder_phase_flip`` choose the corrections.
+    encoder
+        The run's latent encoder; only an :class:`~cryoviz.train.encoders.MLPEncoder`
+        reads images (a latent table and the amortized CNN get no correction).
+    pixel_size_angstrom
+        Training pixel size in Å.
+    shifts_angstrom
+        ``(N, 2)`` given shifts of all particles, or None (none given, or poses
+        inferred by the run).
+    ctf
+        CTF parameters of all ``N`` particles, or None.
+    """
+    if not isinstance(encoder, MLPEncoder):
+        return EncoderInput(pixel_size_angstrom)
+    return EncoderInput(pixel_size_angstrom,
+                        shifts_angstrom if recipe.encoder_centre else None,
+                        ctf if recipe.encoder_phase_flip else None)
