@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from cryoviz.analysis.inspect import inspect_particles
+from cryoviz.bench.entries import _encode
 from cryoviz.ctf import CTFParams, compute_ctf_2d
 from cryoviz.fourier import centered_irfft2, centered_rfft2
 from cryoviz.io.particles import ImageSource, load_particles
@@ -124,6 +126,13 @@ def test_training_and_final_latents_encode_the_corrected_images(shifted_dataset,
         mu_raw, _ = loaded.encoder(images)
     np.testing.assert_allclose(loaded.mu, mu.numpy(), atol=1e-5)
     assert not np.allclose(loaded.mu, mu_raw.numpy(), atol=1e-3)
+
+    # encoding after training sees the same input: the inspector (no latents.npz)
+    # and the bench's half-set latents
+    saved_mu, loaded.mu = loaded.mu, None
+    inspected = inspect_particles(loaded, [3, 0, 7], particles=ps)
+    np.testing.assert_allclose(inspected.z, saved_mu[[3, 0, 7]], atol=1e-5)
+    np.testing.assert_allclose(_encode(tmp_path / "run", ps, "cpu"), saved_mu, atol=1e-5)
 
 
 def test_a_run_saved_without_the_settings_reads_as_uncorrected(shifted_dataset, tmp_path):

@@ -28,6 +28,7 @@ from cryoviz.imaging import apply_shift_and_ctf
 from cryoviz.inference.posterior import POSES_FILE, read_pose_posterior
 from cryoviz.io.particles import ImageSource, ParticleSet, load_particles
 from cryoviz.train.data import ParticleBatches
+from cryoviz.train.encoder_input import particle_encoder_input
 from cryoviz.train.evaluate import Run
 
 __all__ = ["ParticleInspection", "inspect_particles", "run_particles", "viewing_directions",
@@ -166,7 +167,9 @@ def inspect_particles(run: Run, indices, particles: ParticleSet | None = None
         if run.mu is not None:
             z = torch.as_tensor(np.asarray(run.mu)[index], dtype=torch.float32, device=device)
         elif run.encoder is not None:
-            z = run.encoder(images.to(device), torch.as_tensor(index, device=device))[0]
+            view = particle_encoder_input(run.recipe, run.encoder, particles, apix, device)
+            sel = torch.as_tensor(index, device=device)
+            z = run.encoder(view(images.to(device), sel), sel)[0]
         else:
             raise InputError(run.path, "latents.npz", "latents or an encoder", got="none")
     if len(index):

@@ -174,14 +174,17 @@ def _recipe(name: str, ctx: RunContext, overrides: dict):
 def _encode(run_dir: Path, particles: ParticleSet, device: str) -> np.ndarray:
     """Latent means of all ``particles`` through a trained run's encoder."""
     from cryoviz.train.data import ParticleBatches  # noqa: PLC0415
+    from cryoviz.train.encoder_input import particle_encoder_input  # noqa: PLC0415
     from cryoviz.train.evaluate import load_run  # noqa: PLC0415
     from cryoviz.train.final_outputs import encode_all  # noqa: PLC0415
 
     run = load_run(run_dir, device=device)
+    view = particle_encoder_input(run.recipe, run.encoder, particles, run.pixel_size_angstrom,
+                                  device)
     with ImageSource(particles) as source:
         batches = ParticleBatches(source, run.recipe.batch_size, seed=run.recipe.seed,
                                   box_size=run.recipe.box)
-        mu, _ = encode_all(run.encoder, batches, torch.device(device))
+        mu, _ = encode_all(run.encoder, batches, torch.device(device), view)
     return mu.astype(np.float64)
 
 

@@ -16,10 +16,11 @@ import torch
 
 from cryoviz.ctf import CTFParams, compute_ctf_2d
 from cryoviz.fourier import centered_irfft2, centered_rfft2, phase_shift, real_dtype_of
+from cryoviz.io.particles import ParticleSet
 from cryoviz.train.encoders import MLPEncoder
 from cryoviz.train.recipes import Recipe
 
-__all__ = ["EncoderInput", "corrected_images", "run_encoder_input"]
+__all__ = ["EncoderInput", "corrected_images", "run_encoder_input", "particle_encoder_input"]
 
 
 def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
@@ -109,3 +110,19 @@ def run_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,
     return EncoderInput(pixel_size_angstrom,
                         shifts_angstrom if recipe.encoder_centre else None,
                         ctf if recipe.encoder_phase_flip else None)
+
+
+def particle_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,
+                           particles: ParticleSet, pixel_size_angstrom: float,
+                           device: torch.device | str = "cpu") -> EncoderInput:
+    """The encoder input of a trained run for ``particles`` (all of them, file order).
+
+    For encoding particles after training (a run's inspector, the bench's half-set
+    latents) exactly as the run's training encoded them: the shifts are used only
+    when the recipe's poses are given, as in training.
+    """
+    shifts = None
+    if recipe.poses == "given" and particles.shifts_angstrom is not None:
+        shifts = torch.as_tensor(particles.shifts_angstrom, dtype=torch.float32, device=device)
+    ctf = None if particles.ctf is None else particles.ctf.to(device)
+    return run_encoder_input(recipe, encoder, pixel_size_angstrom, shifts, ctf)
