@@ -24,7 +24,7 @@ def _row(recipe: str, seed: int, auc: float, wall: float, rss: float, status: st
 
 
 def test_rows_of_several_seeds_are_one_line_with_mean_and_sd():
-    rows = [_row("a", s, auc, wall, rss, knn_preservation=0.9, poses=p)
+    rows = [_row("a", s, auc, wall, rss, knn_preservation=0.9, knn_chance=0.5, poses=p)
             for s, auc, wall, rss, p in ((0, 0.2, 10.0, 100.0, "x"), (1, 0.3, 20.0, 300.0, "x"),
                                          (2, 0.4, 30.0, 200.0, "y"))]
     rows += [_row("b", 0, 0.35, 5.0, 50.0), _row("a", 3, 0.9, 1.0, 1.0, status="error: boom")]
@@ -43,6 +43,7 @@ def test_rows_of_several_seeds_are_one_line_with_mean_and_sd():
     assert table[2].startswith("| b | d | 0.350 |") and "| 1 | 5.000 |" in table[2]
     assert table[3].startswith("| a | d | 0.300 ± 0.100 |")
     assert "| 0.900 ± 0.000 |" in table[3] and "| 3 | 20.000 | 300.0 |" in table[3]
+    assert "| 0.900 ± 0.000 | 0.500 |" in table[3]  # the dataset's chance level: no spread
 
 
 def test_rows_without_a_seed_field_are_seed_0(tmp_path):

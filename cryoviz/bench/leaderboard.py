@@ -129,9 +129,18 @@ def _sorted(rows: list[dict], task: str) -> list[dict]:
     return sorted(seed_groups(rows, task), key=key)
 
 
+#: Columns that describe the dataset, not the run (the same for every seed): their
+#: mean is shown without a spread.
+_REFERENCE_KEYS = frozenset({"knn_chance", "truth_top_merge_angstrom"})
+
+
 def _cells(row: dict, task: str) -> list[str]:
     values = [row["recipe"], row["dataset"]]
-    values += [_fmt(row["metrics"].get(key)) for _, key in COLUMNS[task]]
+    for _, key in COLUMNS[task]:
+        value = row["metrics"].get(key)
+        if key in _REFERENCE_KEYS and isinstance(value, Spread):
+            value = value.mean
+        values.append(_fmt(value))
     values += [_fmt(row.get(key)) for _, key in _TAIL]
     return values
 
