@@ -25,7 +25,8 @@ __all__ = ["EncoderInput", "corrected_images", "run_encoder_input", "particle_en
 
 def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
                      shifts_angstrom: torch.Tensor | None = None,
-                     ctf: CTFParams | None = None) -> torch.Tensor:
+                     ctf: CTFParams | None = None,
+                     ft: torch.Tensor | None = None) -> torch.Tensor:
     """Images moved back by their shifts and multiplied in Fourier space by ``sign(CTF)``.
 
     Parameters
@@ -39,6 +40,9 @@ def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
         :func:`cryoviz.imaging.apply_shift_and_ctf` applies them), or None.
     ctf
         CTF parameters of the ``B`` particles, or None.
+    ft
+        ``(B, D, D // 2 + 1)`` centred half transform of ``images`` when the
+        caller already has it (the training loop's target), else computed here.
 
     Returns
     -------
@@ -48,7 +52,8 @@ def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
     if shifts_angstrom is None and ctf is None:
         return images
     box = int(images.shape[-1])
-    ft = centered_rfft2(images)
+    if ft is None:
+        ft = centered_rfft2(images)
     rdtype = real_dtype_of(ft.dtype)
     if shifts_angstrom is not None:
         back_px = -shifts_angstrom.to(dtype=rdtype, device=ft.device) / pixel_size_angstrom
@@ -78,11 +83,13 @@ class EncoderInput:
     shifts_angstrom: torch.Tensor | None = None
     ctf: CTFParams | None = None
 
-    def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """``(B, D, D)`` encoder input of the particles ``index`` ``(B,)`` (file order)."""
+    def __call__(self, images: torch.Tensor, index: torch.Tensor,
+                 ft: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, D, D)`` encoder input of the particles ``index`` ``(B,)`` (file order);
+        ``ft``: the images' centred half transform, if already computed."""
         shifts = None if self.shifts_angstrom is None else self.shifts_angstrom[index]
         ctf = None if self.ctf is None else self.ctf.subset(index)
-        return corrected_images(images, self.pixel_size_angstrom, shifts, ctf)
+        return corrected_images(images, self.pixel_size_angstrom, shifts, ctf, ft)
 
 
 def run_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,

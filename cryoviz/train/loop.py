@@ -281,7 +281,7 @@ def iter_train(
                     kl = 0.0 * (mu.sum() + logvar.sum())
             elif encoder is not None:
                 if not joint:
-                    mu, logvar = encode(encoder_view(images, sel), sel)
+                    mu, logvar = encode(encoder_view(images, sel, target), sel)
                 if logvar is not None:
                     eps = part.rows(torch.randn((part.total, mu.shape[1]), generator=noise_gen,
                                                  device=device))
