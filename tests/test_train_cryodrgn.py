@@ -60,7 +60,10 @@ def test_cryodrgn_separates_states_at_issue_scale(tmp_path):
     39 s per epoch, 10 minutes in all; with the earlier ``hartley`` default
     (``bench_heterogeneity_targets.py``, same data) 1.000, 2.03 / 2.01 px; with
     cryoDRGN's 96 random frequencies and its KL weighting (eleventh session)
-    1.000, 2.01 / 2.00 px, 34 s per epoch.
+    1.000, 2.01 / 2.00 px, 34 s per epoch; with the encoder's input shift-corrected
+    and phase-flipped as cryoDRGN's (thirteenth session, 2026-12-05 18:12 UTC):
+    1.000, 2.01 / 2.00 px, 35-38 s per epoch (one epoch took 215 s while a second
+    torch process shared the 2 cores).
     """
     report = run_mixture_science(
         tmp_path, "cryodrgn", train_box=None, epochs=15, overrides=dict(batch_size=16),
