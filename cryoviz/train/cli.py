@@ -15,7 +15,7 @@ import torch
 
 from cryoviz.errors import InputError
 
-__all__ = ["add_parsers", "run", "parse_z"]
+__all__ = ["add_parsers", "run", "parse_z", "recipe_settings"]
 
 _DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -36,8 +36,22 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--box", type=int, help="downsample images to this box (Fourier crop)")
     tr.add_argument("--batch-size", type=int)
     tr.add_argument("--lr", type=float)
-    tr.add_argument("--width", type=int)
-    tr.add_argument("--depth", type=int)
+    tr.add_argument("--width", type=int, help="decoder width (cryoDRGN --dec-dim)")
+    tr.add_argument("--depth", type=int, help="decoder hidden layers (cryoDRGN --dec-layers)")
+    tr.add_argument("--enc-width", type=int, help="image encoder width (cryoDRGN --enc-dim)")
+    tr.add_argument("--enc-depth", type=int,
+                    help="image encoder hidden layers (cryoDRGN --enc-layers + 1)")
+    tr.add_argument("--pe-dim", type=int,
+                    help="random Fourier-feature frequencies of the implicit decoder "
+                    "(default 3 * (box // 2), as cryoDRGN's --pe-dim)")
+    tr.add_argument("--beta", type=float, help="KL weight (default 1 / zdim, as cryoDRGN)")
+    tr.add_argument("--gaussians", type=int,
+                    help="Gaussians of a reference-free Gaussian-mixture volume (e2gmm; "
+                    "default 256)")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any other recipe setting, e.g. --set weight_decay=1e-4 --set "
+                    "contact_cutoff_angstrom=8 (repeatable; the names are the fields of "
+                    "cryoviz.train.recipes.Recipe)")
     tr.add_argument("--seed", type=int)
     tr.add_argument("--resume", action="store_true",
                     help="continue from the last checkpoint (settings not given are the run's)")
@@ -139,6 +153,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
 
     if args.recipe in OWN_ALGORITHM:
+        if args.set:
+            raise InputError(None, "--set", "a recipe of the training loop "
+                             f"({', '.join(RECIPES)}); {args.recipe} has its own options",
+                             " ".join(args.set))
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise InputError(None, "--recipe", f"one of {', '.join(RECIPES)} under torchrun "
                              "(data-parallel training)", args.recipe)
@@ -157,6 +175,40 @@ def _reference_path(reference: str | None) -> str | None:
     return str(Path(reference).resolve())
 
 
+def recipe_settings(args: argparse.Namespace) -> dict:
+    """The recipe settings of a ``cryoviz train`` command line (``None``: not given).
+
+    The options of their own, then every ``--set KEY=VALUE``
+    (:func:`cryoviz.train.recipes.parse_setting`).
+
+    Raises
+    ------
+    InputError
+        For a malformed or unknown ``--set``, or one that repeats a setting given by
+        its own option or by an earlier ``--set``.
+    """
+    from cryoviz.train.recipes import parse_setting  # noqa: PLC0415
+
+    given = dict(epochs=args.epochs, zdim=args.zdim, box=args.box,
+                 batch_size=args.batch_size, lr=args.lr, width=args.width,
+                 depth=args.depth, enc_width=args.enc_width, enc_depth=args.enc_depth,
+                 pe_dim=args.pe_dim, beta=args.beta, gaussians=args.gaussians,
+                 seed=args.seed, precision=args.precision,
+                 reference=_reference_path(args.reference),
+                 pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,
+                 encoder_input=args.encoder_input, encoder=args.encoder, domain=args.domain,
+                 encoder_centre=args.encoder_centre, encoder_phase_flip=args.encoder_phase_flip)
+    seen: set[str] = set()
+    for item in args.set:
+        key, value = parse_setting(item)
+        if given.get(key) is not None or key in seen:
+            raise InputError(None, "--set", f"each setting once ({key} is also given by "
+                             f"--{key.replace('_', '-')} or another --set)", item)
+        seen.add(key)
+        given[key] = _reference_path(value) if key == "reference" else value
+    return given
+
+
 def _run_loop(args: argparse.Namespace, info) -> int:
     """Recipes of the shared loop, in one process or as one rank of a torchrun job."""
     from cryoviz.io.particles import load_particles  # noqa: PLC0415
@@ -164,13 +216,7 @@ def _run_loop(args: argparse.Namespace, info) -> int:
     from cryoviz.train.loop import iter_train  # noqa: PLC0415
     from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
-    given = dict(epochs=args.epochs, zdim=args.zdim, box=args.box,
-                 batch_size=args.batch_size, lr=args.lr, width=args.width,
-                 depth=args.depth, seed=args.seed, precision=args.precision,
-                 reference=_reference_path(args.reference),
-                 pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,
-                 encoder_input=args.encoder_input, encoder=args.encoder, domain=args.domain,
-                 encoder_centre=args.encoder_centre, encoder_phase_flip=args.encoder_phase_flip)
+    given = recipe_settings(args)
     # --resume: settings not given on the command line are the run's, not today's
     # defaults (a default that changed since the run started must not block it)
     recipe = get_recipe(args.recipe, base=saved_recipe(args.output) if args.resume else None,

@@ -1,0 +1,102 @@
+"""Recipe settings on the ``cryoviz train`` command line: the options and ``--set KEY=VALUE``."""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+
+import pytest
+
+from cryoviz.errors import InputError
+from cryoviz.simulate import SimulationConfig, simulate
+from cryoviz.train.cli import add_parsers, recipe_settings, run
+from cryoviz.train.evaluate import load_run
+from cryoviz.train.recipes import get_recipe, parse_setting
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny")
+    simulate(SimulationConfig(n_particles=120, box_size=16, pixel_size_angstrom=6.0, snr=1.0,
+                              states=("4ake", "1ake"), seed=2), out)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_parsers(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_parse_setting_converts_to_the_fields_type():
+    assert parse_setting("gaussians=512") == ("gaussians", 512)
+    assert parse_setting("beta=0.5") == ("beta", 0.5)
+    assert parse_setting("frc_max_resolution_angstrom=8") == ("frc_max_resolution_angstrom",
+                                                              8.0)
+    assert parse_setting("encoder-centre=false") == ("encoder_centre", False)
+    assert parse_setting("move_amplitudes=yes") == ("move_amplitudes", True)
+    assert parse_setting("domain=hartley") == ("domain", "hartley")
+    assert parse_setting("box=none") == ("box", None)  # an optional field
+
+
+@pytest.mark.parametrize("text, message", [
+    ("gaussians=5.5", "--set gaussians: expected an integer, got 5.5"),
+    ("zdim=none", "--set zdim: expected an integer, got none"),
+    ("encoder_centre=maybe", "--set encoder_centre: expected true or false"),
+    ("lr=fast", "--set lr: expected a number, got fast"),
+    ("colour=3", "--set: expected a recipe setting, one of batch_size, beta"),
+    ("zdim", "--set: expected KEY=VALUE"),
+    ("name=other", "--set: expected a recipe setting"),  # the recipe's name is --recipe
+])
+def test_parse_setting_rejects_bad_input_naming_the_option(text, message):
+    with pytest.raises(InputError) as err:
+        parse_setting(text)
+    assert message in str(err.value)
+
+
+def test_set_and_options_become_recipe_settings():
+    args = _parser().parse_args(["train", "p.star", "--recipe", "e2gmm", "-o", "r",
+                                 "--gaussians", "48", "--beta", "0.2", "--enc-width", "64",
+                                 "--set", "weight_decay=1e-3", "--set", "max_shift_px=1.5"])
+    given = recipe_settings(args)
+    assert (given["gaussians"], given["beta"], given["enc_width"]) == (48, 0.2, 64)
+    assert (given["weight_decay"], given["max_shift_px"]) == (1e-3, 1.5)
+    assert given["zdim"] is None  # not given: the recipe's default stays
+
+
+@pytest.mark.parametrize("argv", [
+    ["--zdim", "4", "--set", "zdim=4"],  # its own option and --set
+    ["--set", "lr=1e-3", "--set", "lr=1e-4"],  # twice
+])
+def test_a_setting_given_twice_is_refused(argv):
+    args = _parser().parse_args(["train", "p.star", "--recipe", "cryodrgn", "-o", "r", *argv])
+    with pytest.raises(InputError, match="--set: expected each setting once"):
+        recipe_settings(args)
+
+
+def test_train_uses_the_settings_end_to_end(tiny_dataset, tmp_path, capsys):
+    """e2gmm with 24 Gaussians and a weight decay: the run's config and model have them."""
+    run_dir = tmp_path / "run"
+    argv = ["train", str(tiny_dataset / "particles.star"), "--recipe", "e2gmm", "-o",
+            str(run_dir), "--epochs", "1", "--batch-size", "60", "--gaussians", "24",
+            "--enc-width", "32", "--enc-depth", "1", "--width", "16", "--depth", "1",
+            "--set", "weight_decay=0.001", "--set", "frc_max_resolution_angstrom=15"]
+    assert run(_parser().parse_args(argv)) == 0
+    with open(run_dir / "config.toml", "rb") as fh:
+        saved = tomllib.load(fh)["recipe"]
+    assert saved["gaussians"] == 24 and saved["weight_decay"] == pytest.approx(0.001)
+    assert saved["frc_max_resolution_angstrom"] == pytest.approx(15.0)
+    assert saved["enc_width"] == 32 and saved["enc_depth"] == 1
+    run_ = load_run(run_dir)
+    assert run_.volume.n_gaussians == 24
+    assert run_.encoder is not None
+    assert run_.recipe.weight_decay == pytest.approx(0.001)
+    assert get_recipe("e2gmm").gaussians == 256  # the option, not the default, made 24
+
+
+def test_set_is_refused_for_recipes_with_their_own_algorithm(tiny_dataset, tmp_path, capsys):
+    argv = ["train", str(tiny_dataset / "particles.star"), "--recipe", "relion-refine", "-o",
+            str(tmp_path / "run"), "--set", "zdim=3"]
+    assert run(_parser().parse_args(argv)) == 2
+    err = capsys.readouterr().err
+    assert "--set" in err and "relion-refine has its own options" in err
