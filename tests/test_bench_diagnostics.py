@@ -84,3 +84,7 @@ def test_sweep_values_on_the_command_line_may_be_words_and_booleans():
                      "cryodrgn[encoder_phase_flip=False]", "cryodrgn[beta=0.5]"]
     with pytest.raises(InputError, match="domain"):
         _sweep_entries(["cryodrgn:domain=sideways"])
+    # each value is typed as its recipe field: an integer setting refuses 2.5
+    with pytest.raises(InputError, match="--sweep zdim: expected an integer, got 2.5"):
+        _sweep_entries(["cryodrgn:zdim=2,2.5"])
+    assert [e.name for e in _sweep_entries(["cryodrgn:pe-dim=16"])] == ["cryodrgn[pe_dim=16]"]

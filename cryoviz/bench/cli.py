@@ -117,7 +117,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _sweep_entries(specs: list[str]):
+    """The entries of ``--sweep RECIPE:SETTING=V1,V2,...`` specs, each value typed as the
+    recipe field (:func:`cryoviz.train.recipes.parse_setting`) and checked by the recipe."""
     from cryoviz.bench.diagnostics import sweep_entries  # noqa: PLC0415
+    from cryoviz.train.recipes import parse_setting  # noqa: PLC0415
 
     entries = []
     for spec in specs:
@@ -126,21 +129,9 @@ def _sweep_entries(specs: list[str]):
             setting, values = rest.split("=", 1)
         except ValueError:
             raise InputError(None, "--sweep", "RECIPE:SETTING=V1,V2,...", spec) from None
-        entries += sweep_entries(recipe, setting, [_sweep_value(v) for v in values.split(",")])
+        typed = [parse_setting(f"{setting}={v}", source="--sweep") for v in values.split(",")]
+        entries += sweep_entries(recipe, typed[0][0], [value for _, value in typed])
     return entries
-
-
-def _sweep_value(text: str) -> int | float | bool | str:
-    """A ``--sweep`` value: an int, a float, ``true`` / ``false``, else the text itself
-    (e.g. ``domain=hartley``); the recipe checks it."""
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _run_bench(args: argparse.Namespace) -> int:
