@@ -92,7 +92,7 @@ from cryoviz.train.evaluate import (
     write_volumes,
 )
 from cryoviz.train.loop import TrainProgress, iter_train, train
-from cryoviz.train.recipes import RECIPES, Recipe, get_recipe
+from cryoviz.train.recipes import RECIPES, Recipe, get_recipe, parse_setting
 
 __all__ = [
     "AmortizedPoseProgress", "AmortizedPoseResult", "AmortizedPoseSettings",
@@ -108,7 +108,8 @@ __all__ = [
     "cluster_centres_on_data", "compute_ctf_2d", "eval_ppca", "eval_volumes",
     "export_selection", "fsc", "get_recipe", "iter_class_em", "iter_ppca",
     "iter_reconstruct", "iter_simulate", "iter_train", "kmeans", "knn_graph_path",
-    "label_agreement", "load_particles", "load_run", "path_length", "pc_traversal", "pca",
+    "label_agreement", "load_particles", "load_run", "parse_setting", "path_length",
+    "pc_traversal", "pca",
     "points_in_polygon", "read_pose_posterior", "read_star", "read_volume", "render_images",
     "resample_path", "rotation_error_deg", "run_latents", "saved_recipe", "select_particles",
     "simulate",

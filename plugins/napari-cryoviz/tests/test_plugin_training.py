@@ -119,3 +119,20 @@ def test_base_structure_recipes_take_a_reference(make_napari_viewer, tmp_path):
     assert recipe.poses == "amortized"
     dock.recipe.value = "cryofold"
     assert dock.recipe_from_form().reference == "4ake"
+
+
+def test_other_settings_reach_the_recipe(make_napari_viewer, tmp_path):
+    """The "other settings" field: typed KEY=VALUE pairs, refused when wrong or when the
+    form has a field of its own for the setting."""
+    _, dock = _dock(make_napari_viewer, tmp_path / "p.star", tmp_path / "run")
+    dock.recipe.value = "e2gmm"
+    dock.settings.value = "gaussians=24, weight_decay=0.001,depth=1"
+    recipe = dock.recipe_from_form()
+    assert (recipe.gaussians, recipe.weight_decay, recipe.depth) == (24, 0.001, 1)
+    assert api.get_recipe("e2gmm").gaussians == 256
+    for text, message in (("gaussians=many", "other settings gaussians: expected an integer"),
+                          ("colour=3", "other settings: expected a recipe setting"),
+                          ("width=64", "has one")):
+        dock.settings.value = text
+        dock.start()
+        assert dock.worker is None and message in dock.errors.text()

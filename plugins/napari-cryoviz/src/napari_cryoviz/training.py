@@ -71,10 +71,14 @@ class TrainingDock(QWidget):
         self.reference = LineEdit(label="reference", value="",
                                   tooltip="base structure (PDB / mmCIF path, or 4ake / 1ake) "
                                   "or map (MRC); needed by cryofold and atomvae")
+        self.settings = LineEdit(label="other settings", value="",
+                                 tooltip="more recipe settings, comma separated KEY=VALUE "
+                                 "(e.g. gaussians=512, beta=0.5, depth=3): the fields of "
+                                 "cryoviz.api.Recipe, as cryoviz train --set")
         self.recipe.changed.connect(self._recipe_defaults)
         self.form = Container(widgets=[self.particles, self.output, self.recipe, self.epochs,
                                        self.zdim, self.box, self.batch_size, self.lr,
-                                       self.width, self.reference])
+                                       self.width, self.reference, self.settings])
         self.resume_box = QCheckBox("continue from the last checkpoint")
 
         self.start_button = QPushButton("Start")
@@ -129,6 +133,12 @@ class TrainingDock(QWidget):
                      "reference": self.reference.value.strip() or None}
         if api.RECIPES[name].latent_dim > 0:
             overrides["zdim"] = self.zdim.value
+        for item in filter(None, (t.strip() for t in self.settings.value.split(","))):
+            key, value = api.parse_setting(item, source="other settings")
+            if key in overrides:
+                raise api.InputError(None, "other settings", f"settings the form has no field "
+                                     f"for ({key} has one)", item)
+            overrides[key] = value
         return api.get_recipe(name, base=base, **overrides)
 
     # -- run control ---------------------------------------------------------------------
