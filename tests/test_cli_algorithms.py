@@ -58,3 +58,22 @@ def test_particles_must_have_what_the_recipe_needs(star, tmp_path, capsys, recip
     assert code == 2
     err = capsys.readouterr().err
     assert str(bare) in err and needed in err
+
+
+def test_3dva_filter_resolution_sets_the_working_box(star, tmp_path):
+    """--filter-resolution 24 Å on 6 Å pixels of box 16: the working box whose Nyquist
+    is 24 Å is 8 (12 Å voxels); without it the box is min(16, 32) = 16."""
+    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+
+    for extra, box, apix in ((["--filter-resolution", "24"], 8, 12.0), ([], 16, 6.0)):
+        out = tmp_path / f"run{box}"
+        assert main(["train", str(star), "--recipe", "3dva", "-o", str(out), "--epochs", "1",
+                     "--components", "1", *extra]) == 0
+        mean, voxel = read_volume(out / "volumes" / "mean.mrc")
+        assert mean.shape == (box, box, box) and voxel == pytest.approx(apix)
+
+
+def test_3dva_filter_resolution_must_be_positive(star, tmp_path, capsys):
+    assert main(["train", str(star), "--recipe", "3dva", "-o", str(tmp_path / "run"),
+                 "--filter-resolution", "-5"]) == 2
+    assert "--filter-resolution: expected a positive number of Å" in capsys.readouterr().err

@@ -96,6 +96,11 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--components", type=int,
                     help="K of the linear subspace: 3dva (PPCA-EM, known poses; default 2), "
                     "multi-cryogan (adversarial, no poses; default 1)")
+    tr.add_argument("--filter-resolution", type=float,
+                    help="3dva: filter resolution in Å (as cryoSPARC's 3DVA): the E-step "
+                    "reads Fourier pixels up to it and the components are low-passed to it; "
+                    "without --box the working box is the one whose Nyquist it is (default: "
+                    "a 32 px working box)")
     tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed; "
                     "without it, relion-refine builds one ab initio first. relion-class3d: "
                     "one map (every class, random first classes) or K comma-separated maps "

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -108,10 +109,14 @@ def _run_3dva(args: argparse.Namespace, particles) -> int:
     """``3dva``: linear subspace V0 + sum z_k U_k by PPCA-EM with known poses."""
     from cryoviz.inference.ppca import iter_ppca, write_ppca  # noqa: PLC0415
 
+    res = args.filter_resolution
+    if res is not None and not (math.isfinite(res) and res > 0):
+        raise InputError(None, "--filter-resolution", "a positive number of Å", res)
     result = None
     for p in iter_ppca(particles, n_components=2 if args.components is None else args.components,
                        n_iterations=args.epochs if args.epochs else 10,
-                       box_size=args.box, seed=args.seed if args.seed is not None else 0,
+                       box_size=args.box, resolution_angstrom=args.filter_resolution,
+                       seed=args.seed if args.seed is not None else 0,
                        device=args.device):
         stds = ", ".join(f"{s:.3g}" for s in p.component_std)
         print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
