@@ -77,3 +77,30 @@ def test_3dva_filter_resolution_must_be_positive(star, tmp_path, capsys):
     assert main(["train", str(star), "--recipe", "3dva", "-o", str(tmp_path / "run"),
                  "--filter-resolution", "-5"]) == 2
     assert "--filter-resolution: expected a positive number of Å" in capsys.readouterr().err
+
+
+def test_3dva_mask_from_the_command_line(star, tmp_path, capsys):
+    """--mask: a map on the particles' grid; the components are zero outside it; a
+    mask of another box or with values outside [0, 1] is refused naming the file."""
+    import numpy as np  # noqa: PLC0415
+
+    from cryoviz.io.mrc import read_volume, write_volume  # noqa: PLC0415
+
+    half = np.zeros((16, 16, 16), dtype=np.float32)
+    half[:, :, 8:] = 1.0  # the +x half of the box
+    good = tmp_path / "mask.mrc"
+    write_volume(good, half, 6.0)
+    out = tmp_path / "run"
+    assert main(["train", str(star), "--recipe", "3dva", "-o", str(out), "--epochs", "1",
+                 "--components", "1", "--mask", str(good)]) == 0
+    component, _ = read_volume(out / "volumes" / "component_0.mrc")
+    assert np.abs(component[:, :, :7]).max() < 1e-6 < np.abs(component[:, :, 9:]).max()
+    for name, volume, apix, message in (
+            ("small.mrc", np.ones((8, 8, 8), np.float32), 6.0, "box size: expected 16^3"),
+            ("apix.mrc", half, 3.0, "voxel size: expected 6 Å"),
+            ("range.mrc", half * 5.0, 6.0, "mask: expected values in [0, 1]")):
+        write_volume(tmp_path / name, volume, apix)
+        assert main(["train", str(star), "--recipe", "3dva", "-o", str(tmp_path / name[:-4]),
+                     "--mask", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert name in err and message in err, err

@@ -65,6 +65,13 @@ One pass over the particles per iteration, batch by batch:
   completed by Hermitian symmetry. ``lambda = ridge * mean diagonal weight``
   over the used frequencies. The maps are brought back to real space (crop,
   gridding correction) and low-passed to the E-step limit.
+* Focus mask (optional, as 3DVA's mask): a real-space map with values in
+  ``[0, 1]`` (soft edges recommended). The initial components and each
+  M-step's components are multiplied by it before the orthogonalisation, so
+  the subspace describes variability inside the mask only; the consensus map
+  and the images stay whole. This is a projected M-step (the unmasked
+  voxel-wise solution, then the mask), not the least-squares solution
+  constrained to the mask.
 * ``sigma2(s)`` is the expected residual power ``E |r - A z|^2`` under the
   previous components (an ECM step, as in class EM).
 * Identifiability: the components are re-expressed in an orthogonal basis
@@ -176,6 +183,29 @@ def _check(particles: ParticleSet, n_components: int, n_iterations: int, batch_s
         raise InputError(None, "ridge", "a positive number", ridge)
 
 
+def _working_mask(mask: torch.Tensor | np.ndarray, full_box: int, box: int) -> torch.Tensor:
+    """A focus mask ``(d, d, d)`` float64 on the working grid, checked.
+
+    A particle-box mask is Fourier-cropped (as the maps are) and clipped to ``[0, 1]``.
+    """
+    values = torch.as_tensor(np.asarray(mask), dtype=torch.float64)
+    shape = tuple(values.shape)
+    if shape not in ((full_box,) * 3, (box,) * 3):
+        raise InputError(None, "mask", f"shape ({full_box},)*3 (the particle box) or "
+                         f"({box},)*3 (the working box)", shape)
+    if not bool(torch.isfinite(values).all()):
+        raise InputError(None, "mask", "finite values", "NaN or inf")
+    low, high = float(values.min()), float(values.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise InputError(None, "mask", "values in [0, 1]", f"{low:.3g} to {high:.3g}")
+    if shape[0] != box:
+        values = fourier_crop_volume(values, box)
+    values = values.clamp(0.0, 1.0)
+    if float(values.max()) <= 0.0:
+        raise InputError(None, "mask", "some voxels above 0", "an empty mask")
+    return values
+
+
 def iter_ppca(
     particles: ParticleSet,
     n_components: int = 2,
@@ -187,6 +217,7 @@ def iter_ppca(
     device: str = "cpu",
     mean_map: torch.Tensor | np.ndarray | None = None,
     ridge: float = DEFAULT_RIDGE,
+    mask: torch.Tensor | np.ndarray | None = None,
 ) -> Iterator[PPCAProgress]:
     """3-D variability analysis (PPCA-EM on a linear subspace), yielding per iteration.
 
@@ -219,6 +250,10 @@ def iter_ppca(
     ridge
         Ridge of the M-step normal equations, as a fraction of the mean
         diagonal weight over the used frequencies.
+    mask
+        Optional focus mask ``(D, D, D)`` (particle box; Fourier-cropped to the
+        working box and clipped to ``[0, 1]``) or ``(d, d, d)``, values in
+        ``[0, 1]``: the components are confined to it (see the module notes).
 
     Yields
     ------
@@ -229,8 +264,9 @@ def iter_ppca(
     ------
     InputError
         Missing poses, ``n_components < 1``, bad ``n_iterations`` /
-        ``batch_size`` / ``box_size`` / ``resolution_angstrom`` or a
-        ``mean_map`` of the wrong shape.
+        ``batch_size`` / ``box_size`` / ``resolution_angstrom``, a
+        ``mean_map`` of the wrong shape, or a ``mask`` of the wrong shape, with
+        values outside ``[0, 1]`` or no voxel above 0.
     """
     _check(particles, n_components, n_iterations, batch_size, box_size, resolution_angstrom,
            ridge)
@@ -248,6 +284,8 @@ def iter_ppca(
             raise InputError(None, "mean_map", f"shape ({full_box},)*3 or ({d},)*3", shape)
         if not bool(torch.isfinite(torch.as_tensor(np.asarray(mean_map))).all()):
             raise InputError(None, "mean_map", "finite values", "NaN or inf")
+
+    focus = None if mask is None else _working_mask(mask, full_box, d).to(device)
 
     layout = half_plane_shells(d, box.last_shell, device=device)
     rotations = torch.as_tensor(np.asarray(particles.rotations), dtype=torch.float64)
@@ -273,6 +311,8 @@ def iter_ppca(
     init = torch.stack([lowpass_volume(m, resolution_angstrom, apix_w) for m in init])
     init = init * (0.1 * float(v0.norm()) / init.flatten(1).norm(dim=1)).reshape(-1, 1, 1, 1)
     components = init.to(device)
+    if focus is not None:
+        components = components * focus
 
     kz, ky, kx = frequency_grid_3d(padded, device=device, dtype=torch.float64)
     inside = torch.sqrt(kz**2 + ky**2 + kx**2) <= k_max
@@ -340,6 +380,8 @@ def iter_ppca(
                                        k_comp, inside, ridge, d, grid_corr)
         components = torch.stack([lowpass_volume(u, resolution_angstrom, apix_w)
                                   for u in components]) if k_max < 0.5 else components
+        if focus is not None:  # confined to the mask before the orthogonal basis is taken
+            components = components * focus
         new, _ = orthogonalise(components.reshape(k_comp, -1), second / n)
         components = new.reshape(k_comp, d, d, d)
         norms = components.flatten(1).norm(dim=1)
@@ -372,6 +414,7 @@ def iter_ppca(
         resolution_angstrom=float(resolution_angstrom),
         n_iterations=n_iterations,
         seconds=time.perf_counter() - start_time,
+        mask_fraction=None if focus is None else float(focus.mean()),
     )
     yield PPCAProgress(
         iteration=last_progress.iteration, log_likelihood=last_progress.log_likelihood,

@@ -53,6 +53,9 @@ class PPCAResult:
         EM iterations run.
     seconds
         Wall time.
+    mask_fraction
+        Mean of the focus mask on the working grid (the components live inside it),
+        ``None`` without a mask.
     """
 
     mean_map: torch.Tensor
@@ -67,6 +70,7 @@ class PPCAResult:
     resolution_angstrom: float
     n_iterations: int
     seconds: float
+    mask_fraction: float | None = None
 
     @property
     def n_components(self) -> int:
@@ -180,6 +184,7 @@ def write_ppca(result: PPCAResult, output_dir: str | Path) -> dict:
         "component_std": [float(v) for v in result.component_std],
         "log_likelihood_per_iteration": list(result.log_likelihoods),
         "sigma2_per_shell": [float(v) for v in result.sigma2],
+        "mask_fraction": result.mask_fraction,
     }
     with atomic_output(out / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=2))

@@ -101,6 +101,9 @@ def add_parsers(subparsers) -> None:
                     "reads Fourier pixels up to it and the components are low-passed to it; "
                     "without --box the working box is the one whose Nyquist it is (default: "
                     "a 32 px working box)")
+    tr.add_argument("--mask", help="3dva: focus mask (MRC on the particles' grid, values "
+                    "in [0, 1], soft edges recommended): the components describe the "
+                    "variability inside it")
     tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed; "
                     "without it, relion-refine builds one ab initio first. relion-class3d: "
                     "one map (every class, random first classes) or K comma-separated maps "

@@ -27,22 +27,25 @@ from cryoviz.errors import InputError
 __all__ = ["OWN_ALGORITHM", "CHECKPOINTING", "RUNNERS", "run_algorithm"]
 
 
-def _read_start_maps(args: argparse.Namespace, particles) -> list[torch.Tensor]:
-    """The ``--initial-map`` file(s) (comma-separated), box and voxel size checked."""
+def _read_particle_map(name: str, particles) -> torch.Tensor:
+    """A map (MRC) on the particles' grid: box and voxel size checked against theirs."""
     from cryoviz.io.mrc import read_volume  # noqa: PLC0415
 
     apix, box = particles.pixel_size_angstrom, particles.box_size
-    maps = []
-    for name in (n for n in args.initial_map.split(",") if n):
-        volume, voxel = read_volume(name)
-        if tuple(volume.shape) != (box,) * 3:
-            raise InputError(name, "box size", f"{box}^3 voxels (the particles' box)",
-                             got="x".join(str(n) for n in volume.shape))
-        if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
-            raise InputError(name, "voxel size", f"{apix:g} Å (the particles')",
-                             got=f"{voxel:g} Å")
-        maps.append(torch.as_tensor(volume))
-    return maps
+    volume, voxel = read_volume(name)
+    if tuple(volume.shape) != (box,) * 3:
+        raise InputError(name, "box size", f"{box}^3 voxels (the particles' box)",
+                         got="x".join(str(n) for n in volume.shape))
+    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
+        raise InputError(name, "voxel size", f"{apix:g} Å (the particles')",
+                         got=f"{voxel:g} Å")
+    return torch.as_tensor(volume)
+
+
+def _read_start_maps(args: argparse.Namespace, particles) -> list[torch.Tensor]:
+    """The ``--initial-map`` file(s) (comma-separated), box and voxel size checked."""
+    return [_read_particle_map(name, particles)
+            for name in (n for n in args.initial_map.split(",") if n)]
 
 
 def _pose_settings(args: argparse.Namespace, iterations: int):
@@ -112,16 +115,24 @@ def _run_3dva(args: argparse.Namespace, particles) -> int:
     res = args.filter_resolution
     if res is not None and not (math.isfinite(res) and res > 0):
         raise InputError(None, "--filter-resolution", "a positive number of Å", res)
+    mask = None if args.mask is None else _read_particle_map(args.mask, particles)
+    progress = iter_ppca(particles,
+                         n_components=2 if args.components is None else args.components,
+                         n_iterations=args.epochs if args.epochs else 10,
+                         box_size=args.box, resolution_angstrom=args.filter_resolution,
+                         seed=args.seed if args.seed is not None else 0,
+                         device=args.device, mask=mask)
     result = None
-    for p in iter_ppca(particles, n_components=2 if args.components is None else args.components,
-                       n_iterations=args.epochs if args.epochs else 10,
-                       box_size=args.box, resolution_angstrom=args.filter_resolution,
-                       seed=args.seed if args.seed is not None else 0,
-                       device=args.device):
-        stds = ", ".join(f"{s:.3g}" for s in p.component_std)
-        print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
-              f"component std {stds}", file=sys.stderr, flush=True)
-        result = p.result if p.result is not None else result
+    try:
+        for p in progress:
+            stds = ", ".join(f"{s:.3g}" for s in p.component_std)
+            print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
+                  f"component std {stds}", file=sys.stderr, flush=True)
+            result = p.result if p.result is not None else result
+    except InputError as err:
+        if err.field != "mask":
+            raise
+        raise InputError(args.mask, "mask", err.expected, err.got) from None
     write_ppca(result, args.output)
     return _done(args)
 
