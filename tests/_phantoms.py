@@ -192,3 +192,14 @@ def fsc_crossing(curve: torch.Tensor, threshold: float, box: int) -> float:
             a, b = values[i - 1], values[i]
             return (i - 1 + (a - threshold) / (a - b)) / box
     return (len(values) - 1) / box
+
+
+def soft_sphere(box: int, centre_xyz: tuple[float, float, float], radius: float,
+                 edge: float) -> torch.Tensor:
+    """``(D, D, D)`` mask ``[z, y, x]``: 1 within ``radius`` px of the centre, a cosine
+    edge of ``edge`` px, 0 beyond (origin at ``D // 2``, as the phantoms)."""
+    axis = torch.arange(box, dtype=torch.float64) - box // 2
+    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
+    r = ((x - centre_xyz[0]) ** 2 + (y - centre_xyz[1]) ** 2 + (z - centre_xyz[2]) ** 2).sqrt()
+    t = ((r - radius) / edge).clamp(0.0, 1.0)
+    return 0.5 * (1.0 + torch.cos(math.pi * t))

@@ -104,3 +104,28 @@ def test_3dva_mask_from_the_command_line(star, tmp_path, capsys):
                      "--mask", str(tmp_path / name)]) == 2
         err = capsys.readouterr().err
         assert name in err and message in err, err
+
+
+def test_mask_reaches_class3d_and_is_refused_elsewhere(star, tmp_path, capsys):
+    """relion-class3d takes --mask (focused, known poses: metrics record the mask);
+    recipes without a focus mask refuse it instead of ignoring it."""
+    import json  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    from cryoviz.io.mrc import write_volume  # noqa: PLC0415
+
+    half = np.zeros((16, 16, 16), dtype=np.float32)
+    half[:, :, 8:] = 1.0
+    path = tmp_path / "mask.mrc"
+    write_volume(path, half, 6.0)
+    out = tmp_path / "classes"
+    assert main(["train", str(star), "--recipe", "relion-class3d", "--classes", "2", "-o",
+                 str(out), "--epochs", "1", "--mask", str(path)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mask_fraction"] == 0.5 and "focused" in metrics["initialisation"]
+    for recipe, extra in (("cryodrgn", []), ("relion-refine", []),
+                          ("relion-class3d", ["--initial-map", str(path)])):
+        assert main(["train", str(star), "--recipe", recipe, "-o", str(tmp_path / recipe),
+                     "--mask", str(path), *extra]) == 2
+        assert "--mask: expected" in capsys.readouterr().err

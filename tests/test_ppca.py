@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import pickle
 
 import numpy as np
@@ -17,7 +16,7 @@ from cryoviz.inference.ppca import eval_ppca, iter_ppca, run_ppca, write_ppca
 from cryoviz.io.mrc import read_volume, write_stack
 from cryoviz.io.particles import ParticleSet, load_particles
 from cryoviz.simulate import SimulationConfig, simulate
-from tests._phantoms import Blobs, blob_volume, random_blobs, random_rotations
+from tests._phantoms import Blobs, blob_volume, random_blobs, random_rotations, soft_sphere
 from tests._science import run_mixture_science, run_path_science
 
 SYN_BOX = 16
@@ -185,17 +184,6 @@ def test_3dva_first_component_follows_the_issue_scale_path(tmp_path):
     assert rho >= 0.9, rho
 
 
-def _soft_sphere(box: int, centre_xyz: tuple[float, float, float], radius: float,
-                 edge: float) -> torch.Tensor:
-    """``(D, D, D)`` mask ``[z, y, x]``: 1 within ``radius`` px of the centre, a cosine
-    edge of ``edge`` px, 0 beyond (origin at ``D // 2``, as the phantoms)."""
-    axis = torch.arange(box, dtype=torch.float64) - box // 2
-    z, y, x = torch.meshgrid(axis, axis, axis, indexing="ij")
-    r = ((x - centre_xyz[0]) ** 2 + (y - centre_xyz[1]) ** 2 + (z - centre_xyz[2]) ** 2).sqrt()
-    t = ((r - radius) / edge).clamp(0.0, 1.0)
-    return 0.5 * (1.0 + torch.cos(math.pi * t))
-
-
 @pytest.fixture(scope="module")
 def two_regions(tmp_path_factory):
     """V0 + z_a A + z_b B: A and B in opposite halves of the box, B twice as strong."""
@@ -242,7 +230,7 @@ def test_a_focus_mask_finds_the_variability_inside_it(two_regions):
     assert abs(_corr(free.z[:, 0], z_true[:, 1])) > 0.9
     assert free.mask_fraction is None
 
-    mask = _soft_sphere(SYN_BOX, (4.0, 0.0, 0.0), 3.0, 2.0)
+    mask = soft_sphere(SYN_BOX, (4.0, 0.0, 0.0), 3.0, 2.0)
     focused = run_ppca(particles, n_components=1, n_iterations=5, seed=0, mask=mask)
     component = focused.components[0].double()
     assert abs(_corr(component, change_a)) > 0.9

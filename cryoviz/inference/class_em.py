@@ -50,6 +50,18 @@ the map of the subset it was put in, which otherwise biases the first E-steps
 towards the random split. The noise spectrum starts from the images' own power
 per shell (signal included, so the first E-step is flatter than the later ones).
 
+Focused classification
+----------------------
+With a ``mask`` (real space, values in ``[0, 1]``, soft edges recommended) the
+classification looks at the region inside it only, as RELION's focused
+classification after signal subtraction: a consensus map of all particles
+(gold-standard Wiener backprojection) is computed first, each image has the
+projection of the consensus *outside* the mask (``V_c (1 - mask)``, with its
+pose, shift and CTF) subtracted before anything else, and the class maps are
+multiplied by the mask in every E-step. The class maps of the result are those
+of the subtracted images: the region inside the mask (plus what the consensus
+does not explain outside it, e.g. another region's own variability).
+
 Limiting the E-step to low resolution (``resolution_limit_angstrom``) has the
 same purpose at every iteration: a class map contains each particle's own noise
 in proportion to its posterior, strongest in the sparsely sampled high shells.
@@ -78,9 +90,10 @@ import torch
 
 from cryoviz.backprojection import FourierAccumulator, gold_standard_maps
 from cryoviz.errors import InputError
-from cryoviz.fourier import lowpass_volume
+from cryoviz.fourier import centered_irfft2, lowpass_volume
 from cryoviz.imaging import forward_fourier, images_to_fourier, volume_to_fourier
 from cryoviz.inference.class_em_result import ClassEMProgress, ClassEMResult, write_class_em
+from cryoviz.inference.focus_mask import check_focus_mask
 from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.metrics.fsc import FSCCurve
 from cryoviz.noise import half_plane_shells
@@ -166,6 +179,7 @@ def iter_class_em(
     resolution_limit_angstrom: float | None = None,
     adaptive_resolution: bool = False,
     initial_lowpass_angstrom: float | None = None,
+    mask: torch.Tensor | np.ndarray | None = None,
 ) -> Iterator[ClassEMProgress]:
     """3-D classification of particles with known poses by EM, yielding per iteration.
 
@@ -200,6 +214,9 @@ def iter_class_em(
         Low-pass (Å, raised-cosine edge) applied to the starting maps. ``None``:
         four times the Nyquist resolution for random-subset starts, none for
         ``initial_maps``.
+    mask
+        Optional ``(D, D, D)`` focus mask, values in ``[0, 1]``: focused
+        classification of the region inside it (see the module notes).
 
     Yields
     ------
@@ -210,7 +227,8 @@ def iter_class_em(
     ------
     InputError
         Missing poses, ``n_classes < 1``, bad ``n_iterations`` / ``batch_size``,
-        or ``initial_maps`` of the wrong shape.
+        ``initial_maps`` of the wrong shape, or a bad ``mask``
+        (:func:`~cryoviz.inference.focus_mask.check_focus_mask`).
     """
     _check(particles, n_classes, n_iterations, batch_size, initial_maps)
     start_time = time.perf_counter()
@@ -232,14 +250,26 @@ def iter_class_em(
             raise InputError(None, "resolution_limit_angstrom",
                              f"at most {box * apix:g} Å (the box)", resolution_limit_angstrom)
 
+    focus = None if mask is None else check_focus_mask(mask, (box,)).to(device)
+    outside_ft: torch.Tensor | None = None  # the consensus outside the mask (focused)
+
     def batches() -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         with ImageSource(particles) as source:
             for start in range(0, n, batch_size):
                 index = np.arange(start, min(n, start + batch_size))
-                yield index, source.images(index)
+                images = source.images(index)
+                if outside_ft is not None:  # signal subtraction
+                    sel = torch.as_tensor(index)
+                    model = forward_fourier(
+                        outside_ft, rotations[sel].to(device, torch.float64), box, apix,
+                        None if shifts is None else shifts[sel].to(device, torch.float64),
+                        None if particles.ctf is None else particles.ctf.subset(sel))
+                    images = images - centered_irfft2(model, box).to(images.device,
+                                                                     images.dtype)
+                yield index, images
 
     def accumulate(accs: list[list[FourierAccumulator]], index: np.ndarray,
-                   images: torch.Tensor, gamma: torch.Tensor) -> None:
+                   images: torch.Tensor, gamma: torch.Tensor, n_maps: int = k_classes) -> None:
         for h in (0, 1):
             local = np.flatnonzero(halves[index] == h)
             if len(local) == 0:
@@ -247,7 +277,7 @@ def iter_class_em(
             sel = torch.as_tensor(index[local])
             loc = torch.as_tensor(local)
             ctf_h = None if particles.ctf is None else particles.ctf.subset(sel)
-            for k in range(k_classes):
+            for k in range(n_maps):
                 w = gamma[loc, k]
                 take = torch.nonzero(w >= MIN_BACKPROJECTED_POSTERIOR).flatten()
                 if len(take) == 0:
@@ -266,6 +296,14 @@ def iter_class_em(
     def new_accumulators() -> list[list[FourierAccumulator]]:
         return [[FourierAccumulator(box, device=device) for _ in (0, 1)]
                 for _ in range(k_classes)]
+
+    if focus is not None:  # a consensus of all particles, then its outside is subtracted
+        whole = [FourierAccumulator(box, device=device) for _ in (0, 1)]
+        for index, images in batches():
+            accumulate([whole], index, images, torch.ones((len(index), 1),
+                                                          dtype=torch.float64), n_maps=1)
+        consensus = gold_standard_maps(whole)[0].to(device, torch.float64)
+        outside_ft = volume_to_fourier(consensus * (1.0 - focus))
 
     # pass 0: image power per shell (initial noise) and, without initial maps,
     # the random-subset reconstructions
@@ -316,7 +354,8 @@ def iter_class_em(
             torch.arange(layout.n_shells, device=device) <= limit)
         inv_two_sigma2 = torch.where(used, 0.5 / sigma2, torch.zeros_like(sigma2))
         constant = float((layout.count * torch.log(2.0 * math.pi * sigma2))[used].sum())
-        maps_ft = [volume_to_fourier(m.to(device, torch.float64)) for m in maps]
+        maps_ft = [volume_to_fourier(m.to(device, torch.float64)
+                                     * (1.0 if focus is None else focus)) for m in maps]
         accs = new_accumulators()
         residual_power = torch.zeros(layout.n_shells, dtype=torch.float64, device=device)
         total_ll = 0.0
@@ -364,8 +403,11 @@ def iter_class_em(
                 particle_ids=np.asarray(particles.particle_ids, dtype=np.int64).copy(),
                 pixel_size_angstrom=apix,
                 n_iterations=n_iterations,
-                initialisation=initialisation,
+                initialisation=initialisation + (
+                    "" if focus is None else "; focused: images minus the consensus outside "
+                    "the mask, class maps masked in the E-step"),
                 seconds=time.perf_counter() - start_time,
+                mask_fraction=None if focus is None else float(focus.mean()),
             )
         yield ClassEMProgress(
             iteration=iteration,

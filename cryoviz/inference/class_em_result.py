@@ -48,6 +48,10 @@ class ClassEMResult:
         How the class maps were started, in words.
     seconds
         Wall time.
+    mask_fraction
+        Mean of the focus mask of a focused classification, ``None`` without one;
+        the maps are then those of the subtracted images (the region inside the
+        mask; :func:`cryoviz.inference.class_em.iter_class_em`).
     """
 
     maps: torch.Tensor
@@ -62,6 +66,7 @@ class ClassEMResult:
     n_iterations: int
     initialisation: str
     seconds: float
+    mask_fraction: float | None = None
 
     @property
     def n_classes(self) -> int:
@@ -160,6 +165,7 @@ def write_class_em(result: ClassEMResult, output_dir: str | Path) -> dict:
         "pixel_size_angstrom": apix,
         "box_size": int(result.maps.shape[-1]),
         "initialisation": result.initialisation,
+        "mask_fraction": result.mask_fraction,
         "seconds": result.seconds,
         "class_fractions": [float(f) for f in result.class_fractions],
         "class_counts": [int(np.sum(best == k)) for k in range(result.n_classes)],

@@ -103,6 +103,7 @@ from cryoviz.fourier import (
     lowpass_volume,
 )
 from cryoviz.imaging import gridding_correction, volume_to_fourier
+from cryoviz.inference.focus_mask import check_focus_mask
 from cryoviz.inference.ppca_result import PPCAProgress, PPCAResult, eval_ppca, write_ppca
 from cryoviz.inference.ppca_terms import (
     cache_transforms,
@@ -188,21 +189,12 @@ def _working_mask(mask: torch.Tensor | np.ndarray, full_box: int, box: int) -> t
 
     A particle-box mask is Fourier-cropped (as the maps are) and clipped to ``[0, 1]``.
     """
-    values = torch.as_tensor(np.asarray(mask), dtype=torch.float64)
-    shape = tuple(values.shape)
-    if shape not in ((full_box,) * 3, (box,) * 3):
-        raise InputError(None, "mask", f"shape ({full_box},)*3 (the particle box) or "
-                         f"({box},)*3 (the working box)", shape)
-    if not bool(torch.isfinite(values).all()):
-        raise InputError(None, "mask", "finite values", "NaN or inf")
-    low, high = float(values.min()), float(values.max())
-    if low < -1e-3 or high > 1 + 1e-3:
-        raise InputError(None, "mask", "values in [0, 1]", f"{low:.3g} to {high:.3g}")
-    if shape[0] != box:
-        values = fourier_crop_volume(values, box)
-    values = values.clamp(0.0, 1.0)
-    if float(values.max()) <= 0.0:
-        raise InputError(None, "mask", "some voxels above 0", "an empty mask")
+    values = check_focus_mask(mask, (full_box, box))
+    if values.shape[-1] != box:
+        values = fourier_crop_volume(values, box).clamp(0.0, 1.0)
+        if float(values.max()) <= 0.0:
+            raise InputError(None, "mask", "some voxels above 0 on the working grid",
+                             "an empty mask after cropping")
     return values
 
 

@@ -101,9 +101,10 @@ def add_parsers(subparsers) -> None:
                     "reads Fourier pixels up to it and the components are low-passed to it; "
                     "without --box the working box is the one whose Nyquist it is (default: "
                     "a 32 px working box)")
-    tr.add_argument("--mask", help="3dva: focus mask (MRC on the particles' grid, values "
-                    "in [0, 1], soft edges recommended): the components describe the "
-                    "variability inside it")
+    tr.add_argument("--mask", help="focus mask (MRC on the particles' grid, values in "
+                    "[0, 1], soft edges recommended). 3dva: the components describe the "
+                    "variability inside it; relion-class3d (known poses): focused "
+                    "classification, the images minus the consensus outside the mask")
     tr.add_argument("--initial-map", help="relion-refine: starting map (MRC), low-passed; "
                     "without it, relion-refine builds one ab initio first. relion-class3d: "
                     "one map (every class, random first classes) or K comma-separated maps "
@@ -169,6 +170,9 @@ def _run_train(args: argparse.Namespace) -> int:
             raise InputError(None, "--recipe", f"one of {', '.join(RECIPES)} under torchrun "
                              "(data-parallel training)", args.recipe)
         return run_algorithm(args)
+    if args.mask is not None:
+        raise InputError(None, "--mask", "a recipe that takes a focus mask (3dva, "
+                         "relion-class3d)", args.recipe)
     info, args.device = init_distributed(args.device)  # a no-op outside torchrun
     try:
         return _run_loop(args, info)

@@ -42,6 +42,19 @@ def _read_particle_map(name: str, particles) -> torch.Tensor:
     return torch.as_tensor(volume)
 
 
+def _read_mask(args: argparse.Namespace, particles) -> torch.Tensor | None:
+    """The ``--mask`` focus mask on the particles' grid, checked (errors name the file)."""
+    from cryoviz.inference.focus_mask import check_focus_mask  # noqa: PLC0415
+
+    if args.mask is None:
+        return None
+    volume = _read_particle_map(args.mask, particles)
+    try:
+        return check_focus_mask(volume, (particles.box_size,))
+    except InputError as err:
+        raise InputError(args.mask, "mask", err.expected, err.got) from None
+
+
 def _read_start_maps(args: argparse.Namespace, particles) -> list[torch.Tensor]:
     """The ``--initial-map`` file(s) (comma-separated), box and voxel size checked."""
     return [_read_particle_map(name, particles)
@@ -90,6 +103,10 @@ def _run_class3d(args: argparse.Namespace, particles) -> int:
     from cryoviz.inference.class_em import iter_class_em, write_class_em  # noqa: PLC0415
 
     if args.initial_map is not None:
+        if args.mask is not None:
+            raise InputError(None, "--mask", "relion-class3d without --initial-map (focused "
+                             "classification with known poses; not with searched poses)",
+                             args.mask)
         return _run_class_refine(args, particles)
     if args.resume:
         raise InputError(None, "--resume", "relion-class3d with --initial-map (the known-pose "
@@ -98,7 +115,7 @@ def _run_class3d(args: argparse.Namespace, particles) -> int:
     for p in iter_class_em(particles, args.classes,
                            n_iterations=args.epochs if args.epochs else 10,
                            seed=args.seed if args.seed is not None else 0,
-                           device=args.device):
+                           device=args.device, mask=_read_mask(args, particles)):
         fractions = ", ".join(f"{f:.2f}" for f in p.class_fractions)
         print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
               f"fractions {fractions}  changed {p.changed_fraction:.3f}",
@@ -115,24 +132,17 @@ def _run_3dva(args: argparse.Namespace, particles) -> int:
     res = args.filter_resolution
     if res is not None and not (math.isfinite(res) and res > 0):
         raise InputError(None, "--filter-resolution", "a positive number of Å", res)
-    mask = None if args.mask is None else _read_particle_map(args.mask, particles)
-    progress = iter_ppca(particles,
-                         n_components=2 if args.components is None else args.components,
-                         n_iterations=args.epochs if args.epochs else 10,
-                         box_size=args.box, resolution_angstrom=args.filter_resolution,
-                         seed=args.seed if args.seed is not None else 0,
-                         device=args.device, mask=mask)
     result = None
-    try:
-        for p in progress:
-            stds = ", ".join(f"{s:.3g}" for s in p.component_std)
-            print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
-                  f"component std {stds}", file=sys.stderr, flush=True)
-            result = p.result if p.result is not None else result
-    except InputError as err:
-        if err.field != "mask":
-            raise
-        raise InputError(args.mask, "mask", err.expected, err.got) from None
+    for p in iter_ppca(particles,
+                       n_components=2 if args.components is None else args.components,
+                       n_iterations=args.epochs if args.epochs else 10,
+                       box_size=args.box, resolution_angstrom=args.filter_resolution,
+                       seed=args.seed if args.seed is not None else 0,
+                       device=args.device, mask=_read_mask(args, particles)):
+        stds = ", ".join(f"{s:.3g}" for s in p.component_std)
+        print(f"iteration {p.iteration}  log-likelihood {p.log_likelihood:.1f}  "
+              f"component std {stds}", file=sys.stderr, flush=True)
+        result = p.result if p.result is not None else result
     write_ppca(result, args.output)
     return _done(args)
 
@@ -414,6 +424,8 @@ OWN_ALGORITHM = tuple(RUNNERS)
 # recipes whose runs can be resumed (--resume)
 CHECKPOINTING = ("cryovaegan", "cryogan", "multi-cryogan", "relion-refine", "cryosparc-abinit",
                  "relion-class3d")  # the last with --initial-map only
+# recipes that take a focus mask (--mask)
+MASKED = ("3dva", "relion-class3d")
 
 
 def run_algorithm(args: argparse.Namespace) -> int:
@@ -425,6 +437,9 @@ def run_algorithm(args: argparse.Namespace) -> int:
     if args.resume and args.recipe not in CHECKPOINTING:
         raise InputError(None, "--resume", "a recipe that writes checkpoints (the training "
                          f"loop's, {', '.join(CHECKPOINTING)})", args.recipe)
+    if args.mask is not None and args.recipe not in MASKED:
+        raise InputError(None, "--mask", f"a recipe that takes a focus mask ({', '.join(MASKED)})",
+                         args.recipe)
     runner, needs = RUNNERS[args.recipe]
     needs = needs(args) if callable(needs) else needs
     particles = load_particles(args.particles, stack=args.stack, poses=args.poses, ctf=args.ctf,
