@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     fsc_p.add_argument("--threshold", type=float, default=0.143)
     fsc_p.add_argument("--mask-radius", type=float, default=None,
                        help="soft spherical mask radius in pixels")
+    fsc_p.add_argument("--mask", type=Path, default=None,
+                       help="mask (MRC, the maps' box and voxel size, values in [0, 1])")
+    fsc_p.add_argument("--no-correction", action="store_true",
+                       help="with a mask: report the plain masked FSC instead of the one "
+                       "corrected by phase randomisation (Chen et al. 2013, as RELION)")
+    fsc_p.add_argument("--randomize-at-fsc", type=float, default=0.8,
+                       help="with a mask: randomise phases from where the unmasked FSC drops "
+                       "below this (default 0.8)")
     fsc_p.add_argument("--json", action="store_true", help="print the curve as JSON")
 
     demo = sub.add_parser("demo", help="simulate the demo dataset and reconstruct it")
@@ -189,9 +197,34 @@ def _run_reconstruct(
     return metrics
 
 
+def _fsc_mask(args: argparse.Namespace, box: int, apix: float) -> torch.Tensor | None:
+    """The mask of ``cryoviz fsc``: a file (checked against the maps) or a soft sphere."""
+    from cryoviz.inference.focus_mask import check_focus_mask
+    from cryoviz.io.mrc import read_volume
+    from cryoviz.metrics.fsc import soft_spherical_mask
+
+    if args.mask is not None and args.mask_radius is not None:
+        raise InputError(None, "--mask", "either --mask or --mask-radius", "both")
+    if args.mask_radius is not None:
+        return soft_spherical_mask(box, args.mask_radius, 3.0)
+    if args.mask is None:
+        return None
+    volume, voxel = read_volume(args.mask)
+    if tuple(volume.shape) != (box,) * 3:
+        raise InputError(args.mask, "box size", f"{box}^3 voxels (the maps' box)",
+                         "x".join(str(n) for n in volume.shape))
+    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
+        raise InputError(args.mask, "voxel size", f"{apix:g} Å (the maps')", f"{voxel:g} Å")
+    try:
+        return check_focus_mask(volume, (box,))
+    except InputError as err:
+        raise InputError(args.mask, "mask", err.expected, err.got) from None
+
+
 def _run_fsc(args: argparse.Namespace) -> None:
     from cryoviz.io.mrc import read_volume
-    from cryoviz.metrics.fsc import fsc, soft_spherical_mask
+    from cryoviz.metrics.fsc import fsc
+    from cryoviz.metrics.fsc_correction import mask_corrected_fsc
 
     a, apix_a = read_volume(args.map1)
     b, apix_b = read_volume(args.map2)
@@ -200,19 +233,41 @@ def _run_fsc(args: argparse.Namespace) -> None:
     apix = apix_a or apix_b or 1.0
     if apix_a and apix_b and abs(apix_a - apix_b) > 1e-3 * apix_a:
         raise InputError(args.map2, "voxel size", f"{apix_a} Å like {args.map1}", apix_b)
-    mask = None
-    if args.mask_radius is not None:
-        mask = soft_spherical_mask(a.shape[-1], args.mask_radius, 3.0)
-    curve = fsc(torch.as_tensor(a), torch.as_tensor(b), mask=mask)
-    if args.json:
-        print(json.dumps(curve.to_dict(), indent=2))
+    if not 0.0 < args.randomize_at_fsc < 1.0:
+        raise InputError(None, "--randomize-at-fsc", "a number between 0 and 1",
+                         args.randomize_at_fsc)
+    mask = _fsc_mask(args, a.shape[-1], apix)
+    va, vb = torch.as_tensor(a), torch.as_tensor(b)
+    columns: dict[str, torch.Tensor] = {}
+    if mask is None or args.no_correction:
+        curve = fsc(va, vb, mask=mask)
+        columns["FSC" if mask is None else "masked"] = curve.fsc
+        extra: dict = {}
     else:
-        print("shell  1/A        FSC")
-        for s, (f, v) in enumerate(zip(curve.frequency_per_px.tolist(), curve.fsc.tolist(),
-                                      strict=True)):
-            print(f"{s:5d}  {f / apix:8.4f}  {v:8.4f}")
+        result = mask_corrected_fsc(va, vb, mask.to(va.dtype),
+                                    randomize_at_fsc=args.randomize_at_fsc)
+        curve = result.corrected
+        columns = {"unmasked": result.unmasked.fsc, "masked": result.masked.fsc,
+                   "rand-masked": result.randomized_masked.fsc, "corrected": curve.fsc}
+        extra = {"fsc_unmasked": result.unmasked.fsc.tolist(),
+                 "fsc_masked": result.masked.fsc.tolist(),
+                 "fsc_randomized_masked": result.randomized_masked.fsc.tolist(),
+                 "randomize_from_shell": result.randomize_from_shell}
+    if args.json:
+        print(json.dumps({**curve.to_dict(), **extra}, indent=2))
+    else:
+        print("shell  1/A      " + "".join(f"{name:>12s}" for name in columns))
+        for s in range(curve.fsc.numel()):
+            freq = float(curve.frequency_per_px[s]) / apix
+            print(f"{s:5d}  {freq:8.4f}" + "".join(f"{float(c[s]):12.4f}"
+                                                  for c in columns.values()))
+        if extra:
+            print(f"phases randomised from shell {extra['randomize_from_shell']} (unmasked FSC "
+                  f"below {args.randomize_at_fsc})")
     res = curve.resolution_angstrom(apix, args.threshold)
-    print(f"resolution at FSC {args.threshold}: {res:.2f} Å (voxel {apix} Å)")
+    kind = "" if mask is None else (" (masked)" if args.no_correction else
+                                    " (masked, corrected)")
+    print(f"resolution at FSC {args.threshold}{kind}: {res:.2f} Å (voxel {apix} Å)")
 
 
 def _run_analyze(args: argparse.Namespace) -> None:

@@ -91,3 +91,44 @@ def test_bad_snr_is_rejected(tmp_path, capsys):
     status = main(["simulate", "-o", str(tmp_path / "d"), "--snr", "-1", "--n-particles", "4"])
     assert status == 2
     assert "snr" in capsys.readouterr().err
+
+
+def test_fsc_with_a_mask_file_reports_the_corrected_curve(tmp_path, capsys):
+    """Two maps that share shells below 8 only, a sharp spherical mask: the masked FSC is
+    inflated beyond, the corrected curve (the default with a mask) is not, and the
+    --json output carries every curve."""
+    from tests.test_fsc_correction import BOX as box  # noqa: PLC0415
+    from tests.test_fsc_correction import make_maps, sphere  # noqa: PLC0415
+
+    first, second = make_maps()
+    for name, volume in (("a.mrc", first), ("b.mrc", second), ("mask.mrc", sphere(10.0))):
+        write_volume(tmp_path / name, volume.numpy().astype(np.float32), 2.0)
+    files = [str(tmp_path / "a.mrc"), str(tmp_path / "b.mrc")]
+    assert main(["fsc", *files, "--mask", str(tmp_path / "mask.mrc"), "--json"]) == 0
+    out = capsys.readouterr().out
+    curves = json.loads(out[:out.rindex("}") + 1])
+    assert curves["randomize_from_shell"] == 8
+    far = slice(12, None)
+    assert np.mean(curves["fsc_masked"][far]) > 0.3 > abs(np.mean(curves["fsc"][far]))
+    assert len(curves["fsc_unmasked"]) == box // 2 + 1
+    assert "(masked, corrected)" in out
+    assert main(["fsc", *files, "--mask", str(tmp_path / "mask.mrc"), "--no-correction"]) == 0
+    out = capsys.readouterr().out
+    assert "(masked):" in out and "masked" in out.splitlines()[0]
+
+
+def test_fsc_refuses_a_mask_that_does_not_fit(tmp_path, capsys):
+    volume = np.zeros((16, 16, 16), dtype=np.float32)
+    write_volume(tmp_path / "a.mrc", volume, 2.0)
+    write_volume(tmp_path / "small.mrc", np.ones((8, 8, 8), np.float32), 2.0)
+    write_volume(tmp_path / "apix.mrc", np.ones((16, 16, 16), np.float32), 3.0)
+    write_volume(tmp_path / "range.mrc", np.full((16, 16, 16), 4.0, np.float32), 2.0)
+    a = str(tmp_path / "a.mrc")
+    for name, message in (("small.mrc", "box size: expected 16^3"),
+                          ("apix.mrc", "voxel size: expected 2 Å"),
+                          ("range.mrc", "mask: expected values in [0, 1]")):
+        assert main(["fsc", a, a, "--mask", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert name in err and message in err, err
+    assert main(["fsc", a, a, "--mask", str(tmp_path / "small.mrc"), "--mask-radius", "4"]) == 2
+    assert "either --mask or --mask-radius" in capsys.readouterr().err
