@@ -43,7 +43,9 @@ def test_parse_setting_converts_to_the_fields_type():
     ("gaussians=5.5", "--set gaussians: expected an integer, got 5.5"),
     ("zdim=none", "--set zdim: expected an integer, got none"),
     ("encoder_centre=maybe", "--set encoder_centre: expected true or false"),
-    ("lr=fast", "--set lr: expected a number, got fast"),
+    ("lr=fast", "--set lr: expected a finite number, got fast"),
+    ("lr=nan", "--set lr: expected a finite number, got nan"),
+    ("beta=inf", "--set beta: expected a finite number or none, got inf"),
     ("colour=3", "--set: expected a recipe setting, one of batch_size, beta"),
     ("zdim", "--set: expected KEY=VALUE"),
     ("name=other", "--set: expected a recipe setting"),  # the recipe's name is --recipe

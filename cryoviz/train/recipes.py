@@ -375,7 +375,7 @@ def _setting_value(key: str, kind: type, text: str, source: str):
     base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
     if optional and text.strip().lower() in ("none", "null", ""):
         return None
-    expected = {bool: "true or false", int: "an integer", float: "a number",
+    expected = {bool: "true or false", int: "an integer", float: "a finite number",
                 str: "text"}[base]
     if base is bool:
         word = text.strip().lower()
@@ -383,9 +383,11 @@ def _setting_value(key: str, kind: type, text: str, source: str):
             return word in _TRUE
     else:
         try:
-            return base(text.strip()) if base is not str else text
+            value = base(text.strip()) if base is not str else text
         except ValueError:
-            pass
+            value = None
+        if value is not None and (base is not float or math.isfinite(value)):
+            return value
     raise InputError(None, f"{source} {key}", expected + (" or none" if optional else ""), text)
 
 
@@ -395,8 +397,10 @@ def parse_setting(text: str, source: str = "--set") -> tuple[str, object]:
     Parameters
     ----------
     text
-        E.g. ``"gaussians=512"``, ``"beta=0.5"``, ``"encoder_centre=false"``,
-        ``"box=none"`` (optional fields); dashes in the key read as underscores.
+        E.g. ``"gaussians=512"``, ``"beta=0.5"``, ``"encoder_centre=false"``;
+        dashes in the key read as underscores. ``none`` is accepted for optional
+        fields (``box=none``) and means "not given": the default, or a resumed
+        run's own value.
     source
         The option named in errors.
 
