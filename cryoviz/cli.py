@@ -199,26 +199,14 @@ def _run_reconstruct(
 
 def _fsc_mask(args: argparse.Namespace, box: int, apix: float) -> torch.Tensor | None:
     """The mask of ``cryoviz fsc``: a file (checked against the maps) or a soft sphere."""
-    from cryoviz.inference.focus_mask import check_focus_mask
-    from cryoviz.io.mrc import read_volume
+    from cryoviz.inference.focus_mask import read_focus_mask
     from cryoviz.metrics.fsc import soft_spherical_mask
 
     if args.mask is not None and args.mask_radius is not None:
         raise InputError(None, "--mask", "either --mask or --mask-radius", "both")
     if args.mask_radius is not None:
         return soft_spherical_mask(box, args.mask_radius, 3.0)
-    if args.mask is None:
-        return None
-    volume, voxel = read_volume(args.mask)
-    if tuple(volume.shape) != (box,) * 3:
-        raise InputError(args.mask, "box size", f"{box}^3 voxels (the maps' box)",
-                         "x".join(str(n) for n in volume.shape))
-    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
-        raise InputError(args.mask, "voxel size", f"{apix:g} Å (the maps')", f"{voxel:g} Å")
-    try:
-        return check_focus_mask(volume, (box,))
-    except InputError as err:
-        raise InputError(args.mask, "mask", err.expected, err.got) from None
+    return None if args.mask is None else read_focus_mask(args.mask, box, apix)
 
 
 def _run_fsc(args: argparse.Namespace) -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cryoviz.errors import InputError
-from cryoviz.inference.focus_mask import check_focus_mask
+from cryoviz.inference.focus_mask import check_focus_mask, read_focus_mask
+from cryoviz.io.mrc import write_volume
 from tests._phantoms import soft_sphere
 
 
@@ -38,3 +39,17 @@ def test_bad_masks_are_refused(mask, message):
 def test_the_field_name_is_the_callers():
     with pytest.raises(InputError, match="--mask: expected"):
         check_focus_mask(np.zeros((4, 4, 4)), (16,), field="--mask")
+
+
+def test_read_focus_mask_checks_the_grid_and_names_the_file(tmp_path):
+    mask = soft_sphere(16, (0.0, 0.0, 0.0), 3.0, 2.0).numpy().astype(np.float32)
+    write_volume(tmp_path / "ok.mrc", mask, 2.0)
+    out = read_focus_mask(tmp_path / "ok.mrc", 16, 2.0)
+    assert out.shape == (16, 16, 16) and torch.allclose(out, torch.as_tensor(mask).double())
+    write_volume(tmp_path / "range.mrc", mask * 3.0, 2.0)
+    for name, box, apix, message in (("ok.mrc", 24, 2.0, "box size: expected 24^3"),
+                                     ("ok.mrc", 16, 3.0, "voxel size: expected 3 Å"),
+                                     ("range.mrc", 16, 2.0, "mask: expected values in")):
+        with pytest.raises(InputError) as err:
+            read_focus_mask(tmp_path / name, box, apix)
+        assert name in str(err.value) and message in str(err.value)

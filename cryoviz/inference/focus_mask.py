@@ -8,12 +8,14 @@ mask, compared with masked class maps).
 
 from __future__ import annotations
 
+from os import PathLike
+
 import numpy as np
 import torch
 
 from cryoviz.errors import InputError
 
-__all__ = ["check_focus_mask"]
+__all__ = ["check_focus_mask", "read_focus_mask"]
 
 #: Values this far outside ``[0, 1]`` are refused (interpolated masks overshoot a little).
 TOLERANCE = 1e-3
@@ -57,3 +59,40 @@ def check_focus_mask(mask: torch.Tensor | np.ndarray, boxes: tuple[int, ...],
     if float(values.max()) <= 0.0:
         raise InputError(None, field, "some voxels above 0", "an empty mask")
     return values
+
+
+def read_focus_mask(path: str | PathLike, box_size: int,
+                    pixel_size_angstrom: float) -> torch.Tensor:
+    """A focus mask from an MRC file on a given grid, checked; errors name the file.
+
+    Parameters
+    ----------
+    path
+        The MRC file.
+    box_size, pixel_size_angstrom
+        The grid it must be on (the particles' or the maps'); a header without a
+        voxel size is accepted.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(D, D, D)`` float64, values in ``[0, 1]``.
+
+    Raises
+    ------
+    InputError
+        Naming ``path``: another box, another voxel size, or what
+        :func:`check_focus_mask` refuses.
+    """
+    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+
+    volume, voxel = read_volume(path)
+    if tuple(volume.shape) != (box_size,) * 3:
+        raise InputError(path, "box size", f"{box_size}^3 voxels",
+                         "x".join(str(n) for n in volume.shape))
+    if voxel is not None and abs(voxel - pixel_size_angstrom) > 1e-3 * pixel_size_angstrom:
+        raise InputError(path, "voxel size", f"{pixel_size_angstrom:g} Å", f"{voxel:g} Å")
+    try:
+        return check_focus_mask(volume, (box_size,))
+    except InputError as err:
+        raise InputError(path, "mask", err.expected, err.got) from None

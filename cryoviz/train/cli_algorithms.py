@@ -44,15 +44,10 @@ def _read_particle_map(name: str, particles) -> torch.Tensor:
 
 def _read_mask(args: argparse.Namespace, particles) -> torch.Tensor | None:
     """The ``--mask`` focus mask on the particles' grid, checked (errors name the file)."""
-    from cryoviz.inference.focus_mask import check_focus_mask  # noqa: PLC0415
+    from cryoviz.inference.focus_mask import read_focus_mask  # noqa: PLC0415
 
-    if args.mask is None:
-        return None
-    volume = _read_particle_map(args.mask, particles)
-    try:
-        return check_focus_mask(volume, (particles.box_size,))
-    except InputError as err:
-        raise InputError(args.mask, "mask", err.expected, err.got) from None
+    return None if args.mask is None else read_focus_mask(
+        args.mask, particles.box_size, particles.pixel_size_angstrom)
 
 
 def _read_start_maps(args: argparse.Namespace, particles) -> list[torch.Tensor]:
