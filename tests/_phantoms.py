@@ -203,3 +203,54 @@ def soft_sphere(box: int, centre_xyz: tuple[float, float, float], radius: float,
     r = ((x - centre_xyz[0]) ** 2 + (y - centre_xyz[1]) ** 2 + (z - centre_xyz[2]) ** 2).sqrt()
     t = ((r - radius) / edge).clamp(0.0, 1.0)
     return 0.5 * (1.0 + torch.cos(math.pi * t))
+
+
+def two_region_particles(folder, coefficients: torch.Tensor, generator: torch.Generator,
+                         noise_fraction: float, box: int = 16, apix: float = 5.0):
+    """Particles of ``V0 + c_i0 A + c_i1 B``: two blob changes in opposite halves of the
+    box, ``A`` 0.3 and ``B`` 0.6 of ``|V0|`` in norm (no CTF, poses known).
+
+    Parameters
+    ----------
+    folder
+        Where ``particles.mrcs`` is written.
+    coefficients
+        ``(N, 2)`` amounts of ``A`` and ``B`` per particle.
+    generator
+        Draws the noise (after whatever the caller drew from it).
+    noise_fraction
+        Noise standard deviation as a fraction of the clean images' standard deviation.
+
+    Returns
+    -------
+    tuple
+        ``(ParticleSet, [A, B])``, the changes as float32 ``(D, D, D)`` maps.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from cryoviz.imaging import render_images  # noqa: PLC0415
+    from cryoviz.io.mrc import write_stack  # noqa: PLC0415
+    from cryoviz.io.particles import ParticleSet  # noqa: PLC0415
+
+    n = coefficients.shape[0]
+    v0 = blob_volume(random_blobs(box, 6, seed=1), box).float()
+    changes = []
+    for centre, scale in (((4.0, 0.0, 0.0), 0.3), ((-4.0, 1.0, 0.0), 0.6)):
+        blob = Blobs(centers=torch.tensor([centre], dtype=torch.float64),
+                     sigmas=torch.tensor([1.5], dtype=torch.float64),
+                     amplitudes=torch.tensor([1.0], dtype=torch.float64))
+        change = blob_volume(blob, box).float()
+        changes.append(change * scale * v0.norm() / change.norm())
+    rotations = random_rotations(n, seed=5).float()
+    clean = render_images(v0, rotations, apix)
+    for k in range(2):
+        clean = clean + coefficients[:, k, None, None] * render_images(changes[k], rotations,
+                                                                       apix)
+    images = clean + noise_fraction * float(clean.std()) * torch.randn(clean.shape,
+                                                                       generator=generator)
+    path = folder / "particles.mrcs"
+    write_stack(path, images.numpy(), apix)
+    particles = ParticleSet(image_stacks=[path], stack_index=np.zeros(n, dtype=np.int64),
+                            image_index=np.arange(n), box_size=box, pixel_size_angstrom=apix,
+                            rotations=rotations.numpy())
+    return particles, changes

@@ -10,14 +10,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from cryoviz.errors import InputError
-from cryoviz.imaging import render_images
 from cryoviz.inference import iter_class_em, run_class_em, write_class_em
-from cryoviz.io.mrc import read_volume, write_stack
-from cryoviz.io.particles import ParticleSet, load_particles
+from cryoviz.io.mrc import read_volume
+from cryoviz.io.particles import load_particles
 from cryoviz.metrics.fsc import fsc
 from cryoviz.reconstruct import reconstruct
 from cryoviz.simulate import SimulationConfig, simulate
-from tests._phantoms import Blobs, blob_volume, random_blobs, random_rotations, soft_sphere
+from tests._phantoms import soft_sphere, two_region_particles
 
 BOX = 32
 APIX = 4.0
@@ -142,27 +141,10 @@ def test_writes_maps_assignments_and_metrics(run, tmp_path):
 def two_regions(tmp_path_factory):
     """V0 + a_i A + b_i B, with independent 50/50 binary labels a and b; A and B in
     opposite halves of the box, B twice as strong (box 16, 5 Å, no CTF)."""
-    box, apix, n = 16, 5.0, 800
-    v0 = blob_volume(random_blobs(box, 6, seed=1), box).float()
-    changes = []
-    for centre, scale in (((4.0, 0.0, 0.0), 0.3), ((-4.0, 1.0, 0.0), 0.6)):
-        blob = Blobs(centers=torch.tensor([centre], dtype=torch.float64),
-                     sigmas=torch.tensor([1.5], dtype=torch.float64),
-                     amplitudes=torch.tensor([1.0], dtype=torch.float64))
-        change = blob_volume(blob, box).float()
-        changes.append(change * scale * v0.norm() / change.norm())
-    rotations = random_rotations(n, seed=5).float()
     gen = torch.Generator().manual_seed(6)
-    labels = (torch.rand(n, 2, generator=gen) < 0.5).float()
-    clean = render_images(v0, rotations, apix)
-    for k in range(2):
-        clean = clean + labels[:, k, None, None] * render_images(changes[k], rotations, apix)
-    images = clean + 0.6 * float(clean.std()) * torch.randn(clean.shape, generator=gen)
-    path = tmp_path_factory.mktemp("two_regions") / "particles.mrcs"
-    write_stack(path, images.numpy(), apix)
-    particles = ParticleSet(image_stacks=[path], stack_index=np.zeros(n, dtype=np.int64),
-                            image_index=np.arange(n), box_size=box, pixel_size_angstrom=apix,
-                            rotations=rotations.numpy())
+    labels = (torch.rand(800, 2, generator=gen) < 0.5).float()
+    particles, _ = two_region_particles(tmp_path_factory.mktemp("two_regions"), labels, gen,
+                                        0.6)
     return particles, labels.numpy().astype(np.int64)
 
 

@@ -16,7 +16,13 @@ from cryoviz.inference.ppca import eval_ppca, iter_ppca, run_ppca, write_ppca
 from cryoviz.io.mrc import read_volume, write_stack
 from cryoviz.io.particles import ParticleSet, load_particles
 from cryoviz.simulate import SimulationConfig, simulate
-from tests._phantoms import Blobs, blob_volume, random_blobs, random_rotations, soft_sphere
+from tests._phantoms import (
+    blob_volume,
+    random_blobs,
+    random_rotations,
+    soft_sphere,
+    two_region_particles,
+)
 from tests._science import run_mixture_science, run_path_science
 
 SYN_BOX = 16
@@ -187,28 +193,10 @@ def test_3dva_first_component_follows_the_issue_scale_path(tmp_path):
 @pytest.fixture(scope="module")
 def two_regions(tmp_path_factory):
     """V0 + z_a A + z_b B: A and B in opposite halves of the box, B twice as strong."""
-    v0 = blob_volume(random_blobs(SYN_BOX, 6, seed=1), SYN_BOX).float()
-    changes = []
-    for centre, scale in (((4.0, 0.0, 0.0), 0.3), ((-4.0, 1.0, 0.0), 0.6)):
-        blob = Blobs(centers=torch.tensor([centre], dtype=torch.float64),
-                     sigmas=torch.tensor([1.5], dtype=torch.float64),
-                     amplitudes=torch.tensor([1.0], dtype=torch.float64))
-        change = blob_volume(blob, SYN_BOX).float()
-        changes.append(change * scale * v0.norm() / change.norm())
-    rotations = random_rotations(SYN_N, seed=5).float()
     gen = torch.Generator().manual_seed(6)
     z = torch.randn(SYN_N, 2, generator=gen)
-    clean = render_images(v0, rotations, SYN_APIX)
-    for k in range(2):
-        clean = clean + z[:, k, None, None] * render_images(changes[k], rotations, SYN_APIX)
-    images = clean + 0.3 * float(clean.std()) * torch.randn(clean.shape, generator=gen)
-    path = tmp_path_factory.mktemp("ppca_two_regions") / "particles.mrcs"
-    write_stack(path, images.numpy(), SYN_APIX)
-    particles = ParticleSet(
-        image_stacks=[path], stack_index=np.zeros(SYN_N, dtype=np.int64),
-        image_index=np.arange(SYN_N), box_size=SYN_BOX, pixel_size_angstrom=SYN_APIX,
-        rotations=rotations.numpy(),
-    )
+    particles, changes = two_region_particles(tmp_path_factory.mktemp("ppca_two_regions"), z,
+                                              gen, 0.3, SYN_BOX, SYN_APIX)
     return particles, changes, z.numpy()
 
 
