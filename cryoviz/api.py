@@ -92,7 +92,8 @@ from cryoviz.train.evaluate import (
     write_volumes,
 )
 from cryoviz.train.loop import TrainProgress, iter_train, train
-from cryoviz.train.recipes import RECIPES, Recipe, get_recipe, parse_setting
+from cryoviz.train.recipe_settings import parse_setting
+from cryoviz.train.recipes import RECIPES, Recipe, get_recipe
 
 __all__ = [
     "AmortizedPoseProgress", "AmortizedPoseResult", "AmortizedPoseSettings",

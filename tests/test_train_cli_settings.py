@@ -11,7 +11,7 @@ from cryoviz.errors import InputError
 from cryoviz.simulate import SimulationConfig, simulate
 from cryoviz.train.cli import add_parsers, recipe_settings, run
 from cryoviz.train.evaluate import load_run
-from cryoviz.train.recipes import get_recipe, parse_setting
+from cryoviz.train.recipes import get_recipe
 
 
 @pytest.fixture(scope="module")
@@ -26,34 +26,6 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser()
     add_parsers(parser.add_subparsers(dest="command", required=True))
     return parser
-
-
-def test_parse_setting_converts_to_the_fields_type():
-    assert parse_setting("gaussians=512") == ("gaussians", 512)
-    assert parse_setting("beta=0.5") == ("beta", 0.5)
-    assert parse_setting("frc_max_resolution_angstrom=8") == ("frc_max_resolution_angstrom",
-                                                              8.0)
-    assert parse_setting("encoder-centre=false") == ("encoder_centre", False)
-    assert parse_setting("move_amplitudes=yes") == ("move_amplitudes", True)
-    assert parse_setting("domain=hartley") == ("domain", "hartley")
-    assert parse_setting("box=none") == ("box", None)  # an optional field
-
-
-@pytest.mark.parametrize("text, message", [
-    ("gaussians=5.5", "--set gaussians: expected an integer, got 5.5"),
-    ("zdim=none", "--set zdim: expected an integer, got none"),
-    ("encoder_centre=maybe", "--set encoder_centre: expected true or false"),
-    ("lr=fast", "--set lr: expected a finite number, got fast"),
-    ("lr=nan", "--set lr: expected a finite number, got nan"),
-    ("beta=inf", "--set beta: expected a finite number or none, got inf"),
-    ("colour=3", "--set: expected a recipe setting, one of batch_size, beta"),
-    ("zdim", "--set: expected KEY=VALUE"),
-    ("name=other", "--set: expected a recipe setting"),  # the recipe's name is --recipe
-])
-def test_parse_setting_rejects_bad_input_naming_the_option(text, message):
-    with pytest.raises(InputError) as err:
-        parse_setting(text)
-    assert message in str(err.value)
 
 
 def test_set_and_options_become_recipe_settings():

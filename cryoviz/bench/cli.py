@@ -118,9 +118,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def _sweep_entries(specs: list[str]):
     """The entries of ``--sweep RECIPE:SETTING=V1,V2,...`` specs, each value typed as the
-    recipe field (:func:`cryoviz.train.recipes.parse_setting`) and checked by the recipe."""
+    recipe field (:func:`cryoviz.train.recipe_settings.parse_setting`) and checked by the recipe."""
     from cryoviz.bench.diagnostics import sweep_entries  # noqa: PLC0415
-    from cryoviz.train.recipes import parse_setting  # noqa: PLC0415
+    from cryoviz.train.recipe_settings import parse_setting  # noqa: PLC0415
 
     entries = []
     for spec in specs:

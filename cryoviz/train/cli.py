@@ -191,7 +191,7 @@ def recipe_settings(args: argparse.Namespace) -> dict:
     """The recipe settings of a ``cryoviz train`` command line (``None``: not given).
 
     The options of their own, then every ``--set KEY=VALUE``
-    (:func:`cryoviz.train.recipes.parse_setting`).
+    (:func:`cryoviz.train.recipe_settings.parse_setting`).
 
     Raises
     ------
@@ -199,7 +199,7 @@ def recipe_settings(args: argparse.Namespace) -> dict:
         For a malformed or unknown ``--set``, or one that repeats a setting given by
         its own option or by an earlier ``--set``.
     """
-    from cryoviz.train.recipes import parse_setting  # noqa: PLC0415
+    from cryoviz.train.recipe_settings import parse_setting  # noqa: PLC0415
 
     given = dict(epochs=args.epochs, zdim=args.zdim, box=args.box,
                  batch_size=args.batch_size, lr=args.lr, width=args.width,
