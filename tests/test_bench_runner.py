@@ -332,6 +332,14 @@ def test_ci_subset_of_the_tiny_suite(tmp_path):
         assert 0.0 <= refined["pose_median_error_deg"] <= 180.0
         assert refined["heads"] == 8 and refined["pose_only_steps"] == 75
         assert refined["fsc_auc"] is not None
+    # the two ab initio EM entries make the initial model once: the second reads it
+    # and counts the seconds it took in its own wall time
+    made = {n: by_task[(n, "abinit")] for n in ("cryosparc-abinit", "relion-refine")}
+    assert {m["initial_model"] for m in made.values()} == {
+        "computed", "shared (made by cryosparc-abinit)"}
+    reader = next(r for r in rows if r["task"] == "abinit"
+                  and r["metrics"].get("initial_model", "").startswith("shared"))
+    assert reader["wall_s"] > reader["metrics"]["shared_wall_s"] > 0
     search = by[("relion-class3d-search", "mixture-hi-uniform-tiny")]
     assert search["fsc_cluster_agreement"] is not None
     assert 0.0 <= search["pose_median_error_deg"] <= 180.0
