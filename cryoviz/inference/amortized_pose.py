@@ -313,6 +313,9 @@ def iter_amortized_pose(particles: ParticleSet, settings: AmortizedPoseSettings 
     s = (settings or AmortizedPoseSettings()).resolved()
     _check(particles, initial_map, s)
     t0 = time.perf_counter()
+    # the implicit map's MLP draws its weights from the global RNG: seed it, as the
+    # training loop does, so that a run is the same in any process
+    torch.manual_seed(s.seed)
     m = _Model(particles, s, device, initial_map)
     opt = torch.optim.Adam([{"params": m.encoder.parameters(), "lr": s.lr_encoder},
                             {"params": m.volume.parameters(), "lr": s.lr_volume}])
