@@ -120,6 +120,7 @@ def apply_shift_and_ctf(
     pixel_size_angstrom: float,
     shifts_angstrom: torch.Tensor | None = None,
     ctf: CTFParams | None = None,
+    ctf_values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Translate and CTF-modulate projection transforms (any volume model's slices).
 
@@ -133,6 +134,10 @@ def apply_shift_and_ctf(
         ``(B, 2)`` particle displacements ``(x, y)`` in Å, or ``None``.
     ctf
         CTF parameters of the ``B`` particles, or ``None``.
+    ctf_values
+        ``(B, D, D // 2 + 1)`` the same CTF already evaluated on the half grid
+        (:func:`cryoviz.ctf.compute_ctf_2d` with ``rfft=True``), used instead of
+        ``ctf`` when a caller needs it twice.
 
     Returns
     -------
@@ -143,6 +148,8 @@ def apply_shift_and_ctf(
     if shifts_angstrom is not None:
         shifts_px = shifts_angstrom.to(real_dtype_of(ft.dtype)) / pixel_size_angstrom
         ft = phase_shift(ft, shifts_px, box_size, rfft=True)
+    if ctf_values is not None:
+        return ft * ctf_values.to(real_dtype_of(ft.dtype))
     if ctf is not None:
         values = compute_ctf_2d(
             ctf, box_size, pixel_size_angstrom, rfft=True,

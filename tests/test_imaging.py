@@ -8,6 +8,7 @@ import torch
 from cryoviz.ctf import CTFParams, compute_ctf_2d
 from cryoviz.fourier import centered_irfft2, frequency_grid_2d
 from cryoviz.imaging import (
+    apply_shift_and_ctf,
     forward_fourier,
     gridding_correction,
     images_to_fourier,
@@ -67,6 +68,40 @@ def test_forward_ctf_multiplies_the_transform(box):
     px = shifts / APIX
     phase = torch.exp(-2j * torch.pi * (kx * px[:, 0, None, None] + ky * px[:, 1, None, None]))
     assert torch.allclose(both, plain * values * phase, atol=1e-12)
+
+
+def test_precomputed_ctf_values_equal_the_ctf_parameters():
+    """``apply_shift_and_ctf(..., ctf_values=...)`` (a CTF evaluated once and reused)
+    gives what the parameters give, and render_hypotheses (one CTF per image, shared
+    by its hypotheses) what each hypothesis with its own copy of the CTF gives."""
+    from cryoviz.inference.amortized_encoder import render_hypotheses  # noqa: PLC0415
+
+    box, heads = 16, 3
+    vol = volume_to_fourier(_volume(box))
+    ctf = CTFParams.from_arrays(defocus_u_angstrom=[8000.0, 15000.0],
+                                defocus_v_angstrom=[7000.0, 14500.0],
+                                astigmatism_angle_deg=[10.0, 45.0], voltage_kv=300.0,
+                                cs_mm=2.7, amplitude_contrast=0.1)
+    rot = random_rotations(2 * heads, seed=3).reshape(2, heads, 3, 3)
+    shifts = torch.linspace(-3.0, 3.0, 2 * heads * 2, dtype=torch.float64).reshape(2, heads, 2)
+    slices = project_fourier(vol, rot[:, 0], box)
+    values = compute_ctf_2d(ctf, box, APIX, rfft=True, dtype=torch.float64)
+    torch.testing.assert_close(apply_shift_and_ctf(slices, APIX, shifts[:, 0], ctf_values=values),
+                               apply_shift_and_ctf(slices, APIX, shifts[:, 0], ctf),
+                               rtol=0, atol=0)
+
+    def slice_volume(rotations, z, box_size, apix):
+        return project_fourier(vol, rotations, box_size)
+
+    each = apply_shift_and_ctf(project_fourier(vol, rot.reshape(-1, 3, 3), box), APIX,
+                               shifts.reshape(-1, 2),
+                               ctf.subset(torch.arange(2).repeat_interleave(heads)))
+    shared = render_hypotheses(slice_volume, rot, shifts, None, ctf, box, APIX)
+    torch.testing.assert_close(shared, each.reshape(2, heads, box, box // 2 + 1),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        render_hypotheses(slice_volume, rot, shifts, None, None, box, APIX, values), shared,
+        rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("box", [20, 21])

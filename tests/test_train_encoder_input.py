@@ -63,6 +63,24 @@ def test_phase_flip_leaves_the_transform_times_the_ctf_magnitude():
     torch.testing.assert_close(flipped.norm(), recorded.norm(), rtol=1e-2, atol=0.0)
 
 
+def test_precomputed_ctf_values_give_the_same_input():
+    """The training loop evaluates each batch's CTFs once and hands them to the encoder's
+    input and to the loss: the input is the one made from the CTF parameters."""
+    gen = torch.Generator().manual_seed(2)
+    images = torch.randn(3, 32, 32, generator=gen)
+    ctf = _ctf(3)
+    shifts = torch.tensor([[1.5, -3.0], [0.0, 2.0], [4.0, 0.5]])
+    values = compute_ctf_2d(ctf, 32, 2.0, rfft=True, dtype=torch.float32)
+    view = EncoderInput(2.0, shifts, ctf)
+    index = torch.arange(3)
+    torch.testing.assert_close(view(images, index, ctf_values=values), view(images, index),
+                               rtol=0, atol=0)
+    # an input that does not phase-flip ignores them
+    unflipped = EncoderInput(2.0, shifts, None)
+    torch.testing.assert_close(unflipped(images, index, ctf_values=values),
+                               corrected_images(images, 2.0, shifts, None), rtol=0, atol=0)
+
+
 def test_no_correction_returns_the_images_themselves():
     images = torch.zeros(2, 8, 8)
     assert corrected_images(images, 1.0) is images

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from cryoviz.ctf import compute_ctf_2d
+from cryoviz.fourier import real_dtype_of
 from cryoviz.geometry.rotations import IN_PLANE_PI, rotation_6d_to_matrix
 from cryoviz.imaging import apply_shift_and_ctf
 
@@ -68,7 +70,8 @@ def flip_pose_180(rotations: torch.Tensor, shifts_angstrom: torch.Tensor
 
 def render_hypotheses(slice_volume, rotations: torch.Tensor, shifts_angstrom: torch.Tensor,
                       z: torch.Tensor | None, ctf, box_size: int,
-                      pixel_size_angstrom: float) -> torch.Tensor:
+                      pixel_size_angstrom: float,
+                      ctf_values: torch.Tensor | None = None) -> torch.Tensor:
     """Model transforms of every pose hypothesis of every image.
 
     Parameters
@@ -84,6 +87,9 @@ def render_hypotheses(slice_volume, rotations: torch.Tensor, shifts_angstrom: to
         :class:`cryoviz.ctf.CTFParams` of the ``B`` images, or ``None``.
     box_size, pixel_size_angstrom
         The images' box and pixel size.
+    ctf_values
+        ``(B, d, d // 2 + 1)`` the images' CTFs already evaluated on the half
+        grid, used instead of ``ctf``.
 
     Returns
     -------
@@ -93,11 +99,15 @@ def render_hypotheses(slice_volume, rotations: torch.Tensor, shifts_angstrom: to
     n_images, heads = rotations.shape[:2]
     z_rep = None if z is None else z.repeat_interleave(heads, dim=0)
     slices = slice_volume(rotations.reshape(-1, 3, 3), z_rep, box_size, pixel_size_angstrom)
-    ctf_rep = None if ctf is None else ctf.subset(
-        torch.arange(n_images, device=rotations.device).repeat_interleave(heads))
-    model = apply_shift_and_ctf(slices, pixel_size_angstrom, shifts_angstrom.reshape(-1, 2),
-                                ctf_rep)
-    return model.reshape(n_images, heads, *model.shape[-2:])
+    model = apply_shift_and_ctf(slices, pixel_size_angstrom, shifts_angstrom.reshape(-1, 2))
+    model = model.reshape(n_images, heads, *model.shape[-2:])
+    rdtype = real_dtype_of(model.dtype)
+    if ctf_values is None and ctf is not None:  # once per image, not per hypothesis
+        ctf_values = compute_ctf_2d(ctf, int(model.shape[-2]), pixel_size_angstrom, rfft=True,
+                                    dtype=rdtype, device=model.device)
+    if ctf_values is not None:
+        model = model * ctf_values.to(rdtype)[:, None]
+    return model
 
 
 class PoseEncoder(torch.nn.Module):

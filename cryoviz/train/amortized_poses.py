@@ -76,7 +76,8 @@ def band_limit(recipe: Recipe, step: int, steps_per_epoch: int) -> float:
 
 def hypothesis_errors(slice_volume: Callable, rotations: torch.Tensor, shifts: torch.Tensor,
                       z: torch.Tensor | None, target: torch.Tensor, ctf, weight_2d: torch.Tensor,
-                      box_size: int, pixel_size_angstrom: float) -> torch.Tensor:
+                      box_size: int, pixel_size_angstrom: float,
+                      ctf_values: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted squared residuals of every hypothesis.
 
     Parameters
@@ -96,6 +97,8 @@ def hypothesis_errors(slice_volume: Callable, rotations: torch.Tensor, shifts: t
         ``(d, d // 2 + 1)`` per-coefficient weights (band limit included).
     box_size, pixel_size_angstrom
         The training box and its pixel size.
+    ctf_values
+        ``(B, d, d // 2 + 1)`` ``ctf`` already evaluated on the half grid, or None.
 
     Returns
     -------
@@ -103,7 +106,7 @@ def hypothesis_errors(slice_volume: Callable, rotations: torch.Tensor, shifts: t
         ``(B, H)``: ``sum_k w(k) |M_ih(k) - X_i(k)|^2``.
     """
     model = render_hypotheses(slice_volume, rotations, shifts, z, ctf, box_size,
-                              pixel_size_angstrom)
+                              pixel_size_angstrom, ctf_values)
     return ((model - target[:, None]).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
 
 

@@ -26,7 +26,8 @@ __all__ = ["EncoderInput", "corrected_images", "run_encoder_input", "particle_en
 def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
                      shifts_angstrom: torch.Tensor | None = None,
                      ctf: CTFParams | None = None,
-                     ft: torch.Tensor | None = None) -> torch.Tensor:
+                     ft: torch.Tensor | None = None,
+                     ctf_values: torch.Tensor | None = None) -> torch.Tensor:
     """Images moved back by their shifts and multiplied in Fourier space by ``sign(CTF)``.
 
     Parameters
@@ -43,13 +44,16 @@ def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
     ft
         ``(B, D, D // 2 + 1)`` centred half transform of ``images`` when the
         caller already has it (the training loop's target), else computed here.
+    ctf_values
+        ``(B, D, D // 2 + 1)`` ``ctf`` already evaluated on the half grid (the
+        training loop's, shared with the decoder's loss), else computed here.
 
     Returns
     -------
     torch.Tensor
         ``(B, D, D)`` real images; ``images`` itself when both are None.
     """
-    if shifts_angstrom is None and ctf is None:
+    if shifts_angstrom is None and ctf is None and ctf_values is None:
         return images
     box = int(images.shape[-1])
     if ft is None:
@@ -58,10 +62,11 @@ def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
     if shifts_angstrom is not None:
         back_px = -shifts_angstrom.to(dtype=rdtype, device=ft.device) / pixel_size_angstrom
         ft = phase_shift(ft, back_px, box, rfft=True)
-    if ctf is not None:
-        values = compute_ctf_2d(ctf, box, pixel_size_angstrom, rfft=True, dtype=rdtype,
-                                device=ft.device)
-        ft = ft * torch.sign(values)
+    if ctf_values is None and ctf is not None:
+        ctf_values = compute_ctf_2d(ctf, box, pixel_size_angstrom, rfft=True, dtype=rdtype,
+                                    device=ft.device)
+    if ctf_values is not None:
+        ft = ft * torch.sign(ctf_values.to(rdtype))
     return centered_irfft2(ft, box).to(images.dtype)
 
 
@@ -84,12 +89,17 @@ class EncoderInput:
     ctf: CTFParams | None = None
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor,
-                 ft: torch.Tensor | None = None) -> torch.Tensor:
+                 ft: torch.Tensor | None = None,
+                 ctf_values: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, D, D)`` encoder input of the particles ``index`` ``(B,)`` (file order);
-        ``ft``: the images' centred half transform, if already computed."""
+        ``ft``: the images' centred half transform and ``ctf_values`` their CTFs on
+        the half grid, if already computed (``ctf_values`` is used only when this
+        input phase-flips, i.e. :attr:`ctf` is set)."""
         shifts = None if self.shifts_angstrom is None else self.shifts_angstrom[index]
-        ctf = None if self.ctf is None else self.ctf.subset(index)
-        return corrected_images(images, self.pixel_size_angstrom, shifts, ctf, ft)
+        if self.ctf is None:
+            return corrected_images(images, self.pixel_size_angstrom, shifts, None, ft)
+        return corrected_images(images, self.pixel_size_angstrom, shifts,
+                                self.ctf.subset(index), ft, ctf_values)
 
 
 def run_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,

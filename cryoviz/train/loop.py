@@ -37,8 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cryoviz.ctf import compute_ctf_2d
 from cryoviz.errors import InputError
-from cryoviz.fourier import centered_rfft2, frequency_grid_2d, shell_index_2d
+from cryoviz.fourier import centered_rfft2, frequency_grid_2d, real_dtype_of, shell_index_2d
 from cryoviz.imaging import apply_shift_and_ctf
 from cryoviz.io.mrc import atomic_output
 from cryoviz.io.particles import ImageSource, ParticleSet
@@ -270,6 +271,10 @@ def iter_train(
             sel = torch.as_tensor(index, device=device)
             images = images.to(device)
             target = centered_rfft2(images)
+            # the batch's CTFs, evaluated once for the encoder's input and the loss
+            ctf_values = None if ctf is None else compute_ctf_2d(
+                ctf.subset(sel), box, apix, rfft=True, dtype=real_dtype_of(target.dtype),
+                device=device)
             z, kl = None, torch.zeros((), device=device)
             if joint:  # poses and latent from one pass of the CNN
                 *poses, mu, logvar = encode_poses(images)
@@ -281,7 +286,7 @@ def iter_train(
                     kl = 0.0 * (mu.sum() + logvar.sum())
             elif encoder is not None:
                 if not joint:
-                    mu, logvar = encode(encoder_view(images, sel, target), sel)
+                    mu, logvar = encode(encoder_view(images, sel, target, ctf_values), sel)
                 if logvar is not None:
                     eps = part.rows(torch.randn((part.total, mu.shape[1]), generator=noise_gen,
                                                  device=device))
@@ -297,18 +302,17 @@ def iter_train(
                 band = band_limit(recipe, step, len(batches))
                 errors = hypothesis_errors(
                     slice_volume, *poses, z, target,
-                    None if ctf is None else ctf.subset(sel), weight_2d * (radius < band),
-                    box, apix)
+                    None, weight_2d * (radius < band), box, apix, ctf_values)
                 data_term = errors.min(dim=1).values.mean() / (data_scale**2 * n_coeff)
             elif recipe.loss == "frc":
                 model = apply_shift_and_ctf(slice_volume(rotations[sel], z, box, apix), apix,
                                             None if shifts is None else shifts[sel],
-                                            None if ctf is None else ctf.subset(sel))
+                                            ctf_values=ctf_values)
                 data_term = frc_loss(model, target, frc_max_shell)
             else:
                 model = apply_shift_and_ctf(slice_volume(rotations[sel], z, box, apix), apix,
                                             None if shifts is None else shifts[sel],
-                                            None if ctf is None else ctf.subset(sel))
+                                            ctf_values=ctf_values)
                 residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
                 data_term = residual.mean() / (data_scale**2 * n_coeff)
             loss = data_term + beta * kl / kl_pixels
