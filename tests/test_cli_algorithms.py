@@ -60,6 +60,24 @@ def test_particles_must_have_what_the_recipe_needs(star, tmp_path, capsys, recip
     assert str(bare) in err and needed in err
 
 
+@pytest.mark.parametrize("recipe", ["fstdiff", "relion-refine", "cryoposenet"])
+def test_starting_map_off_the_particles_grid_names_the_file(star, tmp_path, capsys, recipe):
+    """Every recipe's --initial-map is read by one check: a map of another box or voxel
+    size is refused before the run, naming the file, the field and the particles' grid."""
+    import numpy as np  # noqa: PLC0415
+
+    from cryoviz.io.mrc import write_volume  # noqa: PLC0415
+
+    for name, box, apix, message in (("box12.mrc", 12, 6.0, "box size: expected 16^3"),
+                                     ("apix3.mrc", 16, 3.0, "voxel size: expected 6 Å")):
+        write_volume(tmp_path / name, np.ones((box,) * 3, np.float32), apix)
+        code = main(["train", str(star), "--recipe", recipe, "--initial-map",
+                     str(tmp_path / name), "-o", str(tmp_path / name[:-4])])
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert name in err and message in err and "(the particles')" in err, err
+
+
 def test_3dva_filter_resolution_sets_the_working_box(star, tmp_path):
     """--filter-resolution 24 Å on 6 Å pixels of box 16: the working box whose Nyquist
     is 24 Å is 8 (12 Å voxels); without it the box is min(16, 32) = 16."""

@@ -6,7 +6,15 @@ import mrcfile
 import numpy as np
 import pytest
 
-from cryoviz.io.mrc import StackWriter, open_stack, read_volume, write_stack, write_volume
+from cryoviz.errors import InputError
+from cryoviz.io.mrc import (
+    StackWriter,
+    open_stack,
+    read_volume,
+    read_volume_on_grid,
+    write_stack,
+    write_volume,
+)
 
 
 def _no_temp_files(folder):
@@ -67,3 +75,21 @@ def test_unset_header_pixel_size_is_none(tmp_path):
         mrc.voxel_size = 0.0
     with open_stack(path) as stack:
         assert stack.pixel_size_angstrom is None
+
+
+def test_volume_on_a_grid_checks_box_and_voxel_size(tmp_path):
+    path = tmp_path / "map.mrc"
+    volume = np.arange(8**3, dtype=np.float32).reshape(8, 8, 8)
+    write_volume(path, volume, 2.0)
+    np.testing.assert_array_equal(read_volume_on_grid(path, 8, 2.0), volume)
+    np.testing.assert_array_equal(read_volume_on_grid(path, 8, 2.001), volume)  # within 1e-3
+    with pytest.raises(InputError, match=r"map\.mrc.*box size: expected 10\^3 voxels "
+                                         r"\(the particles'\).*8x8x8"):
+        read_volume_on_grid(path, 10, 2.0, "the particles'")
+    with pytest.raises(InputError, match=r"map\.mrc.*voxel size: expected 2\.5 Å.*2 Å"):
+        read_volume_on_grid(path, 8, 2.5)
+    unset = tmp_path / "unset.mrc"
+    with mrcfile.new(unset) as mrc:
+        mrc.set_data(volume)
+        mrc.voxel_size = 0.0
+    np.testing.assert_array_equal(read_volume_on_grid(unset, 8, 2.5), volume)  # accepted

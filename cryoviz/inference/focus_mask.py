@@ -84,14 +84,9 @@ def read_focus_mask(path: str | PathLike, box_size: int,
         Naming ``path``: another box, another voxel size, or what
         :func:`check_focus_mask` refuses.
     """
-    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+    from cryoviz.io.mrc import read_volume_on_grid  # noqa: PLC0415
 
-    volume, voxel = read_volume(path)
-    if tuple(volume.shape) != (box_size,) * 3:
-        raise InputError(path, "box size", f"{box_size}^3 voxels",
-                         "x".join(str(n) for n in volume.shape))
-    if voxel is not None and abs(voxel - pixel_size_angstrom) > 1e-3 * pixel_size_angstrom:
-        raise InputError(path, "voxel size", f"{pixel_size_angstrom:g} Å", f"{voxel:g} Å")
+    volume = read_volume_on_grid(path, box_size, pixel_size_angstrom)
     try:
         return check_focus_mask(volume, (box_size,))
     except InputError as err:

@@ -28,6 +28,7 @@ from cryoviz.errors import InputError
 
 __all__ = [
     "read_volume",
+    "read_volume_on_grid",
     "write_volume",
     "open_stack",
     "MRCStack",
@@ -134,6 +135,40 @@ def read_volume(path: str | PathLike) -> tuple[np.ndarray, float | None]:
     if not np.isfinite(volume).all():
         raise InputError(path, "voxel values", "finite numbers", got="NaN or inf")
     return volume, apix
+
+
+def read_volume_on_grid(path: str | PathLike, box_size: int, voxel_size_angstrom: float,
+                        whose: str = "") -> np.ndarray:
+    """A volume that must lie on a given grid (e.g. the particles'): box and voxel size checked.
+
+    Parameters
+    ----------
+    path
+        The MRC file.
+    box_size, voxel_size_angstrom
+        The grid; a header without a voxel size is accepted.
+    whose
+        Named in the error after the expected value, e.g. ``"the particles'"``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(D, D, D)`` float32, as :func:`read_volume`.
+
+    Raises
+    ------
+    InputError
+        Naming ``path``: another box or another voxel size (relative tolerance 1e-3).
+    """
+    suffix = f" ({whose})" if whose else ""
+    volume, voxel = read_volume(path)
+    if tuple(volume.shape) != (box_size,) * 3:
+        raise InputError(path, "box size", f"{box_size}^3 voxels{suffix}",
+                         got="x".join(str(n) for n in volume.shape))
+    if voxel is not None and abs(voxel - voxel_size_angstrom) > 1e-3 * voxel_size_angstrom:
+        raise InputError(path, "voxel size", f"{voxel_size_angstrom:g} Å{suffix}",
+                         got=f"{voxel:g} Å")
+    return volume
 
 
 def write_volume(path: str | PathLike, volume: np.ndarray, voxel_size_angstrom: float) -> None:

@@ -29,17 +29,10 @@ __all__ = ["OWN_ALGORITHM", "CHECKPOINTING", "RUNNERS", "run_algorithm"]
 
 def _read_particle_map(name: str, particles) -> torch.Tensor:
     """A map (MRC) on the particles' grid: box and voxel size checked against theirs."""
-    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
+    from cryoviz.io.mrc import read_volume_on_grid  # noqa: PLC0415
 
-    apix, box = particles.pixel_size_angstrom, particles.box_size
-    volume, voxel = read_volume(name)
-    if tuple(volume.shape) != (box,) * 3:
-        raise InputError(name, "box size", f"{box}^3 voxels (the particles' box)",
-                         got="x".join(str(n) for n in volume.shape))
-    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
-        raise InputError(name, "voxel size", f"{apix:g} Å (the particles')",
-                         got=f"{voxel:g} Å")
-    return torch.as_tensor(volume)
+    return torch.as_tensor(read_volume_on_grid(name, particles.box_size,
+                                               particles.pixel_size_angstrom, "the particles'"))
 
 
 def _read_mask(args: argparse.Namespace, particles) -> torch.Tensor | None:
@@ -283,15 +276,9 @@ def _run_fstdiff(args: argparse.Namespace, particles) -> int:
         iter_variational,
         write_variational,
     )
-    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
-
     if args.initial_map is None:
         raise InputError(None, "--initial-map", "a starting map (MRC) for fstdiff")
-    initial, voxel = read_volume(args.initial_map)
-    apix = particles.pixel_size_angstrom
-    if voxel is not None and abs(voxel - apix) > 1e-3 * apix:
-        raise InputError(args.initial_map, "voxel size", f"{apix:g} Å (the particles')",
-                         got=f"{voxel:g} Å")
+    initial = _read_particle_map(args.initial_map, particles)
     settings = VariationalSettings(
         n_epochs=args.epochs or 5, coarse_order=args.healpix_order,
         initial_lowpass_angstrom=args.initial_lowpass, batch_size=args.batch_size or 64,
