@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,3 +65,13 @@ def test_a_model_made_with_other_settings_or_seed_is_not_reused(tmp_path):
     assert _read_shared(folder, other) is None
     seed1, _ = _shared_initial_model(runs / "exact", _ctx(seed=1), settings)
     assert seed1 != folder and _read_shared(seed1, key) is None
+
+
+@pytest.mark.parametrize("module", ["entries_em_recipes", "entries_pose_recipes"])
+def test_the_recipe_modules_import_first_in_a_fresh_interpreter(module):
+    """They are imported by the registry while it registers them; imported first
+    themselves they must not fail on the cycle (they did: a partial-module ImportError)."""
+    code = (f"import cryoviz.bench.{module}\n"
+            "from cryoviz.bench.entries import ENTRIES\n"
+            "assert ('relion-refine', 'abinit') in ENTRIES and ('fstdiff', 'pose') in ENTRIES")
+    subprocess.run([sys.executable, "-c", code], check=True)

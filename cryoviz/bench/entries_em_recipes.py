@@ -13,25 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from cryoviz.bench.entries import (
-    HETEROGENEOUS_KINDS,
-    HOMOGENEOUS_KINDS,
-    BenchEntry,
-    RunContext,
-    _particles,
-    register,
-)
 from cryoviz.bench.tasks import RunOutputs
 from cryoviz.io.particles import load_particles
+
+if TYPE_CHECKING:  # the registry imports this module while it registers its entries
+    from cryoviz.bench.entries import RunContext
 
 __all__ = ["ABINIT_SETTINGS", "register_em_recipes"]
 
 
 def _class3d(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    from cryoviz.bench.entries import _particles  # noqa: PLC0415
     from cryoviz.inference.class_em import run_class_em, write_class_em  # noqa: PLC0415
 
     particles = _particles(dataset)
@@ -74,6 +71,7 @@ def _class3d_searched(dataset: Path, output: Path, ctx: RunContext) -> RunOutput
 
 
 def _ppca(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    from cryoviz.bench.entries import _particles  # noqa: PLC0415
     from cryoviz.inference.ppca import eval_ppca, run_ppca, write_ppca  # noqa: PLC0415
 
     particles = _particles(dataset)
@@ -211,6 +209,13 @@ def _abinit(modal: bool) -> Callable[[Path, Path, RunContext], RunOutputs]:
 
 def register_em_recipes() -> None:
     """Register the six entries (called once by :mod:`cryoviz.bench.entries`)."""
+    from cryoviz.bench.entries import (  # noqa: PLC0415
+        HETEROGENEOUS_KINDS,
+        HOMOGENEOUS_KINDS,
+        BenchEntry,
+        register,
+    )
+
     register(BenchEntry("relion-class3d", "conformation", _class3d, HETEROGENEOUS_KINDS,
                         "EM over K classes (K = true states, 2 for a path)"))
     register(BenchEntry("relion-class3d-search", "conformation", _class3d_searched,

@@ -17,10 +17,13 @@ test of the harness (minutes on a CPU for all four), not a figure of merit.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryoviz.bench.entries import HOMOGENEOUS_KINDS, BenchEntry, RunContext, register
 from cryoviz.bench.tasks import RunOutputs
 from cryoviz.io.particles import load_particles
+
+if TYPE_CHECKING:  # the registry imports this module while it registers its entries
+    from cryoviz.bench.entries import RunContext
 
 __all__ = ["POSE_RECIPE_SETTINGS", "POSE_TASK_HEADS", "register_pose_recipes"]
 
@@ -102,6 +105,8 @@ def _cryogan(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
 
 def register_pose_recipes() -> None:
     """Register the six entries (called once by :mod:`cryoviz.bench.entries`)."""
+    from cryoviz.bench.entries import HOMOGENEOUS_KINDS, BenchEntry, register  # noqa: PLC0415
+
     register(BenchEntry("fstdiff", "pose", _fstdiff, HOMOGENEOUS_KINDS,
                         "variational EM (Gaussian pose posteriors) from a 20 Å low-pass of "
                         "the truth"))
