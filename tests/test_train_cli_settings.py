@@ -65,7 +65,23 @@ def test_train_uses_the_settings_end_to_end(tiny_dataset, tmp_path, capsys):
     assert run_.volume.n_gaussians == 24
     assert run_.encoder is not None
     assert run_.recipe.weight_decay == pytest.approx(0.001)
-    assert get_recipe("e2gmm").gaussians == 256  # the option, not the default, made 24
+    assert get_recipe("e2gmm").gaussians is None  # the option, not the default, made 24
+
+
+def test_the_box_scaled_gaussian_count_is_written_to_the_config(tiny_dataset, tmp_path):
+    """Without --gaussians the run's count (box 16: 16**3 // 128 = 32) is resolved at its
+    start and written to config.toml, so the run keeps it if the default changes."""
+    run_dir = tmp_path / "run"
+    argv = ["train", str(tiny_dataset / "particles.star"), "--recipe", "e2gmm", "-o",
+            str(run_dir), "--epochs", "1", "--batch-size", "60", "--enc-width", "16",
+            "--enc-depth", "1", "--width", "16", "--depth", "1"]
+    assert run(_parser().parse_args(argv)) == 0
+    with open(run_dir / "config.toml", "rb") as fh:
+        assert tomllib.load(fh)["recipe"]["gaussians"] == 32
+    assert load_run(run_dir).volume.n_gaussians == 32
+    assert run(_parser().parse_args([*argv[:6], "--epochs", "2", *argv[8:],
+                                     "--resume"])) == 0
+    assert load_run(run_dir).epoch == 2
 
 
 def test_set_is_refused_for_recipes_with_their_own_algorithm(tiny_dataset, tmp_path, capsys):

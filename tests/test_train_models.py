@@ -86,3 +86,17 @@ def test_implicit_volume_draws_cryodrgns_number_of_random_frequencies(box, pe_di
     assert volume.mlp.inp.in_features == 2 * frequencies + recipe.zdim
     with pytest.raises(InputError, match="pe_dim"):
         get_recipe("cryodrgn", pe_dim=0)
+
+
+@pytest.mark.parametrize(("box", "gaussians", "count"), [(16, None, 32), (32, None, 256),
+                                                         (64, None, 2048), (64, 300, 300)])
+def test_gmm_volume_scales_its_gaussians_with_the_box_unless_given(box, gaussians, count):
+    """A reference-free ``gmm`` volume has ``D**3 // 128`` Gaussians (2,048 at box 64)
+    unless ``gaussians`` is given."""
+    recipe = get_recipe("e2gmm", width=16, depth=1, enc_width=16, enc_depth=1,
+                        gaussians=gaussians)
+    assert recipe.gaussian_count(box) == count
+    volume, _ = build_models(recipe, box, 4.0, n_particles=4)
+    assert isinstance(volume, GaussianMixtureVolume) and volume.n_gaussians == count
+    with pytest.raises(InputError, match="gaussians"):
+        get_recipe("e2gmm", gaussians=0)

@@ -17,10 +17,11 @@ def test_parse_setting_converts_to_the_fields_type():
     assert parse_setting("move_amplitudes=yes") == ("move_amplitudes", True)
     assert parse_setting("domain=hartley") == ("domain", "hartley")
     assert parse_setting("box=none") == ("box", None)  # an optional field
+    assert parse_setting("gaussians=none") == ("gaussians", None)  # the box-scaled default
 
 
 @pytest.mark.parametrize("text, message", [
-    ("gaussians=5.5", "--set gaussians: expected an integer, got 5.5"),
+    ("gaussians=5.5", "--set gaussians: expected an integer or none, got 5.5"),
     ("zdim=none", "--set zdim: expected an integer, got none"),
     ("encoder_centre=maybe", "--set encoder_centre: expected true or false"),
     ("lr=fast", "--set lr: expected a finite number, got fast"),

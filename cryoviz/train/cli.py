@@ -47,7 +47,7 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--beta", type=float, help="KL weight (default 1 / zdim, as cryoDRGN)")
     tr.add_argument("--gaussians", type=int,
                     help="Gaussians of a reference-free Gaussian-mixture volume (e2gmm; "
-                    "default 256)")
+                    "default box**3 // 128 of the training box: 2048 at box 64)")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="any other recipe setting, e.g. --set weight_decay=1e-4 --set "
                     "contact_cutoff_angstrom=8 (repeatable; the names are the fields of "

@@ -49,7 +49,8 @@ from dataclasses import dataclass
 
 from cryoviz.errors import InputError
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "CRYODRGN_PE_SIGMA", "ADDED_SETTINGS"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "CRYODRGN_PE_SIGMA", "ADDED_SETTINGS",
+           "GAUSSIANS_VOXELS"]
 
 #: Scale of the implicit volume's Gaussian random Fourier features, as a fraction
 #: of the box: the real-space offsets ``b`` of the features ``cos / sin (2 pi q . b)``
@@ -70,6 +71,10 @@ CRYODRGN_PE_SIGMA = 1.0 / (8.0 * math.pi)
 #: Recipe settings added after runs had been saved, with the value that reproduces
 #: a run whose ``config.toml`` lacks them (it was trained without the feature).
 ADDED_SETTINGS: dict[str, object] = {"encoder_centre": False, "encoder_phase_flip": False}
+
+#: Voxels of the training box per Gaussian of a reference-free ``gmm`` volume when
+#: ``gaussians`` is not given (:meth:`Recipe.gaussian_count`).
+GAUSSIANS_VOXELS = 128
 
 
 # The implicit recipes default to ``domain = 'fourier'`` (before 2026-12-05 they used
@@ -143,7 +148,10 @@ class Recipe:
     frc_max_resolution_angstrom
         Highest resolution of the FRC loss (``None``: Nyquist of the training box).
     gaussians
-        Number of Gaussians of a reference-free ``gmm`` volume.
+        Number of Gaussians of a reference-free ``gmm`` volume (and of the mixture
+        fitted to an MRC ``reference``); ``None``: scaled with the training box
+        (:meth:`gaussian_count`), resolved when a run starts and written to its
+        ``config.toml``.
     reference
         ``gmm`` initial model: ``None`` (random ball), ``'4ake'`` / ``'1ake'``, a
         PDB / mmCIF path or an MRC map (see :func:`cryoviz.volumes.gmm.load_reference`);
@@ -219,7 +227,7 @@ class Recipe:
     window_chunks: int = 4
     loss: str = "gaussian"
     frc_max_resolution_angstrom: float | None = None
-    gaussians: int = 256
+    gaussians: int | None = None
     reference: str | None = None
     reference_level: str = "residue"
     reference_bfactor_a2: float = 20.0
@@ -257,6 +265,23 @@ class Recipe:
         0.258 +- 0.025 (``docs/benchmarks.md``).
         """
         return int(self.pe_dim) if self.pe_dim is not None else 3 * (int(box_size) // 2)
+
+    def gaussian_count(self, box_size: int) -> int:
+        """Gaussians of a reference-free ``gmm`` volume at training box ``D``.
+
+        :attr:`gaussians`, or ``D**3 // 128`` when it is None (256 at box 32,
+        2,048 at box 64): the resolvable elements of a map grow with the cube of
+        the box. ``tests/benchmarks/bench_gmm_gaussians.py`` trained ``e2gmm``
+        with counts from ``D**3 / 1024`` to ``D**3 / 64`` on open / closed
+        mixtures at boxes 32, 48 and 64 (4,000 particles, SNR 0.1, 10 epochs,
+        two seeds): the masked FSC-AUC against the true states peaked at
+        ``D**3 / 128`` at every box, the states separated at every count from
+        ``D**3 / 512`` on (``docs/benchmarks.md``). Until 2026-12-06 the default
+        was 256 at every box.
+        """
+        if self.gaussians is not None:
+            return int(self.gaussians)
+        return max(1, int(box_size) ** 3 // GAUSSIANS_VOXELS)
 
     @property
     def latent_dim(self) -> int:
@@ -305,7 +330,8 @@ class Recipe:
         need(self.loss in ("gaussian", "frc"), "loss", "'gaussian' or 'frc'", self.loss)
         need(self.frc_max_resolution_angstrom is None or self.frc_max_resolution_angstrom > 0,
              "frc_max_resolution_angstrom", "> 0", self.frc_max_resolution_angstrom)
-        need(self.gaussians >= 1, "gaussians", "at least 1", self.gaussians)
+        need(self.gaussians is None or self.gaussians >= 1, "gaussians",
+             f"at least 1, or none for box**3 // {GAUSSIANS_VOXELS}", self.gaussians)
         need(self.reference_level in ("residue", "atom"), "reference_level",
              "'residue' or 'atom'", self.reference_level)
         need(self.precision in ("fp32", "bf16", "fp16"), "precision",
@@ -347,7 +373,7 @@ RECIPES: dict[str, Recipe] = {
                                 batch_size=128),
     "e2gmm": Recipe(name="e2gmm", volume="gmm", encoder="vae", zdim=4, loss="frc",
                     lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
-                    gaussians=256, enc_width=128, enc_depth=2),
+                    enc_width=128, enc_depth=2),
     "cryofold": Recipe(name="cryofold", volume="gmm", encoder="vae", zdim=4, loss="frc",
                        lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
                        enc_width=128, enc_depth=2, reference_level="residue",

@@ -129,7 +129,7 @@ def test_other_settings_reach_the_recipe(make_napari_viewer, tmp_path):
     dock.settings.value = "gaussians=24, weight_decay=0.001,depth=1"
     recipe = dock.recipe_from_form()
     assert (recipe.gaussians, recipe.weight_decay, recipe.depth) == (24, 0.001, 1)
-    assert api.get_recipe("e2gmm").gaussians == 256
+    assert api.get_recipe("e2gmm").gaussians is None  # box-scaled default
     for text, message in (("gaussians=many", "other settings gaussians: expected an integer"),
                           ("colour=3", "other settings: expected a recipe setting"),
                           ("width=64", "has one")):
