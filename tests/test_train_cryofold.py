@@ -58,6 +58,9 @@ def test_cryofold_moves_residues_to_the_closed_state(tmp_path):
     recipe = get_recipe("cryofold", epochs=10, reference="4ake")
     list(iter_train(load_particles(data / "particles.star"), recipe, tmp_path / "run"))
     run = load_run(tmp_path / "run")
+    # the base structure sizes the mixture: no box-scaled count is resolved or saved
+    assert run.recipe.gaussians is None and "gaussians" not in run.config["recipe"]
+    assert run.volume.n_gaussians == len(load_reference("4ake").centres_angstrom)
     labels = kmeans(run.mu, 2).labels
     accuracy = max(np.mean(labels == truth), np.mean(labels != truth))
     open_ca = load_reference("4ake").centres_angstrom.numpy()

@@ -100,3 +100,11 @@ def test_gmm_volume_scales_its_gaussians_with_the_box_unless_given(box, gaussian
     assert isinstance(volume, GaussianMixtureVolume) and volume.n_gaussians == count
     with pytest.raises(InputError, match="gaussians"):
         get_recipe("e2gmm", gaussians=0)
+
+
+@pytest.mark.parametrize(("recipe", "reference", "counts"), [
+    ("e2gmm", None, True), ("e2gmm", "map.mrc", True), ("e2gmm", "model.pdb", False),
+    ("cryofold", "4ake", False), ("cryodrgn", None, False)])
+def test_only_a_mixture_without_a_base_structure_counts_its_gaussians(recipe, reference,
+                                                                      counts):
+    assert get_recipe(recipe, reference=reference).counts_gaussians is counts

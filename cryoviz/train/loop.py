@@ -173,7 +173,7 @@ def iter_train(
                               window_chunks=recipe.window_chunks, seed=recipe.seed,
                               box_size=recipe.box)
     box, apix, n = batches.box_size, batches.pixel_size_angstrom, len(particles)
-    if recipe.volume == "gmm" and recipe.gaussians is None:
+    if recipe.counts_gaussians and recipe.gaussians is None:
         # the box-scaled default, written to config.toml: the run keeps its count
         # whatever later versions make the default
         recipe = dataclasses.replace(recipe, gaussians=recipe.gaussian_count(box))

@@ -275,13 +275,22 @@ class Recipe:
         with counts from ``D**3 / 1024`` to ``D**3 / 64`` on open / closed
         mixtures at boxes 32, 48 and 64 (4,000 particles, SNR 0.1, 10 epochs,
         two seeds): the masked FSC-AUC against the true states peaked at
-        ``D**3 / 128`` at every box, the states separated at every count from
-        ``D**3 / 512`` on (``docs/benchmarks.md``). Until 2026-12-06 the default
-        was 256 at every box.
+        ``D**3 / 128`` at boxes 32 and 48 and was highest there at box 64
+        (``D**3 / 64`` not run), and the states separated at every count
+        (``docs/benchmarks.md``). Until 2026-12-06 the default was 256 at every
+        box.
         """
         if self.gaussians is not None:
             return int(self.gaussians)
         return max(1, int(box_size) ** 3 // GAUSSIANS_VOXELS)
+
+    @property
+    def counts_gaussians(self) -> bool:
+        """Whether :attr:`gaussians` sizes the volume: a ``gmm`` volume made without a
+        base structure (reference-free, or fitted to an MRC ``reference``)."""
+        return self.volume == "gmm" and (
+            self.reference is None
+            or str(self.reference).lower().endswith((".mrc", ".map", ".mrcs")))
 
     @property
     def latent_dim(self) -> int:
