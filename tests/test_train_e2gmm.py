@@ -45,9 +45,10 @@ def test_e2gmm_meets_the_issue_targets_on_the_mixture(tmp_path):
     Targets: 2-means of z agrees with the true state for >= 95 % of particles;
     the mixture decoded at each cluster centre reaches FSC 0.5 against its true
     state at 3 px or better. The recipe's default count, ``box**3 // 128`` (2,048
-    here); ``bench_heterogeneity_targets.py`` (same data) measured
-    MEASURED_DEFAULT; with 512 Gaussians (2026-12-05) agreement 0.999, FSC 0.5 at
-    2.16 / 2.14 px; with the default of the time, 256, 0.998 and 3.27 / 3.23 px.
+    here); ``bench_heterogeneity_targets.py`` (same data) measured 2026-12-06
+    agreement 0.9998, FSC 0.5 at 2.00 / 2.00 px; with 512 Gaussians (2026-12-05)
+    agreement 0.999, FSC 0.5 at 2.16 / 2.14 px; with the default of the time, 256,
+    0.998 and 3.27 / 3.23 px.
     """
     report = run_mixture_science(tmp_path, "e2gmm", train_box=None, epochs=20,
                                  overrides={}, min_accuracy=0.95,
@@ -61,7 +62,8 @@ def test_e2gmm_first_component_follows_the_issue_scale_path(tmp_path):
     """Continuous open -> closed path, 4,000 particles, 20 epochs, default recipe.
 
     Target ``|rho(PC 1, path coordinate)| >= 0.9``; measured 2026-12-05 with the
-    default of the time (256 Gaussians): 0.952; MEASURED_PATH.
+    default of the time (256 Gaussians): 0.952; 2026-12-06 with 2,048 (``box**3 // 128``):
+    0.974.
     """
     rho = run_path_science(tmp_path, "e2gmm", epochs=20, overrides={}, **ISSUE_SCALE)
     assert rho >= 0.9, rho
