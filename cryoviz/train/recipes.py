@@ -275,8 +275,8 @@ class Recipe:
         with counts from ``D**3 / 1024`` to ``D**3 / 64`` on open / closed
         mixtures at boxes 32, 48 and 64 (4,000 particles, SNR 0.1, 10 epochs,
         two seeds): the masked FSC-AUC against the true states peaked at
-        ``D**3 / 128`` at boxes 32 and 48 and was highest there at box 64
-        (``D**3 / 64`` not run), and the states separated at every count
+        ``D**3 / 128`` at every box (twice as many was as good or slightly worse
+        at 2-2.5x the time), and the states separated at every count
         (``docs/benchmarks.md``). Until 2026-12-06 the default was 256 at every
         box.
         """
