@@ -40,11 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward_backproject import cpu_model, load_average  # noqa: E402
-from bench_time_to_fsc import run_recipe, score_epoch  # noqa: E402
-
-from cryoviz.io.mrc import read_volume  # noqa: E402
-from cryoviz.io.particles import load_particles  # noqa: E402
-from cryoviz.metrics.fsc import soft_spherical_mask  # noqa: E402
+from bench_time_to_fsc import mixture_scorer, run_recipe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -60,18 +56,8 @@ def parse_counts(text: str) -> list[int]:
 def run_dataset(data: Path, counts: list[int], epochs: int, seeds: list[int],
                 device: str) -> dict:
     """Every count x seed on one dataset: the per-epoch curve of each run."""
-    star = data / "particles.star"
-    ps = load_particles(star)
-    box, apix = ps.box_size, ps.pixel_size_angstrom
-    true_labels = np.load(data / "truth" / "truth.npz")["labels"]
-    truths = [torch.as_tensor(np.ascontiguousarray(read_volume(data / "truth" /
-                                                               f"state_{k}.mrc")[0]),
-                              dtype=torch.float64) for k in (0, 1)]
-    mask = soft_spherical_mask(box, 0.375 * box, 3.0, dtype=torch.float64)
-
-    def score(run_dir: Path) -> dict:
-        return score_epoch(run_dir, truths, true_labels, mask, apix)
-
+    star, ps, score = mixture_scorer(data)
+    box = ps.box_size
     runs = []
     for count in counts:
         for seed in seeds:
@@ -99,7 +85,7 @@ def run_dataset(data: Path, counts: list[int], epochs: int, seeds: list[int],
                         "mean_training_seconds": float(np.mean([r["training_seconds"]
                                                                 for r in mine]))})
     return {"path": str(data), "n_particles": len(ps), "box_size": box,
-            "pixel_size_angstrom": apix, "runs": runs, "summary": summary}
+            "pixel_size_angstrom": ps.pixel_size_angstrom, "runs": runs, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,6 +40,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,27 @@ def score_epoch(run_dir: Path, truths: list[torch.Tensor], true_labels: np.ndarr
                                        for c in scored["clusters"]]}
 
 
+def mixture_scorer(data: Path) -> tuple[Path, object, Callable[[Path], dict]]:
+    """The STAR file, the particles and a :func:`score_epoch` of a simulated mixture.
+
+    ``data`` is a ``cryoviz simulate --states 4ake,1ake`` folder: its true state maps
+    and labels, and a soft spherical mask of radius 3/8 of the box.
+    """
+    star = data / "particles.star"
+    ps = load_particles(star)
+    box, apix = ps.box_size, ps.pixel_size_angstrom
+    true_labels = np.load(data / "truth" / "truth.npz")["labels"]
+    truths = [torch.as_tensor(np.ascontiguousarray(read_volume(data / "truth" /
+                                                               f"state_{k}.mrc")[0]),
+                              dtype=torch.float64) for k in (0, 1)]
+    mask = soft_spherical_mask(box, 0.375 * box, 3.0, dtype=torch.float64)
+
+    def score(run_dir: Path) -> dict:
+        return score_epoch(run_dir, truths, true_labels, mask, apix)
+
+    return star, ps, score
+
+
 def run_recipe(name: str, extra: str, star: Path, work: Path, target: float, max_epochs: int,
                seed: int, device: str, score) -> dict:
     """Train ``name`` epoch by epoch until the masked FSC-AUC reaches ``target``."""
@@ -159,19 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     drgn = ref["cryodrgn"]
     target = float(drgn["mean_fsc_auc_masked"])
     recipe_args = parse_recipe_args(args.recipe_args)
-    star = data / "particles.star"
-    ps = load_particles(star)
-    box, apix = ps.box_size, ps.pixel_size_angstrom
-    true_labels = np.load(data / "truth" / "truth.npz")["labels"]
-    truths = [torch.as_tensor(np.ascontiguousarray(read_volume(data / "truth" /
-                                                               f"state_{k}.mrc")[0]),
-                              dtype=torch.float64) for k in (0, 1)]
-    mask = soft_spherical_mask(box, 0.375 * box, 3.0, dtype=torch.float64)
+    star, ps, score = mixture_scorer(data)
     work = (args.work or data / "bench_time_to_fsc").resolve()
     work.mkdir(parents=True, exist_ok=True)
-
-    def score(run_dir: Path) -> dict:
-        return score_epoch(run_dir, truths, true_labels, mask, apix)
 
     started = load_average()
     recipes = {}
@@ -189,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "torch_version": torch.__version__, "device": args.device,
                     "load_average_start": started, "load_average_end": load_average()},
-        "dataset": {"path": str(data), "n_particles": len(ps), "box_size": box,
-                    "pixel_size_angstrom": apix},
+        "dataset": {"path": str(data), "n_particles": len(ps), "box_size": ps.box_size,
+                    "pixel_size_angstrom": ps.pixel_size_angstrom},
         "target": {"json": str(args.target_json), "cryodrgn_epochs": ref["settings"]["epochs"],
                    "cryodrgn_mean_fsc_auc_masked": target,
                    "cryodrgn_label_agreement_2means": drgn["label_agreement_2means"],
