@@ -104,7 +104,9 @@ def test_e2gmm_recipe_builds_models():
     assert recipe.volume == "gmm" and recipe.loss == "frc"
     volume, encoder = build_models(recipe, 24, 5.0, 10)
     assert isinstance(volume, GaussianMixtureVolume)
-    assert volume.n_gaussians == recipe.gaussians and volume.latent_dim == recipe.zdim
+    # the box-scaled default: 24**3 // 128 Gaussians at box 24
+    assert volume.n_gaussians == recipe.gaussian_count(24) == 108
+    assert volume.latent_dim == recipe.zdim
     assert encoder is not None
     ref, _ = build_models(get_recipe("e2gmm", reference="4ake"), 24, 5.0, 10)
     assert ref.n_gaussians == adenylate_kinase_pair()[0].num_residues
