@@ -46,13 +46,13 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
             smoothness_weight=recipe.smoothness_weight,
             rigidity_weight=recipe.rigidity_weight, seed=recipe.seed)
     elif recipe.volume == "gmm":
+        count = recipe.gaussian_count(box_size)
         initial = (None if recipe.reference is None else
                    load_reference(recipe.reference, recipe.reference_level,
-                                  recipe.reference_bfactor_a2,
-                                  recipe.gaussian_count(box_size)))
+                                  recipe.reference_bfactor_a2, count))
         volume = GaussianMixtureVolume(
             box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, initial=initial,
-            n_gaussians=recipe.gaussian_count(box_size), width=recipe.width, depth=recipe.depth,
+            n_gaussians=count, width=recipe.width, depth=recipe.depth,
             max_shift_px=recipe.max_shift_px, seed=recipe.seed,
             move_amplitudes=recipe.move_amplitudes, bond_weight=recipe.bond_weight,
             contact_weight=recipe.contact_weight,

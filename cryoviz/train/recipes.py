@@ -285,12 +285,16 @@ class Recipe:
         return max(1, int(box_size) ** 3 // GAUSSIANS_VOXELS)
 
     @property
+    def reference_is_map(self) -> bool:
+        """Whether :attr:`reference` names an MRC map (not a base structure)."""
+        return self.reference is not None and str(self.reference).lower().endswith(
+            (".mrc", ".map", ".mrcs"))
+
+    @property
     def counts_gaussians(self) -> bool:
         """Whether :attr:`gaussians` sizes the volume: a ``gmm`` volume made without a
         base structure (reference-free, or fitted to an MRC ``reference``)."""
-        return self.volume == "gmm" and (
-            self.reference is None
-            or str(self.reference).lower().endswith((".mrc", ".map", ".mrcs")))
+        return self.volume == "gmm" and (self.reference is None or self.reference_is_map)
 
     @property
     def latent_dim(self) -> int:
@@ -367,8 +371,7 @@ class Recipe:
         restrained = self.bond_weight > 0 or self.contact_weight > 0
         need(not restrained or self.volume == "gmm", "volume",
              "'gmm' for bond / contact restraints", self.volume)
-        need(not restrained or (self.reference is not None and not str(self.reference)
-                                .lower().endswith((".mrc", ".map", ".mrcs"))),
+        need(not restrained or (self.reference is not None and not self.reference_is_map),
              "reference", "a base structure (PDB / mmCIF path, or 4ake / 1ake) for bond and "
              "contact restraints (e.g. --reference model.pdb)", self.reference)
 

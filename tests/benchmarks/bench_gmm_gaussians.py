@@ -28,19 +28,15 @@ Output: ``tests/benchmarks/results/gmm_gaussians_cpu.json`` by default.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_forward_backproject import cpu_model, load_average  # noqa: E402
-from bench_time_to_fsc import mixture_scorer, run_recipe  # noqa: E402
+from bench_forward_backproject import load_average  # noqa: E402
+from bench_time_to_fsc import machine_record, mixture_scorer, run_recipe  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -107,11 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "gmm_gaussians",
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-        "machine": {"date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "platform": platform.platform(), "cpu_model": cpu_model(),
-                    "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch_version": torch.__version__, "device": args.device,
-                    "load_average_start": started, "load_average_end": load_average()},
+        "machine": machine_record(args.device, started),
         "settings": {"recipe": "e2gmm", "epochs": args.epochs, "seeds": seeds},
         "datasets": datasets,
     }

@@ -102,6 +102,15 @@ def score_epoch(run_dir: Path, truths: list[torch.Tensor], true_labels: np.ndarr
                                        for c in scored["clusters"]]}
 
 
+def machine_record(device: str, load_average_start: list[float]) -> dict:
+    """The machine a benchmark ran on: date, platform, CPU, torch, device and load."""
+    return {"date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "platform": platform.platform(), "cpu_model": cpu_model(),
+            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch_version": torch.__version__, "device": device,
+            "load_average_start": load_average_start, "load_average_end": load_average()}
+
+
 def mixture_scorer(data: Path) -> tuple[Path, object, Callable[[Path], dict]]:
     """The STAR file, the particles and a :func:`score_epoch` of a simulated mixture.
 
@@ -196,11 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "benchmark": "time_to_fsc",
         "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
-        "machine": {"date_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    "platform": platform.platform(), "cpu_model": cpu_model(),
-                    "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch_version": torch.__version__, "device": args.device,
-                    "load_average_start": started, "load_average_end": load_average()},
+        "machine": machine_record(args.device, started),
         "dataset": {"path": str(data), "n_particles": len(ps), "box_size": ps.box_size,
                     "pixel_size_angstrom": ps.pixel_size_angstrom},
         "target": {"json": str(args.target_json), "cryodrgn_epochs": ref["settings"]["epochs"],
