@@ -12,6 +12,11 @@ EM) after refinement; median rotation error 53° (better half 26°). At this siz
 (a 12-pixel particle at 4 Å/px) many views are ambiguous; the figures that the
 pose-inference issue asks for (box 64, 2 Å/px, SNR 0.1) are measured by
 ``tests/benchmarks/bench_abinit_vs_cryodrgn.py`` and recorded in docs/benchmarks.md.
+
+``cryosparc-abinit --classes 2`` (K initial models, then classes with poses
+searched) runs on a small open / closed mixture; whether its classes find the
+states is tested in ``tests/test_abinit_classes.py``, here what the run folder
+holds and how it resumes.
 """
 
 from __future__ import annotations
@@ -24,11 +29,14 @@ import torch
 
 from cryoviz.cli import main
 from cryoviz.inference.abinit import AbinitProgress, AbinitSettings
+from cryoviz.inference.abinit_classes import ClassAbinitProgress
 from cryoviz.inference.abinit_pipeline import (
     iter_ab_initio,
+    iter_class_ab_initio,
     progress_record,
     refinement_after_abinit,
 )
+from cryoviz.inference.class_refine import ClassRefineProgress
 from cryoviz.inference.posterior import read_pose_posterior
 from cryoviz.inference.refine import RefineProgress
 from cryoviz.io import load_particles, read_cs, read_volume
@@ -170,3 +178,111 @@ def test_resume_continues_an_interrupted_initial_model(data, capsys, monkeypatch
     for name in ("abinit_map.mrc", "map.mrc"):
         np.testing.assert_array_equal(read_volume(out / "volumes" / name)[0],
                                       read_volume(unbroken / "volumes" / name)[0])
+
+
+CLASS_FLAGS = ["--classes", "2", "--abinit-steps", "8", "--abinit-box", "16", "--epochs", "1",
+               "--max-order", "3", "--batch-size", "200"]
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory):
+    root = tmp_path_factory.mktemp("abinit_classes_cli")
+    config = SimulationConfig(n_particles=600, box_size=BOX, pixel_size_angstrom=APIX,
+                              snr=1.0, states=("4ake", "1ake"), seed=5)
+    return root, simulate(config, root / "data") / "particles.star"
+
+
+def test_class_ab_initio_command_writes_classes_maps_and_poses(mixture, capsys):
+    root, star = mixture
+    out = root / "classes"
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
+                 *CLASS_FLAGS]) == 0
+    for name in ("abinit_class_0.mrc", "abinit_class_1.mrc", "class_0.mrc", "class_1.mrc"):
+        volume, voxel = read_volume(out / "volumes" / name)
+        assert volume.shape == (BOX,) * 3 and voxel == pytest.approx(APIX)
+    particles = load_particles(star)
+    with np.load(out / "abinit_classes.npz") as npz:
+        np.testing.assert_array_equal(npz["particle_ids"], particles.particle_ids)
+        assert npz["posteriors"].shape == (600, 2)
+    with np.load(out / "classes.npz") as npz:
+        assert npz["posteriors"].shape == (600, 2)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"] == "cryosparc-abinit" and metrics["ab_initio"] is True
+    assert metrics["n_classes"] == 2 and sum(metrics["class_counts"]) == 600
+    assert metrics["abinit_settings"]["n_starts"] == 1
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["phase"], r.get("step")) for r in log] == [
+        *(("abinit", s) for s in range(1, 9)), ("refine", None)]
+    assert len(read_cs(out / "particles.cs")) == 600
+    assert read_pose_posterior(out / "poses.npz").rotations.shape == (600, 3, 3)
+    # resuming with one more iteration keeps the initial models and adds the iteration
+    initial = (out / "volumes" / "abinit_class_0.mrc").read_bytes()
+    capsys.readouterr()
+    flags = list(CLASS_FLAGS)
+    flags[flags.index("--epochs") + 1] = "2"
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
+                 "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming after the initial models" in err and "initial models step" not in err
+    assert "classes iteration 2/2" in err and "classes iteration 1/2" not in err
+    assert (out / "volumes" / "abinit_class_0.mrc").read_bytes() == initial
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
+
+
+def test_class_ab_initio_resumes_interrupted_initial_models(mixture, capsys, monkeypatch):
+    """Killed during the initial models: --resume continues from abinit_classes_state.pt."""
+    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
+
+    root, star = mixture
+    unbroken = root / "classes_unbroken"
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(unbroken),
+                 *CLASS_FLAGS]) == 0
+    real = pipeline.iter_abinit_classes
+
+    def killed_after_five_steps(*args, **kwargs):
+        for k, state in enumerate(real(*args, **kwargs, checkpoint_interval_s=0.0), start=1):
+            yield state
+            if k == 5:
+                raise KeyboardInterrupt
+
+    out = root / "classes_killed"
+    monkeypatch.setattr(pipeline, "iter_abinit_classes", killed_after_five_steps)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
+              *CLASS_FLAGS])
+    monkeypatch.setattr(pipeline, "iter_abinit_classes", real)
+    capsys.readouterr()
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
+                 *CLASS_FLAGS, "--resume"]) == 0
+    assert "initial models continue at step 6" in capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r.get("step") for r in log if r["phase"] == "abinit"] == list(range(1, 9))
+    for name in ("abinit_class_1.mrc", "class_0.mrc", "class_1.mrc"):
+        np.testing.assert_array_equal(read_volume(out / "volumes" / name)[0],
+                                      read_volume(unbroken / "volumes" / name)[0])
+
+
+def test_class_pipeline_yields_both_phases_in_order(mixture):
+    _, star = mixture
+    particles = load_particles(star)
+    abinit = AbinitSettings(n_steps=2, batch_size=100, box_size=16, n_starts=1)
+    refine = refinement_after_abinit(abinit, modal=True, n_iterations=1, batch_size=200)
+    states = list(iter_class_ab_initio(particles, 2, abinit, refine))
+    assert [type(s) for s in states] == [ClassAbinitProgress] * 2 + [ClassRefineProgress]
+    assert states[-1].result.classes.maps.shape == (2, BOX, BOX, BOX)
+    records = [progress_record(s) for s in states]
+    assert [r["phase"] for r in records] == ["abinit"] * 2 + ["refine"]
+    json.dumps(records, allow_nan=False)
+
+
+@pytest.mark.parametrize(("recipe", "classes", "field"), [
+    ("cryosparc-abinit", "1", "--classes"),
+    ("relion-refine", "2", "--classes"),
+])
+def test_classes_are_refused_where_they_do_not_apply(mixture, tmp_path, capsys, recipe,
+                                                     classes, field):
+    _, star = mixture
+    assert main(["train", str(star), "--recipe", recipe, "-o", str(tmp_path / "r"),
+                 "--classes", classes, "--abinit-steps", "2"]) == 2
+    assert field in capsys.readouterr().err

@@ -13,6 +13,12 @@ RELION's *3D initial model* + *3D auto-refine* do:
 
 Both refinements start with one global search (order ``global_order``) from the
 initial model low-passed to its final resolution, then search locally.
+
+``cryosparc-abinit --classes K`` (heterogeneous, as cryoSPARC's multi-class ab initio)
+    :func:`~cryoviz.inference.abinit_classes.iter_abinit_classes` builds ``K``
+    maps from nothing, then a classification with poses searched
+    (:func:`~cryoviz.inference.class_refine.iter_class_refine`) starts from them
+    (:func:`iter_class_ab_initio`).
 """
 
 from __future__ import annotations
@@ -25,10 +31,13 @@ from pathlib import Path
 import torch
 
 from cryoviz.inference.abinit import AbinitProgress, AbinitSettings, iter_abinit
+from cryoviz.inference.abinit_classes import ClassAbinitProgress, iter_abinit_classes
+from cryoviz.inference.class_refine import ClassRefineProgress, iter_class_refine
 from cryoviz.inference.refine import RefineProgress, RefineSettings, iter_refine
 from cryoviz.io.particles import ParticleSet
 
-__all__ = ["refinement_after_abinit", "iter_ab_initio", "progress_record", "log_position"]
+__all__ = ["refinement_after_abinit", "iter_ab_initio", "iter_class_ab_initio",
+           "progress_record", "log_position"]
 
 
 def refinement_after_abinit(abinit: AbinitSettings, modal: bool, n_iterations: int = 4,
@@ -85,8 +94,64 @@ def iter_ab_initio(particles: ParticleSet, abinit: AbinitSettings, refine: Refin
                            checkpoint_dir=checkpoint_dir, resume=resume)
 
 
-def progress_record(state: AbinitProgress | RefineProgress) -> dict:
+def iter_class_ab_initio(particles: ParticleSet, n_classes: int, abinit: AbinitSettings,
+                         refine: RefineSettings, device: str | torch.device = "cpu",
+                         checkpoint_dir: str | Path | None = None,
+                         initial_maps: torch.Tensor | None = None, resume: bool = False
+                         ) -> Iterator[ClassAbinitProgress | ClassRefineProgress]:
+    """Yield the ``n_classes`` initial models' steps, then the classification's iterations.
+
+    The last state is a :class:`~cryoviz.inference.class_refine.ClassRefineProgress`
+    with the final :class:`~cryoviz.inference.class_refine.ClassRefineResult`.
+
+    Parameters
+    ----------
+    abinit
+        Settings of :func:`~cryoviz.inference.abinit_classes.iter_abinit_classes`
+        (``n_starts`` 1).
+    refine
+        Settings of the classification with poses searched, which starts from the
+        initial models low-passed to ``refine.initial_lowpass_angstrom``.
+    checkpoint_dir
+        Where both phases write their checkpoints.
+    initial_maps
+        ``(K, D, D, D)`` initial models of an earlier run of the same settings: the
+        initial-model steps are skipped and the classification resumes from
+        ``checkpoint_dir``, or starts from these maps if no iteration had finished.
+    resume
+        Continue from the checkpoints in ``checkpoint_dir``.
+    """
+    if initial_maps is None:
+        for state in iter_abinit_classes(particles, n_classes, abinit, device=device,
+                                         checkpoint_dir=checkpoint_dir, resume=resume):
+            if state.result is not None:
+                initial_maps = state.result.maps
+            yield state
+    elif checkpoint_dir is None:
+        raise ValueError("resuming from initial maps needs checkpoint_dir")
+    else:
+        resume = True
+    yield from iter_class_refine(particles, None, n_classes, refine, device=device,
+                                 initial_maps=initial_maps, checkpoint_dir=checkpoint_dir,
+                                 resume=resume)
+
+
+def progress_record(state: AbinitProgress | RefineProgress | ClassAbinitProgress
+                    | ClassRefineProgress) -> dict:
     """One ``log.jsonl`` line: phase, step, per-step and resolution figures (JSON types)."""
+    if isinstance(state, ClassAbinitProgress):
+        return {"phase": "abinit", "start": 0, "step": state.step, "n_steps": state.n_steps,
+                "resolution_limit_angstrom": state.resolution_angstrom,
+                "class_fractions": list(state.class_fractions),
+                "log_likelihood": state.log_likelihood, "seconds": state.step_seconds}
+    if isinstance(state, ClassRefineProgress):
+        return {"phase": "refine", "iteration": state.iteration,
+                "n_iterations": state.n_iterations, "global_search": state.global_search,
+                "resolution_limit_angstrom": state.e_step_resolution_angstrom,
+                "resolution_angstrom": list(state.resolution_angstrom),
+                "class_fractions": list(state.class_fractions),
+                "changed_fraction": state.changed_fraction,
+                "log_likelihood": state.log_likelihood, "seconds": state.seconds}
     if isinstance(state, AbinitProgress):
         return {"phase": "abinit", "start": state.start, "step": state.step,
                 "n_steps": state.n_steps,

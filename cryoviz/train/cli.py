@@ -90,9 +90,10 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--poses", help="cryoDRGN pose pickle")
     tr.add_argument("--ctf", help="cryoDRGN CTF pickle")
     tr.add_argument("--datadir", help="folder of the stacks named in the metadata")
-    tr.add_argument("--classes", type=int, default=2,
+    tr.add_argument("--classes", type=int, default=None,
                     help="K for relion-class3d (EM over classes; known poses, or searched "
-                         "with --initial-map)")
+                         "with --initial-map; default 2) and cryosparc-abinit (K initial "
+                         "models from nothing, then classes with poses searched)")
     tr.add_argument("--components", type=int,
                     help="K of the linear subspace: 3dva (PPCA-EM, known poses; default 2), "
                     "multi-cryogan (adversarial, no poses; default 1)")
