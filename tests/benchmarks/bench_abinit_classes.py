@@ -1,0 +1,143 @@
+"""Heterogeneous ab initio (``cryosparc-abinit --classes 2``) on an open / closed mixture.
+
+Nothing is given: no maps, no poses, no states. The run is the recipe's
+pipeline (:func:`cryoviz.inference.abinit_pipeline.iter_class_ab_initio`): two
+initial models by stochastic modal EM, each class one random start, then a
+classification with the poses searched from them. Records, after the initial
+models and after the classification:
+
+* the agreement of the particles' classes with the true states;
+* per class (matched to the state most of its particles have): FSC 0.5 (Å) and
+  FSC-AUC of the class map against that state after rigid alignment with the
+  hand (:func:`cryoviz.metrics.alignment.align_volume`), and against the other
+  state;
+* per class, the median rotation error of its particles of the matched state
+  after the best global rotation and hand of that class
+  (:func:`cryoviz.metrics.rotation_error_deg`: each class map has its own frame);
+* wall times.
+
+The dataset is the bench suite's (``--dataset``, default
+``mixture-hi-uniform-small``: box 64, 2 Å/px, SNR 0.1, 4,000 particles, CTF),
+built under ``--root`` if it is not there.
+
+Usage::
+
+    OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_classes.py \\
+        [--root /tmp/bench-data] [--dataset mixture-hi-uniform-small] [--seed 0] \\
+        [--iterations 5] [--abinit-steps 150] [--output JSON]
+
+Writes ``tests/benchmarks/results/abinit_classes_<device>[_seed<S>].json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_forward_backproject import RESULTS_DIR, load_average, machine_info  # noqa: E402
+
+from cryoviz.analysis.clustering import label_agreement  # noqa: E402
+from cryoviz.bench.suite import build_dataset, suite_datasets  # noqa: E402
+from cryoviz.bench.tasks import load_truth  # noqa: E402
+from cryoviz.inference.abinit import AbinitSettings  # noqa: E402
+from cryoviz.inference.abinit_classes import ClassAbinitProgress  # noqa: E402
+from cryoviz.inference.abinit_pipeline import (  # noqa: E402
+    iter_class_ab_initio,
+    refinement_after_abinit,
+)
+from cryoviz.io import load_particles  # noqa: E402
+from cryoviz.metrics import fsc, rotation_error_deg  # noqa: E402
+from cryoviz.metrics.alignment import align_volume  # noqa: E402
+
+
+def score(maps: torch.Tensor, classes: np.ndarray, rotations: np.ndarray, truth) -> dict:
+    """Agreement, per-class map and pose figures of one stage (see the module docstring)."""
+    labels = truth.labels.astype(int)
+    apix = truth.pixel_size_angstrom
+    per_class = []
+    for k in range(len(maps)):
+        members = classes == k
+        if not members.any():
+            per_class.append({"particles": 0})
+            continue
+        state = int(np.bincount(labels[members], minlength=len(truth.maps)).argmax())
+        maps_vs = {}
+        for s in range(len(truth.maps)):
+            ref = truth.maps[s].to(torch.float64)
+            curve = fsc(align_volume(maps[k].to(torch.float64), ref).aligned, ref)
+            maps_vs[f"state_{s}"] = {"fsc05_angstrom": float(curve.resolution_angstrom(apix, 0.5)),
+                                     "fsc_auc": float(curve.auc())}
+        own = members & (labels == state)
+        err = rotation_error_deg(torch.as_tensor(rotations[own]),
+                                 torch.as_tensor(truth.rotations[own])).numpy()
+        per_class.append({"particles": int(members.sum()), "matched_state": state,
+                          "purity": float(own.sum() / members.sum()), "maps": maps_vs,
+                          "median_rotation_error_deg": float(np.median(err)),
+                          "fraction_within_10deg": float(np.mean(err <= 10.0)),
+                          "fraction_within_20deg": float(np.mean(err <= 20.0))})
+    return {"agreement": float(label_agreement(classes, labels)), "classes": per_class}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("/tmp/bench-data"))
+    parser.add_argument("--dataset", default="mixture-hi-uniform-small")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--iterations", type=int, default=5,
+                        help="classification iterations after the initial models")
+    parser.add_argument("--abinit-steps", type=int, default=150)
+    parser.add_argument("--output", type=Path, default=None)
+    args = parser.parse_args()
+    specs = {s.name: s for s in suite_datasets("small") + suite_datasets("tiny")}
+    folder = build_dataset(specs[args.dataset], args.root)
+    particles = load_particles(folder / "particles.star")
+    truth = load_truth(folder)
+    start_load = load_average()
+    abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=1, seed=args.seed)
+    refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.iterations)
+    stages, t0 = {}, time.perf_counter()
+    for state in iter_class_ab_initio(particles, 2, abinit, refine):
+        if isinstance(state, ClassAbinitProgress):
+            if state.step % 25 == 0:
+                print(f"initial models step {state.step}  fractions {state.class_fractions}  "
+                      f"{state.elapsed_seconds:.0f} s", flush=True)
+            if state.result is not None:
+                first = state.result
+                stages["initial_models"] = {
+                    **score(first.maps, first.best_class, first.rotations, truth),
+                    "seconds": time.perf_counter() - t0}
+                print(json.dumps(stages["initial_models"]), flush=True)
+            continue
+        print(f"classification iteration {state.iteration}  fractions "
+              f"{state.class_fractions}  changed {state.changed_fraction:.3f}", flush=True)
+        if state.result is not None:
+            result = state.result
+            stages["classification"] = {
+                **score(result.classes.maps, result.classes.best_class,
+                        result.posterior.rotations, truth),
+                "seconds": time.perf_counter() - t0}
+    out = {"machine": {**machine_info(torch.device("cpu")), "load_average_start": start_load,
+                       "load_average_end": load_average()},
+           "dataset": {"name": args.dataset, "particles": len(particles),
+                       "box": particles.box_size,
+                       "pixel_size_angstrom": particles.pixel_size_angstrom},
+           "settings": {"seed": args.seed, "abinit_steps": args.abinit_steps,
+                        "abinit_box": abinit.box_size, "iterations": args.iterations,
+                        "classes": 2},
+           **stages}
+    suffix = "" if args.seed == 0 else f"_seed{args.seed}"
+    path = args.output or RESULTS_DIR / f"abinit_classes_{out['machine']['device']}{suffix}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(stages, indent=2))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
