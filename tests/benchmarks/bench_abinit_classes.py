@@ -16,6 +16,12 @@ models and after the classification:
   (:func:`cryoviz.metrics.rotation_error_deg`: each class map has its own frame);
 * wall times.
 
+``--homogeneous-control`` also runs the one-class pipeline (``cryosparc-abinit``:
+one start, the same steps, then as many refinement iterations) on each true
+state's particles alone and scores its map and poses the same way: what ab
+initio reaches on these images when the classes are given, an upper bound for
+the classes' maps.
+
 The dataset is the bench suite's (``--dataset``, default
 ``mixture-hi-uniform-small``: box 64, 2 Å/px, SNR 0.1, 4,000 particles, CTF),
 built under ``--root`` if it is not there.
@@ -24,7 +30,8 @@ Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_classes.py \\
         [--root /tmp/bench-data] [--dataset mixture-hi-uniform-small] [--seed 0] \\
-        [--iterations 5] [--abinit-steps 150] [--output JSON]
+        [--iterations 5] [--abinit-steps 150] [--homogeneous-control] [--skip-classes] \
+        [--output JSON]
 
 Writes ``tests/benchmarks/results/abinit_classes_<device>[_seed<S>].json``.
 """
@@ -49,6 +56,7 @@ from cryoviz.bench.tasks import load_truth  # noqa: E402
 from cryoviz.inference.abinit import AbinitSettings  # noqa: E402
 from cryoviz.inference.abinit_classes import ClassAbinitProgress  # noqa: E402
 from cryoviz.inference.abinit_pipeline import (  # noqa: E402
+    iter_ab_initio,
     iter_class_ab_initio,
     refinement_after_abinit,
 )
@@ -57,32 +65,53 @@ from cryoviz.metrics import fsc, rotation_error_deg  # noqa: E402
 from cryoviz.metrics.alignment import align_volume  # noqa: E402
 
 
-def score(maps: torch.Tensor, classes: np.ndarray, rotations: np.ndarray, truth) -> dict:
-    """Agreement, per-class map and pose figures of one stage (see the module docstring)."""
+def score_class(volume: torch.Tensor, members: np.ndarray, rotations: np.ndarray,
+                truth) -> dict:
+    """One class map and its particles (boolean ``members``): see the module docstring."""
     labels = truth.labels.astype(int)
+    if not members.any():
+        return {"particles": 0}
     apix = truth.pixel_size_angstrom
-    per_class = []
-    for k in range(len(maps)):
-        members = classes == k
-        if not members.any():
-            per_class.append({"particles": 0})
-            continue
-        state = int(np.bincount(labels[members], minlength=len(truth.maps)).argmax())
-        maps_vs = {}
-        for s in range(len(truth.maps)):
-            ref = truth.maps[s].to(torch.float64)
-            curve = fsc(align_volume(maps[k].to(torch.float64), ref).aligned, ref)
-            maps_vs[f"state_{s}"] = {"fsc05_angstrom": float(curve.resolution_angstrom(apix, 0.5)),
-                                     "fsc_auc": float(curve.auc())}
-        own = members & (labels == state)
-        err = rotation_error_deg(torch.as_tensor(rotations[own]),
-                                 torch.as_tensor(truth.rotations[own])).numpy()
-        per_class.append({"particles": int(members.sum()), "matched_state": state,
-                          "purity": float(own.sum() / members.sum()), "maps": maps_vs,
-                          "median_rotation_error_deg": float(np.median(err)),
-                          "fraction_within_10deg": float(np.mean(err <= 10.0)),
-                          "fraction_within_20deg": float(np.mean(err <= 20.0))})
-    return {"agreement": float(label_agreement(classes, labels)), "classes": per_class}
+    state = int(np.bincount(labels[members], minlength=len(truth.maps)).argmax())
+    maps_vs = {}
+    for s in range(len(truth.maps)):
+        ref = truth.maps[s].to(torch.float64)
+        curve = fsc(align_volume(volume.to(torch.float64), ref).aligned, ref)
+        maps_vs[f"state_{s}"] = {"fsc05_angstrom": float(curve.resolution_angstrom(apix, 0.5)),
+                                 "fsc_auc": float(curve.auc())}
+    own = members & (labels == state)
+    err = rotation_error_deg(torch.as_tensor(rotations[own]),
+                             torch.as_tensor(truth.rotations[own])).numpy()
+    return {"particles": int(members.sum()), "matched_state": state,
+            "purity": float(own.sum() / members.sum()), "maps": maps_vs,
+            "median_rotation_error_deg": float(np.median(err)),
+            "fraction_within_10deg": float(np.mean(err <= 10.0)),
+            "fraction_within_20deg": float(np.mean(err <= 20.0))}
+
+
+def score(maps: torch.Tensor, classes: np.ndarray, rotations: np.ndarray, truth) -> dict:
+    """Agreement with the true states and :func:`score_class` of every class."""
+    return {"agreement": float(label_agreement(classes, truth.labels.astype(int))),
+            "classes": [score_class(maps[k], classes == k, rotations, truth)
+                        for k in range(len(maps))]}
+
+
+def homogeneous_control(particles, truth, abinit, refine) -> list[dict]:
+    """The one-class pipeline on each true state's particles alone, scored as a class."""
+    labels = truth.labels.astype(int)
+    rows = []
+    for state in range(len(truth.maps)):
+        members = np.flatnonzero(labels == state)
+        t0 = time.perf_counter()
+        result = None
+        for progress in iter_ab_initio(particles.subset(members), abinit, refine):
+            result = getattr(progress, "result", None) or result
+        rotations = np.zeros((len(labels), 3, 3))
+        rotations[members] = result.posterior.rotations
+        rows.append({**score_class(result.map, labels == state, rotations, truth),
+                     "seconds": time.perf_counter() - t0})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main() -> None:
@@ -93,6 +122,10 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5,
                         help="classification iterations after the initial models")
     parser.add_argument("--abinit-steps", type=int, default=150)
+    parser.add_argument("--homogeneous-control", action="store_true",
+                        help="also the one-class pipeline on each true state's particles")
+    parser.add_argument("--skip-classes", action="store_true",
+                        help="only the homogeneous control (with --homogeneous-control)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     specs = {s.name: s for s in suite_datasets("small") + suite_datasets("tiny")}
@@ -103,7 +136,7 @@ def main() -> None:
     abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=1, seed=args.seed)
     refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.iterations)
     stages, t0 = {}, time.perf_counter()
-    for state in iter_class_ab_initio(particles, 2, abinit, refine):
+    for state in () if args.skip_classes else iter_class_ab_initio(particles, 2, abinit, refine):
         if isinstance(state, ClassAbinitProgress):
             if state.step % 25 == 0:
                 print(f"initial models step {state.step}  fractions {state.class_fractions}  "
@@ -123,16 +156,22 @@ def main() -> None:
                 **score(result.classes.maps, result.classes.best_class,
                         result.posterior.rotations, truth),
                 "seconds": time.perf_counter() - t0}
+    if args.homogeneous_control:
+        stages["homogeneous_control"] = homogeneous_control(
+            particles, truth, abinit, refinement_after_abinit(abinit, modal=True,
+                                                              n_iterations=args.iterations))
     out = {"machine": {**machine_info(torch.device("cpu")), "load_average_start": start_load,
                        "load_average_end": load_average()},
            "dataset": {"name": args.dataset, "particles": len(particles),
                        "box": particles.box_size,
                        "pixel_size_angstrom": particles.pixel_size_angstrom},
            "settings": {"seed": args.seed, "abinit_steps": args.abinit_steps,
+                        "classes_run": not args.skip_classes,
                         "abinit_box": abinit.box_size, "iterations": args.iterations,
                         "classes": 2},
            **stages}
-    suffix = "" if args.seed == 0 else f"_seed{args.seed}"
+    suffix = ("_control" if args.skip_classes else "") + (
+        "" if args.seed == 0 else f"_seed{args.seed}")
     path = args.output or RESULTS_DIR / f"abinit_classes_{out['machine']['device']}{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(stages, indent=2))
