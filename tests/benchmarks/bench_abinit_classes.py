@@ -33,7 +33,7 @@ Usage::
         [--iterations 5] [--abinit-steps 150] [--homogeneous-control] [--skip-classes] \
         [--output JSON]
 
-Writes ``tests/benchmarks/results/abinit_classes_<device>[_seed<S>].json``.
+Writes ``tests/benchmarks/results/abinit_classes_<device>[_control][_seed<S>].json``.
 """
 
 from __future__ import annotations

@@ -155,7 +155,8 @@ def _search_control(tmp: Path, args) -> list[dict]:
     for lowpass in (12.0, 20.0, 30.0):
         t0 = time.perf_counter()
         result = run_refine(particles, base, settings=RefineSettings(
-            n_iterations=1, initial_lowpass_angstrom=lowpass, seed=args.seed))
+            n_iterations=1, n_global_iterations=1, initial_lowpass_angstrom=lowpass,
+            seed=args.seed))
         err = geodesic_distance_deg(torch.as_tensor(result.posterior.rotations),
                                     torch.as_tensor(truth["rotations"])).numpy()
         rows.append({"lowpass_angstrom": lowpass, "seconds": time.perf_counter() - t0,
