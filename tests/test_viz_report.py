@@ -168,3 +168,27 @@ def test_analyzed_run_report_uses_the_analysis_maps(runs, tmp_path):
     small, _ = viz.downsample_volume(first, 8)
     np.testing.assert_allclose(maps.data[0].value, small.ravel(), rtol=1e-6)
     assert any("from cryoviz analyze" in s.title for s in sections)
+
+
+def test_classification_report_shows_every_class(runs, tmp_path):
+    """A ``relion-class3d`` folder: one half-map FSC curve and one map per class."""
+    import json
+
+    particles = api.load_particles(runs / "data" / "particles.star", require_poses=True)
+    result = None
+    for progress in api.iter_class_em(particles, 2, n_iterations=2):
+        result = progress.result or result
+    folder = tmp_path / "classes"
+    api.write_class_em(result, folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    sections = report_sections(folder, max_size=8)
+    fsc_fig = next(f for s in sections for f in s.figures if f.layout.title.text == "FSC")
+    assert [t.name for t in fsc_fig.data] == ["class 0 half maps", "class 1 half maps"]
+    for k in (0, 1):
+        np.testing.assert_allclose(fsc_fig.data[k].y, metrics["half_map_fsc"][k]["fsc"])
+    titles = _figure_titles(sections)
+    assert "Class maps" in titles
+    assert any(t.startswith("class 1 (") for t in titles)
+    table = next(f for s in sections if s.title == "Metrics" for f in s.figures)
+    cells = [list(column) for column in table.data[0].cells.values]
+    assert f"{metrics['class_counts'][0]} particles" in " ".join(map(str, cells[1]))

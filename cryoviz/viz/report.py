@@ -5,7 +5,9 @@ figures the notebooks show, for whatever the folder contains:
 
 * a reconstruction (``metrics.json`` + ``map.mrc`` or ``volumes/map.mrc``, e.g.
   from ``cryoviz reconstruct``): FSC curves (half maps, against the truth) when
-  ``metrics.json`` has them, a metrics table, the map;
+  ``metrics.json`` has them, a metrics table, the map; for a classification
+  (``relion-class3d``, ``cryosparc-abinit --classes``) each class's half-map
+  FSC, its particles and its map (``volumes/class_#.mrc``);
 * a training run (``config.toml``): the loss per epoch; for latent recipes the
   PCA scatter of the latents (coloured by the simulated state when the dataset
   has ``truth/``, otherwise by k-means cluster), the explained variance, UMAP
@@ -74,8 +76,11 @@ def _reconstruction_sections(folder: Path, max_size: int) -> list[Section]:
     metrics = json.loads((folder / "metrics.json").read_text())
     apix = float(metrics.get("pixel_size_angstrom", 1.0))
     curves = {}
-    if "half_map_fsc" in metrics:
-        curves["half map 1 vs 2"] = metrics["half_map_fsc"]
+    half = metrics.get("half_map_fsc")
+    if isinstance(half, list):  # a classification: one curve per class
+        curves.update({f"class {k} half maps": curve for k, curve in enumerate(half)})
+    elif half is not None:
+        curves["half map 1 vs 2"] = half
     if "fsc_vs_truth" in metrics:
         curves["map vs truth"] = metrics["fsc_vs_truth"]
     sections = []
@@ -86,11 +91,25 @@ def _reconstruction_sections(folder: Path, max_size: int) -> list[Section]:
                                 [fsc_figure(curves, apix)]))
     rows = [{"metric": k, "value": v} for k, v in metrics.items()
             if isinstance(v, int | float | str)]
+    counts = metrics.get("class_counts") or []
+    rows += [{"metric": f"class {k}", "value": f"{count} particles ({fraction:.3f})"}
+             for k, (count, fraction) in enumerate(zip(counts, metrics.get("class_fractions", []),
+                                                       strict=False))]
     sections.append(Section("Metrics", "", [metrics_table_figure(rows)]))
+    if (folder / "config.toml").is_file():
+        return sections
     maps = [p for p in (folder / "map.mrc", folder / "volumes" / "map.mrc") if p.is_file()]
-    if maps and not (folder / "config.toml").is_file():
+    if maps:
         volume, voxel = read_volume(maps[0])
         sections += _map_sections(volume[None], voxel or apix, ["map"], "Map", max_size)
+    n_classes = int(metrics.get("n_classes", 0))
+    class_files = [folder / "volumes" / f"class_{k}.mrc" for k in range(n_classes)]
+    if class_files and all(p.is_file() for p in class_files):
+        volumes = [read_volume(p) for p in class_files]
+        names = [f"class {k}" + (f" ({counts[k]} particles)" if k < len(counts) else "")
+                 for k in range(n_classes)]
+        sections += _map_sections(np.stack([v for v, _ in volumes]), volumes[0][1] or apix,
+                                  names, "Class maps", max_size)
     return sections
 
 
