@@ -67,6 +67,18 @@ def _train(root, folder, recipe: str) -> tuple:
     return out
 
 
+def _killed_after(real, steps: int):
+    """``real`` (an initial-model generator) checkpointing every step, killed after ``steps``."""
+
+    def killed(*args, **kwargs):
+        for k, state in enumerate(real(*args, **kwargs, checkpoint_interval_s=0.0), start=1):
+            yield state
+            if k == steps:
+                raise KeyboardInterrupt
+
+    return killed
+
+
 def _score(volume, truth) -> tuple[float, float]:
     aligned = align_volume(torch.as_tensor(volume), truth)
     return aligned.correlation, fsc(aligned.aligned, truth).resolution_angstrom(APIX, 0.5)
@@ -155,15 +167,8 @@ def test_resume_continues_an_interrupted_initial_model(data, capsys, monkeypatch
     assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(unbroken),
                  *flags]) == 0
     real = pipeline.iter_abinit
-
-    def killed_after_four_steps(*args, **kwargs):
-        for k, state in enumerate(real(*args, **kwargs, checkpoint_interval_s=0.0), start=1):
-            yield state
-            if k == 4:
-                raise KeyboardInterrupt
-
     out = root / "killed"
-    monkeypatch.setattr(pipeline, "iter_abinit", killed_after_four_steps)
+    monkeypatch.setattr(pipeline, "iter_abinit", _killed_after(real, 4))
     with pytest.raises(KeyboardInterrupt):
         main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
     monkeypatch.setattr(pipeline, "iter_abinit", real)
@@ -239,15 +244,8 @@ def test_class_ab_initio_resumes_interrupted_initial_models(mixture, capsys, mon
     assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(unbroken),
                  *CLASS_FLAGS]) == 0
     real = pipeline.iter_abinit_classes
-
-    def killed_after_five_steps(*args, **kwargs):
-        for k, state in enumerate(real(*args, **kwargs, checkpoint_interval_s=0.0), start=1):
-            yield state
-            if k == 5:
-                raise KeyboardInterrupt
-
     out = root / "classes_killed"
-    monkeypatch.setattr(pipeline, "iter_abinit_classes", killed_after_five_steps)
+    monkeypatch.setattr(pipeline, "iter_abinit_classes", _killed_after(real, 5))
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
               *CLASS_FLAGS])

@@ -211,6 +211,18 @@ class _Context:
     shifts: torch.Tensor
     mask: torch.Tensor
 
+    @classmethod
+    def build(cls, particles: ParticleSet, source: ImageSource, settings: AbinitSettings,
+              device: torch.device, box: int, apix: float) -> _Context:
+        """The context of a run on a ``box``-pixel working box of voxel ``apix`` Å."""
+        return cls(particles=particles, source=source, settings=settings, device=device,
+                   box=box, apix=apix,
+                   halves=torch.as_tensor(half_sets(particles, settings.seed), device=device),
+                   grid_rots=SO3Grid(settings.global_order).rotations(torch.float64, device),
+                   shifts=shift_grid(settings.shift_range_px, settings.shift_step_px, device),
+                   mask=soft_spherical_mask(box, settings.mask_radius_fraction * box,
+                                            dtype=torch.float64, device=device))
+
     def read(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, object]:
         """Working-box images ``(B, d, d)``, their transforms and CTF parameters."""
         images = self.source.images(index).to(self.device, torch.float64)
@@ -371,13 +383,7 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
                              result=result_of(best, evidences))
         return
     with ImageSource(particles) as source:
-        ctx = _Context(particles=particles, source=source, settings=settings, device=device,
-                       box=box, apix=apix,
-                       halves=torch.as_tensor(half_sets(particles, settings.seed), device=device),
-                       grid_rots=SO3Grid(settings.global_order).rotations(torch.float64, device),
-                       shifts=shift_grid(settings.shift_range_px, settings.shift_step_px, device),
-                       mask=soft_spherical_mask(box, settings.mask_radius_fraction * box,
-                                                dtype=torch.float64, device=device))
+        ctx = _Context.build(particles, source, settings, device, box, apix)
         last_save = time.perf_counter()
         for start in range(saved.start if saved else 0, settings.n_starts):
             if saved is not None and start == saved.start:

@@ -44,18 +44,14 @@ import torch
 from cryoviz.backprojection import gold_standard_maps
 from cryoviz.errors import InputError
 from cryoviz.fourier import lowpass_volume
-from cryoviz.geometry import SO3Grid
 from cryoviz.imaging import forward_fourier, volume_to_fourier
 from cryoviz.inference.abinit import AbinitSettings, _Context, _random_start, upsample_map
 from cryoviz.inference.abinit_state import Schedule, StartState
-from cryoviz.inference.pose_scoring import shift_grid
 from cryoviz.inference.pose_search import PoseCandidates, significant_poses, summarise
 from cryoviz.inference.refine_state import check_identity, read_checkpoint, run_identity
 from cryoviz.io.mrc import atomic_output
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.metrics.fsc import soft_spherical_mask
 from cryoviz.noise import half_plane_shells
-from cryoviz.reconstruct import half_sets
 
 __all__ = ["CLASS_ABINIT_STATE_FILE", "ClassAbinitResult", "ClassAbinitProgress",
            "iter_abinit_classes", "run_abinit_classes"]
@@ -304,13 +300,7 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
     apix = full_apix * full_box / box
     layout = half_plane_shells(box, device=device)
     with ImageSource(particles) as source:
-        ctx = _Context(particles=particles, source=source, settings=settings, device=device,
-                       box=box, apix=apix,
-                       halves=torch.as_tensor(half_sets(particles, settings.seed), device=device),
-                       grid_rots=SO3Grid(settings.global_order).rotations(torch.float64, device),
-                       shifts=shift_grid(settings.shift_range_px, settings.shift_step_px, device),
-                       mask=soft_spherical_mask(box, settings.mask_radius_fraction * box,
-                                                dtype=torch.float64, device=device))
+        ctx = _Context.build(particles, source, settings, device, box, apix)
         if saved is not None:
             classes = [StartState.from_payload(c, box, device) for c in saved["classes"]]
             schedule = Schedule.restore(n, settings.batch_size, saved["schedule"])
