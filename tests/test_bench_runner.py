@@ -491,3 +491,36 @@ def test_seeds_run_each_entry_once_per_seed(bench, tmp_path, capsys):
         assert bench_cli.run(parser.parse_args(["bench", "-o", str(tmp_path / "bad"),
                                                 "--seeds", bad])) == 2
         assert "seeds" in capsys.readouterr().err
+
+
+def test_conformation_rows_in_their_own_frames(bench, tmp_path):
+    """Class maps and poses each in their own frame and hand (ab initio classes): with
+    ``frames`` they score as the truth-frame run; without, they do not."""
+    out, _ = bench
+    truth = load_truth(out / "datasets" / "mixture-hi-uniform-tiny")
+    render = np.arange(0, len(truth.labels), 7)
+    other = axis_angle_to_matrix(torch.tensor([-1.1, 0.2, 0.4], dtype=torch.float64)).numpy()
+    maps = [rotate_volume(truth.maps[0].to(torch.float32),
+                          torch.as_tensor(GLOBAL, dtype=torch.float32)),
+            rotate_volume(flip_hand(truth.maps[1].to(torch.float32)),
+                          torch.as_tensor(other, dtype=torch.float32))]
+    est = perturb_rotations(truth.rotations, POSE_ERROR_DEG, seed=2)
+    first = truth.labels == 0
+    est[first] = est[first] @ GLOBAL.T
+    est[~first] = MIRROR @ est[~first] @ MIRROR @ other.T
+    run = RunOutputs(volumes=torch.stack([maps[s] for s in truth.labels[render]]),
+                     pixel_size_angstrom=truth.pixel_size_angstrom,
+                     poses_file=write_pose_posterior(tmp_path, _posterior(est)),
+                     frames=truth.labels.copy())
+    metrics = score("conformation", run, truth, render)
+    in_truth_frame = score("conformation", RunOutputs(
+        volumes=truth.maps[truth.labels[render]].to(torch.float32),
+        pixel_size_angstrom=truth.pixel_size_angstrom), truth, render)
+    assert metrics["pose_median_error_deg"] == pytest.approx(POSE_ERROR_DEG, abs=0.3)
+    assert metrics["pose_within_10deg"] == 1.0
+    assert metrics["fsc_auc"] == pytest.approx(in_truth_frame["fsc_auc"], rel=0.1)
+    assert metrics["fsc_cluster_agreement"] == pytest.approx(1.0)
+    run.frames = None
+    unaligned = score("conformation", run, truth, render)
+    assert unaligned["pose_within_10deg"] < 0.7  # one frame's poses only
+    assert unaligned["fsc_auc"] < metrics["fsc_auc"] - 0.05

@@ -1,7 +1,8 @@
 """Bench entries of the EM recipes: 3-D classes, 3DVA, refinement and ab initio.
 
 ``relion-class3d`` (EM over classes, true poses), ``relion-class3d-search``
-(poses searched) and ``3dva`` (PPCA-EM) solve the ``conformation`` task;
+(poses searched), ``cryosparc-abinit-classes`` (classes and poses from nothing)
+and ``3dva`` (PPCA-EM) solve the ``conformation`` task;
 ``relion-refine`` solves the ``pose`` task from a 20 Å low-pass of the true map;
 ``cryosparc-abinit`` and ``relion-refine`` solve the ``abinit`` task (an initial
 model, then modal or exact-EM refinement). EM iterations come from
@@ -68,6 +69,36 @@ def _class3d_searched(dataset: Path, output: Path, ctx: RunContext) -> RunOutput
                       poses_file=output / "poses.npz",
                       extra={"classes": 2, "iterations": ctx.iterations,
                              "start": "30 Å low-passes of the true end states"})
+
+
+def _class_abinit(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
+    """cryosparc-abinit --classes 2: two initial models, classes and poses from nothing,
+    then classification with the poses searched; each class map in its own frame."""
+    from cryoviz.inference.abinit import AbinitSettings  # noqa: PLC0415
+    from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
+        iter_class_ab_initio,
+        refinement_after_abinit,
+    )
+    from cryoviz.inference.class_refine import (  # noqa: PLC0415
+        ClassRefineProgress,
+        write_class_refine,
+    )
+
+    particles = load_particles(dataset / "particles.star")
+    abinit = AbinitSettings(seed=ctx.seed, **{**ABINIT_SETTINGS[ctx.size], "n_starts": 1})
+    refine = refinement_after_abinit(abinit, modal=True, n_iterations=ctx.iterations)
+    result = None
+    for state in iter_class_ab_initio(particles, 2, abinit, refine, device=ctx.device):
+        if isinstance(state, ClassRefineProgress) and state.result is not None:
+            result = state.result
+    write_class_refine(result, particles, output)
+    classes = result.classes
+    return RunOutputs(volumes=classes.maps[classes.best_class[ctx.render]],
+                      pixel_size_angstrom=classes.pixel_size_angstrom,
+                      z=classes.posteriors.numpy().astype(np.float64),
+                      poses_file=output / "poses.npz", frames=classes.best_class,
+                      extra={"classes": 2, "iterations": ctx.iterations,
+                             "abinit_steps": abinit.n_steps, "start": "nothing"})
 
 
 def _ppca(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
@@ -208,7 +239,7 @@ def _abinit(modal: bool) -> Callable[[Path, Path, RunContext], RunOutputs]:
 
 
 def register_em_recipes() -> None:
-    """Register the six entries (called once by :mod:`cryoviz.bench.entries`)."""
+    """Register the seven entries (called once by :mod:`cryoviz.bench.entries`)."""
     from cryoviz.bench.entries import (  # noqa: PLC0415
         HETEROGENEOUS_KINDS,
         HOMOGENEOUS_KINDS,
@@ -222,6 +253,11 @@ def register_em_recipes() -> None:
                         HETEROGENEOUS_KINDS,
                         "EM over 2 classes with the poses searched (not read), from 30 Å "
                         "low-passes of the true end states"))
+    register(BenchEntry("cryosparc-abinit-classes", "conformation", _class_abinit,
+                        HETEROGENEOUS_KINDS,
+                        "2 initial models, classes and poses from nothing (heterogeneous ab "
+                        "initio), then EM over 2 classes with the poses searched; maps scored "
+                        "after alignment"))
     register(BenchEntry("3dva", "conformation", _ppca, HETEROGENEOUS_KINDS,
                         "linear subspace, 2 components, PPCA-EM"))
     register(BenchEntry("relion-refine", "pose", _refine, HOMOGENEOUS_KINDS,

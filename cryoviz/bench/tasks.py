@@ -106,6 +106,13 @@ class RunOutputs:
         data's halves (see :func:`cryoviz.metrics.half_latent_wasserstein`), or None.
     extra
         Recipe-specific numbers copied into the leaderboard row.
+    frames
+        ``(N,)`` for recipes whose maps each have their own frame and hand (ab
+        initio classes: each particle's class), the frame of each particle's map
+        and pose; ``None``: the truth's frame. The conformation task then aligns
+        each map to every true map it is compared with (rotation, shift, hand),
+        clusters the maps aligned to the first true map, and aligns the poses of
+        each frame separately.
     """
 
     volumes: torch.Tensor | None = None
@@ -114,6 +121,7 @@ class RunOutputs:
     poses_file: Path | None = None
     half_latents: tuple | None = None
     extra: dict = field(default_factory=dict)
+    frames: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -228,8 +236,15 @@ def _score_poses(out: RunOutputs, truth: Truth) -> dict:
     posterior = read_pose_posterior(out.poses_file)
     true_rot = torch.as_tensor(truth.rotations[posterior.particle_ids], dtype=torch.float64)
     est = torch.as_tensor(posterior.rotations, dtype=torch.float64)
-    alignment = align_rotations(est, true_rot)
-    aligned = apply_rotation_alignment(est, alignment)
+    frames = (np.zeros(len(est), dtype=np.int64) if out.frames is None
+              else np.asarray(out.frames)[posterior.particle_ids])
+    aligned = torch.empty_like(est)
+    hands = {}
+    for frame in np.unique(frames):  # each frame's poses aligned on their own
+        rows = torch.as_tensor(np.flatnonzero(frames == frame))
+        alignment = align_rotations(est[rows], true_rot[rows])
+        aligned[rows] = apply_rotation_alignment(est[rows], alignment)
+        hands[int(len(rows))] = bool(alignment.flipped)
     errors = geodesic_distance_deg(aligned, true_rot)
     modes = pose_error_modes(aligned, true_rot, tolerance_deg=10.0).fractions()
     return {"pose_median_error_deg": float(errors.median()),
@@ -237,7 +252,33 @@ def _score_poses(out: RunOutputs, truth: Truth) -> dict:
             "pose_within_10deg": float((errors <= 10.0).to(torch.float64).mean()),
             "pose_inplane_pi": modes["inplane_pi"],
             "pose_opposite_view": modes["opposite_view"],
-            "pose_hand_flipped": bool(alignment.flipped)}
+            "pose_hand_flipped": hands[max(hands)]}  # that of the largest frame
+
+
+class _FrameAligner:
+    """Rendered map ``i`` in the frame of true map ``state`` (itself when in the truth's frame).
+
+    With :attr:`RunOutputs.frames`, each map is aligned (rotation, shift, hand) to
+    the true map; identical maps of one frame (class maps) are aligned once.
+    """
+
+    def __init__(self, out: RunOutputs, render: np.ndarray, truth: Truth, box: int) -> None:
+        self.out, self.truth, self.box = out, truth, box
+        self.frames = None if out.frames is None else np.asarray(out.frames)[render]
+        self.done: dict[tuple[int, int], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def __call__(self, i: int, state: int) -> torch.Tensor:
+        volume = self.out.volumes[i]
+        if self.frames is None:
+            return volume
+        seen = self.done.setdefault((int(self.frames[i]), int(state)), [])
+        for original, aligned in seen:
+            if torch.equal(original, volume):
+                return aligned
+        reference = _match_box(self.truth.maps[state], self.box).to(torch.float64)
+        aligned = align_volume(volume.to(torch.float64), reference).aligned.to(volume.dtype)
+        seen.append((volume, aligned))
+        return aligned
 
 
 def _score_conformation(out: RunOutputs, truth: Truth, render: np.ndarray, k: int) -> dict:
@@ -249,9 +290,11 @@ def _score_conformation(out: RunOutputs, truth: Truth, render: np.ndarray, k: in
         apix = out.pixel_size_angstrom
         box = out.volumes.shape[-1]
         which = truth.map_index(render)
+        in_frame = _FrameAligner(out, render, truth, box)
         per_state_auc, per_state_res = [], []
         for state in np.unique(which):
-            pairs = [_fsc_numbers(out.volumes[i], _match_box(truth.maps[state], box), apix)
+            reference = _match_box(truth.maps[state], box)
+            pairs = [_fsc_numbers(in_frame(i, state), reference, apix)
                      for i in np.flatnonzero(which == state)]
             per_state_auc.append(np.mean([p[0] for p in pairs]))
             per_state_res.append(np.mean([p[1] for p in pairs]))
@@ -259,7 +302,8 @@ def _score_conformation(out: RunOutputs, truth: Truth, render: np.ndarray, k: in
         metrics["resolution_05_angstrom"] = float(np.mean(per_state_res))
         n_states = len(np.unique(which))
         if not truth.continuous and n_states >= 2:
-            clusters = fsc_hierarchical_clustering(out.volumes.to(torch.float64), apix,
+            volumes = torch.stack([in_frame(i, 0) for i in range(len(render))])
+            clusters = fsc_hierarchical_clustering(volumes.to(torch.float64), apix,
                                                    n_clusters=n_states,
                                                    threshold=CLUSTER_FSC_THRESHOLD)
             metrics["fsc_cluster_agreement"] = label_agreement(clusters.labels, which)
