@@ -24,7 +24,9 @@ Metric definitions (see ``docs/bench.md``):
 * ``pose_median_error_deg`` / ``pose_mean_error_deg``: geodesic error after the
   global alignment (and hand) of :func:`cryoviz.metrics.align_rotations` (also in
   the conformation task for recipes that infer the poses instead of reading
-  them: ``atomvae``, ``relion-class3d-search``); ``pose_inplane_pi`` and
+  them: ``atomvae``, ``relion-class3d-search``, ``cryosparc-abinit-classes``,
+  whose classes each have their own frame: :attr:`RunOutputs.frames`);
+  ``pose_inplane_pi`` and
   ``pose_opposite_view``: the fractions of particles whose aligned pose is the
   in-plane π flip of the true one or views it from the opposite side (the
   mirror-image projection), within 10° (:func:`cryoviz.metrics.pose_error_modes`);
