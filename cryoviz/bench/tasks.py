@@ -241,12 +241,13 @@ def _score_poses(out: RunOutputs, truth: Truth) -> dict:
     frames = (np.zeros(len(est), dtype=np.int64) if out.frames is None
               else np.asarray(out.frames)[posterior.particle_ids])
     aligned = torch.empty_like(est)
-    hands = {}
+    largest, flipped = 0, False  # the hand reported is that of the largest frame
     for frame in np.unique(frames):  # each frame's poses aligned on their own
         rows = torch.as_tensor(np.flatnonzero(frames == frame))
         alignment = align_rotations(est[rows], true_rot[rows])
         aligned[rows] = apply_rotation_alignment(est[rows], alignment)
-        hands[int(len(rows))] = bool(alignment.flipped)
+        if len(rows) > largest:
+            largest, flipped = len(rows), bool(alignment.flipped)
     errors = geodesic_distance_deg(aligned, true_rot)
     modes = pose_error_modes(aligned, true_rot, tolerance_deg=10.0).fractions()
     return {"pose_median_error_deg": float(errors.median()),
@@ -254,7 +255,7 @@ def _score_poses(out: RunOutputs, truth: Truth) -> dict:
             "pose_within_10deg": float((errors <= 10.0).to(torch.float64).mean()),
             "pose_inplane_pi": modes["inplane_pi"],
             "pose_opposite_view": modes["opposite_view"],
-            "pose_hand_flipped": hands[max(hands)]}  # that of the largest frame
+            "pose_hand_flipped": flipped}
 
 
 class _FrameAligner:

@@ -124,7 +124,8 @@ class ClassEMProgress:
     result: ClassEMResult | None = None
 
 
-def write_class_em(result: ClassEMResult, output_dir: str | Path) -> dict:
+def write_class_em(result: ClassEMResult, output_dir: str | Path,
+                   extra_metrics: dict | None = None) -> dict:
     """Write the classification: class maps, assignments and metrics.
 
     Files (all written atomically):
@@ -142,6 +143,8 @@ def write_class_em(result: ClassEMResult, output_dir: str | Path) -> dict:
         The classification.
     output_dir
         Folder (created).
+    extra_metrics
+        Fields added to ``metrics.json`` (e.g. the recipe and its settings).
 
     Returns
     -------
@@ -173,6 +176,7 @@ def write_class_em(result: ClassEMResult, output_dir: str | Path) -> dict:
         "log_likelihood_per_iteration": list(result.log_likelihoods),
         "sigma2_per_shell": [float(v) for v in result.sigma2],
         "half_map_fsc": [c.to_dict() for c in result.half_fsc],
+        **(extra_metrics or {}),
     }
     with atomic_output(out / "metrics.json") as tmp:
         Path(tmp).write_text(json.dumps(metrics, indent=2))

@@ -401,11 +401,12 @@ def run_class_refine(particles: ParticleSet, initial_map, n_classes: int,
 
 
 def write_class_refine(result: ClassRefineResult, particles: ParticleSet,
-                       output_dir: str | Path) -> dict:
+                       output_dir: str | Path, extra_metrics: dict | None = None) -> dict:
     """Write the classes (:func:`~cryoviz.inference.class_em_result.write_class_em`: class
-    maps, ``classes.npz``, ``metrics.json``) and the poses in each particle's most
-    probable class (:func:`~cryoviz.inference.posterior.export_poses`: ``poses.npz``,
-    ``particles.star``, ``particles.cs``, ``poses.pkl``); returns the metrics."""
-    metrics = write_class_em(result.classes, output_dir)
+    maps, ``classes.npz``, ``metrics.json`` with ``extra_metrics``) and the poses in each
+    particle's most probable class (:func:`~cryoviz.inference.posterior.export_poses`:
+    ``poses.npz``, ``particles.star``, ``particles.cs``, ``poses.pkl``); returns the
+    metrics."""
+    metrics = write_class_em(result.classes, output_dir, extra_metrics)
     export_poses(result.posterior, particles, output_dir)
     return metrics

@@ -1,0 +1,208 @@
+"""``cryoviz train`` for ab initio: ``cryosparc-abinit`` (one map or ``--classes K``) and
+``relion-refine`` without ``--initial-map``.
+
+:func:`run_ab_initio` runs the initial model(s) and the refinement or
+classification after them, prints one progress line per step to stderr, and
+writes the run folder with its ``log.jsonl``; ``--resume`` continues from the
+checkpoints. :mod:`cryoviz.train.cli_algorithms` dispatches here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cryoviz.errors import InputError
+
+__all__ = ["run_ab_initio"]
+
+
+class _RunLog:
+    """``log.jsonl`` of an ab initio run: one line per step and iteration, written atomically.
+
+    On ``resume`` the earlier lines are kept up to the first line the resumed run
+    repeats (those after the last checkpoint), found by
+    :func:`~cryoviz.inference.abinit_pipeline.log_position`.
+    """
+
+    def __init__(self, out: Path, resume: bool) -> None:
+        self.path = out / "log.jsonl"
+        self.lines = ([line for line in self.path.read_text().splitlines() if line]
+                      if resume and self.path.is_file() else [])
+        self.trim = bool(self.lines)
+
+    def add(self, record: dict) -> bool:
+        """Append ``record``; True on the first line of a resumed run."""
+        from cryoviz.inference.abinit_pipeline import log_position  # noqa: PLC0415
+        from cryoviz.io.mrc import atomic_output  # noqa: PLC0415
+
+        first = self.trim
+        if self.trim:
+            position = log_position(record)
+            self.lines = [line for line in self.lines
+                          if log_position(json.loads(line)) < position]
+            self.trim = False
+        self.lines.append(json.dumps(record))
+        with atomic_output(self.path) as tmp:
+            tmp.write_text("\n".join(self.lines) + "\n")
+        return first
+
+
+def _abinit_settings(args: argparse.Namespace, particles, n_starts: int):
+    """:class:`AbinitSettings` of the initial model(s) from the command line."""
+    from cryoviz.inference.abinit import AbinitSettings  # noqa: PLC0415
+
+    working = min(args.abinit_box, particles.box_size)
+    batch = AbinitSettings.batch_size
+    return AbinitSettings(n_steps=args.abinit_steps, box_size=working - working % 2,
+                          n_starts=n_starts, seed=args.seed if args.seed is not None else 0,
+                          memory_images=max(batch, min(AbinitSettings.memory_images,
+                                                       len(particles))))
+
+
+def run_ab_initio(args: argparse.Namespace, particles) -> None:
+    """Ab initio: an initial model by stochastic modal EM, then refinement (poses unknown).
+
+    ``cryosparc-abinit`` refines with one pose per image, ``relion-refine`` (no
+    ``--initial-map``) by exact EM. Writes what ``relion-refine`` writes, plus
+    ``volumes/abinit_map.mrc``, ``volumes/map_iter_###.mrc`` per refinement
+    iteration and ``log.jsonl`` (one line per step and iteration). With ``--resume``
+    an initial model already written (``abinit_map.mrc``) is kept and the
+    refinement continues from its checkpoint; without one, the initial model
+    continues from ``abinit_state.pt`` (saved every 30 s and after each start).
+    ``cryosparc-abinit --classes K`` runs :func:`_run_abinit_classes` instead.
+    """
+    if args.classes is not None:
+        if args.recipe != "cryosparc-abinit":
+            raise InputError(None, "--classes", "relion-class3d or cryosparc-abinit (K classes "
+                             "ab initio)", f"--classes with {args.recipe}")
+        _run_abinit_classes(args, particles)
+        return
+    from cryoviz.inference.abinit import AbinitProgress  # noqa: PLC0415
+    from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
+        iter_ab_initio,
+        progress_record,
+        refinement_after_abinit,
+    )
+    from cryoviz.inference.refine import write_refine  # noqa: PLC0415
+    from cryoviz.io.mrc import read_volume, write_volume  # noqa: PLC0415
+
+    abinit = _abinit_settings(args, particles, args.abinit_starts)
+    refine = refinement_after_abinit(abinit, modal=args.recipe == "cryosparc-abinit",
+                                     n_iterations=args.epochs or 4,
+                                     batch_size=args.batch_size or 64,
+                                     max_order=args.max_order)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    apix = particles.pixel_size_angstrom
+    log = _RunLog(out, args.resume)
+    saved_map = out / "volumes" / "abinit_map.mrc"
+    initial = None
+    if args.resume and saved_map.is_file():
+        initial = torch.as_tensor(read_volume(saved_map)[0])
+        print(f"resuming after the initial model in {saved_map}", file=sys.stderr, flush=True)
+    result = None
+    started = time.perf_counter()
+    for state in iter_ab_initio(particles, abinit, refine, device=args.device,
+                                checkpoint_dir=out, initial_map=initial, resume=args.resume):
+        if log.add(progress_record(state)) and isinstance(state, AbinitProgress):
+            print(f"initial model continues at start {state.start + 1} step "
+                  f"{state.step}", file=sys.stderr, flush=True)
+        if isinstance(state, AbinitProgress):
+            if state.step % 10 == 0 or state.result is not None:
+                print(f"initial model start {state.start + 1}/{abinit.n_starts} step "
+                      f"{state.step}/{state.n_steps}  limit "
+                      f"{state.resolution_angstrom:.1f} Å  {state.images_per_second:.0f} "
+                      f"images/s  {state.elapsed_seconds:.0f} s", file=sys.stderr, flush=True)
+            if state.result is not None:
+                write_volume(out / "volumes" / "abinit_map.mrc", state.result.map.numpy(), apix)
+            continue
+        write_volume(out / "volumes" / f"map_iter_{state.iteration:03d}.mrc",
+                     state.map.numpy(), apix)
+        print(f"refine iteration {state.iteration}/{state.n_iterations}"
+              f"{' global' if state.global_search else ' local'}  E-step to "
+              f"{state.e_step_resolution_angstrom:.1f} Å  resolution "
+              f"{state.resolution_angstrom:.1f} Å  {state.seconds:.1f} s",
+              file=sys.stderr, flush=True)
+        result = state.result if state.result is not None else result
+    write_refine(result, particles, out, recipe=args.recipe, extra_metrics={
+        "ab_initio": True, "abinit_settings": dataclasses.asdict(abinit),
+        "total_seconds": time.perf_counter() - started})
+
+
+def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
+    """``cryosparc-abinit --classes K``: K initial models from nothing, then 3-D classes.
+
+    The initial models (:mod:`cryoviz.inference.abinit_classes`; each class is one
+    random start, so ``--abinit-starts`` does not apply) are written as
+    ``volumes/abinit_class_#.mrc`` with the particles' classes under them
+    (``abinit_classes.npz``); the classification with poses searched then starts
+    from them and writes what ``relion-class3d --initial-map`` writes, plus
+    ``log.jsonl``. ``--resume`` keeps initial models already written and continues
+    the classification from its checkpoint; without them, the initial models
+    continue from ``abinit_classes_state.pt``.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from cryoviz.inference.abinit_classes import ClassAbinitProgress  # noqa: PLC0415
+    from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
+        iter_class_ab_initio,
+        progress_record,
+        refinement_after_abinit,
+    )
+    from cryoviz.inference.class_refine import write_class_refine  # noqa: PLC0415
+    from cryoviz.io.mrc import atomic_output, read_volume, write_volume  # noqa: PLC0415
+
+    k_classes = args.classes
+    if k_classes < 2:
+        raise InputError(None, "--classes", "at least 2 for cryosparc-abinit (one class: leave "
+                         "--classes out)", k_classes)
+    abinit = _abinit_settings(args, particles, 1)
+    refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.epochs or 4,
+                                     batch_size=args.batch_size or 64, max_order=args.max_order)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    apix = particles.pixel_size_angstrom
+    log = _RunLog(out, args.resume)
+    saved = [out / "volumes" / f"abinit_class_{k}.mrc" for k in range(k_classes)]
+    initial = None
+    if args.resume and all(path.is_file() for path in saved):
+        initial = torch.stack([torch.as_tensor(read_volume(path)[0]) for path in saved])
+        print(f"resuming after the initial models in {out / 'volumes'}", file=sys.stderr,
+              flush=True)
+    result = None
+    started = time.perf_counter()
+    for state in iter_class_ab_initio(particles, k_classes, abinit, refine, device=args.device,
+                                      checkpoint_dir=out, initial_maps=initial,
+                                      resume=args.resume):
+        if log.add(progress_record(state)) and isinstance(state, ClassAbinitProgress):
+            print(f"initial models continue at step {state.step}", file=sys.stderr, flush=True)
+        fractions = ", ".join(f"{f:.2f}" for f in state.class_fractions)
+        if isinstance(state, ClassAbinitProgress):
+            if state.step % 10 == 0 or state.result is not None:
+                print(f"initial models step {state.step}/{state.n_steps}  limit "
+                      f"{state.resolution_angstrom:.1f} Å  fractions {fractions}  "
+                      f"{state.images_per_second:.0f} images/s  {state.elapsed_seconds:.0f} s",
+                      file=sys.stderr, flush=True)
+            if state.result is not None:
+                first = state.result
+                with atomic_output(out / "abinit_classes.npz") as tmp, open(tmp, "wb") as fh:
+                    np.savez(fh, posteriors=first.posteriors, best_class=first.best_class,
+                             particle_ids=np.asarray(particles.particle_ids, dtype=np.int64))
+                for path, volume in zip(saved, first.maps, strict=True):
+                    write_volume(path, volume.numpy(), apix)
+            continue
+        print(f"classes iteration {state.iteration}/{state.n_iterations}"
+              f"{' global' if state.global_search else ' local'}  E-step to "
+              f"{state.e_step_resolution_angstrom:.1f} Å  fractions {fractions}  changed "
+              f"{state.changed_fraction:.3f}  {state.seconds:.1f} s", file=sys.stderr, flush=True)
+        result = state.result if state.result is not None else result
+    write_class_refine(result, particles, out, extra_metrics={
+        "recipe": args.recipe, "ab_initio": True, "abinit_settings": dataclasses.asdict(abinit),
+        "total_seconds": time.perf_counter() - started})
