@@ -24,7 +24,9 @@ from cryoviz.inference.abinit import AbinitSettings
 from cryoviz.inference.abinit_classes import (
     CLASS_ABINIT_STATE_FILE,
     iter_abinit_classes,
+    mixture_log_likelihood,
     run_abinit_classes,
+    select_maps,
 )
 from cryoviz.io import load_particles, read_volume
 from cryoviz.metrics import fsc
@@ -139,7 +141,7 @@ def test_a_checkpoint_of_other_settings_or_classes_is_refused(dataset, tmp_path)
 
 @pytest.mark.parametrize(("kwargs", "field"), [
     ({"n_classes": 1}, "n_classes"),
-    ({"settings": replace(SHORT, n_starts=2)}, "n_starts"),
+    ({"settings": replace(SHORT, n_starts=0)}, "n_starts"),
     ({"settings": replace(SHORT, batch_size=0)}, "batch_size"),
 ])
 def test_bad_settings_name_the_field(dataset, kwargs, field):
@@ -153,3 +155,61 @@ def test_particles_without_ctf_are_rejected(dataset):
     particles, _, _ = dataset
     with pytest.raises(InputError, match="ctf"):
         next(iter_abinit_classes(replace(particles, ctf=None), 2, SHORT))
+
+
+def test_select_maps_keeps_maps_that_explain_different_images():
+    # images 0-9 are explained by candidates 0 and 1 (1 a copy of 0), images 10-19 by 2 only
+    evidence = np.full((4, 20), -50.0)
+    evidence[0, :10] = evidence[1, :10] = 0.0
+    evidence[1, :10] += 0.1
+    evidence[2, 10:] = 0.0
+    evidence[3] = -5.0  # explains everything poorly
+    assert select_maps(evidence, 2, groups=[[0, 1], [2, 3]]) == [1, 2]
+    # an equal mixture: log((e^0 + e^-50) / 2) for every image
+    assert mixture_log_likelihood(evidence, [0, 2]) == pytest.approx(
+        np.log((1.0 + np.exp(-50.0)) / 2.0))
+    # greedy picks the map that explains everything fairly (2) first; a restart's own
+    # pair of specialists (0 and 1) explains the images better and is kept
+    generalist = np.array([[0.0, 0.0, -20.0, -20.0], [-20.0, -20.0, 0.0, 0.0],
+                           [-1.0, -1.0, -1.0, -1.0]])
+    assert select_maps(generalist, 2, groups=[]) == [0, 2]
+    assert select_maps(generalist, 2, groups=[[0, 1]]) == [0, 1]
+
+
+@pytest.fixture(scope="module")
+def restarts(dataset):
+    particles, _, _ = dataset
+    return list(iter_abinit_classes(particles, 2, replace(SHORT, n_starts=2)))
+
+
+def test_restarts_pool_the_maps_of_every_restart(dataset, short, restarts):
+    particles, _, _ = dataset
+    assert [(p.start, p.step) for p in restarts] == [(r, s) for r in (0, 1) for s in range(1, 6)]
+    result = restarts[-1].result
+    assert len(result.chosen_maps) == 2 and len(set(result.chosen_maps)) == 2
+    assert len(result.start_log_likelihoods) == 2
+    assert result.log_likelihood >= max(result.start_log_likelihoods) - 1e-9
+    np.testing.assert_allclose(result.posteriors.sum(axis=1), 1.0, atol=1e-9)
+    # restart r is the one-restart run of seed + 2000 r (K = 2): its maps, as they are
+    one = {0: short, 1: run_abinit_classes(particles, 2, settings=replace(SHORT, seed=2000))}
+    for j, (r, k) in enumerate(result.chosen_maps):
+        torch.testing.assert_close(result.working_maps[j], one[r].working_maps[k], rtol=0,
+                                   atol=0)
+    assert result.start_log_likelihoods[0] == pytest.approx(short.log_likelihood)
+
+
+@pytest.mark.parametrize("stop_after", [3, 7])
+def test_interrupted_restarts_resume_to_the_unbroken_result(dataset, restarts, tmp_path,
+                                                           stop_after):
+    particles, _, _ = dataset
+    settings = replace(SHORT, n_starts=2)
+    for k, _ in enumerate(iter_abinit_classes(particles, 2, settings, checkpoint_dir=tmp_path,
+                                              checkpoint_interval_s=0.0), start=1):
+        if k == stop_after:
+            break  # killed after this step's checkpoint (restart 0 has 5 steps)
+    resumed = list(iter_abinit_classes(particles, 2, settings, checkpoint_dir=tmp_path,
+                                       resume=True))
+    expected = [(r, s) for r in (0, 1) for s in range(1, 6)][stop_after:]
+    assert [(p.start, p.step) for p in resumed] == expected
+    _same(resumed[-1].result, restarts[-1].result)
+    assert resumed[-1].result.chosen_maps == restarts[-1].result.chosen_maps

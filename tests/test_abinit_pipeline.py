@@ -186,7 +186,7 @@ def test_resume_continues_an_interrupted_initial_model(data, capsys, monkeypatch
 
 
 CLASS_FLAGS = ["--classes", "2", "--abinit-steps", "8", "--abinit-box", "16", "--epochs", "1",
-               "--max-order", "3", "--batch-size", "200"]
+               "--max-order", "3", "--batch-size", "200", "--abinit-starts", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -235,28 +235,37 @@ def test_class_ab_initio_command_writes_classes_maps_and_poses(mixture, capsys):
     assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
 
 
-def test_class_ab_initio_resumes_interrupted_initial_models(mixture, capsys, monkeypatch):
-    """Killed during the initial models: --resume continues from abinit_classes_state.pt."""
+def test_class_ab_initio_resumes_interrupted_restarts(mixture, capsys, monkeypatch):
+    """Two restarts, killed in the second: --resume keeps the first and continues the second."""
     import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
 
     root, star = mixture
+    flags = [*CLASS_FLAGS[:-1], "2"]
     unbroken = root / "classes_unbroken"
     assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(unbroken),
-                 *CLASS_FLAGS]) == 0
+                 *flags]) == 0
     real = pipeline.iter_abinit_classes
     out = root / "classes_killed"
-    monkeypatch.setattr(pipeline, "iter_abinit_classes", _killed_after(real, 5))
+    monkeypatch.setattr(pipeline, "iter_abinit_classes", _killed_after(real, 13))
     with pytest.raises(KeyboardInterrupt):
-        main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
-              *CLASS_FLAGS])
+        main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
     monkeypatch.setattr(pipeline, "iter_abinit_classes", real)
+    assert (out / "abinit_classes_state.pt").is_file()
+    assert (out / "abinit_classes_state_1.pt").is_file()
     capsys.readouterr()
-    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
-                 *CLASS_FLAGS, "--resume"]) == 0
-    assert "initial models continue at step 6" in capsys.readouterr().err
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
+                 "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "initial models continue at step 6" in err and "restart 1/2" not in err
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r.get("step") for r in log if r["phase"] == "abinit"] == list(range(1, 9))
-    for name in ("abinit_class_1.mrc", "class_0.mrc", "class_1.mrc"):
+    assert [(r["start"], r["step"]) for r in log if r["phase"] == "abinit"] == [
+        (r, s) for r in (0, 1) for s in range(1, 9)]
+    with np.load(out / "abinit_classes.npz") as npz, \
+            np.load(unbroken / "abinit_classes.npz") as whole:
+        assert npz["chosen_maps"].shape == (2, 2)
+        np.testing.assert_array_equal(npz["chosen_maps"], whole["chosen_maps"])
+        np.testing.assert_array_equal(npz["posteriors"], whole["posteriors"])
+    for name in ("abinit_class_0.mrc", "abinit_class_1.mrc", "class_0.mrc", "class_1.mrc"):
         np.testing.assert_array_equal(read_volume(out / "volumes" / name)[0],
                                       read_volume(unbroken / "volumes" / name)[0])
 

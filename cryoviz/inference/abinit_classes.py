@@ -28,13 +28,20 @@ the starting maps of a classification with poses searched
 (:func:`cryoviz.inference.class_refine.iter_class_refine` with
 ``initial_maps``), which the ``cryosparc-abinit --classes K`` recipe runs next.
 
-Cost: ``K`` times the one-class initial model per step.
+**Restarts** (``n_starts`` R > 1): stochastic EM can settle in a wrong map for
+one state while it finds the others (on simulated closed adenylate kinase, 2,000
+particles at SNR 0.1, one start in eight found it; ``docs/benchmarks.md``). The
+whole K-class run is repeated from other random starts, and the ``K`` of the
+``R K`` maps whose equal mixture gives a common set of images the largest log
+evidence are kept (:func:`select_maps`): a class may come from any restart.
+
+Cost: ``K`` times the one-class initial model per step, ``R`` times over.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +61,7 @@ from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.noise import half_plane_shells
 
 __all__ = ["CLASS_ABINIT_STATE_FILE", "ClassAbinitResult", "ClassAbinitProgress",
-           "iter_abinit_classes", "run_abinit_classes"]
+           "iter_abinit_classes", "mixture_log_likelihood", "run_abinit_classes", "select_maps"]
 
 CLASS_ABINIT_STATE_FILE = "abinit_classes_state.pt"
 _FORMAT = 1
@@ -83,6 +90,13 @@ class ClassAbinitResult:
         most probable class (in that class map's frame).
     pixel_size_angstrom, working_pixel_size_angstrom
         Voxel sizes of ``maps`` and ``working_maps``.
+    chosen_maps
+        ``K`` pairs (restart, class of that restart) the maps come from.
+    start_log_likelihoods
+        ``(R,)`` mean log evidence of the common images under each restart's own
+        equal mixture of its ``K`` maps.
+    log_likelihood
+        The same for the kept maps (at least the largest of ``start_log_likelihoods``).
     seconds, settings
         Bookkeeping.
     """
@@ -96,6 +110,9 @@ class ClassAbinitResult:
     shifts_angstrom: np.ndarray
     pixel_size_angstrom: float
     working_pixel_size_angstrom: float
+    chosen_maps: tuple[tuple[int, int], ...]
+    start_log_likelihoods: tuple[float, ...]
+    log_likelihood: float
     seconds: float
     settings: AbinitSettings
 
@@ -120,6 +137,8 @@ class ClassAbinitProgress:
         Wall time of this step and since the run began (resumed runs add theirs).
     result
         The :class:`ClassAbinitResult` on the last step, else ``None``.
+    start, n_starts
+        0-based restart of the step and the run's restarts.
     """
 
     step: int
@@ -131,6 +150,8 @@ class ClassAbinitProgress:
     step_seconds: float
     elapsed_seconds: float
     result: ClassAbinitResult | None = None
+    start: int = 0
+    n_starts: int = 1
 
 
 def _limit(settings: AbinitSettings, step: int, box: int, apix: float) -> tuple[float, int]:
@@ -190,12 +211,17 @@ def _step(ctx: _Context, classes: list[StartState], sigma2: torch.Tensor, log_pi
             float(torch.logsumexp(logits, dim=1).mean()))
 
 
+def _final_limit(ctx: _Context) -> int:
+    """Last Fourier shell of ``final_resolution_angstrom`` on the working box."""
+    return max(1, min(ctx.box // 2, int(ctx.box * ctx.apix / max(
+        ctx.settings.final_resolution_angstrom, 2.0 * ctx.apix))))
+
+
 def _assign(ctx: _Context, classes: list[StartState], sigma2: torch.Tensor,
             log_pi: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every particle searched against the final maps: posteriors, rotations, shifts (Å)."""
     settings, n = ctx.settings, len(ctx.particles)
-    final_limit = max(1, min(ctx.box // 2, int(ctx.box * ctx.apix / max(
-        settings.final_resolution_angstrom, 2.0 * ctx.apix))))
+    final_limit = _final_limit(ctx)
     posteriors = np.zeros((n, len(classes)))
     rotations, shifts = np.zeros((n, 3, 3)), np.zeros((n, 2))
     for first in range(0, n, settings.batch_size):
@@ -213,24 +239,29 @@ def _assign(ctx: _Context, classes: list[StartState], sigma2: torch.Tensor,
     return posteriors, rotations, shifts
 
 
-def _save(run_dir: Path, settings: AbinitSettings, ids: np.ndarray, n_classes: int, step: int,
-          schedule: Schedule, classes: list[StartState], sigma2: torch.Tensor,
+def _state_file(start: int) -> str:
+    """Checkpoint file of restart ``start`` (restart 0 keeps the one-restart name)."""
+    return CLASS_ABINIT_STATE_FILE if start == 0 else f"abinit_classes_state_{start}.pt"
+
+
+def _save(run_dir: Path, settings: AbinitSettings, ids: np.ndarray, n_classes: int, start: int,
+          step: int, schedule: Schedule, classes: list[StartState], sigma2: torch.Tensor,
           log_pi: torch.Tensor, last_progress: dict, elapsed_seconds: float) -> None:
-    """Write ``abinit_classes_state.pt`` atomically (what the next step needs)."""
+    """Write restart ``start``'s checkpoint atomically (what its next step needs)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"format": _FORMAT, **run_identity(settings, ids, ()), "n_classes": n_classes,
-               "step": step, "schedule": schedule.state(),
+               "start": start, "step": step, "schedule": schedule.state(),
                "classes": [c.to_payload() for c in classes], "sigma2": sigma2.cpu(),
                "log_pi": log_pi.cpu(), "last_progress": dict(last_progress),
                "elapsed_seconds": float(elapsed_seconds)}
-    with atomic_output(run_dir / CLASS_ABINIT_STATE_FILE) as tmp:
+    with atomic_output(run_dir / _state_file(start)) as tmp:
         torch.save(payload, tmp)
 
 
-def _load(run_dir: Path, settings: AbinitSettings, ids: np.ndarray, n_classes: int
-          ) -> dict | None:
-    """The checkpoint in ``run_dir`` (checked against the run), or ``None``."""
-    path = run_dir / CLASS_ABINIT_STATE_FILE
+def _load(run_dir: Path, settings: AbinitSettings, ids: np.ndarray, n_classes: int,
+          start: int) -> dict | None:
+    """Restart ``start``'s checkpoint in ``run_dir`` (checked against the run), or ``None``."""
+    path = run_dir / _state_file(start)
     if not path.is_file():
         return None
     saved = read_checkpoint(path, CLASS_ABINIT_STATE_FILE, _FORMAT)
@@ -243,12 +274,139 @@ def _load(run_dir: Path, settings: AbinitSettings, ids: np.ndarray, n_classes: i
     return saved
 
 
+@dataclass
+class _Restart:
+    """One restart's classes after its last step."""
+
+    classes: list[StartState]
+    sigma2: torch.Tensor
+    log_pi: torch.Tensor
+    figures: dict
+
+
+def _iter_restart(ctx: _Context, layout, n_classes: int, start: int, saved: dict | None,
+                  run_dir: Path | None, ids: np.ndarray, start_time: float,
+                  checkpoint_interval_s: float) -> Generator[ClassAbinitProgress, None, _Restart]:
+    """Run restart ``start`` to its last step, yielding every step but the last."""
+    settings, n, device = ctx.settings, len(ctx.particles), ctx.device
+    seed = settings.seed + 1000 * n_classes * start
+    if saved is not None:
+        classes = [StartState.from_payload(c, ctx.box, device) for c in saved["classes"]]
+        schedule = Schedule.restore(n, settings.batch_size, saved["schedule"])
+        sigma2, log_pi = saved["sigma2"].to(device), saved["log_pi"].to(device)
+        first_step = int(saved["step"]) + 1
+    else:
+        classes = [_random_start(ctx, np.random.default_rng(seed + 1000 * k),
+                                 torch.Generator().manual_seed(seed + 1000 * k), layout)
+                   for k in range(n_classes)]
+        sigma2 = torch.stack([c.sigma2 for c in classes]).mean(dim=0)
+        log_pi = torch.full((n_classes,), -float(np.log(n_classes)), dtype=torch.float64,
+                            device=device)
+        schedule = Schedule(n, settings.batch_size, np.random.default_rng(seed))
+        first_step = 1
+    figures = dict(saved["last_progress"]) if saved is not None else {}
+    last_save = time.perf_counter()
+    for step in range(first_step, settings.n_steps + 1):
+        t0 = time.perf_counter()
+        index = schedule.next_batch()
+        sigma2, log_pi, limit_angstrom, log_likelihood = _step(
+            ctx, classes, sigma2, log_pi, index, step, layout)
+        now = time.perf_counter()
+        figures = {"resolution_angstrom": limit_angstrom,
+                   "class_fractions": tuple(float(p) for p in log_pi.exp()),
+                   "log_likelihood": log_likelihood,
+                   "images_per_second": len(index) / (now - t0), "step_seconds": now - t0}
+        if run_dir is not None and (step == settings.n_steps
+                                    or now - last_save >= checkpoint_interval_s):
+            _save(run_dir, settings, ids, n_classes, start, step, schedule, classes, sigma2,
+                  log_pi, figures, now - start_time)
+            last_save = time.perf_counter()
+        if step < settings.n_steps:
+            yield ClassAbinitProgress(step=step, n_steps=settings.n_steps, **figures,
+                                      elapsed_seconds=now - start_time, start=start,
+                                      n_starts=settings.n_starts)
+    return _Restart(classes=classes, sigma2=sigma2, log_pi=log_pi, figures=figures)
+
+
+def mixture_log_likelihood(evidence: np.ndarray, chosen: list[int]) -> float:
+    """Mean over images of ``log (1/K) sum_{c in chosen} exp(evidence[c, i])``.
+
+    Parameters
+    ----------
+    evidence
+        ``(C, M)`` log evidence of ``M`` images under each of ``C`` candidate maps.
+    chosen
+        The ``K`` candidates of the mixture (equal weights).
+    """
+    rows = torch.as_tensor(evidence[list(chosen)])
+    return float((torch.logsumexp(rows, dim=0) - np.log(len(chosen))).mean())
+
+
+def select_maps(evidence: np.ndarray, n_classes: int, groups: list[list[int]]) -> list[int]:
+    """The ``n_classes`` candidate maps whose equal mixture explains the images best.
+
+    Greedy forward selection on :func:`mixture_log_likelihood` (a candidate that
+    only repeats one already chosen adds little, so the maps chosen are the ones
+    that explain different images), then compared with every group of
+    ``groups`` (each restart's own maps): the best of them is returned, sorted.
+
+    Parameters
+    ----------
+    evidence
+        ``(C, M)`` log evidence of ``M`` images under each candidate map.
+    n_classes
+        ``K``, at most ``C``.
+    groups
+        Candidate index lists of ``K`` each that are also tried as they are.
+    """
+    chosen: list[int] = []
+    for _ in range(n_classes):
+        rest = [c for c in range(len(evidence)) if c not in chosen]
+        chosen.append(max(rest, key=lambda c: mixture_log_likelihood(evidence, chosen + [c])))
+    best = max([sorted(chosen)] + [sorted(g) for g in groups],
+               key=lambda g: mixture_log_likelihood(evidence, g))
+    return best
+
+
+def _common_evidence(ctx: _Context, layout, volumes: list[torch.Tensor]) -> np.ndarray:
+    """``(C, M)`` log evidence of the common images under each working map.
+
+    The common images are ``initial_images`` drawn with the run's seed; the noise
+    is their power per shell (the same for every map, so the evidences compare),
+    the limit ``final_resolution_angstrom``.
+    """
+    settings, n = ctx.settings, len(ctx.particles)
+    common = np.sort(np.random.default_rng(settings.seed + 7919).permutation(n)[
+        :min(n, settings.initial_images)])
+    final_limit = _final_limit(ctx)
+    rows = []
+    for first in range(0, len(common), settings.batch_size):
+        _, x, ctf = ctx.read(common[first:first + settings.batch_size])
+        rows.append((x, ctf))
+    power = sum(layout.sums(x.real**2 + x.imag**2).sum(dim=0) for x, _ in rows)
+    noise = power / (2.0 * len(common) * layout.count.clamp(min=1e-30))
+    noise[0] = noise[1]
+    return np.stack([np.concatenate([
+        ctx.search(volume_to_fourier(v), x, ctf, noise, final_limit).evidence.cpu().numpy()
+        for x, ctf in rows]) for v in volumes])
+
+
 def iter_abinit_classes(particles: ParticleSet, n_classes: int,
                         settings: AbinitSettings | None = None,
                         device: str | torch.device = "cpu",
                         checkpoint_dir: str | Path | None = None, resume: bool = False,
                         checkpoint_interval_s: float = 30.0) -> Iterator[ClassAbinitProgress]:
     """Build ``n_classes`` maps from nothing by stochastic modal EM, yielding per step.
+
+    With ``settings.n_starts`` R above 1 the whole K-class run is restarted R
+    times from other random starts (restart ``r`` uses seeds from
+    ``seed + 1000 K r``; restart 0 is the one-restart run). The ``R K`` maps are
+    pooled and the ``K`` whose equal mixture explains a common set of images best
+    (:func:`select_maps`, mean log evidence under the images' own noise power at
+    ``final_resolution_angstrom``) are kept: classes may come from different
+    restarts, since stochastic EM fails on some states in some starts. Every
+    particle is then assigned under the kept maps (the noise: the mean of their
+    restarts'; the class prior: the common images' mean posterior).
 
     Parameters
     ----------
@@ -258,23 +416,26 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
         ``K``, at least 2.
     settings
         :class:`~cryoviz.inference.abinit.AbinitSettings` (defaults when
-        ``None``); ``n_starts`` must be 1 (the classes are the random starts).
+        ``None``; one restart then).
     device
         Torch device.
     checkpoint_dir
-        Folder for ``abinit_classes_state.pt``, written atomically after a step
-        when ``checkpoint_interval_s`` have passed since the last one, and after
-        the last step; ``None``: none.
+        Folder for ``abinit_classes_state.pt`` (restart 0) and
+        ``abinit_classes_state_<r>.pt``, written atomically after a step when
+        ``checkpoint_interval_s`` have passed since the last one, and after each
+        restart's last step; ``None``: none.
     resume
-        Continue from the checkpoint in ``checkpoint_dir`` (a fresh start if there
-        is none): the remaining steps are the unbroken run's, with the same result.
+        Continue from the checkpoints in ``checkpoint_dir`` (a fresh start if there
+        are none): finished restarts are kept, the others continue, with the
+        unbroken run's result.
     checkpoint_interval_s
         Least wall time between two checkpoints (0: every step).
 
     Yields
     ------
     ClassAbinitProgress
-        One per step; the last carries the :class:`ClassAbinitResult`.
+        One per step of every restart run (a resumed run repeats no finished
+        restart's steps); the last carries the :class:`ClassAbinitResult`.
     """
     settings = settings or AbinitSettings(n_starts=1)
     if particles.ctf is None:
@@ -283,9 +444,6 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
     n = len(particles)
     if not 2 <= int(n_classes) <= n:
         raise InputError(None, "n_classes", f"2 .. {n} (the number of particles)", n_classes)
-    if settings.n_starts != 1:
-        raise InputError(None, "n_starts", "1 (each class is one random start)",
-                         settings.n_starts)
     if resume and checkpoint_dir is None:
         raise ValueError("resume needs checkpoint_dir")
     k_classes = int(n_classes)
@@ -294,49 +452,40 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
     device = torch.device(device)
     ids = np.asarray(particles.particle_ids, dtype=np.int64)
     run_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
-    saved = _load(run_dir, settings, ids, k_classes) if resume else None
-    start_time = time.perf_counter() - (float(saved["elapsed_seconds"]) if saved else 0.0)
+    saved = [_load(run_dir, settings, ids, k_classes, r) if resume else None
+             for r in range(settings.n_starts)]
+    start_time = time.perf_counter() - max(
+        [float(s["elapsed_seconds"]) for s in saved if s is not None], default=0.0)
     box = settings.box_size or full_box
     apix = full_apix * full_box / box
     layout = half_plane_shells(box, device=device)
+    restarts: list[_Restart] = []
     with ImageSource(particles) as source:
         ctx = _Context.build(particles, source, settings, device, box, apix)
-        if saved is not None:
-            classes = [StartState.from_payload(c, box, device) for c in saved["classes"]]
-            schedule = Schedule.restore(n, settings.batch_size, saved["schedule"])
-            sigma2, log_pi = saved["sigma2"].to(device), saved["log_pi"].to(device)
-            first_step = int(saved["step"]) + 1
+        for r in range(settings.n_starts):
+            restart = yield from _iter_restart(ctx, layout, k_classes, r, saved[r], run_dir, ids,
+                                               start_time, checkpoint_interval_s)
+            restarts.append(restart)
+            fresh = saved[r] is None or int(saved[r]["step"]) < settings.n_steps
+            if r < settings.n_starts - 1 and fresh:
+                yield ClassAbinitProgress(step=settings.n_steps, n_steps=settings.n_steps,
+                                          **restart.figures, start=r, n_starts=settings.n_starts,
+                                          elapsed_seconds=time.perf_counter() - start_time)
+        pool = [(r, k) for r in range(settings.n_starts) for k in range(k_classes)]
+        evidence = _common_evidence(ctx, layout, [restarts[r].classes[k].volume
+                                                  for r, k in pool])
+        groups = [list(range(r * k_classes, (r + 1) * k_classes))
+                  for r in range(settings.n_starts)]
+        chosen = groups[0] if settings.n_starts == 1 else select_maps(evidence, k_classes,
+                                                                      groups)
+        classes = [restarts[pool[c][0]].classes[pool[c][1]] for c in chosen]
+        if settings.n_starts == 1:
+            sigma2, log_pi = restarts[0].sigma2, restarts[0].log_pi
         else:
-            classes = []
-            for k in range(k_classes):
-                seed = settings.seed + 1000 * k
-                classes.append(_random_start(ctx, np.random.default_rng(seed),
-                                             torch.Generator().manual_seed(seed), layout))
-            sigma2 = torch.stack([c.sigma2 for c in classes]).mean(dim=0)
-            log_pi = torch.full((k_classes,), -float(np.log(k_classes)), dtype=torch.float64,
-                                device=device)
-            schedule = Schedule(n, settings.batch_size, np.random.default_rng(settings.seed))
-            first_step = 1
-        figures = dict(saved["last_progress"]) if saved is not None else {}
-        last_save = time.perf_counter()
-        for step in range(first_step, settings.n_steps + 1):
-            t0 = time.perf_counter()
-            index = schedule.next_batch()
-            sigma2, log_pi, limit_angstrom, log_likelihood = _step(
-                ctx, classes, sigma2, log_pi, index, step, layout)
-            now = time.perf_counter()
-            figures = {"resolution_angstrom": limit_angstrom,
-                       "class_fractions": tuple(float(p) for p in log_pi.exp()),
-                       "log_likelihood": log_likelihood,
-                       "images_per_second": len(index) / (now - t0), "step_seconds": now - t0}
-            if run_dir is not None and (step == settings.n_steps
-                                        or now - last_save >= checkpoint_interval_s):
-                _save(run_dir, settings, ids, k_classes, step, schedule, classes, sigma2,
-                      log_pi, figures, now - start_time)
-                last_save = time.perf_counter()
-            if step < settings.n_steps:
-                yield ClassAbinitProgress(step=step, n_steps=settings.n_steps, **figures,
-                                          elapsed_seconds=now - start_time)
+            used = sorted({pool[c][0] for c in chosen})
+            sigma2 = torch.stack([restarts[r].sigma2 for r in used]).mean(dim=0)
+            gamma = torch.softmax(torch.as_tensor(evidence[chosen]), dim=0).mean(dim=1)
+            log_pi = gamma.clamp(min=1e-12).log().to(device)
         posteriors, rotations, shifts = _assign(ctx, classes, sigma2, log_pi)
     working = torch.stack([c.volume.to(torch.float32).cpu() for c in classes])
     result = ClassAbinitResult(
@@ -344,10 +493,15 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
         posteriors=posteriors, best_class=posteriors.argmax(axis=1),
         class_fractions=log_pi.exp().cpu().numpy(), rotations=rotations,
         shifts_angstrom=shifts, pixel_size_angstrom=full_apix, working_pixel_size_angstrom=apix,
+        chosen_maps=tuple(pool[c] for c in chosen),
+        start_log_likelihoods=tuple(mixture_log_likelihood(evidence, g) for g in groups),
+        log_likelihood=mixture_log_likelihood(evidence, chosen),
         seconds=time.perf_counter() - start_time, settings=settings)
+    figures = restarts[-1].figures
     yield ClassAbinitProgress(step=settings.n_steps, n_steps=settings.n_steps,
                               **{**figures, "class_fractions": tuple(figures["class_fractions"])},
-                              elapsed_seconds=time.perf_counter() - start_time, result=result)
+                              elapsed_seconds=time.perf_counter() - start_time, result=result,
+                              start=settings.n_starts - 1, n_starts=settings.n_starts)
 
 
 def run_abinit_classes(particles: ParticleSet, n_classes: int, **kwargs) -> ClassAbinitResult:

@@ -108,7 +108,7 @@ def iter_class_ab_initio(particles: ParticleSet, n_classes: int, abinit: AbinitS
     ----------
     abinit
         Settings of :func:`~cryoviz.inference.abinit_classes.iter_abinit_classes`
-        (``n_starts`` 1).
+        (``n_starts``: restarts of the K-class run, the best maps of all kept).
     refine
         Settings of the classification with poses searched, which starts from the
         initial models low-passed to ``refine.initial_lowpass_angstrom``.
@@ -140,7 +140,8 @@ def progress_record(state: AbinitProgress | RefineProgress | ClassAbinitProgress
                     | ClassRefineProgress) -> dict:
     """One ``log.jsonl`` line: phase, step, per-step and resolution figures (JSON types)."""
     if isinstance(state, ClassAbinitProgress):
-        return {"phase": "abinit", "start": 0, "step": state.step, "n_steps": state.n_steps,
+        return {"phase": "abinit", "start": state.start, "step": state.step,
+                "n_steps": state.n_steps,
                 "resolution_limit_angstrom": state.resolution_angstrom,
                 "class_fractions": list(state.class_fractions),
                 "log_likelihood": state.log_likelihood, "seconds": state.step_seconds}

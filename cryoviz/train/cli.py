@@ -128,7 +128,8 @@ def add_parsers(subparsers) -> None:
                     "steps of the initial model (default 150)")
     tr.add_argument("--abinit-starts", type=int, default=3,
                     help="independent starts of the initial model; the best is kept (default 3; "
-                    "with --classes each class is one start)")
+                    "with --classes: restarts of the K-class run, the K maps of all restarts "
+                    "that explain the images best are kept)")
     tr.add_argument("--abinit-box", type=int, default=32,
                     help="working box of the initial model (default 32, at most the box)")
     tr.set_defaults(func=_run_train)

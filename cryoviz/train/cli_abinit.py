@@ -140,13 +140,14 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
     """``cryosparc-abinit --classes K``: K initial models from nothing, then 3-D classes.
 
     The initial models (:mod:`cryoviz.inference.abinit_classes`; each class is one
-    random start, so ``--abinit-starts`` does not apply) are written as
+    random start, and ``--abinit-starts`` restarts the K-class run, keeping the K
+    maps of all restarts that explain a common image set best) are written as
     ``volumes/abinit_class_#.mrc`` with the particles' classes under them
     (``abinit_classes.npz``); the classification with poses searched then starts
     from them and writes what ``relion-class3d --initial-map`` writes, plus
     ``log.jsonl``. ``--resume`` keeps initial models already written and continues
     the classification from its checkpoint; without them, the initial models
-    continue from ``abinit_classes_state.pt``.
+    continue from ``abinit_classes_state[_<r>].pt``.
     """
     import numpy as np  # noqa: PLC0415
 
@@ -163,7 +164,7 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
     if k_classes < 2:
         raise InputError(None, "--classes", "at least 2 for cryosparc-abinit (one class: leave "
                          "--classes out)", k_classes)
-    abinit = _abinit_settings(args, particles, 1)
+    abinit = _abinit_settings(args, particles, args.abinit_starts)
     refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.epochs or 4,
                                      batch_size=args.batch_size or 64, max_order=args.max_order)
     out = Path(args.output)
@@ -182,11 +183,13 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
                                       checkpoint_dir=out, initial_maps=initial,
                                       resume=args.resume):
         if log.add(progress_record(state)) and isinstance(state, ClassAbinitProgress):
-            print(f"initial models continue at step {state.step}", file=sys.stderr, flush=True)
+            print(f"initial models continue at step {state.step} of restart "
+                  f"{state.start + 1}/{state.n_starts}", file=sys.stderr, flush=True)
         fractions = ", ".join(f"{f:.2f}" for f in state.class_fractions)
         if isinstance(state, ClassAbinitProgress):
             if state.step % 10 == 0 or state.result is not None:
-                print(f"initial models step {state.step}/{state.n_steps}  limit "
+                print(f"initial models restart {state.start + 1}/{state.n_starts} step "
+                      f"{state.step}/{state.n_steps}  limit "
                       f"{state.resolution_angstrom:.1f} Å  fractions {fractions}  "
                       f"{state.images_per_second:.0f} images/s  {state.elapsed_seconds:.0f} s",
                       file=sys.stderr, flush=True)
@@ -194,7 +197,10 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
                 first = state.result
                 with atomic_output(out / "abinit_classes.npz") as tmp, open(tmp, "wb") as fh:
                     np.savez(fh, posteriors=first.posteriors, best_class=first.best_class,
-                             particle_ids=np.asarray(particles.particle_ids, dtype=np.int64))
+                             particle_ids=np.asarray(particles.particle_ids, dtype=np.int64),
+                             chosen_maps=np.asarray(first.chosen_maps, dtype=np.int64),
+                             start_log_likelihoods=np.asarray(first.start_log_likelihoods),
+                             log_likelihood=first.log_likelihood)
                 for path, volume in zip(saved, first.maps, strict=True):
                     write_volume(path, volume.numpy(), apix)
             continue

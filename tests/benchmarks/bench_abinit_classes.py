@@ -17,7 +17,7 @@ models and after the classification:
 * wall times.
 
 ``--homogeneous-control`` also runs the one-class pipeline (``cryosparc-abinit``:
-one start, the same steps, then as many refinement iterations) on each true
+``--starts`` starts, the same steps, then as many refinement iterations) on each true
 state's particles alone and scores its map and poses the same way: what ab
 initio reaches on these images when the classes are given, an upper bound for
 the classes' maps.
@@ -30,10 +30,13 @@ Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_classes.py \\
         [--root /tmp/bench-data] [--dataset mixture-hi-uniform-small] [--seed 0] \\
-        [--iterations 5] [--abinit-steps 150] [--homogeneous-control] [--skip-classes] \
-        [--output JSON]
+        [--iterations 5] [--abinit-steps 150] [--starts 1] [--homogeneous-control] \
+        [--skip-classes] [--output JSON]
 
-Writes ``tests/benchmarks/results/abinit_classes_<device>[_control][_seed<S>].json``.
+``--starts R`` restarts the K-class initial models R times and keeps the K maps of
+all restarts that explain a common image set best (and gives the control R starts).
+
+Writes ``tests/benchmarks/results/abinit_classes_<device>[_control][_starts<R>][_seed<S>].json``.
 """
 
 from __future__ import annotations
@@ -122,6 +125,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5,
                         help="classification iterations after the initial models")
     parser.add_argument("--abinit-steps", type=int, default=150)
+    parser.add_argument("--starts", type=int, default=1,
+                        help="restarts of the K-class initial models (n_starts); the control's "
+                        "starts too")
     parser.add_argument("--homogeneous-control", action="store_true",
                         help="also the one-class pipeline on each true state's particles")
     parser.add_argument("--skip-classes", action="store_true",
@@ -133,18 +139,22 @@ def main() -> None:
     particles = load_particles(folder / "particles.star")
     truth = load_truth(folder)
     start_load = load_average()
-    abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=1, seed=args.seed)
+    abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=args.starts, seed=args.seed)
     refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.iterations)
     stages, t0 = {}, time.perf_counter()
     for state in () if args.skip_classes else iter_class_ab_initio(particles, 2, abinit, refine):
         if isinstance(state, ClassAbinitProgress):
             if state.step % 25 == 0:
-                print(f"initial models step {state.step}  fractions {state.class_fractions}  "
+                print(f"initial models restart {state.start} step {state.step}  fractions "
+                      f"{state.class_fractions}  "
                       f"{state.elapsed_seconds:.0f} s", flush=True)
             if state.result is not None:
                 first = state.result
                 stages["initial_models"] = {
                     **score(first.maps, first.best_class, first.rotations, truth),
+                    "chosen_maps": [list(pair) for pair in first.chosen_maps],
+                    "start_log_likelihoods": list(first.start_log_likelihoods),
+                    "log_likelihood": first.log_likelihood,
                     "seconds": time.perf_counter() - t0}
                 print(json.dumps(stages["initial_models"]), flush=True)
             continue
@@ -166,11 +176,13 @@ def main() -> None:
                        "box": particles.box_size,
                        "pixel_size_angstrom": particles.pixel_size_angstrom},
            "settings": {"seed": args.seed, "abinit_steps": args.abinit_steps,
+                        "starts": args.starts,
                         "classes_run": not args.skip_classes,
                         "abinit_box": abinit.box_size, "iterations": args.iterations,
                         "classes": 2},
            **stages}
     suffix = ("_control" if args.skip_classes else "") + (
+        "" if args.starts == 1 else f"_starts{args.starts}") + (
         "" if args.seed == 0 else f"_seed{args.seed}")
     path = args.output or RESULTS_DIR / f"abinit_classes_{out['machine']['device']}{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
