@@ -345,10 +345,13 @@ def mixture_log_likelihood(evidence: np.ndarray, chosen: list[int]) -> float:
 def select_maps(evidence: np.ndarray, n_classes: int, groups: list[list[int]]) -> list[int]:
     """The ``n_classes`` candidate maps whose equal mixture explains the images best.
 
-    Greedy forward selection on :func:`mixture_log_likelihood` (a candidate that
-    only repeats one already chosen adds little, so the maps chosen are the ones
-    that explain different images), then compared with every group of
-    ``groups`` (each restart's own maps): the best of them is returned, sorted.
+    Maximises :func:`mixture_log_likelihood` (a candidate that only repeats one
+    already chosen adds little, so the maps kept explain different images) by
+    local search: from the greedy forward choice and from every group of
+    ``groups`` (each restart's own maps), one chosen map is swapped for one not
+    chosen while that raises the figure; the best end point is returned, sorted.
+    The greedy choice alone can be trapped by a map that explains every image
+    fairly and no image well.
 
     Parameters
     ----------
@@ -357,15 +360,33 @@ def select_maps(evidence: np.ndarray, n_classes: int, groups: list[list[int]]) -
     n_classes
         ``K``, at most ``C``.
     groups
-        Candidate index lists of ``K`` each that are also tried as they are.
+        Candidate index lists of ``K`` each, also used as starting points.
     """
-    chosen: list[int] = []
+    def score(chosen: list[int]) -> float:
+        return mixture_log_likelihood(evidence, chosen)
+
+    def improve(chosen: list[int]) -> list[int]:
+        current, best = sorted(chosen), score(chosen)
+        improved = True
+        while improved:
+            improved = False
+            for slot in range(n_classes):
+                for c in range(len(evidence)):
+                    if c in current:
+                        continue
+                    trial = sorted(current[:slot] + [c] + current[slot + 1:])
+                    if (value := score(trial)) > best + 1e-12:
+                        current, best, improved = trial, value, True
+                        break
+                if improved:
+                    break
+        return current
+
+    greedy: list[int] = []
     for _ in range(n_classes):
-        rest = [c for c in range(len(evidence)) if c not in chosen]
-        chosen.append(max(rest, key=lambda c: mixture_log_likelihood(evidence, chosen + [c])))
-    best = max([sorted(chosen)] + [sorted(g) for g in groups],
-               key=lambda g: mixture_log_likelihood(evidence, g))
-    return best
+        rest = [c for c in range(len(evidence)) if c not in greedy]
+        greedy.append(max(rest, key=lambda c: score(greedy + [c])))
+    return max((improve(start) for start in [greedy, *groups]), key=score)
 
 
 def _common_evidence(ctx: _Context, layout, volumes: list[torch.Tensor]) -> np.ndarray:
