@@ -85,7 +85,7 @@ def _class_abinit(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
     )
 
     particles = load_particles(dataset / "particles.star")
-    abinit = AbinitSettings(seed=ctx.seed, **{**ABINIT_SETTINGS[ctx.size], "n_starts": 1})
+    abinit = AbinitSettings(seed=ctx.seed, **ABINIT_SETTINGS[ctx.size])
     refine = refinement_after_abinit(abinit, modal=True, n_iterations=ctx.iterations)
     result = None
     for state in iter_class_ab_initio(particles, 2, abinit, refine, device=ctx.device):
@@ -98,7 +98,8 @@ def _class_abinit(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
                       z=classes.posteriors.numpy().astype(np.float64),
                       poses_file=output / "poses.npz", frames=classes.best_class,
                       extra={"classes": 2, "iterations": ctx.iterations,
-                             "abinit_steps": abinit.n_steps, "start": "nothing"})
+                             "abinit_steps": abinit.n_steps, "abinit_restarts": abinit.n_starts,
+                             "start": "nothing"})
 
 
 def _ppca(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
