@@ -31,8 +31,11 @@ from cryoviz.cli import main
 from cryoviz.inference.abinit import AbinitProgress, AbinitSettings
 from cryoviz.inference.abinit_classes import ClassAbinitProgress
 from cryoviz.inference.abinit_pipeline import (
+    MIN_CLASS_PARTICLES,
+    ClassMapProgress,
     iter_ab_initio,
     iter_class_ab_initio,
+    log_position,
     progress_record,
     refinement_after_abinit,
 )
@@ -215,9 +218,17 @@ def test_class_ab_initio_command_writes_classes_maps_and_poses(mixture, capsys):
     assert metrics["recipe"] == "cryosparc-abinit" and metrics["ab_initio"] is True
     assert metrics["n_classes"] == 2 and sum(metrics["class_counts"]) == 600
     assert metrics["abinit_settings"]["n_starts"] == 1
+    for name in ("abinit_mixture_class_0.mrc", "abinit_mixture_class_1.mrc"):
+        assert read_volume(out / "volumes" / name)[0].shape == (BOX,) * 3
+    with np.load(out / "abinit_classes.npz") as npz:
+        counts = np.bincount(npz["best_class"], minlength=2)
+    own = [k for k in (0, 1) if counts[k] >= MIN_CLASS_PARTICLES]
+    assert own  # at least one class gets an initial model of its own
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [(r["phase"], r.get("step")) for r in log] == [
-        *(("abinit", s) for s in range(1, 9)), ("refine", None)]
+    assert [(r["phase"], r.get("class"), r.get("step")) for r in log] == [
+        *(("abinit", None, s) for s in range(1, 9)),
+        *(("class_abinit", k, s) for k in own for s in range(1, 9)),
+        ("class_abinit", 2, 0), ("refine", None, None)]
     assert len(read_cs(out / "particles.cs")) == 600
     assert read_pose_posterior(out / "poses.npz").rotations.shape == (600, 3, 3)
     # resuming with one more iteration keeps the initial models and adds the iteration
@@ -270,17 +281,61 @@ def test_class_ab_initio_resumes_interrupted_restarts(mixture, capsys, monkeypat
                                       read_volume(unbroken / "volumes" / name)[0])
 
 
-def test_class_pipeline_yields_both_phases_in_order(mixture):
+def test_class_pipeline_yields_its_stages_in_order(mixture):
     _, star = mixture
     particles = load_particles(star)
     abinit = AbinitSettings(n_steps=2, batch_size=100, box_size=16, n_starts=1)
     refine = refinement_after_abinit(abinit, modal=True, n_iterations=1, batch_size=200)
     states = list(iter_class_ab_initio(particles, 2, abinit, refine))
-    assert [type(s) for s in states] == [ClassAbinitProgress] * 2 + [ClassRefineProgress]
+    first = states[1].result
+    own = [k for k in (0, 1) if np.sum(first.best_class == k) >= MIN_CLASS_PARTICLES]
+    n_own = 2 * len(own)
+    assert [type(s) for s in states] == ([ClassAbinitProgress] * 2
+                                         + [ClassMapProgress] * (n_own + 1)
+                                         + [ClassRefineProgress])
+    assert [s.class_index for s in states[2:2 + n_own]] == [k for k in own for _ in (0, 1)]
+    closing = states[2 + n_own]
+    assert closing.progress is None and closing.maps.shape == (2, BOX, BOX, BOX)
+    for k in (0, 1):  # a class's own initial model replaces its K-class map
+        assert torch.equal(closing.maps[k], first.maps[k]) == (k not in own)
     assert states[-1].result.classes.maps.shape == (2, BOX, BOX, BOX)
     records = [progress_record(s) for s in states]
-    assert [r["phase"] for r in records] == ["abinit"] * 2 + ["refine"]
+    assert [r["phase"] for r in records] == (["abinit"] * 2 + ["class_abinit"] * (n_own + 1)
+                                             + ["refine"])
+    positions = [log_position(r) for r in records]
+    assert positions == sorted(positions)
     json.dumps(records, allow_nan=False)
+    without = list(iter_class_ab_initio(particles, 2, abinit, refine, per_class_maps=False))
+    assert [type(s) for s in without] == [ClassAbinitProgress] * 2 + [ClassRefineProgress]
+
+
+def test_class_ab_initio_resumes_a_class_initial_model(mixture, capsys, monkeypatch):
+    """Killed in a class's own initial model: --resume keeps the K-class stage, continues it."""
+    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
+
+    root, star = mixture
+    unbroken = root / "classes_unbroken_one_restart"
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(unbroken),
+                 *CLASS_FLAGS]) == 0
+    real = pipeline.iter_abinit
+    out = root / "classes_killed_in_a_class"
+    monkeypatch.setattr(pipeline, "iter_abinit", _killed_after(real, 4))
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *CLASS_FLAGS])
+    monkeypatch.setattr(pipeline, "iter_abinit", real)
+    capsys.readouterr()
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
+                 *CLASS_FLAGS, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "initial model continues at start 1 step 5" in err
+    assert "initial models restart" not in err  # the K-class stage is not run again
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    whole = [json.loads(line) for line in (unbroken / "log.jsonl").read_text().splitlines()]
+    assert [log_position(r) for r in log] == [log_position(r) for r in whole]
+    for name in ("abinit_mixture_class_0.mrc", "abinit_class_0.mrc", "abinit_class_1.mrc",
+                 "class_0.mrc", "class_1.mrc"):
+        np.testing.assert_array_equal(read_volume(out / "volumes" / name)[0],
+                                      read_volume(unbroken / "volumes" / name)[0])
 
 
 @pytest.mark.parametrize(("recipe", "classes", "field"), [

@@ -61,7 +61,8 @@ from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.noise import half_plane_shells
 
 __all__ = ["CLASS_ABINIT_STATE_FILE", "ClassAbinitResult", "ClassAbinitProgress",
-           "iter_abinit_classes", "mixture_log_likelihood", "run_abinit_classes", "select_maps"]
+           "abinit_classes_finished", "iter_abinit_classes", "mixture_log_likelihood",
+           "run_abinit_classes", "select_maps"]
 
 CLASS_ABINIT_STATE_FILE = "abinit_classes_state.pt"
 _FORMAT = 1
@@ -326,6 +327,20 @@ def _iter_restart(ctx: _Context, layout, n_classes: int, start: int, saved: dict
                                       elapsed_seconds=now - start_time, start=start,
                                       n_starts=settings.n_starts)
     return _Restart(classes=classes, sigma2=sigma2, log_pi=log_pi, figures=figures)
+
+
+def abinit_classes_finished(particles: ParticleSet, n_classes: int, settings: AbinitSettings,
+                            checkpoint_dir: str | Path) -> bool:
+    """Whether every restart's checkpoint in ``checkpoint_dir`` is at its last step.
+
+    A run that is finished resumes (:func:`run_abinit_classes` with ``resume``)
+    to its result without another step. Checkpoints of other settings raise
+    :class:`~cryoviz.errors.InputError`, as resuming does.
+    """
+    ids = np.asarray(particles.particle_ids, dtype=np.int64)
+    saved = [_load(Path(checkpoint_dir), settings, ids, int(n_classes), r)
+             for r in range(settings.n_starts)]
+    return all(s is not None and int(s["step"]) == settings.n_steps for s in saved)
 
 
 def mixture_log_likelihood(evidence: np.ndarray, chosen: list[int]) -> float:

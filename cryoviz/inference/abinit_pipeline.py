@@ -16,28 +16,67 @@ initial model low-passed to its final resolution, then search locally.
 
 ``cryosparc-abinit --classes K`` (heterogeneous, as cryoSPARC's multi-class ab initio)
     :func:`~cryoviz.inference.abinit_classes.iter_abinit_classes` builds ``K``
-    maps from nothing, then a classification with poses searched
-    (:func:`~cryoviz.inference.class_refine.iter_class_refine`) starts from them
-    (:func:`iter_class_ab_initio`).
+    maps from nothing; then each class's particles (their most probable class)
+    get an initial model of their own (:func:`~cryoviz.inference.abinit.iter_abinit`
+    with its ``n_starts``), because the K-class model's map of a hard state can
+    be wrong where its particles alone give a right one; a classification with
+    poses searched (:func:`~cryoviz.inference.class_refine.iter_class_refine`)
+    starts from those maps (:func:`iter_class_ab_initio`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from cryoviz.inference.abinit import AbinitProgress, AbinitSettings, iter_abinit
-from cryoviz.inference.abinit_classes import ClassAbinitProgress, iter_abinit_classes
+from cryoviz.inference.abinit_classes import (
+    ClassAbinitProgress,
+    ClassAbinitResult,
+    abinit_classes_finished,
+    iter_abinit_classes,
+    run_abinit_classes,
+)
+from cryoviz.inference.abinit_state import load_abinit_state
 from cryoviz.inference.class_refine import ClassRefineProgress, iter_class_refine
 from cryoviz.inference.refine import RefineProgress, RefineSettings, iter_refine
 from cryoviz.io.particles import ParticleSet
 
-__all__ = ["refinement_after_abinit", "iter_ab_initio", "iter_class_ab_initio",
-           "progress_record", "log_position"]
+__all__ = ["MIN_CLASS_PARTICLES", "ClassMapProgress", "refinement_after_abinit",
+           "iter_ab_initio", "iter_class_ab_initio", "iter_class_maps", "progress_record",
+           "log_position"]
+
+#: A class with fewer particles keeps its K-class map (no initial model of its own).
+MIN_CLASS_PARTICLES = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassMapProgress:
+    """A step of one class's own initial model (:func:`iter_class_maps`).
+
+    Attributes
+    ----------
+    class_index, n_classes
+        The class (0-based) and ``K``; ``K`` on the closing record.
+    n_particles
+        Particles of the class (0 on the closing record).
+    progress
+        The class's initial-model step; ``None`` on the closing record.
+    maps
+        ``(K, D, D, D)`` every class's initial model on the closing record, which
+        follows the last step of the last class; else ``None``.
+    """
+
+    class_index: int
+    n_classes: int
+    n_particles: int
+    progress: AbinitProgress | None
+    maps: torch.Tensor | None = None
 
 
 def refinement_after_abinit(abinit: AbinitSettings, modal: bool, n_iterations: int = 4,
@@ -94,11 +133,57 @@ def iter_ab_initio(particles: ParticleSet, abinit: AbinitSettings, refine: Refin
                            checkpoint_dir=checkpoint_dir, resume=resume)
 
 
+def _abinit_finished(particles: ParticleSet, settings: AbinitSettings, run_dir: Path) -> bool:
+    """Whether the one-class initial model in ``run_dir`` is at its last start's last step."""
+    saved = load_abinit_state(run_dir, settings,
+                              np.asarray(particles.particle_ids, dtype=np.int64))
+    return (saved is not None and saved.start == settings.n_starts - 1
+            and saved.step == settings.n_steps)
+
+
+def iter_class_maps(particles: ParticleSet, first: ClassAbinitResult, abinit: AbinitSettings,
+                    device: str | torch.device = "cpu",
+                    checkpoint_dir: str | Path | None = None, resume: bool = False
+                    ) -> Generator[ClassMapProgress, None, torch.Tensor]:
+    """Each class's particles get an initial model of their own; returns the ``K`` maps.
+
+    The particles of class ``k`` are those whose most probable class it is in
+    ``first``; their initial model (:func:`~cryoviz.inference.abinit.iter_abinit`,
+    ``abinit``'s starts and steps) checkpoints in ``checkpoint_dir/class_<k>_abinit``.
+    A class of fewer than :data:`MIN_CLASS_PARTICLES` particles keeps its map
+    from ``first``. With ``resume``, finished classes are read back without a
+    step and the others continue. After the last class a closing
+    :class:`ClassMapProgress` carries the maps.
+    """
+    n_classes = len(first.maps)
+    maps = first.maps.clone()
+    for k in range(n_classes):
+        members = np.flatnonzero(first.best_class == k)
+        if len(members) < MIN_CLASS_PARTICLES:
+            continue
+        subset = particles.subset(members)
+        run_dir = None if checkpoint_dir is None else Path(checkpoint_dir) / f"class_{k}_abinit"
+        result = None
+        finished = resume and run_dir is not None and _abinit_finished(subset, abinit, run_dir)
+        for state in iter_abinit(subset, abinit, device=device, checkpoint_dir=run_dir,
+                                 resume=resume):
+            result = state.result if state.result is not None else result
+            if not finished:
+                yield ClassMapProgress(class_index=k, n_classes=n_classes,
+                                       n_particles=len(members), progress=state)
+        maps[k] = result.map.to(maps.dtype)
+    yield ClassMapProgress(class_index=n_classes, n_classes=n_classes, n_particles=0,
+                           progress=None, maps=maps)
+    return maps
+
+
 def iter_class_ab_initio(particles: ParticleSet, n_classes: int, abinit: AbinitSettings,
                          refine: RefineSettings, device: str | torch.device = "cpu",
                          checkpoint_dir: str | Path | None = None,
-                         initial_maps: torch.Tensor | None = None, resume: bool = False
-                         ) -> Iterator[ClassAbinitProgress | ClassRefineProgress]:
+                         initial_maps: torch.Tensor | None = None, resume: bool = False,
+                         per_class_maps: bool = True
+                         ) -> Iterator[ClassAbinitProgress | ClassMapProgress
+                                       | ClassRefineProgress]:
     """Yield the ``n_classes`` initial models' steps, then the classification's iterations.
 
     The last state is a :class:`~cryoviz.inference.class_refine.ClassRefineProgress`
@@ -119,14 +204,29 @@ def iter_class_ab_initio(particles: ParticleSet, n_classes: int, abinit: AbinitS
         initial-model steps are skipped and the classification resumes from
         ``checkpoint_dir``, or starts from these maps if no iteration had finished.
     resume
-        Continue from the checkpoints in ``checkpoint_dir``.
+        Continue from the checkpoints in ``checkpoint_dir`` (finished stages are
+        read back without yielding their steps again).
+    per_class_maps
+        Give each class's particles an initial model of their own
+        (:func:`iter_class_maps`) before the classification; else it starts from
+        the K-class model's maps.
     """
     if initial_maps is None:
-        for state in iter_abinit_classes(particles, n_classes, abinit, device=device,
-                                         checkpoint_dir=checkpoint_dir, resume=resume):
-            if state.result is not None:
-                initial_maps = state.result.maps
-            yield state
+        first = None
+        if resume and checkpoint_dir is not None and abinit_classes_finished(
+                particles, n_classes, abinit, checkpoint_dir):
+            first = run_abinit_classes(particles, n_classes, settings=abinit, device=device,
+                                       checkpoint_dir=checkpoint_dir, resume=True)
+        else:
+            for state in iter_abinit_classes(particles, n_classes, abinit, device=device,
+                                             checkpoint_dir=checkpoint_dir, resume=resume):
+                first = state.result if state.result is not None else first
+                yield state
+        initial_maps = first.maps
+        if per_class_maps:
+            initial_maps = yield from iter_class_maps(particles, first, abinit, device=device,
+                                                      checkpoint_dir=checkpoint_dir,
+                                                      resume=resume)
     elif checkpoint_dir is None:
         raise ValueError("resuming from initial maps needs checkpoint_dir")
     else:
@@ -137,8 +237,14 @@ def iter_class_ab_initio(particles: ParticleSet, n_classes: int, abinit: AbinitS
 
 
 def progress_record(state: AbinitProgress | RefineProgress | ClassAbinitProgress
-                    | ClassRefineProgress) -> dict:
+                    | ClassMapProgress | ClassRefineProgress) -> dict:
     """One ``log.jsonl`` line: phase, step, per-step and resolution figures (JSON types)."""
+    if isinstance(state, ClassMapProgress):
+        if state.progress is None:
+            return {"phase": "class_abinit", "class": state.class_index, "start": 0,
+                    "step": 0, "done": True}
+        return {**progress_record(state.progress), "phase": "class_abinit",
+                "class": state.class_index, "particles": state.n_particles}
     if isinstance(state, ClassAbinitProgress):
         return {"phase": "abinit", "start": state.start, "step": state.step,
                 "n_steps": state.n_steps,
@@ -177,4 +283,6 @@ def log_position(record: dict) -> tuple[int, int, int]:
     """
     if record.get("phase") == "abinit":
         return (0, int(record["start"]), int(record["step"]))
-    return (1, int(record["iteration"]), 0)
+    if record.get("phase") == "class_abinit":
+        return (1, 1000 * int(record["class"]) + int(record["start"]), int(record["step"]))
+    return (2, int(record["iteration"]), 0)

@@ -139,26 +139,28 @@ def run_ab_initio(args: argparse.Namespace, particles) -> None:
 def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
     """``cryosparc-abinit --classes K``: K initial models from nothing, then 3-D classes.
 
-    The initial models (:mod:`cryoviz.inference.abinit_classes`; each class is one
-    random start, and ``--abinit-starts`` restarts the K-class run, keeping the K
-    maps of all restarts that explain a common image set best) are written as
-    ``volumes/abinit_class_#.mrc`` with the particles' classes under them
-    (``abinit_classes.npz``); the classification with poses searched then starts
-    from them and writes what ``relion-class3d --initial-map`` writes, plus
-    ``log.jsonl``. ``--resume`` keeps initial models already written and continues
-    the classification from its checkpoint; without them, the initial models
-    continue from ``abinit_classes_state[_<r>].pt``.
+    The K-class initial models (:mod:`cryoviz.inference.abinit_classes`; each
+    class is one random start, and ``--abinit-starts`` restarts the K-class run,
+    keeping the K maps of all restarts that explain a common image set best) are
+    written as ``volumes/abinit_mixture_class_#.mrc`` with the particles' classes
+    under them (``abinit_classes.npz``). Then each class's particles get an
+    initial model of their own (``--abinit-starts`` starts; checkpoints in
+    ``class_<k>_abinit/``), written as ``volumes/abinit_class_#.mrc``; the
+    classification with poses searched starts from those and writes what
+    ``relion-class3d --initial-map`` writes, plus ``log.jsonl``. ``--resume``
+    keeps initial models already written and continues the classification from
+    its checkpoint; without them, the initial models continue from their
+    checkpoints (finished stages are kept).
     """
-    import numpy as np  # noqa: PLC0415
-
     from cryoviz.inference.abinit_classes import ClassAbinitProgress  # noqa: PLC0415
     from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
+        ClassMapProgress,
         iter_class_ab_initio,
         progress_record,
         refinement_after_abinit,
     )
     from cryoviz.inference.class_refine import write_class_refine  # noqa: PLC0415
-    from cryoviz.io.mrc import atomic_output, read_volume, write_volume  # noqa: PLC0415
+    from cryoviz.io.mrc import read_volume  # noqa: PLC0415
 
     k_classes = args.classes
     if k_classes < 2:
@@ -182,33 +184,65 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
     for state in iter_class_ab_initio(particles, k_classes, abinit, refine, device=args.device,
                                       checkpoint_dir=out, initial_maps=initial,
                                       resume=args.resume):
-        if log.add(progress_record(state)) and isinstance(state, ClassAbinitProgress):
-            print(f"initial models continue at step {state.step} of restart "
-                  f"{state.start + 1}/{state.n_starts}", file=sys.stderr, flush=True)
-        fractions = ", ".join(f"{f:.2f}" for f in state.class_fractions)
+        first_new = log.add(progress_record(state))
         if isinstance(state, ClassAbinitProgress):
-            if state.step % 10 == 0 or state.result is not None:
-                print(f"initial models restart {state.start + 1}/{state.n_starts} step "
-                      f"{state.step}/{state.n_steps}  limit "
-                      f"{state.resolution_angstrom:.1f} Å  fractions {fractions}  "
-                      f"{state.images_per_second:.0f} images/s  {state.elapsed_seconds:.0f} s",
-                      file=sys.stderr, flush=True)
-            if state.result is not None:
-                first = state.result
-                with atomic_output(out / "abinit_classes.npz") as tmp, open(tmp, "wb") as fh:
-                    np.savez(fh, posteriors=first.posteriors, best_class=first.best_class,
-                             particle_ids=np.asarray(particles.particle_ids, dtype=np.int64),
-                             chosen_maps=np.asarray(first.chosen_maps, dtype=np.int64),
-                             start_log_likelihoods=np.asarray(first.start_log_likelihoods),
-                             log_likelihood=first.log_likelihood)
-                for path, volume in zip(saved, first.maps, strict=True):
-                    write_volume(path, volume.numpy(), apix)
-            continue
-        print(f"classes iteration {state.iteration}/{state.n_iterations}"
-              f"{' global' if state.global_search else ' local'}  E-step to "
-              f"{state.e_step_resolution_angstrom:.1f} Å  fractions {fractions}  changed "
-              f"{state.changed_fraction:.3f}  {state.seconds:.1f} s", file=sys.stderr, flush=True)
-        result = state.result if state.result is not None else result
+            _report_class_abinit(state, first_new, out, particles, apix)
+        elif isinstance(state, ClassMapProgress):
+            _report_class_map(state, first_new, saved, apix)
+        else:
+            fractions = ", ".join(f"{f:.2f}" for f in state.class_fractions)
+            print(f"classes iteration {state.iteration}/{state.n_iterations}"
+                  f"{' global' if state.global_search else ' local'}  E-step to "
+                  f"{state.e_step_resolution_angstrom:.1f} Å  fractions {fractions}  changed "
+                  f"{state.changed_fraction:.3f}  {state.seconds:.1f} s", file=sys.stderr,
+                  flush=True)
+            result = state.result if state.result is not None else result
     write_class_refine(result, particles, out, extra_metrics={
         "recipe": args.recipe, "ab_initio": True, "abinit_settings": dataclasses.asdict(abinit),
         "total_seconds": time.perf_counter() - started})
+
+
+def _report_class_abinit(state, first_new: bool, out: Path, particles, apix: float) -> None:
+    """Print a K-class initial-model step; write its maps and classes after the last one."""
+    import numpy as np  # noqa: PLC0415
+
+    from cryoviz.io.mrc import atomic_output, write_volume  # noqa: PLC0415
+
+    if first_new:
+        print(f"initial models continue at step {state.step} of restart "
+              f"{state.start + 1}/{state.n_starts}", file=sys.stderr, flush=True)
+    if state.step % 10 == 0 or state.result is not None:
+        fractions = ", ".join(f"{f:.2f}" for f in state.class_fractions)
+        print(f"initial models restart {state.start + 1}/{state.n_starts} step "
+              f"{state.step}/{state.n_steps}  limit {state.resolution_angstrom:.1f} Å  "
+              f"fractions {fractions}  {state.images_per_second:.0f} images/s  "
+              f"{state.elapsed_seconds:.0f} s", file=sys.stderr, flush=True)
+    if state.result is None:
+        return
+    first = state.result
+    with atomic_output(out / "abinit_classes.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, posteriors=first.posteriors, best_class=first.best_class,
+                 particle_ids=np.asarray(particles.particle_ids, dtype=np.int64),
+                 chosen_maps=np.asarray(first.chosen_maps, dtype=np.int64),
+                 start_log_likelihoods=np.asarray(first.start_log_likelihoods),
+                 log_likelihood=first.log_likelihood)
+    for k, volume in enumerate(first.maps):
+        write_volume(out / "volumes" / f"abinit_mixture_class_{k}.mrc", volume.numpy(), apix)
+
+
+def _report_class_map(state, first_new: bool, saved: list[Path], apix: float) -> None:
+    """Print a step of one class's own initial model; write every class's map at the end."""
+    from cryoviz.io.mrc import write_volume  # noqa: PLC0415
+
+    if state.maps is not None:
+        for path, volume in zip(saved, state.maps, strict=True):
+            write_volume(path, volume.numpy(), apix)
+        return
+    p = state.progress
+    if first_new:
+        print(f"class {state.class_index}'s initial model continues at start {p.start + 1} "
+              f"step {p.step}", file=sys.stderr, flush=True)
+    if p.step % 10 == 0 or p.result is not None:
+        print(f"class {state.class_index} ({state.n_particles} particles) initial model start "
+              f"{p.start + 1} step {p.step}/{p.n_steps}  limit {p.resolution_angstrom:.1f} Å  "
+              f"{p.elapsed_seconds:.0f} s", file=sys.stderr, flush=True)
