@@ -2,9 +2,11 @@
 
 Nothing is given: no maps, no poses, no states. The run is the recipe's
 pipeline (:func:`cryoviz.inference.abinit_pipeline.iter_class_ab_initio`): two
-initial models by stochastic modal EM, each class one random start, then a
-classification with the poses searched from them. Records, after the initial
-models and after the classification:
+initial models by stochastic modal EM, each class one random start (``--starts``
+restarts), then an initial model of each class's own particles, then a
+classification with the poses searched from those. Records, after the K-class
+initial models, after each class's own initial model (maps only) and after the
+classification:
 
 * the agreement of the particles' classes with the true states;
 * per class (matched to the state most of its particles have): FSC 0.5 (Å) and
@@ -59,6 +61,7 @@ from cryoviz.bench.tasks import load_truth  # noqa: E402
 from cryoviz.inference.abinit import AbinitSettings  # noqa: E402
 from cryoviz.inference.abinit_classes import ClassAbinitProgress  # noqa: E402
 from cryoviz.inference.abinit_pipeline import (  # noqa: E402
+    ClassMapProgress,
     iter_ab_initio,
     iter_class_ab_initio,
     refinement_after_abinit,
@@ -68,9 +71,12 @@ from cryoviz.metrics import fsc, rotation_error_deg  # noqa: E402
 from cryoviz.metrics.alignment import align_volume  # noqa: E402
 
 
-def score_class(volume: torch.Tensor, members: np.ndarray, rotations: np.ndarray,
+def score_class(volume: torch.Tensor, members: np.ndarray, rotations: np.ndarray | None,
                 truth) -> dict:
-    """One class map and its particles (boolean ``members``): see the module docstring."""
+    """One class map and its particles (boolean ``members``): see the module docstring.
+
+    ``rotations`` ``None``: the map alone (no pose errors).
+    """
     labels = truth.labels.astype(int)
     if not members.any():
         return {"particles": 0}
@@ -83,6 +89,9 @@ def score_class(volume: torch.Tensor, members: np.ndarray, rotations: np.ndarray
         maps_vs[f"state_{s}"] = {"fsc05_angstrom": float(curve.resolution_angstrom(apix, 0.5)),
                                  "fsc_auc": float(curve.auc())}
     own = members & (labels == state)
+    if rotations is None:
+        return {"particles": int(members.sum()), "matched_state": state,
+                "purity": float(own.sum() / members.sum()), "maps": maps_vs}
     err = rotation_error_deg(torch.as_tensor(rotations[own]),
                              torch.as_tensor(truth.rotations[own])).numpy()
     return {"particles": int(members.sum()), "matched_state": state,
@@ -92,7 +101,8 @@ def score_class(volume: torch.Tensor, members: np.ndarray, rotations: np.ndarray
             "fraction_within_20deg": float(np.mean(err <= 20.0))}
 
 
-def score(maps: torch.Tensor, classes: np.ndarray, rotations: np.ndarray, truth) -> dict:
+def score(maps: torch.Tensor, classes: np.ndarray, rotations: np.ndarray | None,
+          truth) -> dict:
     """Agreement with the true states and :func:`score_class` of every class."""
     return {"agreement": float(label_agreement(classes, truth.labels.astype(int))),
             "classes": [score_class(maps[k], classes == k, rotations, truth)
@@ -157,6 +167,12 @@ def main() -> None:
                     "log_likelihood": first.log_likelihood,
                     "seconds": time.perf_counter() - t0}
                 print(json.dumps(stages["initial_models"]), flush=True)
+            continue
+        if isinstance(state, ClassMapProgress):
+            if state.maps is not None:
+                stages["class_maps"] = {**score(state.maps, first.best_class, None, truth),
+                                        "seconds": time.perf_counter() - t0}
+                print(json.dumps(stages["class_maps"]), flush=True)
             continue
         print(f"classification iteration {state.iteration}  fractions "
               f"{state.class_fractions}  changed {state.changed_fraction:.3f}", flush=True)
