@@ -22,6 +22,7 @@ holds and how it resumes.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,21 +247,29 @@ def test_class_ab_initio_command_writes_classes_maps_and_poses(mixture, capsys):
     assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
 
 
-def test_class_ab_initio_resumes_interrupted_restarts(mixture, capsys, monkeypatch):
-    """Two restarts, killed in the second: --resume keeps the first and continues the second."""
+def _unbroken_and_killed(mixture, flags: list[str], name: str, stage: str, steps: int,
+                         monkeypatch) -> tuple[Path, Path]:
+    """An unbroken class run, and the same run killed after ``steps`` yields of ``stage``."""
     import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
 
     root, star = mixture
-    flags = [*CLASS_FLAGS[:-1], "2"]
-    unbroken = root / "classes_unbroken"
+    unbroken, out = root / f"unbroken_{name}", root / f"killed_{name}"
     assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(unbroken),
                  *flags]) == 0
-    real = pipeline.iter_abinit_classes
-    out = root / "classes_killed"
-    monkeypatch.setattr(pipeline, "iter_abinit_classes", _killed_after(real, 13))
+    real = getattr(pipeline, stage)
+    monkeypatch.setattr(pipeline, stage, _killed_after(real, steps))
     with pytest.raises(KeyboardInterrupt):
         main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
-    monkeypatch.setattr(pipeline, "iter_abinit_classes", real)
+    monkeypatch.setattr(pipeline, stage, real)
+    return unbroken, out
+
+
+def test_class_ab_initio_resumes_interrupted_restarts(mixture, capsys, monkeypatch):
+    """Two restarts, killed in the second: --resume keeps the first and continues the second."""
+    root, star = mixture
+    flags = [*CLASS_FLAGS[:-1], "2"]
+    unbroken, out = _unbroken_and_killed(mixture, flags, "restarts", "iter_abinit_classes", 13,
+                                         monkeypatch)
     assert (out / "abinit_classes_state.pt").is_file()
     assert (out / "abinit_classes_state_1.pt").is_file()
     capsys.readouterr()
@@ -311,18 +320,9 @@ def test_class_pipeline_yields_its_stages_in_order(mixture):
 
 def test_class_ab_initio_resumes_a_class_initial_model(mixture, capsys, monkeypatch):
     """Killed in a class's own initial model: --resume keeps the K-class stage, continues it."""
-    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
-
-    root, star = mixture
-    unbroken = root / "classes_unbroken_one_restart"
-    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(unbroken),
-                 *CLASS_FLAGS]) == 0
-    real = pipeline.iter_abinit
-    out = root / "classes_killed_in_a_class"
-    monkeypatch.setattr(pipeline, "iter_abinit", _killed_after(real, 4))
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *CLASS_FLAGS])
-    monkeypatch.setattr(pipeline, "iter_abinit", real)
+    _, star = mixture
+    unbroken, out = _unbroken_and_killed(mixture, CLASS_FLAGS, "in_a_class", "iter_abinit", 4,
+                                         monkeypatch)
     capsys.readouterr()
     assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
                  *CLASS_FLAGS, "--resume"]) == 0
