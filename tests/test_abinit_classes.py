@@ -24,9 +24,7 @@ from cryoviz.inference.abinit import AbinitSettings
 from cryoviz.inference.abinit_classes import (
     CLASS_ABINIT_STATE_FILE,
     iter_abinit_classes,
-    mixture_log_likelihood,
     run_abinit_classes,
-    select_maps,
 )
 from cryoviz.io import load_particles, read_volume
 from cryoviz.metrics import fsc
@@ -155,26 +153,6 @@ def test_particles_without_ctf_are_rejected(dataset):
     particles, _, _ = dataset
     with pytest.raises(InputError, match="ctf"):
         next(iter_abinit_classes(replace(particles, ctf=None), 2, SHORT))
-
-
-def test_select_maps_keeps_maps_that_explain_different_images():
-    # images 0-9 are explained by candidates 0 and 1 (1 a copy of 0), images 10-19 by 2 only
-    evidence = np.full((4, 20), -50.0)
-    evidence[0, :10] = evidence[1, :10] = 0.0
-    evidence[1, :10] += 0.1
-    evidence[2, 10:] = 0.0
-    evidence[3] = -5.0  # explains everything poorly
-    assert select_maps(evidence, 2, groups=[[0, 1], [2, 3]]) == [1, 2]
-    # an equal mixture: log((e^0 + e^-50) / 2) for every image
-    assert mixture_log_likelihood(evidence, [0, 2]) == pytest.approx(
-        np.log((1.0 + np.exp(-50.0)) / 2.0))
-    # greedy alone picks the map that explains everything fairly (2) first; the swaps
-    # replace it by the second specialist, whose pair with the first explains more
-    generalist = np.array([[0.0, 0.0, -20.0, -20.0], [-20.0, -20.0, 0.0, 0.0],
-                           [-1.0, -1.0, -1.0, -1.0]])
-    assert mixture_log_likelihood(generalist, [0, 1]) > mixture_log_likelihood(generalist,
-                                                                               [0, 2])
-    assert select_maps(generalist, 2, groups=[]) == [0, 1]
 
 
 @pytest.fixture(scope="module")

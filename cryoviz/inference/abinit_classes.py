@@ -33,7 +33,8 @@ one state while it finds the others (on simulated closed adenylate kinase, 2,000
 particles at SNR 0.1, one start in eight found it; ``docs/benchmarks.md``). The
 whole K-class run is repeated from other random starts, and the ``K`` of the
 ``R K`` maps whose equal mixture gives a common set of images the largest log
-evidence are kept (:func:`select_maps`): a class may come from any restart.
+evidence are kept (:func:`~cryoviz.inference.map_selection.select_maps`): a
+class may come from any restart.
 
 Cost: ``K`` times the one-class initial model per step, ``R`` times over.
 """
@@ -54,6 +55,7 @@ from cryoviz.fourier import lowpass_volume
 from cryoviz.imaging import forward_fourier, volume_to_fourier
 from cryoviz.inference.abinit import AbinitSettings, _Context, _random_start, upsample_map
 from cryoviz.inference.abinit_state import Schedule, StartState
+from cryoviz.inference.map_selection import mixture_log_likelihood, select_maps
 from cryoviz.inference.pose_search import PoseCandidates, significant_poses, summarise
 from cryoviz.inference.refine_state import check_identity, read_checkpoint, run_identity
 from cryoviz.io.mrc import atomic_output
@@ -61,8 +63,7 @@ from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.noise import half_plane_shells
 
 __all__ = ["CLASS_ABINIT_STATE_FILE", "ClassAbinitResult", "ClassAbinitProgress",
-           "abinit_classes_finished", "iter_abinit_classes", "mixture_log_likelihood",
-           "run_abinit_classes", "select_maps"]
+           "abinit_classes_finished", "iter_abinit_classes", "run_abinit_classes"]
 
 CLASS_ABINIT_STATE_FILE = "abinit_classes_state.pt"
 _FORMAT = 1
@@ -343,67 +344,6 @@ def abinit_classes_finished(particles: ParticleSet, n_classes: int, settings: Ab
     return all(s is not None and int(s["step"]) == settings.n_steps for s in saved)
 
 
-def mixture_log_likelihood(evidence: np.ndarray, chosen: list[int]) -> float:
-    """Mean over images of ``log (1/K) sum_{c in chosen} exp(evidence[c, i])``.
-
-    Parameters
-    ----------
-    evidence
-        ``(C, M)`` log evidence of ``M`` images under each of ``C`` candidate maps.
-    chosen
-        The ``K`` candidates of the mixture (equal weights).
-    """
-    rows = torch.as_tensor(evidence[list(chosen)])
-    return float((torch.logsumexp(rows, dim=0) - np.log(len(chosen))).mean())
-
-
-def select_maps(evidence: np.ndarray, n_classes: int, groups: list[list[int]]) -> list[int]:
-    """The ``n_classes`` candidate maps whose equal mixture explains the images best.
-
-    Maximises :func:`mixture_log_likelihood` (a candidate that only repeats one
-    already chosen adds little, so the maps kept explain different images) by
-    local search: from the greedy forward choice and from every group of
-    ``groups`` (each restart's own maps), one chosen map is swapped for one not
-    chosen while that raises the figure; the best end point is returned, sorted.
-    The greedy choice alone can be trapped by a map that explains every image
-    fairly and no image well.
-
-    Parameters
-    ----------
-    evidence
-        ``(C, M)`` log evidence of ``M`` images under each candidate map.
-    n_classes
-        ``K``, at most ``C``.
-    groups
-        Candidate index lists of ``K`` each, also used as starting points.
-    """
-    def score(chosen: list[int]) -> float:
-        return mixture_log_likelihood(evidence, chosen)
-
-    def improve(chosen: list[int]) -> list[int]:
-        current, best = sorted(chosen), score(chosen)
-        improved = True
-        while improved:
-            improved = False
-            for slot in range(n_classes):
-                for c in range(len(evidence)):
-                    if c in current:
-                        continue
-                    trial = sorted(current[:slot] + [c] + current[slot + 1:])
-                    if (value := score(trial)) > best + 1e-12:
-                        current, best, improved = trial, value, True
-                        break
-                if improved:
-                    break
-        return current
-
-    greedy: list[int] = []
-    for _ in range(n_classes):
-        rest = [c for c in range(len(evidence)) if c not in greedy]
-        greedy.append(max(rest, key=lambda c: score(greedy + [c])))
-    return max((improve(start) for start in [greedy, *groups]), key=score)
-
-
 def _common_evidence(ctx: _Context, layout, volumes: list[torch.Tensor]) -> np.ndarray:
     """``(C, M)`` log evidence of the common images under each working map.
 
@@ -438,7 +378,8 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
     times from other random starts (restart ``r`` uses seeds from
     ``seed + 1000 K r``; restart 0 is the one-restart run). The ``R K`` maps are
     pooled and the ``K`` whose equal mixture explains a common set of images best
-    (:func:`select_maps`, mean log evidence under the images' own noise power at
+    (:func:`~cryoviz.inference.map_selection.select_maps`, mean log evidence under
+    the images' own noise power at
     ``final_resolution_angstrom``) are kept: classes may come from different
     restarts, since stochastic EM fails on some states in some starts. Every
     particle is then assigned under the kept maps (the noise: the mean of their
