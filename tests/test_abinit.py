@@ -108,6 +108,32 @@ def test_the_start_with_the_largest_evidence_is_kept(dataset):
     torch.testing.assert_close(result.map, alone.map)
 
 
+def test_screened_starts_go_on_where_they_stopped(dataset):
+    """Screening: 3 starts of 3 steps, the 2 of largest evidence go on to step 6.
+
+    Each kept start must be the very run it would be unscreened, and the result
+    the best of the two at the end.
+    """
+    particles, _ = dataset
+    screened = replace(SETTINGS, n_steps=6, n_starts=2, screen_starts=3, screen_steps=3)
+    run = list(iter_abinit(particles, screened))
+    result = run[-1].result
+    assert len(result.screen_evidences) == 3
+    ranked = np.argsort(-np.asarray(result.screen_evidences), kind="stable")
+    assert result.finished_starts == tuple(sorted(ranked[:2].tolist()))
+    kept = result.finished_starts
+    assert [(p.start, p.seed_start, p.screening, p.step) for p in run] == [
+        *((c, c, True, s) for c in range(3) for s in (1, 2, 3)),
+        *((3 + i, c, False, s) for i, c in enumerate(kept) for s in (4, 5, 6))]
+    assert {p.n_steps for p in run if p.screening} == {3}
+    assert all(p.result is None for p in run[:-1])
+    assert result.chosen_start == kept[int(np.argmax(result.start_evidences))]
+    chosen = list(iter_abinit(particles, replace(SETTINGS, n_steps=6, n_starts=1,
+                                                 seed=1000 * result.chosen_start)))[-1].result
+    torch.testing.assert_close(result.map, chosen.map, rtol=0, atol=0)
+    np.testing.assert_array_equal(result.rotations, chosen.rotations)
+
+
 def test_same_seed_same_model(dataset):
     particles, _ = dataset
     short = replace(SETTINGS, n_steps=4)
@@ -129,11 +155,21 @@ def test_upsample_map_keeps_a_band_limited_map():
 @pytest.mark.parametrize(("field", "value"), [
     ("n_steps", 0), ("box_size", 31), ("box_size", 64), ("memory_images", 10),
     ("final_resolution_angstrom", 50.0), ("marching_fraction", 0.0), ("n_levels", 4),
+    ("screen_starts", 1),
 ])
 def test_bad_settings_name_the_field(dataset, field, value):
     particles, _ = dataset
     with pytest.raises(InputError, match=field):
         next(iter_abinit(particles, replace(SETTINGS, **{field: value})))
+
+
+@pytest.mark.parametrize("steps", [0, 40])
+def test_a_screen_must_fall_within_the_steps(dataset, steps):
+    particles, _ = dataset
+    with pytest.raises(InputError, match="screen_steps"):
+        next(iter_abinit(particles, replace(SETTINGS, screen_starts=2, screen_steps=steps)))
+    # without screening screen_steps is not used
+    replace(SETTINGS, screen_steps=steps).validate(BOX)
 
 
 def test_particles_without_ctf_are_rejected(dataset):

@@ -180,13 +180,52 @@ def test_resume_continues_an_interrupted_initial_model(data, capsys, monkeypatch
     capsys.readouterr()
     assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
                  "--resume"]) == 0
-    assert "initial model continues at start 1 step 5" in capsys.readouterr().err
+    assert "initial model continues at start 1/1 step 5" in capsys.readouterr().err
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [(r["phase"], r.get("step")) for r in log] == [
         *(("abinit", s) for s in range(1, 7)), ("refine", None)]
     for name in ("abinit_map.mrc", "map.mrc"):
         np.testing.assert_array_equal(read_volume(out / "volumes" / name)[0],
                                       read_volume(unbroken / "volumes" / name)[0])
+
+
+def test_screened_initial_model_resumes_within_the_screen(data, capsys, monkeypatch):
+    """--abinit-screen 3: killed in the second screened start, resumed to the unbroken run."""
+    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
+
+    root, folder = data
+    flags = ["--abinit-steps", "6", "--abinit-box", "16", "--abinit-starts", "1",
+             "--abinit-screen", "3", "--abinit-screen-steps", "3", "--epochs", "1",
+             "--max-order", "3", "--batch-size", "200"]
+    star = str(folder / "particles.star")
+    unbroken = root / "unbroken_screened"
+    assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(unbroken),
+                 *flags]) == 0
+    err = capsys.readouterr().err
+    assert "initial model screening start 3/3 step 3/3" in err
+    real = pipeline.iter_abinit
+    out = root / "killed_screened"
+    monkeypatch.setattr(pipeline, "iter_abinit", _killed_after(real, 5))
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
+    monkeypatch.setattr(pipeline, "iter_abinit", real)
+    capsys.readouterr()
+    assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
+                 "--resume"]) == 0
+    assert "initial model continues at screening start 2/3 step 3" in capsys.readouterr().err
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    whole = [json.loads(line) for line in (unbroken / "log.jsonl").read_text().splitlines()]
+    steps = [(r["start"], r["seed_start"], r["screening"], r["step"])
+             for r in whole if r["phase"] == "abinit"]
+    assert steps[:9] == [(c, c, True, s) for c in range(3) for s in (1, 2, 3)]
+    assert [(r[0], r[2], r[3]) for r in steps[9:]] == [(3, False, s) for s in (4, 5, 6)]
+    assert [(r["phase"], r.get("start"), r.get("step")) for r in log] == [
+        (r["phase"], r.get("start"), r.get("step")) for r in whole]
+    for name in ("abinit_map.mrc", "map.mrc"):
+        np.testing.assert_array_equal(read_volume(out / "volumes" / name)[0],
+                                      read_volume(unbroken / "volumes" / name)[0])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["abinit_settings"]["screen_starts"] == 3
 
 
 CLASS_FLAGS = ["--classes", "2", "--abinit-steps", "8", "--abinit-box", "16", "--epochs", "1",
@@ -327,7 +366,7 @@ def test_class_ab_initio_resumes_a_class_initial_model(mixture, capsys, monkeypa
     assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out),
                  *CLASS_FLAGS, "--resume"]) == 0
     err = capsys.readouterr().err
-    assert "initial model continues at start 1 step 5" in err
+    assert "initial model continues at start 1/1 step 5" in err
     assert "initial models restart" not in err  # the K-class stage is not run again
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     whole = [json.loads(line) for line in (unbroken / "log.jsonl").read_text().splitlines()]

@@ -63,6 +63,40 @@ def test_interrupted_run_resumes_to_the_unbroken_result(particles, unbroken, tmp
                                                   for p in unbroken[stop_after:]]
 
 
+SCREENED = replace(SETTINGS, n_starts=2, screen_starts=3, screen_steps=3)
+
+
+@pytest.fixture(scope="module")
+def unbroken_screened(particles):
+    return list(iter_abinit(particles, SCREENED))
+
+
+# 13 steps: screened starts 0-2 (steps 1-3 each), then the two kept (steps 4-5 each)
+@pytest.mark.parametrize("stop_after", [2, 9, 11, 12])
+def test_an_interrupted_screened_run_resumes_to_the_unbroken_result(
+        particles, unbroken_screened, tmp_path, stop_after):
+    assert len(unbroken_screened) == 13
+    for k, _ in enumerate(iter_abinit(particles, SCREENED, checkpoint_dir=tmp_path,
+                                      checkpoint_interval_s=0.0), start=1):
+        if k == stop_after:
+            break
+    saved = load_abinit_state(tmp_path, SCREENED, particles.particle_ids)
+    # the checkpoint of the last screen keeps the two best screened starts to go on
+    assert len(saved.paused) == {2: 0, 9: 2, 11: 1, 12: 0}[stop_after]
+    resumed = list(iter_abinit(particles, SCREENED, checkpoint_dir=tmp_path, resume=True))
+    tail = unbroken_screened[stop_after:]
+    assert [(p.start, p.seed_start, p.screening, p.step) for p in resumed] == [
+        (p.start, p.seed_start, p.screening, p.step) for p in tail]
+    assert [p.log_likelihood for p in resumed] == [p.log_likelihood for p in tail]
+    a, b = resumed[-1].result, unbroken_screened[-1].result
+    _same_result(a, b)
+    assert a.screen_evidences == b.screen_evidences
+    assert a.finished_starts == b.finished_starts
+    again = list(iter_abinit(particles, SCREENED, checkpoint_dir=tmp_path, resume=True))
+    assert len(again) == 1 and again[0].start == 4
+    _same_result(again[0].result, b)
+
+
 def test_a_finished_run_yields_its_result_again(particles, unbroken, tmp_path):
     list(iter_abinit(particles, SETTINGS, checkpoint_dir=tmp_path))
     again = list(iter_abinit(particles, SETTINGS, checkpoint_dir=tmp_path, resume=True))

@@ -50,8 +50,11 @@ from cryoviz.inference.abinit_result import AbinitProgress, AbinitResult
 from cryoviz.inference.abinit_state import (
     AbinitCheckpoint,
     BestStart,
+    PausedStart,
     Schedule,
     StartState,
+    abinit_finished,
+    keep_best,
     load_abinit_state,
     save_abinit_state,
 )
@@ -119,6 +122,15 @@ class AbinitSettings:
         common set of images best (mean log evidence over the searched poses)
         is kept. Stochastic EM can settle in a wrong model; a few starts make
         that unlikely.
+    screen_starts, screen_steps
+        Screening (``screen_starts`` 0: none). ``screen_starts`` random starts
+        (more than ``n_starts``) run their first ``screen_steps`` steps each and
+        are scored as finished starts are; the ``n_starts`` of largest evidence
+        go on from where they stopped to ``n_steps``, and the best of those at
+        the end is kept. Each screened start is the same run a start of that
+        index would be without screening, so screening costs
+        ``screen_starts * screen_steps + n_starts * (n_steps - screen_steps)``
+        steps and tries ``screen_starts`` starting points.
     initial_noise_factor
         Annealing: the search's noise variance is multiplied by this at the first
         step, falling geometrically to 1 with the frequency marching (a flatter
@@ -143,6 +155,8 @@ class AbinitSettings:
     shift_step_px: float = 1.0
     mask_radius_fraction: float = 0.42
     n_starts: int = 3
+    screen_starts: int = 0
+    screen_steps: int = 100
     initial_noise_factor: float = 1.0
     seed: int = 0
 
@@ -169,6 +183,10 @@ class AbinitSettings:
         need(self.shift_step_px > 0, "shift_step_px", "> 0")
         need(0 < self.mask_radius_fraction <= 0.5, "mask_radius_fraction", "in (0, 0.5]")
         need(self.n_starts >= 1, "n_starts", "at least 1")
+        need(self.screen_starts == 0 or self.screen_starts > self.n_starts, "screen_starts",
+             f"0 (no screening) or more than n_starts ({self.n_starts})")
+        need(self.screen_starts == 0 or 1 <= self.screen_steps < self.n_steps, "screen_steps",
+             f"from 1 to n_steps - 1 ({self.n_steps - 1}) when screening")
         need(self.initial_noise_factor >= 1, "initial_noise_factor", "at least 1")
 
     def progress(self, step: int) -> float:
@@ -330,7 +348,8 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
     checkpoint_dir
         Folder for ``abinit_state.pt`` (:mod:`cryoviz.inference.abinit_state`),
         written atomically after a step when ``checkpoint_interval_s`` have
-        passed since the last one, and at the end of every start; ``None``: none.
+        passed since the last one, and at the end of every run (a screened
+        start's screen included); ``None``: none.
     resume
         Continue from the checkpoint in ``checkpoint_dir`` (a fresh start if there
         is none): the remaining steps are the unbroken run's, with the same result.
@@ -341,8 +360,8 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
     Yields
     ------
     AbinitProgress
-        One per step of every start; the last carries the :class:`AbinitResult`
-        of the start kept.
+        One per step of every run (see :class:`AbinitProgress` for screening);
+        the last carries the :class:`AbinitResult` of the start kept.
     """
     settings = settings or AbinitSettings()
     if particles.ctf is None:
@@ -365,49 +384,85 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
     common = np.sort(np.random.default_rng(settings.seed + 7919).permutation(n)[
         :min(n, settings.initial_images)])
 
-    def result_of(best: BestStart, evidences: list[float]) -> AbinitResult:
+    best = saved.best if saved else None
+    evidences = list(saved.evidences) if saved else []
+    screen_evidences = list(saved.screen_evidences) if saved else []
+    paused = list(saved.paused) if saved else []
+    screening = settings.screen_starts > 0
+    n_screened = settings.screen_starts if screening else 0
+
+    def finished_starts() -> tuple[int, ...]:
+        if not screening:
+            return tuple(range(len(evidences)))
+        ranked = sorted(range(len(screen_evidences)), key=lambda c: (-screen_evidences[c], c))
+        return tuple(sorted(ranked[:settings.n_starts]))
+
+    def result_of() -> AbinitResult:
         working = best.volume.to(torch.float32).cpu()
         return AbinitResult(
             map=upsample_map(working, full_box), working_map=working, half_fsc=best.curve,
             rotations=best.rotations, shifts_angstrom=best.shifts_angstrom, seen=best.seen,
             pixel_size_angstrom=full_apix, working_pixel_size_angstrom=apix,
-            start_evidences=tuple(evidences), chosen_start=best.index,
+            start_evidences=tuple(evidences), finished_starts=finished_starts(),
+            chosen_start=best.index, screen_evidences=tuple(screen_evidences),
             seconds=time.perf_counter() - start_time, settings=settings)
 
-    best = saved.best if saved else None
-    evidences = list(saved.evidences) if saved else []
-    if saved and saved.start == settings.n_starts - 1 and saved.step == settings.n_steps:
-        yield AbinitProgress(start=saved.start, step=saved.step, n_steps=settings.n_steps,
+    if abinit_finished(saved, settings):
+        yield AbinitProgress(start=n_screened + len(evidences) - 1, step=saved.step,
+                             n_steps=settings.n_steps, seed_start=saved.start, screening=False,
                              **saved.last_progress, images_per_second=0.0, step_seconds=0.0,
-                             elapsed_seconds=saved.elapsed_seconds,
-                             result=result_of(best, evidences))
+                             elapsed_seconds=saved.elapsed_seconds, result=result_of())
         return
     with ImageSource(particles) as source:
         ctx = _Context.build(particles, source, settings, device, box, apix)
+
+        def fresh(start: int) -> tuple:
+            seed = settings.seed + 1000 * start
+            rng = np.random.default_rng(seed)
+            state = _random_start(ctx, rng, torch.Generator().manual_seed(seed), layout)
+            return start, state, Schedule(n, settings.batch_size, rng), state.sigma2.clone(), 1
+
+        def runs() -> Iterator[tuple]:
+            """(start, state, schedule, first noise, first step) of each run still to go."""
+            run_end = settings.screen_steps if saved and saved.screening else settings.n_steps
+            if saved is not None and saved.step < run_end:
+                yield (saved.start, StartState.from_payload(saved.current, box, device),
+                       Schedule.restore(n, settings.batch_size, saved.schedule),
+                       saved.noise0.to(device), saved.step + 1)
+            if not screening:
+                yield from (fresh(c) for c in range(saved.start + 1 if saved else 0,
+                                                    settings.n_starts))
+                return
+            after = 0 if saved is None else (saved.start + 1 if saved.screening else n_screened)
+            yield from (fresh(c) for c in range(after, n_screened))
+            while paused:
+                kept = paused.pop(0)
+                yield (kept.start, StartState.from_payload(kept.current, box, device),
+                       Schedule.restore(n, settings.batch_size, kept.schedule),
+                       kept.noise0.to(device), settings.screen_steps + 1)
+
+        def score(state: StartState, noise0: torch.Tensor) -> float:
+            """Every start's map scored on the same images with its first noise."""
+            _, x_common, ctf_common = ctx.read(common)
+            return float(ctx.search(volume_to_fourier(state.volume), x_common, ctf_common,
+                                    noise0, final_limit).evidence.mean())
+
         last_save = time.perf_counter()
-        for start in range(saved.start if saved else 0, settings.n_starts):
-            if saved is not None and start == saved.start:
-                if saved.step == settings.n_steps:
-                    continue  # finished and scored before the checkpoint
-                state = StartState.from_payload(saved.current, box, device)
-                schedule = Schedule.restore(n, settings.batch_size, saved.schedule)
-                noise0, first_step = saved.noise0.to(device), saved.step + 1
-            else:
-                seed = settings.seed + 1000 * start
-                rng = np.random.default_rng(seed)
-                state = _random_start(ctx, rng, torch.Generator().manual_seed(seed), layout)
-                schedule = Schedule(n, settings.batch_size, rng)
-                noise0, first_step = state.sigma2.clone(), 1
-            for step in range(first_step, settings.n_steps + 1):
+        for start, state, schedule, noise0, first_step in runs():
+            screened = first_step <= settings.screen_steps and screening
+            run_end = settings.screen_steps if screened else settings.n_steps
+            run = start if screened else n_screened + len(evidences)
+            for step in range(first_step, run_end + 1):
                 t0 = time.perf_counter()
                 index = schedule.next_batch()
                 limit_angstrom, evidence = _step(ctx, state, index, step, layout)
-                if step == settings.n_steps:
-                    # every start's map scored on the same images with the same noise
-                    _, x_common, ctf_common = ctx.read(common)
-                    evidences.append(float(ctx.search(volume_to_fourier(state.volume), x_common,
-                                                      ctf_common,
-                                                      noise0, final_limit).evidence.mean()))
+                if step == run_end and screened:
+                    screen_evidences.append(score(state, noise0))
+                    paused[:] = keep_best(paused + [PausedStart(
+                        start=start, evidence=screen_evidences[-1], schedule=schedule.state(),
+                        current=state.to_payload(), noise0=noise0)], settings.n_starts)
+                elif step == run_end:
+                    evidences.append(score(state, noise0))
                     if best is None or evidences[-1] > max(evidences[:-1]):
                         best = BestStart.of(start, state)
                 now = time.perf_counter()
@@ -415,20 +470,21 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
                            "half_map_resolution_angstrom":
                                state.curve.resolution_angstrom(apix, 0.143),
                            "log_likelihood": evidence}
-                if checkpoint_dir is not None and (step == settings.n_steps or
+                if checkpoint_dir is not None and (step == run_end or
                                                    now - last_save >= checkpoint_interval_s):
                     save_abinit_state(checkpoint_dir, AbinitCheckpoint(
-                        start=start, step=step, schedule=schedule.state(),
+                        start=start, step=step, screening=screened, schedule=schedule.state(),
                         current=state.to_payload(), noise0=noise0, best=best,
-                        evidences=tuple(evidences), last_progress=figures,
+                        evidences=tuple(evidences), screen_evidences=tuple(screen_evidences),
+                        paused=tuple(paused), last_progress=figures,
                         elapsed_seconds=now - start_time), settings, ids)
                     last_save = time.perf_counter()
-                last = start == settings.n_starts - 1 and step == settings.n_steps
+                last = not screened and step == settings.n_steps and (
+                    not paused if screening else start == settings.n_starts - 1)
                 yield AbinitProgress(
-                    start=start, step=step, n_steps=settings.n_steps, **figures,
-                    images_per_second=len(index) / (now - t0), step_seconds=now - t0,
-                    elapsed_seconds=now - start_time,
-                    result=result_of(best, evidences) if last else None)
+                    start=run, step=step, n_steps=run_end, seed_start=start, screening=screened,
+                    **figures, images_per_second=len(index) / (now - t0), step_seconds=now - t0,
+                    elapsed_seconds=now - start_time, result=result_of() if last else None)
 
 
 def run_abinit(particles: ParticleSet, **kwargs) -> AbinitResult:

@@ -393,7 +393,8 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
         ``K``, at least 2.
     settings
         :class:`~cryoviz.inference.abinit.AbinitSettings` (defaults when
-        ``None``; one restart then).
+        ``None``; one restart then). Its screening (``screen_starts``) is not
+        used here: the restarts run whole.
     device
         Torch device.
     checkpoint_dir

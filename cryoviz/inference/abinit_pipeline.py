@@ -42,7 +42,7 @@ from cryoviz.inference.abinit_classes import (
     iter_abinit_classes,
     run_abinit_classes,
 )
-from cryoviz.inference.abinit_state import load_abinit_state
+from cryoviz.inference.abinit_state import abinit_finished, load_abinit_state
 from cryoviz.inference.class_refine import ClassRefineProgress, iter_class_refine
 from cryoviz.inference.refine import RefineProgress, RefineSettings, iter_refine
 from cryoviz.io.particles import ParticleSet
@@ -135,10 +135,8 @@ def iter_ab_initio(particles: ParticleSet, abinit: AbinitSettings, refine: Refin
 
 def _abinit_finished(particles: ParticleSet, settings: AbinitSettings, run_dir: Path) -> bool:
     """Whether the one-class initial model in ``run_dir`` is at its last start's last step."""
-    saved = load_abinit_state(run_dir, settings,
-                              np.asarray(particles.particle_ids, dtype=np.int64))
-    return (saved is not None and saved.start == settings.n_starts - 1
-            and saved.step == settings.n_steps)
+    return abinit_finished(load_abinit_state(
+        run_dir, settings, np.asarray(particles.particle_ids, dtype=np.int64)), settings)
 
 
 def iter_class_maps(particles: ParticleSet, first: ClassAbinitResult, abinit: AbinitSettings,
@@ -261,7 +259,8 @@ def progress_record(state: AbinitProgress | RefineProgress | ClassAbinitProgress
                 "log_likelihood": state.log_likelihood, "seconds": state.seconds}
     if isinstance(state, AbinitProgress):
         return {"phase": "abinit", "start": state.start, "step": state.step,
-                "n_steps": state.n_steps,
+                "n_steps": state.n_steps, "seed_start": state.seed_start,
+                "screening": state.screening,
                 "resolution_limit_angstrom": state.resolution_angstrom,
                 "resolution_angstrom": state.half_map_resolution_angstrom,
                 "log_likelihood": state.log_likelihood, "seconds": state.step_seconds}

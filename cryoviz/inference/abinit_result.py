@@ -37,10 +37,16 @@ class AbinitResult:
     pixel_size_angstrom, working_pixel_size_angstrom
         Voxel sizes of ``map`` and ``working_map``.
     start_evidences
-        ``(n_starts,)`` mean log evidence of the common images under each
-        start's final map.
+        ``(n_starts,)`` mean log evidence of the common images under the final
+        map of each start in ``finished_starts``.
+    finished_starts
+        ``(n_starts,)`` the starts run to the end: ``0 .. n_starts - 1``, or with
+        screening the ``n_starts`` screened starts of largest evidence.
     chosen_start
         Index of the start kept (the largest evidence).
+    screen_evidences
+        ``(screen_starts,)`` mean log evidence of the common images under each
+        screened start's map at the screen (empty without screening).
     seconds, settings
         Bookkeeping.
     """
@@ -54,7 +60,9 @@ class AbinitResult:
     pixel_size_angstrom: float
     working_pixel_size_angstrom: float
     start_evidences: tuple[float, ...]
+    finished_starts: tuple[int, ...]
     chosen_start: int
+    screen_evidences: tuple[float, ...]
     seconds: float
     settings: AbinitSettings
 
@@ -66,7 +74,16 @@ class AbinitProgress:
     Attributes
     ----------
     start, step, n_steps
-        0-based start and the 1-based step within it, of ``n_steps`` per start.
+        0-based run and the 1-based step within it, of ``n_steps`` in that run.
+        Without screening a run is a start (seeded ``seed + 1000 start``) from
+        step 1 to the settings' ``n_steps``. With screening, runs
+        ``0 .. screen_starts - 1`` are the screened starts' first
+        ``screen_steps`` steps, and the later runs take the kept starts on from
+        step ``screen_steps + 1`` to ``n_steps``.
+    seed_start
+        The start (its seed) this run belongs to.
+    screening
+        Whether this run is a screened start's first steps.
     resolution_angstrom
         The step's search and low-pass limit (Å).
     half_map_resolution_angstrom
@@ -84,6 +101,8 @@ class AbinitProgress:
     start: int
     step: int
     n_steps: int
+    seed_start: int
+    screening: bool
     resolution_angstrom: float
     half_map_resolution_angstrom: float
     log_likelihood: float

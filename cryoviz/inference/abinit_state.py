@@ -1,8 +1,9 @@
 """The state of an ab initio run (:mod:`cryoviz.inference.abinit`), saved and restored.
 
 A start's model (running half sums, noise, map, latest poses), its minibatch
-schedule and random generator, and the best finished start are what the next
-step needs. :func:`save_abinit_state` writes them to ``abinit_state.pt`` in the
+schedule and random generator, the best finished start and, when starts are
+screened, the screened starts kept to go on are what the next step needs.
+:func:`save_abinit_state` writes them to ``abinit_state.pt`` in the
 run folder (a temporary file, then renamed); a run resumed from it takes the
 same steps with the same images and ends with the map an unbroken run gives.
 """
@@ -27,11 +28,12 @@ from cryoviz.inference.refine_state import (
 from cryoviz.io.mrc import atomic_output
 from cryoviz.metrics.fsc import FSCCurve
 
-__all__ = ["ABINIT_STATE_FILE", "Schedule", "StartState", "BestStart", "AbinitCheckpoint",
-           "save_abinit_state", "load_abinit_state"]
+__all__ = ["ABINIT_STATE_FILE", "Schedule", "StartState", "BestStart", "PausedStart",
+           "keep_best", "AbinitCheckpoint", "abinit_finished", "save_abinit_state",
+           "load_abinit_state"]
 
 ABINIT_STATE_FILE = "abinit_state.pt"
-_FORMAT = 1
+_FORMAT = 2
 
 
 class Schedule:
@@ -159,13 +161,49 @@ class BestStart:
 
 
 @dataclass(frozen=True)
+class PausedStart:
+    """A screened start kept to go on after the screen.
+
+    Attributes
+    ----------
+    start
+        0-based start (its seed is the settings' seed + 1000 ``start``).
+    evidence
+        Mean log evidence of the common images under its map at the screen.
+    schedule, current, noise0
+        As in :class:`AbinitCheckpoint`, at the screen.
+    """
+
+    start: int
+    evidence: float
+    schedule: dict
+    current: dict
+    noise0: torch.Tensor
+
+    def to_payload(self) -> dict:
+        """Fields for :func:`torch.save`."""
+        return {"start": self.start, "evidence": self.evidence, "schedule": self.schedule,
+                "current": self.current, "noise0": self.noise0.cpu()}
+
+
+def keep_best(paused: list[PausedStart], n_keep: int) -> list[PausedStart]:
+    """The ``n_keep`` largest evidences (ties: the earlier start), in order of start."""
+    ranked = sorted(paused, key=lambda p: (-p.evidence, p.start))[:n_keep]
+    return sorted(ranked, key=lambda p: p.start)
+
+
+@dataclass(frozen=True)
 class AbinitCheckpoint:
     """The state of an ab initio run after ``step`` steps of start ``start``.
 
     Attributes
     ----------
     start, step
-        0-based start and the steps it has done (``n_steps``: finished).
+        0-based start and the steps it has done (``n_steps``, or
+        ``screen_steps`` for a screening run: finished).
+    screening
+        Whether that start is being screened (run to ``screen_steps``) or is
+        going on to ``n_steps``.
     schedule
         :meth:`Schedule.state` of that start.
     current
@@ -176,6 +214,10 @@ class AbinitCheckpoint:
         The best finished start so far, or ``None``.
     evidences
         Mean log evidence of each finished start.
+    screen_evidences
+        Mean log evidence of each screened start at the screen.
+    paused
+        The screened starts kept to go on that have not begun to (in order of start).
     last_progress
         The figures of the last step's progress (``resolution_angstrom``,
         ``half_map_resolution_angstrom``, ``log_likelihood``).
@@ -185,13 +227,25 @@ class AbinitCheckpoint:
 
     start: int
     step: int
+    screening: bool
     schedule: dict
     current: dict
     noise0: torch.Tensor
     best: BestStart | None
     evidences: tuple[float, ...]
+    screen_evidences: tuple[float, ...]
+    paused: tuple[PausedStart, ...]
     last_progress: dict
     elapsed_seconds: float
+
+
+def abinit_finished(saved: AbinitCheckpoint | None, settings) -> bool:
+    """Whether ``saved`` is a run at the last step of its last start."""
+    if saved is None or saved.screening or saved.step != settings.n_steps:
+        return False
+    if settings.screen_starts:
+        return not saved.paused
+    return saved.start == settings.n_starts - 1
 
 
 def save_abinit_state(run_dir: str | Path, state: AbinitCheckpoint, settings,
@@ -219,9 +273,12 @@ def save_abinit_state(run_dir: str | Path, state: AbinitCheckpoint, settings,
                 "shifts_angstrom": torch.from_numpy(b.shifts_angstrom),
                 "seen": torch.from_numpy(b.seen)}
     payload = {"format": _FORMAT, **run_identity(settings, particle_ids, ()),
-               "start": state.start, "step": state.step, "schedule": state.schedule,
-               "current": state.current, "noise0": state.noise0.cpu(), "best": best,
-               "evidences": list(state.evidences), "last_progress": dict(state.last_progress),
+               "start": state.start, "step": state.step, "screening": state.screening,
+               "schedule": state.schedule, "current": state.current,
+               "noise0": state.noise0.cpu(), "best": best, "evidences": list(state.evidences),
+               "screen_evidences": list(state.screen_evidences),
+               "paused": [p.to_payload() for p in state.paused],
+               "last_progress": dict(state.last_progress),
                "elapsed_seconds": float(state.elapsed_seconds)}
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
@@ -243,9 +300,11 @@ def load_abinit_state(run_dir: str | Path, settings,
         return None
     saved = read_checkpoint(path, ABINIT_STATE_FILE, _FORMAT)
     check_identity(path, saved, run_identity(settings, particle_ids, ()), ())
-    if not (0 <= saved["start"] < settings.n_starts and 1 <= saved["step"] <= settings.n_steps):
-        raise InputError(path, "start, step", f"a start below {settings.n_starts} and a step "
-                         f"from 1 to {settings.n_steps}", got=(saved["start"], saved["step"]))
+    n_runs = settings.screen_starts or settings.n_starts
+    last = settings.screen_steps if saved["screening"] else settings.n_steps
+    if not (0 <= saved["start"] < n_runs and 1 <= saved["step"] <= last):
+        raise InputError(path, "start, step", f"a start below {n_runs} and a step from 1 to "
+                         f"{last}", got=(saved["start"], saved["step"]))
     best = None
     if saved["best"] is not None:
         b = saved["best"]
@@ -253,9 +312,16 @@ def load_abinit_state(run_dir: str | Path, settings,
                          rotations=b["rotations"].numpy().copy(),
                          shifts_angstrom=b["shifts_angstrom"].numpy().copy(),
                          seen=b["seen"].numpy().copy())
+    paused = tuple(PausedStart(start=int(p["start"]), evidence=float(p["evidence"]),
+                               schedule=p["schedule"], current=p["current"],
+                               noise0=p["noise0"]) for p in saved["paused"])
     return AbinitCheckpoint(start=int(saved["start"]), step=int(saved["step"]),
+                            screening=bool(saved["screening"]),
                             schedule=saved["schedule"], current=saved["current"],
                             noise0=saved["noise0"], best=best,
                             evidences=tuple(float(e) for e in saved["evidences"]),
+                            screen_evidences=tuple(float(e)
+                                                   for e in saved["screen_evidences"]),
+                            paused=paused,
                             last_progress=dict(saved["last_progress"]),
                             elapsed_seconds=float(saved["elapsed_seconds"]))

@@ -61,9 +61,21 @@ def _abinit_settings(args: argparse.Namespace, particles, n_starts: int):
     working = min(args.abinit_box, particles.box_size)
     batch = AbinitSettings.batch_size
     return AbinitSettings(n_steps=args.abinit_steps, box_size=working - working % 2,
-                          n_starts=n_starts, seed=args.seed if args.seed is not None else 0,
+                          n_starts=n_starts, screen_starts=args.abinit_screen,
+                          screen_steps=args.abinit_screen_steps,
+                          seed=args.seed if args.seed is not None else 0,
                           memory_images=max(batch, min(AbinitSettings.memory_images,
                                                        len(particles))))
+
+
+def start_label(progress, settings) -> str:
+    """Which start an :class:`~cryoviz.inference.abinit.AbinitProgress` step is of, in words."""
+    if progress.screening:
+        return f"screening start {progress.seed_start + 1}/{settings.screen_starts}"
+    if settings.screen_starts:
+        return (f"kept start {progress.seed_start + 1} "
+                f"({progress.start - settings.screen_starts + 1}/{settings.n_starts})")
+    return f"start {progress.seed_start + 1}/{settings.n_starts}"
 
 
 def run_ab_initio(args: argparse.Namespace, particles) -> None:
@@ -112,11 +124,11 @@ def run_ab_initio(args: argparse.Namespace, particles) -> None:
     for state in iter_ab_initio(particles, abinit, refine, device=args.device,
                                 checkpoint_dir=out, initial_map=initial, resume=args.resume):
         if log.add(progress_record(state)) and isinstance(state, AbinitProgress):
-            print(f"initial model continues at start {state.start + 1} step "
+            print(f"initial model continues at {start_label(state, abinit)} step "
                   f"{state.step}", file=sys.stderr, flush=True)
         if isinstance(state, AbinitProgress):
-            if state.step % 10 == 0 or state.result is not None:
-                print(f"initial model start {state.start + 1}/{abinit.n_starts} step "
+            if state.step % 10 == 0 or state.step == state.n_steps:
+                print(f"initial model {start_label(state, abinit)} step "
                       f"{state.step}/{state.n_steps}  limit "
                       f"{state.resolution_angstrom:.1f} Å  {state.images_per_second:.0f} "
                       f"images/s  {state.elapsed_seconds:.0f} s", file=sys.stderr, flush=True)
@@ -144,7 +156,8 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
     keeping the K maps of all restarts that explain a common image set best) are
     written as ``volumes/abinit_mixture_class_#.mrc`` with the particles' classes
     under them (``abinit_classes.npz``). Then each class's particles get an
-    initial model of their own (``--abinit-starts`` starts; checkpoints in
+    initial model of their own (``--abinit-starts`` starts, screened from
+    ``--abinit-screen`` starts when given; checkpoints in
     ``class_<k>_abinit/``), written as ``volumes/abinit_class_#.mrc``; the
     classification with poses searched starts from those and writes what
     ``relion-class3d --initial-map`` writes, plus ``log.jsonl``. ``--resume``
@@ -188,7 +201,7 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
         if isinstance(state, ClassAbinitProgress):
             _report_class_abinit(state, first_new, out, particles, apix)
         elif isinstance(state, ClassMapProgress):
-            _report_class_map(state, first_new, saved, apix)
+            _report_class_map(state, first_new, saved, apix, abinit)
         else:
             fractions = ", ".join(f"{f:.2f}" for f in state.class_fractions)
             print(f"classes iteration {state.iteration}/{state.n_iterations}"
@@ -230,7 +243,8 @@ def _report_class_abinit(state, first_new: bool, out: Path, particles, apix: flo
         write_volume(out / "volumes" / f"abinit_mixture_class_{k}.mrc", volume.numpy(), apix)
 
 
-def _report_class_map(state, first_new: bool, saved: list[Path], apix: float) -> None:
+def _report_class_map(state, first_new: bool, saved: list[Path], apix: float,
+                      settings) -> None:
     """Print a step of one class's own initial model; write every class's map at the end."""
     from cryoviz.io.mrc import write_volume  # noqa: PLC0415
 
@@ -240,9 +254,10 @@ def _report_class_map(state, first_new: bool, saved: list[Path], apix: float) ->
         return
     p = state.progress
     if first_new:
-        print(f"class {state.class_index}'s initial model continues at start {p.start + 1} "
-              f"step {p.step}", file=sys.stderr, flush=True)
-    if p.step % 10 == 0 or p.result is not None:
-        print(f"class {state.class_index} ({state.n_particles} particles) initial model start "
-              f"{p.start + 1} step {p.step}/{p.n_steps}  limit {p.resolution_angstrom:.1f} Å  "
+        print(f"class {state.class_index}'s initial model continues at "
+              f"{start_label(p, settings)} step {p.step}", file=sys.stderr, flush=True)
+    if p.step % 10 == 0 or p.step == p.n_steps:
+        print(f"class {state.class_index} ({state.n_particles} particles) initial model "
+              f"{start_label(p, settings)} step {p.step}/{p.n_steps}  limit "
+              f"{p.resolution_angstrom:.1f} Å  "
               f"{p.elapsed_seconds:.0f} s", file=sys.stderr, flush=True)
