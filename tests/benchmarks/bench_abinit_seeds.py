@@ -13,6 +13,10 @@ mixture. For each seed it records:
   working map (the same images, noise per shell and resolution limit for every
   seed): the figure by which the recipe's ``n_starts`` picks its start.
 
+``--trace-every K`` also records that evidence every ``K`` steps of each seed's
+run (the map as it stands then): how early a start's evidence tells whether it
+will find the map, which is what screening many short starts needs.
+
 ``--truth-control`` also searches every particle's pose against the true map
 low-passed to 12 and 20 Å (one global exact-EM iteration,
 :func:`cryoviz.inference.refine.run_refine`, errors in the truth's frame): whether
@@ -26,7 +30,8 @@ closed state (1AKE).
 Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_seeds.py [--state 1] \\
-        [--seeds 0,1,2,3,4,5,6,7] [--abinit-steps 150] [--truth-control] [--output JSON]
+        [--seeds 0,1,2,3,4,5,6,7] [--abinit-steps 150] [--trace-every K] [--truth-control] \\
+        [--output JSON]
 
 Writes ``tests/benchmarks/results/abinit_seeds_state<S>_<device>.json``.
 """
@@ -48,7 +53,15 @@ from bench_forward_backproject import RESULTS_DIR, load_average, machine_info  #
 from cryoviz.bench.suite import build_dataset, suite_datasets  # noqa: E402
 from cryoviz.bench.tasks import load_truth  # noqa: E402
 from cryoviz.imaging import volume_to_fourier  # noqa: E402
-from cryoviz.inference.abinit import AbinitSettings, _Context, run_abinit  # noqa: E402
+from cryoviz.inference.abinit import (  # noqa: E402
+    AbinitSettings,
+    _Context,
+    _random_start,
+    _step,
+    run_abinit,
+    upsample_map,
+)
+from cryoviz.inference.abinit_state import Schedule  # noqa: E402
 from cryoviz.inference.refine import RefineSettings, run_refine  # noqa: E402
 from cryoviz.io import load_particles  # noqa: E402
 from cryoviz.io.particles import ImageSource  # noqa: E402
@@ -93,6 +106,30 @@ class EvidenceProbe:
                                      self.limit).evidence.mean())
 
 
+def traced_run(particles, source, settings: AbinitSettings, probe: EvidenceProbe,
+               every: int) -> tuple[dict, list[dict]]:
+    """One start of the initial model, step by step as :func:`run_abinit` takes them.
+
+    Returns the final map and poses (``map``, ``working_map``, ``rotations``,
+    ``seen``) and the evidence every ``every`` steps (``[{"step", "evidence"}]``).
+    """
+    box = settings.box_size or particles.box_size
+    apix = particles.pixel_size_angstrom * particles.box_size / box
+    ctx = _Context.build(particles, source, settings, torch.device("cpu"), box, apix)
+    layout = half_plane_shells(box)
+    rng = np.random.default_rng(settings.seed)
+    state = _random_start(ctx, rng, torch.Generator().manual_seed(settings.seed), layout)
+    schedule = Schedule(len(particles), settings.batch_size, rng)
+    trace = []
+    for step in range(1, settings.n_steps + 1):
+        _step(ctx, state, schedule.next_batch(), step, layout)
+        if step % every == 0 or step == settings.n_steps:
+            trace.append({"step": step, "evidence": probe(state.volume)})
+    working = state.volume.to(torch.float32)
+    return {"map": upsample_map(working, particles.box_size), "working_map": working,
+            "rotations": state.rotations, "seen": state.seen}, trace
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-data"))
@@ -100,6 +137,7 @@ def main() -> None:
     parser.add_argument("--state", type=int, default=1)
     parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
     parser.add_argument("--abinit-steps", type=int, default=150)
+    parser.add_argument("--trace-every", type=int, default=0)
     parser.add_argument("--truth-control", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
@@ -119,16 +157,23 @@ def main() -> None:
         probe = EvidenceProbe(subset, source, AbinitSettings(n_steps=args.abinit_steps))
         for seed in seeds:
             t0 = time.perf_counter()
-            result = run_abinit(subset, settings=AbinitSettings(
-                n_steps=args.abinit_steps, n_starts=1, seed=seed))
-            curve = fsc(align_volume(result.map.to(torch.float64), reference).aligned,
+            settings = AbinitSettings(n_steps=args.abinit_steps, n_starts=1, seed=seed)
+            trace = []
+            if args.trace_every:
+                result, trace = traced_run(subset, source, settings, probe, args.trace_every)
+            else:
+                run = run_abinit(subset, settings=settings)
+                result = {"map": run.map, "working_map": run.working_map,
+                          "rotations": run.rotations, "seen": run.seen}
+            seen = result["seen"]
+            curve = fsc(align_volume(result["map"].to(torch.float64), reference).aligned,
                         reference)
-            err = rotation_error_deg(torch.as_tensor(result.rotations[result.seen]),
-                                     true_rotations[result.seen]).numpy()
+            err = rotation_error_deg(torch.as_tensor(result["rotations"][seen]),
+                                     true_rotations[seen]).numpy()
             rows.append({"seed": seed, "fsc05_angstrom": float(curve.resolution_angstrom(apix,
                                                                                           0.5)),
-                         **error_summary(err), "evidence": probe(result.working_map),
-                         "seconds": time.perf_counter() - t0})
+                         **error_summary(err), "evidence": probe(result["working_map"]),
+                         "evidence_trace": trace, "seconds": time.perf_counter() - t0})
             print(json.dumps(rows[-1]), flush=True)
     control = []
     if args.truth_control:
@@ -147,7 +192,7 @@ def main() -> None:
            "dataset": {"name": args.dataset, "state": args.state, "particles": len(subset),
                        "box": particles.box_size, "pixel_size_angstrom": apix},
            "settings": {"abinit_steps": args.abinit_steps, "n_starts": 1,
-                        "common_images": COMMON_IMAGES},
+                        "common_images": COMMON_IMAGES, "trace_every": args.trace_every},
            "seeds": rows, "truth_control": control}
     path = args.output or RESULTS_DIR / (
         f"abinit_seeds_state{args.state}_{out['machine']['device']}.json")
