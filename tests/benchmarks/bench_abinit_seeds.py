@@ -17,6 +17,12 @@ mixture. For each seed it records:
 run (the map as it stands then): how early a start's evidence tells whether it
 will find the map, which is what screening many short starts needs.
 
+``--screen C --screen-steps S --keep M`` runs each seed as the recipe's
+screening does instead of one start: ``C`` starts of ``S`` steps, the ``M`` of
+largest evidence taken on to the end, the best of those kept
+(:class:`~cryoviz.inference.abinit.AbinitSettings` ``screen_starts``); the row
+adds the screen's evidences and the starts kept.
+
 ``--truth-control`` also searches every particle's pose against the true map
 low-passed to 12 and 20 Å (one global exact-EM iteration,
 :func:`cryoviz.inference.refine.run_refine`, errors in the truth's frame): whether
@@ -30,8 +36,8 @@ closed state (1AKE).
 Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_seeds.py [--state 1] \\
-        [--seeds 0,1,2,3,4,5,6,7] [--abinit-steps 150] [--trace-every K] [--truth-control] \\
-        [--output JSON]
+        [--seeds 0,1,2,3,4,5,6,7] [--abinit-steps 150] [--trace-every K] \\
+        [--screen C --screen-steps S --keep M] [--truth-control] [--output JSON]
 
 Writes ``tests/benchmarks/results/abinit_seeds_state<S>_<device>.json``.
 """
@@ -138,9 +144,14 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7")
     parser.add_argument("--abinit-steps", type=int, default=150)
     parser.add_argument("--trace-every", type=int, default=0)
+    parser.add_argument("--screen", type=int, default=0)
+    parser.add_argument("--screen-steps", type=int, default=100)
+    parser.add_argument("--keep", type=int, default=1)
     parser.add_argument("--truth-control", action="store_true")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    if args.trace_every and args.screen:
+        parser.error("--trace-every follows one start; it cannot be combined with --screen")
     specs = {s.name: s for s in suite_datasets("small") + suite_datasets("tiny")}
     folder = build_dataset(specs[args.dataset], args.root)
     particles = load_particles(folder / "particles.star")
@@ -157,14 +168,22 @@ def main() -> None:
         probe = EvidenceProbe(subset, source, AbinitSettings(n_steps=args.abinit_steps))
         for seed in seeds:
             t0 = time.perf_counter()
-            settings = AbinitSettings(n_steps=args.abinit_steps, n_starts=1, seed=seed)
-            trace = []
+            settings = AbinitSettings(n_steps=args.abinit_steps, seed=seed,
+                                      n_starts=args.keep if args.screen else 1,
+                                      screen_starts=args.screen,
+                                      screen_steps=args.screen_steps)
+            trace, screen = [], {}
             if args.trace_every:
                 result, trace = traced_run(subset, source, settings, probe, args.trace_every)
             else:
                 run = run_abinit(subset, settings=settings)
                 result = {"map": run.map, "working_map": run.working_map,
                           "rotations": run.rotations, "seen": run.seen}
+                if args.screen:
+                    screen = {"screen_evidences": list(run.screen_evidences),
+                              "finished_starts": list(run.finished_starts),
+                              "start_evidences": list(run.start_evidences),
+                              "chosen_start": run.chosen_start}
             seen = result["seen"]
             curve = fsc(align_volume(result["map"].to(torch.float64), reference).aligned,
                         reference)
@@ -173,7 +192,8 @@ def main() -> None:
             rows.append({"seed": seed, "fsc05_angstrom": float(curve.resolution_angstrom(apix,
                                                                                           0.5)),
                          **error_summary(err), "evidence": probe(result["working_map"]),
-                         "evidence_trace": trace, "seconds": time.perf_counter() - t0})
+                         "evidence_trace": trace, **screen,
+                         "seconds": time.perf_counter() - t0})
             print(json.dumps(rows[-1]), flush=True)
     control = []
     if args.truth_control:
@@ -191,8 +211,10 @@ def main() -> None:
                        "load_average_end": load_average()},
            "dataset": {"name": args.dataset, "state": args.state, "particles": len(subset),
                        "box": particles.box_size, "pixel_size_angstrom": apix},
-           "settings": {"abinit_steps": args.abinit_steps, "n_starts": 1,
-                        "common_images": COMMON_IMAGES, "trace_every": args.trace_every},
+           "settings": {"abinit_steps": args.abinit_steps, "common_images": COMMON_IMAGES,
+                        "trace_every": args.trace_every,
+                        **{k: getattr(settings, k) for k in ("n_starts", "screen_starts",
+                                                             "screen_steps")}},
            "seeds": rows, "truth_control": control}
     path = args.output or RESULTS_DIR / (
         f"abinit_seeds_state{args.state}_{out['machine']['device']}.json")
