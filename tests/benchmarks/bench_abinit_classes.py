@@ -32,8 +32,11 @@ Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_classes.py \\
         [--root /tmp/bench-data] [--dataset mixture-hi-uniform-small] [--seed 0] \\
-        [--iterations 5] [--abinit-steps 150] [--starts 1] [--homogeneous-control] \
-        [--skip-classes] [--output JSON]
+        [--iterations 5] [--abinit-steps 150] [--starts 1] [--screen C --screen-steps S] \
+        [--homogeneous-control] [--skip-classes] [--output JSON]
+
+``--screen C --screen-steps S`` screens C starts of each class's own initial
+model (and the control's) for S steps and takes the R best on.
 
 ``--starts R`` restarts the K-class initial models R times and keeps the K maps of
 all restarts that explain a common image set best (and gives the control R starts).
@@ -138,6 +141,11 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=1,
                         help="restarts of the K-class initial models (n_starts); the control's "
                         "starts too")
+    parser.add_argument("--screen", type=int, default=0,
+                        help="screened starts of each class's own initial model (and of the "
+                        "control's): screen_starts; the --starts best go on")
+    parser.add_argument("--screen-steps", type=int, default=100,
+                        help="steps of a screened start before the screen")
     parser.add_argument("--homogeneous-control", action="store_true",
                         help="also the one-class pipeline on each true state's particles")
     parser.add_argument("--skip-classes", action="store_true",
@@ -149,7 +157,8 @@ def main() -> None:
     particles = load_particles(folder / "particles.star")
     truth = load_truth(folder)
     start_load = load_average()
-    abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=args.starts, seed=args.seed)
+    abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=args.starts, seed=args.seed,
+                            screen_starts=args.screen, screen_steps=args.screen_steps)
     refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.iterations)
     stages, t0 = {}, time.perf_counter()
     for state in () if args.skip_classes else iter_class_ab_initio(particles, 2, abinit, refine):
@@ -192,13 +201,15 @@ def main() -> None:
                        "box": particles.box_size,
                        "pixel_size_angstrom": particles.pixel_size_angstrom},
            "settings": {"seed": args.seed, "abinit_steps": args.abinit_steps,
-                        "starts": args.starts,
+                        "starts": args.starts, "screen_starts": args.screen,
+                        "screen_steps": args.screen_steps,
                         "classes_run": not args.skip_classes,
                         "abinit_box": abinit.box_size, "iterations": args.iterations,
                         "classes": 2},
            **stages}
     suffix = ("_control" if args.skip_classes else "") + (
         "" if args.starts == 1 else f"_starts{args.starts}") + (
+        "" if not args.screen else f"_screen{args.screen}x{args.screen_steps}") + (
         "" if args.seed == 0 else f"_seed{args.seed}")
     path = args.output or RESULTS_DIR / f"abinit_classes_{out['machine']['device']}{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
