@@ -83,6 +83,24 @@ def _killed_after(real, steps: int):
     return killed
 
 
+def _unbroken_and_killed(data, flags: list[str], name: str, stage: str, steps: int,
+                         monkeypatch) -> tuple[Path, Path]:
+    """An unbroken run on ``data`` (root, STAR file); the same run killed after ``steps``
+    yields of ``stage`` (the pipeline's name of an initial-model generator)."""
+    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
+
+    root, star = data
+    unbroken, out = root / f"unbroken_{name}", root / f"killed_{name}"
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(unbroken),
+                 *flags]) == 0
+    real = getattr(pipeline, stage)
+    monkeypatch.setattr(pipeline, stage, _killed_after(real, steps))
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
+    monkeypatch.setattr(pipeline, stage, real)
+    return unbroken, out
+
+
 def _score(volume, truth) -> tuple[float, float]:
     aligned = align_volume(torch.as_tensor(volume), truth)
     return aligned.correlation, fsc(aligned.aligned, truth).resolution_angstrom(APIX, 0.5)
@@ -161,21 +179,12 @@ def test_resume_skips_the_initial_model_and_continues_the_refinement(data, capsy
 
 def test_resume_continues_an_interrupted_initial_model(data, capsys, monkeypatch):
     """Killed during the initial model: --resume continues from abinit_state.pt."""
-    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
-
     root, folder = data
     flags = ["--abinit-steps", "6", "--abinit-box", "16", "--abinit-starts", "1",
              "--epochs", "1", "--max-order", "3", "--batch-size", "200"]
     star = str(folder / "particles.star")
-    unbroken = root / "unbroken_small"
-    assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(unbroken),
-                 *flags]) == 0
-    real = pipeline.iter_abinit
-    out = root / "killed"
-    monkeypatch.setattr(pipeline, "iter_abinit", _killed_after(real, 4))
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
-    monkeypatch.setattr(pipeline, "iter_abinit", real)
+    unbroken, out = _unbroken_and_killed((root, star), flags, "small", "iter_abinit", 4,
+                                         monkeypatch)
     assert not (out / "volumes" / "abinit_map.mrc").exists()
     capsys.readouterr()
     assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
@@ -191,25 +200,14 @@ def test_resume_continues_an_interrupted_initial_model(data, capsys, monkeypatch
 
 def test_screened_initial_model_resumes_within_the_screen(data, capsys, monkeypatch):
     """--abinit-screen 3: killed in the second screened start, resumed to the unbroken run."""
-    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
-
     root, folder = data
     flags = ["--abinit-steps", "6", "--abinit-box", "16", "--abinit-starts", "1",
              "--abinit-screen", "3", "--abinit-screen-steps", "3", "--epochs", "1",
              "--max-order", "3", "--batch-size", "200"]
     star = str(folder / "particles.star")
-    unbroken = root / "unbroken_screened"
-    assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(unbroken),
-                 *flags]) == 0
-    err = capsys.readouterr().err
-    assert "initial model screening start 3/3 step 3/3" in err
-    real = pipeline.iter_abinit
-    out = root / "killed_screened"
-    monkeypatch.setattr(pipeline, "iter_abinit", _killed_after(real, 5))
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
-    monkeypatch.setattr(pipeline, "iter_abinit", real)
-    capsys.readouterr()
+    unbroken, out = _unbroken_and_killed((root, star), flags, "screened", "iter_abinit", 5,
+                                         monkeypatch)
+    assert "initial model screening start 3/3 step 3/3" in capsys.readouterr().err
     assert main(["train", star, "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
                  "--resume"]) == 0
     assert "initial model continues at screening start 2/3 step 3" in capsys.readouterr().err
@@ -284,23 +282,6 @@ def test_class_ab_initio_command_writes_classes_maps_and_poses(mixture, capsys):
     assert (out / "volumes" / "abinit_class_0.mrc").read_bytes() == initial
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
-
-
-def _unbroken_and_killed(mixture, flags: list[str], name: str, stage: str, steps: int,
-                         monkeypatch) -> tuple[Path, Path]:
-    """An unbroken class run, and the same run killed after ``steps`` yields of ``stage``."""
-    import cryoviz.inference.abinit_pipeline as pipeline  # noqa: PLC0415
-
-    root, star = mixture
-    unbroken, out = root / f"unbroken_{name}", root / f"killed_{name}"
-    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(unbroken),
-                 *flags]) == 0
-    real = getattr(pipeline, stage)
-    monkeypatch.setattr(pipeline, stage, _killed_after(real, steps))
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *flags])
-    monkeypatch.setattr(pipeline, stage, real)
-    return unbroken, out
 
 
 def test_class_ab_initio_resumes_interrupted_restarts(mixture, capsys, monkeypatch):
