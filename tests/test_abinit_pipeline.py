@@ -22,6 +22,7 @@ holds and how it resumes.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -227,7 +228,8 @@ def test_screened_initial_model_resumes_within_the_screen(data, capsys, monkeypa
 
 
 CLASS_FLAGS = ["--classes", "2", "--abinit-steps", "8", "--abinit-box", "16", "--epochs", "1",
-               "--max-order", "3", "--batch-size", "200", "--abinit-starts", "1"]
+               "--max-order", "3", "--batch-size", "200", "--abinit-screen", "0",
+               "--abinit-starts", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -336,6 +338,19 @@ def test_class_pipeline_yields_its_stages_in_order(mixture):
     json.dumps(records, allow_nan=False)
     without = list(iter_class_ab_initio(particles, 2, abinit, refine, per_class_maps=False))
     assert [type(s) for s in without] == [ClassAbinitProgress] * 2 + [ClassRefineProgress]
+    # screening applies to each class's own initial model only: 2 screened runs of one
+    # step and the one kept run's second step per class
+    screened = replace(abinit, screen_starts=2, screen_steps=1)
+    states = list(iter_class_ab_initio(particles, 2, screened, refine))
+    assert [type(s) for s in states] == ([ClassAbinitProgress] * 2
+                                         + [ClassMapProgress] * (3 * len(own) + 1)
+                                         + [ClassRefineProgress])
+    steps = [(s.class_index, s.progress.start, s.progress.screening, s.progress.step)
+             for s in states[2:2 + 3 * len(own)]]
+    assert steps == [(k, *run) for k in own for run in ((0, True, 1), (1, True, 1),
+                                                         (2, False, 2))]
+    positions = [log_position(progress_record(s)) for s in states]
+    assert positions == sorted(positions)
 
 
 def test_class_ab_initio_resumes_a_class_initial_model(mixture, capsys, monkeypatch):

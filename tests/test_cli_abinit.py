@@ -1,4 +1,4 @@
-"""``cryoviz.train.cli_abinit``: the run log of ab initio runs.
+"""``cryoviz.train.cli_abinit``: the run log of ab initio runs and the initial-model settings.
 
 The commands themselves (one map and ``--classes K``, resumed or not) are run end
 to end in ``tests/test_abinit_pipeline.py``.
@@ -6,9 +6,14 @@ to end in ``tests/test_abinit_pipeline.py``.
 
 from __future__ import annotations
 
+import argparse
 import json
 
-from cryoviz.train.cli_abinit import _RunLog
+import pytest
+
+from cryoviz.cli import build_parser
+from cryoviz.inference.abinit_pipeline import CLASS_SCREEN_FACTOR
+from cryoviz.train.cli_abinit import _RunLog, abinit_settings
 
 
 def _record(phase: str, number: int) -> dict:
@@ -36,3 +41,28 @@ def test_a_fresh_run_starts_a_new_log(tmp_path):
     log = _RunLog(tmp_path, resume=False)
     assert log.add(_record("abinit", 1)) is False
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 1
+
+
+class _Particles:
+    box_size = 64
+
+    def __len__(self) -> int:
+        return 4000
+
+
+def _args(*flags: str) -> argparse.Namespace:
+    return build_parser().parse_args(["train", "p.star", "--recipe", "cryosparc-abinit",
+                                      "-o", "out", *flags])
+
+
+@pytest.mark.parametrize(("flags", "classes", "expected"), [
+    ((), False, (0, 75)),  # one map: no screening by default
+    ((), True, (CLASS_SCREEN_FACTOR * 3, 75)),  # classes: 4 per kept start, half the steps
+    (("--abinit-starts", "2", "--abinit-steps", "40"), True, (CLASS_SCREEN_FACTOR * 2, 20)),
+    (("--abinit-screen", "0"), True, (0, 75)),
+    (("--abinit-screen", "9", "--abinit-screen-steps", "30"), False, (9, 30)),
+])
+def test_screening_defaults(flags, classes, expected):
+    settings = abinit_settings(_args(*flags), _Particles(), classes=classes)
+    assert (settings.screen_starts, settings.screen_steps) == expected
+    settings.validate(64)

@@ -156,7 +156,7 @@ class AbinitSettings:
     mask_radius_fraction: float = 0.42
     n_starts: int = 3
     screen_starts: int = 0
-    screen_steps: int = 100
+    screen_steps: int = 75
     initial_noise_factor: float = 1.0
     seed: int = 0
 

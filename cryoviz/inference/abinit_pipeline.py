@@ -47,12 +47,17 @@ from cryoviz.inference.class_refine import ClassRefineProgress, iter_class_refin
 from cryoviz.inference.refine import RefineProgress, RefineSettings, iter_refine
 from cryoviz.io.particles import ParticleSet
 
-__all__ = ["MIN_CLASS_PARTICLES", "ClassMapProgress", "refinement_after_abinit",
-           "iter_ab_initio", "iter_class_ab_initio", "iter_class_maps", "progress_record",
-           "log_position"]
+__all__ = ["MIN_CLASS_PARTICLES", "CLASS_SCREEN_FACTOR", "ClassMapProgress",
+           "refinement_after_abinit", "iter_ab_initio", "iter_class_ab_initio",
+           "iter_class_maps", "progress_record", "log_position"]
 
 #: A class with fewer particles keeps its K-class map (no initial model of its own).
 MIN_CLASS_PARTICLES = 100
+
+#: The recipe's screening of each class's own initial model: this many screened starts
+#: per start kept (``cryoviz train --classes`` and the bench's ``cryosparc-abinit-classes``;
+#: ``docs/benchmarks.md``, "Screening many short starts").
+CLASS_SCREEN_FACTOR = 4
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,13 +130,13 @@ def add_parsers(subparsers) -> None:
                     help="independent starts of the initial model; the best is kept (default 3; "
                     "with --classes: restarts of the K-class run, the K maps of all restarts "
                     "that explain the images best are kept)")
-    tr.add_argument("--abinit-screen", type=int, default=0,
+    tr.add_argument("--abinit-screen", type=int, default=None,
                     help="screen this many random starts of the one-class initial model(s) "
                     "for --abinit-screen-steps steps and take the --abinit-starts of largest "
-                    "evidence on to the end (default 0: no screening; with --classes: each "
-                    "class's own initial model)")
-    tr.add_argument("--abinit-screen-steps", type=int, default=100,
-                    help="steps of a screened start before the screen (default 100, fewer than "
+                    "evidence on to the end; 0: no screening (default: 0 for one map; with "
+                    "--classes 4 x --abinit-starts for each class's own initial model)")
+    tr.add_argument("--abinit-screen-steps", type=int, default=None,
+                    help="steps of a screened start before the screen (default: half of "
                     "--abinit-steps)")
     tr.add_argument("--abinit-box", type=int, default=32,
                     help="working box of the initial model (default 32, at most the box)")

@@ -20,7 +20,7 @@ import torch
 
 from cryoviz.errors import InputError
 
-__all__ = ["run_ab_initio"]
+__all__ = ["run_ab_initio", "abinit_settings"]
 
 
 class _RunLog:
@@ -54,15 +54,28 @@ class _RunLog:
         return first
 
 
-def _abinit_settings(args: argparse.Namespace, particles, n_starts: int):
-    """:class:`AbinitSettings` of the initial model(s) from the command line."""
+def abinit_settings(args: argparse.Namespace, particles, classes: bool = False):
+    """:class:`AbinitSettings` of the initial model(s) from the command line.
+
+    ``--abinit-screen`` defaults to 0 (no screening) for one map and, with
+    ``classes``, to :data:`~cryoviz.inference.abinit_pipeline.CLASS_SCREEN_FACTOR`
+    times ``--abinit-starts`` (a state inside a mixture is found by fewer starts;
+    ``docs/benchmarks.md``, "Screening many short starts"); ``--abinit-screen-steps``
+    to half of ``--abinit-steps``.
+    """
     from cryoviz.inference.abinit import AbinitSettings  # noqa: PLC0415
+    from cryoviz.inference.abinit_pipeline import CLASS_SCREEN_FACTOR  # noqa: PLC0415
 
     working = min(args.abinit_box, particles.box_size)
     batch = AbinitSettings.batch_size
+    screen = args.abinit_screen
+    if screen is None:
+        screen = CLASS_SCREEN_FACTOR * args.abinit_starts if classes else 0
+    screen_steps = args.abinit_screen_steps
     return AbinitSettings(n_steps=args.abinit_steps, box_size=working - working % 2,
-                          n_starts=n_starts, screen_starts=args.abinit_screen,
-                          screen_steps=args.abinit_screen_steps,
+                          n_starts=args.abinit_starts, screen_starts=screen,
+                          screen_steps=(args.abinit_steps // 2 if screen_steps is None
+                                        else screen_steps),
                           seed=args.seed if args.seed is not None else 0,
                           memory_images=max(batch, min(AbinitSettings.memory_images,
                                                        len(particles))))
@@ -105,7 +118,7 @@ def run_ab_initio(args: argparse.Namespace, particles) -> None:
     from cryoviz.inference.refine import write_refine  # noqa: PLC0415
     from cryoviz.io.mrc import read_volume, write_volume  # noqa: PLC0415
 
-    abinit = _abinit_settings(args, particles, args.abinit_starts)
+    abinit = abinit_settings(args, particles)
     refine = refinement_after_abinit(abinit, modal=args.recipe == "cryosparc-abinit",
                                      n_iterations=args.epochs or 4,
                                      batch_size=args.batch_size or 64,
@@ -157,7 +170,7 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
     written as ``volumes/abinit_mixture_class_#.mrc`` with the particles' classes
     under them (``abinit_classes.npz``). Then each class's particles get an
     initial model of their own (``--abinit-starts`` starts, screened from
-    ``--abinit-screen`` starts when given; checkpoints in
+    ``--abinit-screen`` starts, by default 4 per start kept; checkpoints in
     ``class_<k>_abinit/``), written as ``volumes/abinit_class_#.mrc``; the
     classification with poses searched starts from those and writes what
     ``relion-class3d --initial-map`` writes, plus ``log.jsonl``. ``--resume``
@@ -179,7 +192,7 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
     if k_classes < 2:
         raise InputError(None, "--classes", "at least 2 for cryosparc-abinit (one class: leave "
                          "--classes out)", k_classes)
-    abinit = _abinit_settings(args, particles, args.abinit_starts)
+    abinit = abinit_settings(args, particles, classes=True)
     refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.epochs or 4,
                                      batch_size=args.batch_size or 64, max_order=args.max_order)
     out = Path(args.output)
