@@ -57,6 +57,7 @@ from cryoviz.inference.abinit_state import (
     keep_best,
     load_abinit_state,
     save_abinit_state,
+    top_starts,
 )
 from cryoviz.inference.pose_scoring import (
     normalise_scores,
@@ -394,8 +395,7 @@ def iter_abinit(particles: ParticleSet, settings: AbinitSettings | None = None,
     def finished_starts() -> tuple[int, ...]:
         if not screening:
             return tuple(range(len(evidences)))
-        ranked = sorted(range(len(screen_evidences)), key=lambda c: (-screen_evidences[c], c))
-        return tuple(sorted(ranked[:settings.n_starts]))
+        return top_starts(dict(enumerate(screen_evidences)), settings.n_starts)
 
     def result_of() -> AbinitResult:
         working = best.volume.to(torch.float32).cpu()

@@ -29,7 +29,7 @@ from cryoviz.io.mrc import atomic_output
 from cryoviz.metrics.fsc import FSCCurve
 
 __all__ = ["ABINIT_STATE_FILE", "Schedule", "StartState", "BestStart", "PausedStart",
-           "keep_best", "AbinitCheckpoint", "abinit_finished", "save_abinit_state",
+           "top_starts", "keep_best", "AbinitCheckpoint", "abinit_finished", "save_abinit_state",
            "load_abinit_state"]
 
 ABINIT_STATE_FILE = "abinit_state.pt"
@@ -186,10 +186,16 @@ class PausedStart:
                 "current": self.current, "noise0": self.noise0.cpu()}
 
 
+def top_starts(evidence_by_start: dict[int, float], n_keep: int) -> tuple[int, ...]:
+    """The ``n_keep`` starts of largest evidence (ties: the earlier start), in order of start."""
+    ranked = sorted(evidence_by_start, key=lambda c: (-evidence_by_start[c], c))[:n_keep]
+    return tuple(sorted(ranked))
+
+
 def keep_best(paused: list[PausedStart], n_keep: int) -> list[PausedStart]:
-    """The ``n_keep`` largest evidences (ties: the earlier start), in order of start."""
-    ranked = sorted(paused, key=lambda p: (-p.evidence, p.start))[:n_keep]
-    return sorted(ranked, key=lambda p: p.start)
+    """The paused starts :func:`top_starts` keeps, in order of start."""
+    kept = set(top_starts({p.start: p.evidence for p in paused}, n_keep))
+    return sorted((p for p in paused if p.start in kept), key=lambda p: p.start)
 
 
 @dataclass(frozen=True)
