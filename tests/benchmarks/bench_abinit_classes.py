@@ -33,10 +33,16 @@ Usage::
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_classes.py \\
         [--root /tmp/bench-data] [--dataset mixture-hi-uniform-small] [--seed 0] \\
         [--iterations 5] [--abinit-steps 150] [--starts 1] [--screen C --screen-steps S] \
-        [--homogeneous-control] [--skip-classes] [--output JSON]
+        [--more-iterations 10,15] [--homogeneous-control] [--skip-classes] \
+        [--output JSON]
 
 ``--screen C --screen-steps S`` screens C starts of each class's own initial
 model (and the control's) for S steps and takes the R best on.
+
+``--more-iterations 10,15`` then resumes the classification from its checkpoint
+(kept in a temporary folder) to 10, then 15 iterations, and scores it again at
+each (``classification_more``): what further iterations give, without running
+the initial models again.
 
 ``--starts R`` restarts the K-class initial models R times and keeps the K maps of
 all restarts that explain a common image set best (and gives the control R starts).
@@ -49,6 +55,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,6 +76,7 @@ from cryoviz.inference.abinit_pipeline import (  # noqa: E402
     iter_class_ab_initio,
     refinement_after_abinit,
 )
+from cryoviz.inference.class_refine import ClassRefineProgress  # noqa: E402
 from cryoviz.io import load_particles  # noqa: E402
 from cryoviz.metrics import fsc, rotation_error_deg  # noqa: E402
 from cryoviz.metrics.alignment import align_volume  # noqa: E402
@@ -130,6 +138,29 @@ def homogeneous_control(particles, truth, abinit, refine) -> list[dict]:
     return rows
 
 
+def more_iterations(particles, truth, abinit: AbinitSettings, counts: list[int],
+                    checkpoint: str) -> list[dict]:
+    """Resume the classification in ``checkpoint`` to each of ``counts`` iterations and score it."""
+    rows = []
+    for count in counts:
+        t0 = time.perf_counter()
+        refine = refinement_after_abinit(abinit, modal=True, n_iterations=count)
+        result = None
+        for state in iter_class_ab_initio(particles, 2, abinit, refine,
+                                          checkpoint_dir=checkpoint, resume=True):
+            if isinstance(state, ClassRefineProgress):
+                print(f"classification iteration {state.iteration}  fractions "
+                      f"{state.class_fractions}  changed {state.changed_fraction:.3f}",
+                      flush=True)
+                result = state.result or result
+        rows.append({"iterations": count,
+                     **score(result.classes.maps, result.classes.best_class,
+                             result.posterior.rotations, truth),
+                     "seconds": time.perf_counter() - t0})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-data"))
@@ -146,6 +177,9 @@ def main() -> None:
                         "control's): screen_starts; the --starts best go on")
     parser.add_argument("--screen-steps", type=int, default=100,
                         help="steps of a screened start before the screen")
+    parser.add_argument("--more-iterations", default="",
+                        help="comma-separated larger iteration counts: the classification "
+                        "is resumed to each and scored again")
     parser.add_argument("--homogeneous-control", action="store_true",
                         help="also the one-class pipeline on each true state's particles")
     parser.add_argument("--skip-classes", action="store_true",
@@ -160,8 +194,14 @@ def main() -> None:
     abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=args.starts, seed=args.seed,
                             screen_starts=args.screen, screen_steps=args.screen_steps)
     refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.iterations)
+    more = [int(v) for v in args.more_iterations.split(",") if v.strip()]
+    if any(b <= a for a, b in zip([args.iterations] + more[:-1], more, strict=True)):
+        parser.error("--more-iterations must increase from --iterations")
+    workdir = tempfile.TemporaryDirectory(prefix="bench_abinit_classes_") if more else None
+    checkpoint = None if workdir is None else workdir.name
     stages, t0 = {}, time.perf_counter()
-    for state in () if args.skip_classes else iter_class_ab_initio(particles, 2, abinit, refine):
+    for state in () if args.skip_classes else iter_class_ab_initio(
+            particles, 2, abinit, refine, checkpoint_dir=checkpoint):
         if isinstance(state, ClassAbinitProgress):
             if state.step % 25 == 0:
                 print(f"initial models restart {state.start} step {state.step}  fractions "
@@ -191,6 +231,9 @@ def main() -> None:
                 **score(result.classes.maps, result.classes.best_class,
                         result.posterior.rotations, truth),
                 "seconds": time.perf_counter() - t0}
+    if more and not args.skip_classes:
+        stages["classification_more"] = more_iterations(particles, truth, abinit, more,
+                                                        checkpoint)
     if args.homogeneous_control:
         stages["homogeneous_control"] = homogeneous_control(
             particles, truth, abinit, refinement_after_abinit(abinit, modal=True,
@@ -205,11 +248,13 @@ def main() -> None:
                         "screen_steps": args.screen_steps,
                         "classes_run": not args.skip_classes,
                         "abinit_box": abinit.box_size, "iterations": args.iterations,
+                        "more_iterations": more,
                         "classes": 2},
            **stages}
     suffix = ("_control" if args.skip_classes else "") + (
         "" if args.starts == 1 else f"_starts{args.starts}") + (
         "" if not args.screen else f"_screen{args.screen}x{args.screen_steps}") + (
+        "" if not more else f"_iters{more[-1]}") + (
         "" if args.seed == 0 else f"_seed{args.seed}")
     path = args.output or RESULTS_DIR / f"abinit_classes_{out['machine']['device']}{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
