@@ -1,4 +1,4 @@
-"""Heterogeneous ab initio (``cryosparc-abinit --classes 2``) on an open / closed mixture.
+"""Heterogeneous ab initio (``cryosparc-abinit --classes K``) on a mixture of discrete states.
 
 Nothing is given: no maps, no poses, no states. The run is the recipe's
 pipeline (:func:`cryoviz.inference.abinit_pipeline.iter_class_ab_initio`): two
@@ -26,7 +26,11 @@ the classes' maps.
 
 The dataset is the bench suite's (``--dataset``, default
 ``mixture-hi-uniform-small``: box 64, 2 Å/px, SNR 0.1, 4,000 particles, CTF),
-built under ``--root`` if it is not there.
+built under ``--root`` if it is not there. ``--dataset three-state-small`` is
+built by this script instead: three discrete states in one frame, 4AKE (open),
+1AKE (closed) and 4AKE without its LID domain (the suite's compositional
+subunit), 6,000 particles with equal state weights, and the same size, SNR,
+pose and CTF settings. ``--classes`` defaults to the dataset's number of states.
 
 Usage::
 
@@ -66,8 +70,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_forward_backproject import RESULTS_DIR, load_average, machine_info  # noqa: E402
 
 from cryoviz.analysis.clustering import label_agreement  # noqa: E402
-from cryoviz.bench.suite import build_dataset, suite_datasets  # noqa: E402
+from cryoviz.bench.suite import (  # noqa: E402
+    LID_RESIDUES,
+    SNRS,
+    SUITE_VERSION,
+    build_dataset,
+    suite_datasets,
+)
 from cryoviz.bench.tasks import load_truth  # noqa: E402
+from cryoviz.gaussians import gaussians_volume, structure_to_gaussians  # noqa: E402
 from cryoviz.inference.abinit import AbinitSettings  # noqa: E402
 from cryoviz.inference.abinit_classes import ClassAbinitProgress  # noqa: E402
 from cryoviz.inference.abinit_pipeline import (  # noqa: E402
@@ -78,8 +89,42 @@ from cryoviz.inference.abinit_pipeline import (  # noqa: E402
 )
 from cryoviz.inference.class_refine import ClassRefineProgress  # noqa: E402
 from cryoviz.io import load_particles  # noqa: E402
+from cryoviz.io.mrc import write_volume  # noqa: E402
 from cryoviz.metrics import fsc, rotation_error_deg  # noqa: E402
 from cryoviz.metrics.alignment import align_volume  # noqa: E402
+from cryoviz.simulate import SimulationConfig, simulate  # noqa: E402
+from cryoviz.structure import adenylate_kinase_pair  # noqa: E402
+
+THREE_STATE = "three-state-small"
+
+
+def three_state_dataset(root: Path, per_state: int = 2000) -> Path:
+    """Simulate (once) open, closed and LID-less open adenylate kinase into ``root``.
+
+    The three maps are rendered from the aligned 4AKE / 1AKE pair (B 20 Å²) on the
+    small suite's grid (box 64, 2 Å/px) and simulated at the ``hi`` SNR with
+    uniform poses, ``3 * per_state`` particles with equal state weights.
+    """
+    folder = root / THREE_STATE
+    record = folder / "bench_dataset.json"
+    wanted = {"suite_version": SUITE_VERSION, "dataset": THREE_STATE, "per_state": per_state}
+    if record.is_file() and json.loads(record.read_text()) == wanted:
+        return folder
+    box, apix = 64, 2.0
+    open_state, closed_state = adenylate_kinase_pair(aligned=True)
+    without_lid = open_state.subset(~open_state.residue_mask(LID_RESIDUES))
+    (folder / "inputs").mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, structure in (("4ake.mrc", open_state), ("1ake.mrc", closed_state),
+                            ("4ake_no_lid.mrc", without_lid)):
+        volume = gaussians_volume(structure_to_gaussians(structure, bfactor_a2=20.0), box, apix)
+        write_volume(folder / "inputs" / name, volume.numpy().astype(np.float32), apix)
+        paths.append(str(folder / "inputs" / name))
+    simulate(SimulationConfig(n_particles=3 * per_state, box_size=box, pixel_size_angstrom=apix,
+                              snr=SNRS["hi"], states=tuple(paths), ensemble="discrete",
+                              pose_distribution="uniform", seed=3), folder)
+    record.write_text(json.dumps(wanted, indent=2))
+    return folder
 
 
 def score_class(volume: torch.Tensor, members: np.ndarray, rotations: np.ndarray | None,
@@ -138,15 +183,15 @@ def homogeneous_control(particles, truth, abinit, refine) -> list[dict]:
     return rows
 
 
-def more_iterations(particles, truth, abinit: AbinitSettings, counts: list[int],
-                    checkpoint: str) -> list[dict]:
+def more_iterations(particles, truth, k_classes: int, abinit: AbinitSettings,
+                    counts: list[int], checkpoint: str) -> list[dict]:
     """Resume the classification in ``checkpoint`` to each of ``counts`` iterations and score it."""
     rows = []
     for count in counts:
         t0 = time.perf_counter()
         refine = refinement_after_abinit(abinit, modal=True, n_iterations=count)
         result = None
-        for state in iter_class_ab_initio(particles, 2, abinit, refine,
+        for state in iter_class_ab_initio(particles, k_classes, abinit, refine,
                                           checkpoint_dir=checkpoint, resume=True):
             if isinstance(state, ClassRefineProgress):
                 print(f"classification iteration {state.iteration}  fractions "
@@ -165,6 +210,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-data"))
     parser.add_argument("--dataset", default="mixture-hi-uniform-small")
+    parser.add_argument("--classes", type=int, default=None,
+                        help="K (default: the dataset's number of true states)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--iterations", type=int, default=5,
                         help="classification iterations after the initial models")
@@ -187,9 +234,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     specs = {s.name: s for s in suite_datasets("small") + suite_datasets("tiny")}
-    folder = build_dataset(specs[args.dataset], args.root)
+    folder = (three_state_dataset(args.root) if args.dataset == THREE_STATE
+              else build_dataset(specs[args.dataset], args.root))
     particles = load_particles(folder / "particles.star")
     truth = load_truth(folder)
+    k_classes = args.classes or len(truth.maps)
     start_load = load_average()
     abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=args.starts, seed=args.seed,
                             screen_starts=args.screen, screen_steps=args.screen_steps)
@@ -201,7 +250,7 @@ def main() -> None:
     checkpoint = None if workdir is None else workdir.name
     stages, t0 = {}, time.perf_counter()
     for state in () if args.skip_classes else iter_class_ab_initio(
-            particles, 2, abinit, refine, checkpoint_dir=checkpoint):
+            particles, k_classes, abinit, refine, checkpoint_dir=checkpoint):
         if isinstance(state, ClassAbinitProgress):
             if state.step % 25 == 0:
                 print(f"initial models restart {state.start} step {state.step}  fractions "
@@ -232,8 +281,8 @@ def main() -> None:
                         result.posterior.rotations, truth),
                 "seconds": time.perf_counter() - t0}
     if more and not args.skip_classes:
-        stages["classification_more"] = more_iterations(particles, truth, abinit, more,
-                                                        checkpoint)
+        stages["classification_more"] = more_iterations(particles, truth, k_classes, abinit,
+                                                        more, checkpoint)
     if args.homogeneous_control:
         stages["homogeneous_control"] = homogeneous_control(
             particles, truth, abinit, refinement_after_abinit(abinit, modal=True,
@@ -249,9 +298,10 @@ def main() -> None:
                         "classes_run": not args.skip_classes,
                         "abinit_box": abinit.box_size, "iterations": args.iterations,
                         "more_iterations": more,
-                        "classes": 2},
+                        "classes": k_classes},
            **stages}
-    suffix = ("_control" if args.skip_classes else "") + (
+    suffix = ("" if args.dataset != THREE_STATE else "_three_state") + (
+        "_control" if args.skip_classes else "") + (
         "" if args.starts == 1 else f"_starts{args.starts}") + (
         "" if not args.screen else f"_screen{args.screen}x{args.screen_steps}") + (
         "" if not more else f"_iters{more[-1]}") + (
