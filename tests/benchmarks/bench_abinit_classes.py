@@ -37,7 +37,8 @@ Usage::
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_classes.py \\
         [--root /tmp/bench-data] [--dataset mixture-hi-uniform-small] [--seed 0] \\
         [--iterations 5] [--abinit-steps 150] [--starts 1] [--screen C --screen-steps S] \
-        [--more-iterations 10,15] [--homogeneous-control] [--skip-classes] \
+        [--more-iterations 10,15] [--global-iterations G] \
+        [--checkpoint-dir DIR [--redo-classification]] [--homogeneous-control] [--skip-classes] \
         [--output JSON]
 
 ``--screen C --screen-steps S`` screens C starts of each class's own initial
@@ -47,6 +48,13 @@ model (and the control's) for S steps and takes the R best on.
 (kept in a temporary folder) to 10, then 15 iterations, and scores it again at
 each (``classification_more``): what further iterations give, without running
 the initial models again.
+
+``--global-iterations G`` gives the classification G iterations of global pose
+search (the recipe: 1). ``--checkpoint-dir DIR`` keeps the run's checkpoints in
+DIR and resumes from those there: the initial models' stages are read back (and
+not scored again); with ``--redo-classification`` the classification's checkpoint
+is removed first, so the classification alone runs again, e.g. with another
+``--global-iterations``.
 
 ``--starts R`` restarts the K-class initial models R times and keeps the K maps of
 all restarts that explain a common image set best (and gives the control R starts).
@@ -88,6 +96,7 @@ from cryoviz.inference.abinit_pipeline import (  # noqa: E402
     refinement_after_abinit,
 )
 from cryoviz.inference.class_refine import ClassRefineProgress  # noqa: E402
+from cryoviz.inference.class_refine_state import CLASS_STATE_FILE  # noqa: E402
 from cryoviz.io import load_particles  # noqa: E402
 from cryoviz.io.mrc import write_volume  # noqa: E402
 from cryoviz.metrics import fsc, rotation_error_deg  # noqa: E402
@@ -184,12 +193,13 @@ def homogeneous_control(particles, truth, abinit, refine) -> list[dict]:
 
 
 def more_iterations(particles, truth, k_classes: int, abinit: AbinitSettings,
-                    counts: list[int], checkpoint: str) -> list[dict]:
+                    counts: list[int], checkpoint: str, global_iterations: int) -> list[dict]:
     """Resume the classification in ``checkpoint`` to each of ``counts`` iterations and score it."""
     rows = []
     for count in counts:
         t0 = time.perf_counter()
-        refine = refinement_after_abinit(abinit, modal=True, n_iterations=count)
+        refine = refinement_after_abinit(abinit, modal=True, n_iterations=count,
+                                         n_global_iterations=global_iterations)
         result = None
         for state in iter_class_ab_initio(particles, k_classes, abinit, refine,
                                           checkpoint_dir=checkpoint, resume=True):
@@ -227,6 +237,12 @@ def main() -> None:
     parser.add_argument("--more-iterations", default="",
                         help="comma-separated larger iteration counts: the classification "
                         "is resumed to each and scored again")
+    parser.add_argument("--global-iterations", type=int, default=1,
+                        help="classification iterations with a global pose search")
+    parser.add_argument("--checkpoint-dir", type=Path, default=None,
+                        help="keep the checkpoints here and resume from those there")
+    parser.add_argument("--redo-classification", action="store_true",
+                        help="remove the classification's checkpoint in --checkpoint-dir first")
     parser.add_argument("--homogeneous-control", action="store_true",
                         help="also the one-class pipeline on each true state's particles")
     parser.add_argument("--skip-classes", action="store_true",
@@ -242,15 +258,22 @@ def main() -> None:
     start_load = load_average()
     abinit = AbinitSettings(n_steps=args.abinit_steps, n_starts=args.starts, seed=args.seed,
                             screen_starts=args.screen, screen_steps=args.screen_steps)
-    refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.iterations)
+    refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.iterations,
+                                     n_global_iterations=args.global_iterations)
     more = [int(v) for v in args.more_iterations.split(",") if v.strip()]
-    if any(b <= a for a, b in zip([args.iterations] + more[:-1], more, strict=True)):
+    if any(b <= a for a, b in zip(([args.iterations] + more)[:-1], more, strict=True)):
         parser.error("--more-iterations must increase from --iterations")
-    workdir = tempfile.TemporaryDirectory(prefix="bench_abinit_classes_") if more else None
-    checkpoint = None if workdir is None else workdir.name
-    stages, t0 = {}, time.perf_counter()
+    workdir = (tempfile.TemporaryDirectory(prefix="bench_abinit_classes_")
+               if more and args.checkpoint_dir is None else None)
+    checkpoint = args.checkpoint_dir or (None if workdir is None else workdir.name)
+    if args.redo_classification:
+        if args.checkpoint_dir is None:
+            parser.error("--redo-classification needs --checkpoint-dir")
+        (args.checkpoint_dir / CLASS_STATE_FILE).unlink(missing_ok=True)
+    stages, t0, first = {}, time.perf_counter(), None
     for state in () if args.skip_classes else iter_class_ab_initio(
-            particles, k_classes, abinit, refine, checkpoint_dir=checkpoint):
+            particles, k_classes, abinit, refine, checkpoint_dir=checkpoint,
+            resume=args.checkpoint_dir is not None):
         if isinstance(state, ClassAbinitProgress):
             if state.step % 25 == 0:
                 print(f"initial models restart {state.start} step {state.step}  fractions "
@@ -267,7 +290,7 @@ def main() -> None:
                 print(json.dumps(stages["initial_models"]), flush=True)
             continue
         if isinstance(state, ClassMapProgress):
-            if state.maps is not None:
+            if state.maps is not None and first is not None:
                 stages["class_maps"] = {**score(state.maps, first.best_class, None, truth),
                                         "seconds": time.perf_counter() - t0}
                 print(json.dumps(stages["class_maps"]), flush=True)
@@ -282,7 +305,8 @@ def main() -> None:
                 "seconds": time.perf_counter() - t0}
     if more and not args.skip_classes:
         stages["classification_more"] = more_iterations(particles, truth, k_classes, abinit,
-                                                        more, checkpoint)
+                                                        more, checkpoint,
+                                                        args.global_iterations)
     if args.homogeneous_control:
         stages["homogeneous_control"] = homogeneous_control(
             particles, truth, abinit, refinement_after_abinit(abinit, modal=True,
@@ -297,7 +321,7 @@ def main() -> None:
                         "screen_steps": args.screen_steps,
                         "classes_run": not args.skip_classes,
                         "abinit_box": abinit.box_size, "iterations": args.iterations,
-                        "more_iterations": more,
+                        "more_iterations": more, "global_iterations": args.global_iterations,
                         "classes": k_classes},
            **stages}
     suffix = ("" if args.dataset != THREE_STATE else "_three_state") + (
@@ -305,6 +329,7 @@ def main() -> None:
         "" if args.starts == 1 else f"_starts{args.starts}") + (
         "" if not args.screen else f"_screen{args.screen}x{args.screen_steps}") + (
         "" if not more else f"_iters{more[-1]}") + (
+        "" if args.global_iterations == 1 else f"_global{args.global_iterations}") + (
         "" if args.seed == 0 else f"_seed{args.seed}")
     path = args.output or RESULTS_DIR / f"abinit_classes_{out['machine']['device']}{suffix}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
