@@ -59,7 +59,8 @@ is removed first, so the classification alone runs again, e.g. with another
 ``--starts R`` restarts the K-class initial models R times and keeps the K maps of
 all restarts that explain a common image set best (and gives the control R starts).
 
-Writes ``tests/benchmarks/results/abinit_classes_<device>[_control][_starts<R>][_seed<S>].json``.
+Writes ``tests/benchmarks/results/abinit_classes_<device>[_three_state][_control][_starts<R>]
+[_screen<C>x<S>][_iters<last>][_global<G>][_seed<S>].json``.
 """
 
 from __future__ import annotations
