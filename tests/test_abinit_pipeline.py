@@ -132,6 +132,7 @@ def test_ab_initio_command_refines_its_initial_model(data, recipe):
     assert metrics["settings"]["max_significant"] == (1 if recipe == "cryosparc-abinit" else 8)
     lines = [json.loads(t) for t in (out / "log.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in lines] == ["abinit"] * STEPS + ["refine"] * 2
+    assert [r["global_search"] for r in lines[STEPS:]] == [True, False]  # the default
     assert all(r["seconds"] > 0 for r in lines)
     assert lines[STEPS]["median_angular_change_deg"] is None  # no previous poses
     for i in (1, 2):
@@ -284,6 +285,20 @@ def test_class_ab_initio_command_writes_classes_maps_and_poses(mixture, capsys):
     assert (out / "volumes" / "abinit_class_0.mrc").read_bytes() == initial
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
+
+
+def test_class_ab_initio_global_iterations(mixture):
+    """``--global-iterations 2``: both classification iterations search all of SO(3)."""
+    root, star = mixture
+    out = root / "classes_global"
+    flags = list(CLASS_FLAGS)
+    flags[flags.index("--epochs") + 1] = "2"
+    assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
+                 "--global-iterations", "2"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["global_search"] for r in log if r["phase"] == "refine"] == [True, True]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["n_global_iterations"] == 2
 
 
 def test_class_ab_initio_resumes_interrupted_restarts(mixture, capsys, monkeypatch):

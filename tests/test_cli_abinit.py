@@ -12,8 +12,9 @@ import json
 import pytest
 
 from cryoviz.cli import build_parser
+from cryoviz.errors import InputError
 from cryoviz.inference.abinit_pipeline import CLASS_SCREEN_FACTOR
-from cryoviz.train.cli_abinit import _RunLog, abinit_settings
+from cryoviz.train.cli_abinit import _RunLog, abinit_refinement, abinit_settings
 
 
 def _record(phase: str, number: int) -> dict:
@@ -66,3 +67,22 @@ def test_screening_defaults(flags, classes, expected):
     settings = abinit_settings(_args(*flags), _Particles(), classes=classes)
     assert (settings.screen_starts, settings.screen_steps) == expected
     settings.validate(64)
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ((), (4, 1)),  # the recipe: one global search, then local ones
+    (("--epochs", "5", "--global-iterations", "3"), (5, 3)),
+    (("--epochs", "2", "--global-iterations", "9"), (2, 2)),  # at most --epochs
+    (("--global-iterations", "0"), (4, 0)),
+])
+def test_refinement_global_iterations(flags, expected):
+    abinit = abinit_settings(_args(*flags), _Particles(), classes=True)
+    refine = abinit_refinement(_args(*flags), abinit, modal=True)
+    assert (refine.n_iterations, refine.n_global_iterations) == expected
+    refine.validate()
+
+
+def test_negative_global_iterations_are_refused():
+    args = _args("--global-iterations", "-1")
+    with pytest.raises(InputError, match="--global-iterations"):
+        abinit_refinement(args, abinit_settings(args, _Particles()), modal=True)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from cryoviz.cli import main
+from cryoviz.cli import build_parser, main
 from cryoviz.io import read_star
 from cryoviz.io.star import write_star_blocks
 from cryoviz.simulate import SimulationConfig, simulate
-from cryoviz.train.cli_algorithms import CHECKPOINTING, OWN_ALGORITHM, RUNNERS
+from cryoviz.train.cli_algorithms import CHECKPOINTING, OWN_ALGORITHM, RUNNERS, _pose_settings
 from cryoviz.train.recipes import RECIPES
 
 
@@ -147,3 +147,14 @@ def test_mask_reaches_class3d_and_is_refused_elsewhere(star, tmp_path, capsys):
         assert main(["train", str(star), "--recipe", recipe, "-o", str(tmp_path / recipe),
                      "--mask", str(path), *extra]) == 2
         assert "--mask: expected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "iterations", "expected"), [
+    ((), 6, 2),  # relion-refine's default: two global searches
+    (("--global-iterations", "4"), 6, 4),
+    (("--global-iterations", "4"), 3, 3),  # at most the iterations
+])
+def test_pose_search_global_iterations(flags, iterations, expected):
+    args = build_parser().parse_args(["train", "p.star", "--recipe", "relion-refine", "-o",
+                                      "out", *flags])
+    assert _pose_settings(args, iterations).n_global_iterations == expected

@@ -35,7 +35,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -406,7 +406,8 @@ def write_class_refine(result: ClassRefineResult, particles: ParticleSet,
     maps, ``classes.npz``, ``metrics.json`` with ``extra_metrics``) and the poses in each
     particle's most probable class (:func:`~cryoviz.inference.posterior.export_poses`:
     ``poses.npz``, ``particles.star``, ``particles.cs``, ``poses.pkl``); returns the
-    metrics."""
-    metrics = write_class_em(result.classes, output_dir, extra_metrics)
+    metrics, which also carry the pose search's ``settings``."""
+    metrics = write_class_em(result.classes, output_dir,
+                             {"settings": asdict(result.settings), **(extra_metrics or {})})
     export_poses(result.posterior, particles, output_dir)
     return metrics

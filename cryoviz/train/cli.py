@@ -121,8 +121,10 @@ def add_parsers(subparsers) -> None:
                     help="relion-refine: HEALPix order of the global search (default 1)")
     tr.add_argument("--max-order", type=int, default=4,
                     help="relion-refine: finest HEALPix order of the local search")
-    tr.add_argument("--global-iterations", type=int, default=2,
-                    help="relion-refine: iterations with a global pose search")
+    tr.add_argument("--global-iterations", type=int, default=None,
+                    help="iterations with a global pose search: relion-refine and "
+                    "relion-class3d --initial-map (default 2), the refinement or "
+                    "classification of cryosparc-abinit and cryodrgn-abinit (default 1)")
     tr.add_argument("--abinit-steps", type=int, default=150,
                     help="cryosparc-abinit, relion-refine without --initial-map: minibatch "
                     "steps of the initial model (default 150)")

@@ -81,6 +81,27 @@ def abinit_settings(args: argparse.Namespace, particles, classes: bool = False):
                                                        len(particles))))
 
 
+def abinit_refinement(args: argparse.Namespace, abinit, modal: bool):
+    """:class:`~cryoviz.inference.refine.RefineSettings` of what follows the initial model(s).
+
+    The refinement (one map) or the classification (``--classes``) of
+    :func:`~cryoviz.inference.abinit_pipeline.refinement_after_abinit`:
+    ``--epochs`` iterations (default 4), of which ``--global-iterations`` (default
+    1, at most ``--epochs``) search all of SO(3); more global searches move
+    poses the local iterations cannot reach (``docs/benchmarks.md``, "More
+    classification iterations, more global searches").
+    """
+    from cryoviz.inference.abinit_pipeline import refinement_after_abinit  # noqa: PLC0415
+
+    n_iterations = args.epochs or 4
+    n_global = 1 if args.global_iterations is None else args.global_iterations
+    if n_global < 0:
+        raise InputError(None, "--global-iterations", "0 or more", n_global)
+    return refinement_after_abinit(abinit, modal=modal, n_iterations=n_iterations,
+                                   batch_size=args.batch_size or 64, max_order=args.max_order,
+                                   n_global_iterations=min(n_global, n_iterations))
+
+
 def start_label(progress, settings) -> str:
     """Which start an :class:`~cryoviz.inference.abinit.AbinitProgress` step is of, in words."""
     if progress.screening:
@@ -113,16 +134,12 @@ def run_ab_initio(args: argparse.Namespace, particles) -> None:
     from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
         iter_ab_initio,
         progress_record,
-        refinement_after_abinit,
     )
     from cryoviz.inference.refine import write_refine  # noqa: PLC0415
     from cryoviz.io.mrc import read_volume, write_volume  # noqa: PLC0415
 
     abinit = abinit_settings(args, particles)
-    refine = refinement_after_abinit(abinit, modal=args.recipe == "cryosparc-abinit",
-                                     n_iterations=args.epochs or 4,
-                                     batch_size=args.batch_size or 64,
-                                     max_order=args.max_order)
+    refine = abinit_refinement(args, abinit, modal=args.recipe == "cryosparc-abinit")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     apix = particles.pixel_size_angstrom
@@ -183,7 +200,6 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
         ClassMapProgress,
         iter_class_ab_initio,
         progress_record,
-        refinement_after_abinit,
     )
     from cryoviz.inference.class_refine import write_class_refine  # noqa: PLC0415
     from cryoviz.io.mrc import read_volume  # noqa: PLC0415
@@ -193,8 +209,7 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
         raise InputError(None, "--classes", "at least 2 for cryosparc-abinit (one class: leave "
                          "--classes out)", k_classes)
     abinit = abinit_settings(args, particles, classes=True)
-    refine = refinement_after_abinit(abinit, modal=True, n_iterations=args.epochs or 4,
-                                     batch_size=args.batch_size or 64, max_order=args.max_order)
+    refine = abinit_refinement(args, abinit, modal=True)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     apix = particles.pixel_size_angstrom

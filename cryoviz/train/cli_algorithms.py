@@ -53,7 +53,8 @@ def _pose_settings(args: argparse.Namespace, iterations: int):
 
     return RefineSettings(
         n_iterations=iterations, global_order=args.healpix_order,
-        n_global_iterations=min(args.global_iterations, iterations),
+        n_global_iterations=min(2 if args.global_iterations is None else args.global_iterations,
+                                iterations),
         max_order=args.max_order, initial_lowpass_angstrom=args.initial_lowpass,
         batch_size=args.batch_size or 64, seed=args.seed if args.seed is not None else 0)
 
