@@ -123,8 +123,9 @@ def add_parsers(subparsers) -> None:
                     help="relion-refine: finest HEALPix order of the local search")
     tr.add_argument("--global-iterations", type=int, default=None,
                     help="iterations with a global pose search: relion-refine and "
-                    "relion-class3d --initial-map (default 2), the refinement or "
-                    "classification of cryosparc-abinit and cryodrgn-abinit (default 1)")
+                    "relion-class3d with --initial-map (default 2); the refinement or "
+                    "classification after ab initio (cryosparc-abinit, relion-refine without "
+                    "--initial-map; default 1)")
     tr.add_argument("--abinit-steps", type=int, default=150,
                     help="cryosparc-abinit, relion-refine without --initial-map: minibatch "
                     "steps of the initial model (default 150)")
