@@ -1,7 +1,7 @@
 """Heterogeneous ab initio (``cryosparc-abinit --classes K``) on a mixture of discrete states.
 
 Nothing is given: no maps, no poses, no states. The run is the recipe's
-pipeline (:func:`cryoviz.inference.abinit_pipeline.iter_class_ab_initio`): two
+pipeline (:func:`cryoviz.inference.abinit_pipeline.iter_class_ab_initio`): K
 initial models by stochastic modal EM, each class one random start (``--starts``
 restarts), then an initial model of each class's own particles, then a
 classification with the poses searched from those. Records, after the K-class
@@ -11,7 +11,7 @@ classification:
 * the agreement of the particles' classes with the true states;
 * per class (matched to the state most of its particles have): FSC 0.5 (Å) and
   FSC-AUC of the class map against that state after rigid alignment with the
-  hand (:func:`cryoviz.metrics.alignment.align_volume`), and against the other
+  hand (:func:`cryoviz.metrics.alignment.align_volume`), and against every other
   state;
 * per class, the median rotation error of its particles of the matched state
   after the best global rotation and hand of that class
@@ -35,11 +35,11 @@ pose and CTF settings. ``--classes`` defaults to the dataset's number of states.
 Usage::
 
     OMP_NUM_THREADS=2 python tests/benchmarks/bench_abinit_classes.py \\
-        [--root /tmp/bench-data] [--dataset mixture-hi-uniform-small] [--seed 0] \\
-        [--iterations 5] [--abinit-steps 150] [--starts 1] [--screen C --screen-steps S] \
-        [--more-iterations 10,15] [--global-iterations G] \
-        [--checkpoint-dir DIR [--redo-classification]] [--homogeneous-control] [--skip-classes] \
-        [--output JSON]
+        [--root /tmp/bench-data] [--dataset mixture-hi-uniform-small] [--classes K] \\
+        [--seed 0] [--iterations 5] [--abinit-steps 150] [--starts 1] \\
+        [--screen C --screen-steps S] [--more-iterations 10,15] [--global-iterations G] \\
+        [--checkpoint-dir DIR [--redo-classification]] [--homogeneous-control] \\
+        [--skip-classes] [--output JSON]
 
 ``--screen C --screen-steps S`` screens C starts of each class's own initial
 model (and the control's) for S steps and takes the R best on.
