@@ -41,11 +41,12 @@ from cryoviz.gaussians import gaussians_volume, structure_to_gaussians
 from cryoviz.inference.vaegan.data import InplaneSimulationConfig, simulate_inplane
 from cryoviz.io.mrc import write_volume
 from cryoviz.simulate import SimulationConfig, simulate
-from cryoviz.structure import adenylate_kinase_pair
+from cryoviz.structure import Structure, adenylate_kinase_pair
 
 __all__ = [
     "SUITE_VERSION", "SIZES", "KINDS", "SNRS", "POSES", "DatasetSpec", "suite_datasets",
-    "simulation_config", "build_dataset", "LID_RESIDUES", "SINGLE_VIEW_KINDS",
+    "simulation_config", "build_dataset", "write_structure_maps", "LID_RESIDUES",
+    "SINGLE_VIEW_KINDS",
 ]
 
 SUITE_VERSION = "1"
@@ -148,18 +149,34 @@ def simulation_config(spec: DatasetSpec, states: tuple[str, ...] | None = None
     )
 
 
+def write_structure_maps(structures: dict[str, Structure], folder: Path, box: int,
+                         apix: float) -> list[str]:
+    """Render each structure (B 20 Å², its own frame) as ``folder/<name>``; the paths.
+
+    Parameters
+    ----------
+    structures
+        File name (``*.mrc``) to structure.
+    box, apix
+        Grid of the ``(box, box, box)`` maps and its voxel size, Å.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, structure in structures.items():
+        volume = gaussians_volume(structure_to_gaussians(structure, bfactor_a2=20.0), box, apix)
+        write_volume(folder / name, volume.numpy().astype(np.float32), apix)
+        paths.append(str(folder / name))
+    return paths
+
+
 def _compositional_maps(spec: DatasetSpec, folder: Path) -> tuple[str, str]:
     """Write the full and the LID-less 4AKE maps (same frame) and return their paths."""
     box, apix, _ = SIZES[spec.size]
     open_state, _ = adenylate_kinase_pair(aligned=True)
     without_lid = open_state.subset(~open_state.residue_mask(LID_RESIDUES))
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, structure in (("4ake_full.mrc", open_state), ("4ake_no_lid.mrc", without_lid)):
-        volume = gaussians_volume(structure_to_gaussians(structure, bfactor_a2=20.0), box, apix)
-        write_volume(folder / name, volume.numpy().astype(np.float32), apix)
-        paths.append(str(folder / name))
-    return paths[0], paths[1]
+    full, no_lid = write_structure_maps({"4ake_full.mrc": open_state,
+                                         "4ake_no_lid.mrc": without_lid}, folder, box, apix)
+    return full, no_lid
 
 
 def build_dataset(spec: DatasetSpec, root: str | Path, force: bool = False) -> Path:

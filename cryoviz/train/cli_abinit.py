@@ -92,14 +92,13 @@ def abinit_refinement(args: argparse.Namespace, abinit, modal: bool):
     classification iterations, more global searches").
     """
     from cryoviz.inference.abinit_pipeline import refinement_after_abinit  # noqa: PLC0415
+    from cryoviz.train.cli_algorithms import global_search_iterations  # noqa: PLC0415
 
     n_iterations = args.epochs or 4
-    n_global = 1 if args.global_iterations is None else args.global_iterations
-    if n_global < 0:
-        raise InputError(None, "--global-iterations", "0 or more", n_global)
-    return refinement_after_abinit(abinit, modal=modal, n_iterations=n_iterations,
-                                   batch_size=args.batch_size or 64, max_order=args.max_order,
-                                   n_global_iterations=min(n_global, n_iterations))
+    return refinement_after_abinit(
+        abinit, modal=modal, n_iterations=n_iterations, batch_size=args.batch_size or 64,
+        max_order=args.max_order,
+        n_global_iterations=global_search_iterations(args, n_iterations, default=1))
 
 
 def start_label(progress, settings) -> str:

@@ -47,14 +47,21 @@ def _read_start_maps(args: argparse.Namespace, particles) -> list[torch.Tensor]:
             for name in (n for n in args.initial_map.split(",") if n)]
 
 
+def global_search_iterations(args: argparse.Namespace, iterations: int, default: int) -> int:
+    """``--global-iterations`` (``default`` when not given), at most ``iterations``."""
+    n_global = default if args.global_iterations is None else args.global_iterations
+    if n_global < 0:
+        raise InputError(None, "--global-iterations", "0 or more", n_global)
+    return min(n_global, iterations)
+
+
 def _pose_settings(args: argparse.Namespace, iterations: int):
     """:class:`RefineSettings` from the pose-search options."""
     from cryoviz.inference.refine import RefineSettings  # noqa: PLC0415
 
     return RefineSettings(
         n_iterations=iterations, global_order=args.healpix_order,
-        n_global_iterations=min(2 if args.global_iterations is None else args.global_iterations,
-                                iterations),
+        n_global_iterations=global_search_iterations(args, iterations, default=2),
         max_order=args.max_order, initial_lowpass_angstrom=args.initial_lowpass,
         batch_size=args.batch_size or 64, seed=args.seed if args.seed is not None else 0)
 

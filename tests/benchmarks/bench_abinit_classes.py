@@ -85,9 +85,9 @@ from cryoviz.bench.suite import (  # noqa: E402
     SUITE_VERSION,
     build_dataset,
     suite_datasets,
+    write_structure_maps,
 )
 from cryoviz.bench.tasks import load_truth  # noqa: E402
-from cryoviz.gaussians import gaussians_volume, structure_to_gaussians  # noqa: E402
 from cryoviz.inference.abinit import AbinitSettings  # noqa: E402
 from cryoviz.inference.abinit_classes import ClassAbinitProgress  # noqa: E402
 from cryoviz.inference.abinit_pipeline import (  # noqa: E402
@@ -99,7 +99,6 @@ from cryoviz.inference.abinit_pipeline import (  # noqa: E402
 from cryoviz.inference.class_refine import ClassRefineProgress  # noqa: E402
 from cryoviz.inference.class_refine_state import CLASS_STATE_FILE  # noqa: E402
 from cryoviz.io import load_particles  # noqa: E402
-from cryoviz.io.mrc import write_volume  # noqa: E402
 from cryoviz.metrics import fsc, rotation_error_deg  # noqa: E402
 from cryoviz.metrics.alignment import align_volume  # noqa: E402
 from cryoviz.simulate import SimulationConfig, simulate  # noqa: E402
@@ -123,13 +122,8 @@ def three_state_dataset(root: Path, per_state: int = 2000) -> Path:
     box, apix = 64, 2.0
     open_state, closed_state = adenylate_kinase_pair(aligned=True)
     without_lid = open_state.subset(~open_state.residue_mask(LID_RESIDUES))
-    (folder / "inputs").mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, structure in (("4ake.mrc", open_state), ("1ake.mrc", closed_state),
-                            ("4ake_no_lid.mrc", without_lid)):
-        volume = gaussians_volume(structure_to_gaussians(structure, bfactor_a2=20.0), box, apix)
-        write_volume(folder / "inputs" / name, volume.numpy().astype(np.float32), apix)
-        paths.append(str(folder / "inputs" / name))
+    paths = write_structure_maps({"4ake.mrc": open_state, "1ake.mrc": closed_state,
+                                  "4ake_no_lid.mrc": without_lid}, folder / "inputs", box, apix)
     simulate(SimulationConfig(n_particles=3 * per_state, box_size=box, pixel_size_angstrom=apix,
                               snr=SNRS["hi"], states=tuple(paths), ensemble="discrete",
                               pose_distribution="uniform", seed=3), folder)
