@@ -81,6 +81,33 @@ def test_another_run_is_refused(tmp_path, settings, classes, random_start, ids, 
     assert CLASS_STATE_FILE in str(err.value)
 
 
+def test_global_searches_may_change_where_the_iterations_done_keep_their_kind(tmp_path):
+    """Two iterations done, both global (SETTINGS: 2 global searches): 3 or more keep
+    them global, 1 or 0 would have made one local."""
+    save_class_refine_state(tmp_path, _state(2), SETTINGS, 2, True, IDS)
+    for n_global in (2, 3, 4):
+        settings = dataclasses.replace(SETTINGS, n_global_iterations=n_global)
+        assert load_class_refine_state(tmp_path, settings, 2, True, IDS).iteration == 2
+    for n_global in (0, 1):
+        settings = dataclasses.replace(SETTINGS, n_global_iterations=n_global)
+        with pytest.raises(InputError, match="n_global_iterations.*2 or more") as err:
+            load_class_refine_state(tmp_path, settings, 2, True, IDS)
+        assert CLASS_STATE_FILE in str(err.value)
+
+
+def test_a_file_with_the_global_searches_in_its_settings_is_read(tmp_path):
+    """Checkpoints written before the global searches could change kept them among the
+    fixed settings; they still resume, and are still checked."""
+    path = save_class_refine_state(tmp_path, _state(2), SETTINGS, 2, True, IDS)
+    payload = torch.load(path, weights_only=True)
+    payload["settings"]["n_global_iterations"] = payload.pop("n_global_iterations")
+    torch.save(payload, path)
+    assert load_class_refine_state(tmp_path, SETTINGS, 2, True, IDS).iteration == 2
+    one = dataclasses.replace(SETTINGS, n_global_iterations=1)
+    with pytest.raises(InputError, match="n_global_iterations"):
+        load_class_refine_state(tmp_path, one, 2, True, IDS)
+
+
 def test_a_truncated_file_is_named(tmp_path):
     path = save_class_refine_state(tmp_path, _state(), SETTINGS, 2, True, IDS)
     path.write_bytes(path.read_bytes()[:100])

@@ -73,6 +73,34 @@ def test_more_iterations_continue_a_finished_run(dataset, unbroken, tmp_path):
     assert load_refine_state(tmp_path, longer, particles.particle_ids).iteration == 4
 
 
+def test_more_global_searches_on_resuming_end_as_the_unbroken_run(dataset, tmp_path):
+    """One iteration (global) done with 1 global search: resumed with 2, the second
+    iteration searches globally too and the run ends as an unbroken run with 2."""
+    _, particles, truth = dataset
+    two = replace(SETTINGS, n_global_iterations=2)
+    expected = list(iter_refine(particles, truth, two, checkpoint_dir=tmp_path / "a"))
+    list(islice(iter_refine(particles, truth, SETTINGS, checkpoint_dir=tmp_path / "b"), 1))
+    resumed = list(iter_refine(particles, truth, two, checkpoint_dir=tmp_path / "b",
+                               resume=True))
+    assert [(p.iteration, p.global_search) for p in resumed] == [(2, True), (3, False)]
+    assert [p.global_search for p in expected] == [True, True, False]
+    torch.testing.assert_close(resumed[-1].result.map, expected[-1].result.map,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(resumed[-1].result.posterior.rotations,
+                               expected[-1].result.posterior.rotations, atol=1e-9)
+
+
+def test_global_searches_that_change_iterations_done_are_refused(dataset, unbroken):
+    """Three iterations done, the first global: 0 or 2 global searches would have run
+    them otherwise; the message says what the run did."""
+    _, particles, _ = dataset
+    _, run = unbroken
+    for n_global in (0, 2):
+        with pytest.raises(InputError, match=r"n_global_iterations.*expected 1: 1 of the 3"):
+            load_refine_state(run, replace(SETTINGS, n_global_iterations=n_global),
+                              particles.particle_ids)
+
+
 def test_other_settings_or_particles_are_refused(dataset, unbroken):
     _, particles, truth = dataset
     _, run = unbroken

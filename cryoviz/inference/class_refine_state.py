@@ -18,10 +18,11 @@ import torch
 
 from cryoviz.errors import InputError
 from cryoviz.inference.refine_state import (
+    check_global_searches,
     check_identity,
     curve_payload,
     read_checkpoint,
-    run_identity,
+    refine_identity,
 )
 from cryoviz.io.mrc import atomic_output
 from cryoviz.metrics.fsc import FSCCurve
@@ -31,7 +32,7 @@ __all__ = ["CLASS_STATE_FILE", "ClassRefineCheckpoint", "save_class_refine_state
 
 CLASS_STATE_FILE = "class_refine_state.pt"
 _FORMAT = 1
-_MAY_CHANGE = ("n_iterations",)
+_MAY_CHANGE = ("n_iterations", "n_global_iterations")  # the latter: check_global_searches
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,9 @@ class ClassRefineCheckpoint:
 
 
 def _identity(settings, n_classes: int, random_start: bool, particle_ids: np.ndarray) -> dict:
-    """:func:`run_identity` with the number of classes and the kind of start added."""
-    identity = run_identity(settings, particle_ids, _MAY_CHANGE)
+    """:func:`~cryoviz.inference.refine_state.refine_identity` with the number of classes
+    and the kind of start added."""
+    identity = refine_identity(settings, particle_ids, _MAY_CHANGE)
     identity["settings"].update(n_classes=int(n_classes), random_start=bool(random_start))
     return identity
 
@@ -95,7 +97,10 @@ def save_class_refine_state(run_dir: str | Path, state: ClassRefineCheckpoint, s
 
     ``settings`` (:class:`~cryoviz.inference.refine.RefineSettings`), ``n_classes``
     and ``random_start`` (one starting map, random first classes) identify the
-    run with ``particle_ids`` ``(N,)``; only ``n_iterations`` may change on resuming.
+    run with ``particle_ids`` ``(N,)``; only ``n_iterations`` (and
+    ``n_global_iterations`` as
+    :func:`~cryoviz.inference.refine_state.check_global_searches` allows) may
+    change on resuming.
     """
     path = Path(run_dir) / CLASS_STATE_FILE
     payload = {
@@ -121,13 +126,15 @@ def load_class_refine_state(run_dir: str | Path, settings, n_classes: int, rando
     ------
     InputError
         If the file is unreadable, or was written for other settings (anything but
-        ``n_iterations``), classes, start or particles, or has more iterations
-        than asked for.
+        ``n_iterations``, and ``n_global_iterations`` as
+        :func:`~cryoviz.inference.refine_state.check_global_searches` allows), classes,
+        start or particles, or has more iterations than asked for.
     """
     path = Path(run_dir) / CLASS_STATE_FILE
     if not path.is_file():
         return None
     saved = read_checkpoint(path, CLASS_STATE_FILE, _FORMAT)
+    check_global_searches(path, saved, settings)
     check_identity(path, saved, _identity(settings, n_classes, random_start, particle_ids),
                    _MAY_CHANGE)
     if saved["iteration"] > settings.n_iterations:

@@ -21,12 +21,14 @@ from cryoviz.io.mrc import atomic_output
 from cryoviz.metrics.fsc import FSCCurve
 
 __all__ = ["STATE_FILE", "RefineCheckpoint", "save_refine_state", "load_refine_state",
-           "run_identity", "read_checkpoint", "check_identity", "curve_payload"]
+           "run_identity", "refine_identity", "read_checkpoint", "check_identity",
+           "check_global_searches", "curve_payload"]
 
 STATE_FILE = "refine_state.pt"
 _FORMAT = 1
-# settings that may change between the first run and its resumption
-_MAY_CHANGE = ("n_iterations",)
+# settings that may change between the first run and its resumption (the global
+# searches only where the iterations done keep their kind: check_global_searches)
+_MAY_CHANGE = ("n_iterations", "n_global_iterations")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,15 @@ def run_identity(settings, particle_ids: np.ndarray,
             "particle_ids": torch.from_numpy(ids.copy())}
 
 
+def refine_identity(settings, particle_ids: np.ndarray,
+                    may_change: tuple[str, ...] = _MAY_CHANGE) -> dict:
+    """:func:`run_identity` of a refinement's or classification's
+    :class:`~cryoviz.inference.refine.RefineSettings`, ``n_global_iterations`` kept
+    on its own for :func:`check_global_searches`."""
+    return {**run_identity(settings, particle_ids, may_change),
+            "n_global_iterations": int(settings.n_global_iterations)}
+
+
 def curve_payload(curve: FSCCurve) -> dict:
     """An FSC curve's fields as CPU tensors (``FSCCurve(**payload)`` rebuilds it)."""
     return {f.name: getattr(curve, f.name).cpu() for f in dataclasses.fields(curve)}
@@ -121,6 +132,28 @@ def check_identity(path: Path, saved: dict, expected: dict, may_change: tuple[st
                          got=f"{expected['n_particles']} particles or another order")
 
 
+def check_global_searches(path: Path, saved: dict, settings) -> None:
+    """:class:`InputError` unless ``settings`` gives the iterations done the same kind.
+
+    A resumed run may change ``n_global_iterations`` (e.g. its default grows with
+    more ``n_iterations``) as long as each of the ``saved["iteration"]``
+    iterations done would have been global, or local, under the new value too:
+    the resumed run then ends as an unbroken run with the new settings would.
+    ``saved`` is a :func:`refine_identity` checkpoint; one written before
+    ``n_global_iterations`` could change keeps it in its settings, and is
+    moved out of them here (before :func:`check_identity`).
+    """
+    if "n_global_iterations" not in saved:
+        saved["n_global_iterations"] = saved["settings"].pop("n_global_iterations")
+    done = int(saved["iteration"])
+    before = int(saved["n_global_iterations"])
+    if min(before, done) != min(settings.n_global_iterations, done):
+        keep = f"{before}" if before < done else f"{done} or more"
+        raise InputError(path, "n_global_iterations",
+                         f"{keep}: {min(before, done)} of the {done} iterations done searched "
+                         "all of SO(3)", got=settings.n_global_iterations)
+
+
 def save_refine_state(run_dir: str | Path, state: RefineCheckpoint, settings,
                       particle_ids: np.ndarray) -> Path:
     """Write ``run_dir/refine_state.pt`` atomically; returns its path.
@@ -138,7 +171,7 @@ def save_refine_state(run_dir: str | Path, state: RefineCheckpoint, settings,
     """
     path = Path(run_dir) / STATE_FILE
     payload = {
-        "format": _FORMAT, **run_identity(settings, particle_ids),
+        "format": _FORMAT, **refine_identity(settings, particle_ids),
         "iteration": state.iteration, "full_map": state.full_map.cpu(),
         "half_maps": state.half_maps.cpu(), "sigma2": state.sigma2.cpu(),
         "curve": curve_payload(state.curve),
@@ -160,13 +193,15 @@ def load_refine_state(run_dir: str | Path, settings,
     ------
     InputError
         If the file is unreadable, or was written for other settings (anything but
-        ``n_iterations``) or other particles, or has more iterations than asked for.
+        ``n_iterations``, and ``n_global_iterations`` as :func:`check_global_searches`
+        allows) or other particles, or has more iterations than asked for.
     """
     path = Path(run_dir) / STATE_FILE
     if not path.is_file():
         return None
     saved = read_checkpoint(path, STATE_FILE, _FORMAT)
-    check_identity(path, saved, run_identity(settings, particle_ids), _MAY_CHANGE)
+    check_global_searches(path, saved, settings)
+    check_identity(path, saved, refine_identity(settings, particle_ids), _MAY_CHANGE)
     if saved["iteration"] > settings.n_iterations:
         raise InputError(path, "iteration", f"at most n_iterations = {settings.n_iterations}",
                          got=saved["iteration"])
