@@ -176,6 +176,7 @@ def test_resume_skips_the_initial_model_and_continues_the_refinement(data, capsy
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert sum(r["phase"] == "abinit" for r in log) == STEPS
     assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
+    assert [r["global_search"] for r in log if r["phase"] == "refine"] == [True, False]
     assert read_volume(out / "volumes" / "map.mrc")[0].shape == (BOX,) * 3
 
 
@@ -285,20 +286,23 @@ def test_class_ab_initio_command_writes_classes_maps_and_poses(mixture, capsys):
     assert (out / "volumes" / "abinit_class_0.mrc").read_bytes() == initial
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log if r["phase"] == "refine"] == [1, 2]
+    # the classes' default (CLASS_GLOBAL_ITERATIONS, at most --epochs): both global
+    assert [r["global_search"] for r in log if r["phase"] == "refine"] == [True, True]
 
 
 def test_class_ab_initio_global_iterations(mixture):
-    """``--global-iterations 2``: both classification iterations search all of SO(3)."""
+    """``--global-iterations 1``: the first classification iteration searches all of SO(3),
+    the second locally (the classes' default would search both globally)."""
     root, star = mixture
     out = root / "classes_global"
     flags = list(CLASS_FLAGS)
     flags[flags.index("--epochs") + 1] = "2"
     assert main(["train", str(star), "--recipe", "cryosparc-abinit", "-o", str(out), *flags,
-                 "--global-iterations", "2"]) == 0
+                 "--global-iterations", "1"]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["global_search"] for r in log if r["phase"] == "refine"] == [True, True]
+    assert [r["global_search"] for r in log if r["phase"] == "refine"] == [True, False]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["settings"]["n_global_iterations"] == 2
+    assert metrics["settings"]["n_global_iterations"] == 1
 
 
 def test_class_ab_initio_resumes_interrupted_restarts(mixture, capsys, monkeypatch):

@@ -27,6 +27,7 @@ from cryoviz.bench.suite import KINDS, DatasetSpec
 from cryoviz.bench.tasks import RunOutputs, load_truth, score
 from cryoviz.errors import InputError
 from cryoviz.geometry import axis_angle_to_matrix
+from cryoviz.inference.abinit_pipeline import CLASS_GLOBAL_ITERATIONS
 from cryoviz.inference.posterior import PosePosterior, write_pose_posterior
 from cryoviz.io.mrc import read_volume
 from cryoviz.io.particles import load_particles
@@ -344,6 +345,10 @@ def test_ci_subset_of_the_tiny_suite(tmp_path):
     assert search["fsc_cluster_agreement"] is not None
     assert 0.0 <= search["pose_median_error_deg"] <= 180.0
     assert search["classes"] == 2
+    # nothing given: the recipe's global searches (CLASS_GLOBAL_ITERATIONS) of the 3 iterations
+    from_nothing = by[("cryosparc-abinit-classes", "mixture-hi-uniform-tiny")]
+    assert from_nothing["global_iterations"] == min(CLASS_GLOBAL_ITERATIONS, 3) == 3
+    assert from_nothing["start"] == "nothing"
 
 
 def test_ca_rmsd_of_the_base_structure_is_the_known_distance(tmp_path):

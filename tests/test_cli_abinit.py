@@ -13,7 +13,7 @@ import pytest
 
 from cryoviz.cli import build_parser
 from cryoviz.errors import InputError
-from cryoviz.inference.abinit_pipeline import CLASS_SCREEN_FACTOR
+from cryoviz.inference.abinit_pipeline import CLASS_GLOBAL_ITERATIONS, CLASS_SCREEN_FACTOR
 from cryoviz.train.cli_abinit import _RunLog, abinit_refinement, abinit_settings
 
 
@@ -69,15 +69,18 @@ def test_screening_defaults(flags, classes, expected):
     settings.validate(64)
 
 
-@pytest.mark.parametrize(("flags", "expected"), [
-    ((), (4, 1)),  # the recipe: one global search, then local ones
-    (("--epochs", "5", "--global-iterations", "3"), (5, 3)),
-    (("--epochs", "2", "--global-iterations", "9"), (2, 2)),  # at most --epochs
-    (("--global-iterations", "0"), (4, 0)),
+@pytest.mark.parametrize(("flags", "classes", "expected"), [
+    ((), False, (4, 1)),  # one map: one global search, then local ones
+    ((), True, (4, CLASS_GLOBAL_ITERATIONS)),  # classes: 3 global searches
+    (("--epochs", "2"), True, (2, 2)),  # the classes' default at most --epochs
+    (("--epochs", "5", "--global-iterations", "3"), False, (5, 3)),
+    (("--epochs", "5", "--global-iterations", "1"), True, (5, 1)),
+    (("--epochs", "2", "--global-iterations", "9"), False, (2, 2)),  # at most --epochs
+    (("--global-iterations", "0"), True, (4, 0)),
 ])
-def test_refinement_global_iterations(flags, expected):
-    abinit = abinit_settings(_args(*flags), _Particles(), classes=True)
-    refine = abinit_refinement(_args(*flags), abinit, modal=True)
+def test_refinement_global_iterations(flags, classes, expected):
+    abinit = abinit_settings(_args(*flags), _Particles(), classes=classes)
+    refine = abinit_refinement(_args(*flags), abinit, modal=True, classes=classes)
     assert (refine.n_iterations, refine.n_global_iterations) == expected
     refine.validate()
 

@@ -77,6 +77,7 @@ def _class_abinit(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
     then classification with the poses searched; each class map in its own frame."""
     from cryoviz.inference.abinit import AbinitSettings  # noqa: PLC0415
     from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
+        CLASS_GLOBAL_ITERATIONS,
         CLASS_SCREEN_FACTOR,
         iter_class_ab_initio,
         refinement_after_abinit,
@@ -90,7 +91,9 @@ def _class_abinit(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
     abinit = AbinitSettings(seed=ctx.seed, **ABINIT_SETTINGS[ctx.size])
     if ctx.size != "tiny":  # the recipe's screening of each class's own initial model
         abinit = dataclasses.replace(abinit, screen_starts=CLASS_SCREEN_FACTOR * abinit.n_starts)
-    refine = refinement_after_abinit(abinit, modal=True, n_iterations=ctx.iterations)
+    refine = refinement_after_abinit(
+        abinit, modal=True, n_iterations=ctx.iterations,
+        n_global_iterations=min(CLASS_GLOBAL_ITERATIONS, ctx.iterations))
     result = None
     for state in iter_class_ab_initio(particles, 2, abinit, refine, device=ctx.device):
         if isinstance(state, ClassRefineProgress) and state.result is not None:
@@ -103,7 +106,8 @@ def _class_abinit(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
                       poses_file=output / "poses.npz", frames=classes.best_class,
                       extra={"classes": 2, "iterations": ctx.iterations,
                              "abinit_steps": abinit.n_steps, "abinit_restarts": abinit.n_starts,
-                             "abinit_screen": abinit.screen_starts, "start": "nothing"})
+                             "abinit_screen": abinit.screen_starts,
+                             "global_iterations": refine.n_global_iterations, "start": "nothing"})
 
 
 def _ppca(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:

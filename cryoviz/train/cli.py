@@ -125,7 +125,7 @@ def add_parsers(subparsers) -> None:
                     help="iterations with a global pose search: relion-refine and "
                     "relion-class3d with --initial-map (default 2); the refinement or "
                     "classification after ab initio (cryosparc-abinit, relion-refine without "
-                    "--initial-map; default 1)")
+                    "--initial-map; default 1, with --classes 3)")
     tr.add_argument("--abinit-steps", type=int, default=150,
                     help="cryosparc-abinit, relion-refine without --initial-map: minibatch "
                     "steps of the initial model (default 150)")

@@ -81,24 +81,29 @@ def abinit_settings(args: argparse.Namespace, particles, classes: bool = False):
                                                        len(particles))))
 
 
-def abinit_refinement(args: argparse.Namespace, abinit, modal: bool):
+def abinit_refinement(args: argparse.Namespace, abinit, modal: bool, classes: bool = False):
     """:class:`~cryoviz.inference.refine.RefineSettings` of what follows the initial model(s).
 
-    The refinement (one map) or the classification (``--classes``) of
+    The refinement (one map) or the classification (``classes``, ``--classes``) of
     :func:`~cryoviz.inference.abinit_pipeline.refinement_after_abinit`:
-    ``--epochs`` iterations (default 4), of which ``--global-iterations`` (default
-    1, at most ``--epochs``) search all of SO(3); more global searches move
-    poses the local iterations cannot reach (``docs/benchmarks.md``, "More
-    classification iterations, more global searches").
+    ``--epochs`` iterations (default 4), of which ``--global-iterations`` (at most
+    ``--epochs``; default 1, with ``classes``
+    :data:`~cryoviz.inference.abinit_pipeline.CLASS_GLOBAL_ITERATIONS`) search all
+    of SO(3); more global searches move poses the local iterations cannot reach
+    (``docs/benchmarks.md``, "More classification iterations, more global searches").
     """
-    from cryoviz.inference.abinit_pipeline import refinement_after_abinit  # noqa: PLC0415
+    from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
+        CLASS_GLOBAL_ITERATIONS,
+        refinement_after_abinit,
+    )
     from cryoviz.train.cli_algorithms import global_search_iterations  # noqa: PLC0415
 
     n_iterations = args.epochs or 4
+    default = CLASS_GLOBAL_ITERATIONS if classes else 1
     return refinement_after_abinit(
         abinit, modal=modal, n_iterations=n_iterations, batch_size=args.batch_size or 64,
         max_order=args.max_order,
-        n_global_iterations=global_search_iterations(args, n_iterations, default=1))
+        n_global_iterations=global_search_iterations(args, n_iterations, default=default))
 
 
 def start_label(progress, settings) -> str:
@@ -208,7 +213,7 @@ def _run_abinit_classes(args: argparse.Namespace, particles) -> None:
         raise InputError(None, "--classes", "at least 2 for cryosparc-abinit (one class: leave "
                          "--classes out)", k_classes)
     abinit = abinit_settings(args, particles, classes=True)
-    refine = abinit_refinement(args, abinit, modal=True)
+    refine = abinit_refinement(args, abinit, modal=True, classes=True)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     apix = particles.pixel_size_angstrom

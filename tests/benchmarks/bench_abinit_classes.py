@@ -50,7 +50,8 @@ each (``classification_more``): what further iterations give, without running
 the initial models again.
 
 ``--global-iterations G`` gives the classification G iterations of global pose
-search (the recipe: 1). ``--checkpoint-dir DIR`` keeps the run's checkpoints in
+search (default 1 here, as in the recorded results; the recipe's default since the
+twentieth session is 3, ``CLASS_GLOBAL_ITERATIONS``). ``--checkpoint-dir DIR`` keeps the run's checkpoints in
 DIR and resumes from those there: the initial models' stages are read back (and
 not scored again); with ``--redo-classification`` the classification's checkpoint
 is removed first, so the classification alone runs again, e.g. with another
