@@ -51,11 +51,11 @@ the initial models again.
 
 ``--global-iterations G`` gives the classification G iterations of global pose
 search (default 1 here, as in the recorded results; the recipe's default since the
-twentieth session is 3, ``CLASS_GLOBAL_ITERATIONS``). ``--checkpoint-dir DIR`` keeps the run's checkpoints in
-DIR and resumes from those there: the initial models' stages are read back (and
-not scored again); with ``--redo-classification`` the classification's checkpoint
-is removed first, so the classification alone runs again, e.g. with another
-``--global-iterations``.
+twentieth session is 3, ``CLASS_GLOBAL_ITERATIONS``). ``--checkpoint-dir DIR``
+keeps the run's checkpoints in DIR and resumes from those there: the initial
+models' stages are read back (and not scored again); with
+``--redo-classification`` the classification's checkpoint is removed first, so the
+classification alone runs again, e.g. with another ``--global-iterations``.
 
 ``--starts R`` restarts the K-class initial models R times and keeps the K maps of
 all restarts that explain a common image set best (and gives the control R starts).
