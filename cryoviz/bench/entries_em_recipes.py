@@ -77,7 +77,6 @@ def _class_abinit(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
     then classification with the poses searched; each class map in its own frame."""
     from cryoviz.inference.abinit import AbinitSettings  # noqa: PLC0415
     from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
-        CLASS_GLOBAL_ITERATIONS,
         CLASS_SCREEN_FACTOR,
         iter_class_ab_initio,
         refinement_after_abinit,
@@ -91,9 +90,8 @@ def _class_abinit(dataset: Path, output: Path, ctx: RunContext) -> RunOutputs:
     abinit = AbinitSettings(seed=ctx.seed, **ABINIT_SETTINGS[ctx.size])
     if ctx.size != "tiny":  # the recipe's screening of each class's own initial model
         abinit = dataclasses.replace(abinit, screen_starts=CLASS_SCREEN_FACTOR * abinit.n_starts)
-    refine = refinement_after_abinit(
-        abinit, modal=True, n_iterations=ctx.iterations,
-        n_global_iterations=min(CLASS_GLOBAL_ITERATIONS, ctx.iterations))
+    refine = refinement_after_abinit(abinit, modal=True, n_iterations=ctx.iterations,
+                                     classes=True)
     result = None
     for state in iter_class_ab_initio(particles, 2, abinit, refine, device=ctx.device):
         if isinstance(state, ClassRefineProgress) and state.result is not None:

@@ -92,15 +92,18 @@ class ClassMapProgress:
 
 
 def refinement_after_abinit(abinit: AbinitSettings, modal: bool, n_iterations: int = 4,
-                            **overrides) -> RefineSettings:
+                            classes: bool = False, **overrides) -> RefineSettings:
     """Refinement settings that continue from :func:`iter_abinit`'s map.
 
-    One global iteration at order 1 from the initial model low-passed to
-    ``abinit.final_resolution_angstrom``, then local ones; ``modal`` keeps one
-    pose per image (cryoSPARC-style), else up to 8 (exact EM).
+    Global iterations at order 1 from the initial model low-passed to
+    ``abinit.final_resolution_angstrom``, then local ones: one global iteration, or
+    :data:`CLASS_GLOBAL_ITERATIONS` for the classification after K initial models
+    (``classes``), at most ``n_iterations``; ``modal`` keeps one pose per image
+    (cryoSPARC-style), else up to 8 (exact EM).
     """
+    n_global = min(CLASS_GLOBAL_ITERATIONS if classes else 1, n_iterations)
     settings = RefineSettings(
-        n_iterations=n_iterations, global_order=1, n_global_iterations=1,
+        n_iterations=n_iterations, global_order=1, n_global_iterations=n_global,
         initial_lowpass_angstrom=abinit.final_resolution_angstrom,
         max_significant=1 if modal else 8, seed=abinit.seed)
     return dataclasses.replace(settings, **overrides)

@@ -92,18 +92,15 @@ def abinit_refinement(args: argparse.Namespace, abinit, modal: bool, classes: bo
     of SO(3); more global searches move poses the local iterations cannot reach
     (``docs/benchmarks.md``, "More classification iterations, more global searches").
     """
-    from cryoviz.inference.abinit_pipeline import (  # noqa: PLC0415
-        CLASS_GLOBAL_ITERATIONS,
-        refinement_after_abinit,
-    )
+    from cryoviz.inference.abinit_pipeline import refinement_after_abinit  # noqa: PLC0415
     from cryoviz.train.cli_algorithms import global_search_iterations  # noqa: PLC0415
 
     n_iterations = args.epochs or 4
-    default = CLASS_GLOBAL_ITERATIONS if classes else 1
-    return refinement_after_abinit(
-        abinit, modal=modal, n_iterations=n_iterations, batch_size=args.batch_size or 64,
-        max_order=args.max_order,
-        n_global_iterations=global_search_iterations(args, n_iterations, default=default))
+    refine = refinement_after_abinit(abinit, modal=modal, n_iterations=n_iterations,
+                                     classes=classes, batch_size=args.batch_size or 64,
+                                     max_order=args.max_order)
+    return dataclasses.replace(refine, n_global_iterations=global_search_iterations(
+        args, n_iterations, default=refine.n_global_iterations))
 
 
 def start_label(progress, settings) -> str:
