@@ -20,12 +20,14 @@ import torch
 
 from cryoviz.analysis.clustering import label_agreement
 from cryoviz.errors import InputError
+from cryoviz.inference import abinit_classes
 from cryoviz.inference.abinit import AbinitSettings
 from cryoviz.inference.abinit_classes import (
     CLASS_ABINIT_STATE_FILE,
     iter_abinit_classes,
     run_abinit_classes,
 )
+from cryoviz.inference.abinit_classes_result import CLASS_ABINIT_RESULT_FILE
 from cryoviz.io import load_particles, read_volume
 from cryoviz.metrics import fsc
 from cryoviz.metrics.alignment import align_volume
@@ -111,6 +113,55 @@ def test_interrupted_run_resumes_to_the_unbroken_result(dataset, short, tmp_path
     resumed = list(iter_abinit_classes(particles, 2, SHORT, checkpoint_dir=tmp_path,
                                        resume=True))
     assert [p.step for p in resumed] == list(range(min(stop_after + 1, 5), 6))
+    _same(resumed[-1].result, short)
+
+
+def _no_search(*args, **kwargs):
+    pytest.fail("a finished K-class stage searched the images again")
+
+
+def test_a_finished_run_resumes_from_its_stored_result_without_searching(dataset, short,
+                                                                        tmp_path, monkeypatch):
+    particles, _, _ = dataset
+    unbroken = list(iter_abinit_classes(particles, 2, SHORT, checkpoint_dir=tmp_path))
+    assert (tmp_path / CLASS_ABINIT_RESULT_FILE).is_file()
+    monkeypatch.setattr(abinit_classes, "_assign", _no_search)
+    monkeypatch.setattr(abinit_classes, "_common_evidence", _no_search)
+    resumed = list(iter_abinit_classes(particles, 2, SHORT, checkpoint_dir=tmp_path,
+                                       resume=True))
+    assert [p.step for p in resumed] == [SHORT.n_steps]
+    last, again = unbroken[-1], resumed[-1]
+    _same(again.result, short)
+    assert again.result.chosen_maps == short.chosen_maps
+    assert again.result.log_likelihood == short.log_likelihood
+    np.testing.assert_array_equal(again.result.shifts_angstrom, short.shifts_angstrom)
+    assert again.result.settings == SHORT
+    assert again.class_fractions == last.class_fractions
+    assert (again.resolution_angstrom, again.log_likelihood) == (last.resolution_angstrom,
+                                                                 last.log_likelihood)
+
+
+def test_a_finished_run_without_a_stored_result_searches_once_more(dataset, short, tmp_path):
+    particles, _, _ = dataset
+    list(iter_abinit_classes(particles, 2, SHORT, checkpoint_dir=tmp_path))
+    (tmp_path / CLASS_ABINIT_RESULT_FILE).unlink()  # as a run written before the file existed
+    resumed = list(iter_abinit_classes(particles, 2, SHORT, checkpoint_dir=tmp_path,
+                                       resume=True))
+    assert [p.step for p in resumed] == [SHORT.n_steps]
+    _same(resumed[-1].result, short)
+    assert (tmp_path / CLASS_ABINIT_RESULT_FILE).is_file()
+
+
+def test_a_run_started_afresh_drops_the_stored_result(dataset, short, tmp_path):
+    particles, _, _ = dataset
+    list(iter_abinit_classes(particles, 2, SHORT, checkpoint_dir=tmp_path))
+    for _ in iter_abinit_classes(particles, 2, SHORT, checkpoint_dir=tmp_path,
+                                 checkpoint_interval_s=0.0):
+        break  # the new run is killed after its first step
+    assert not (tmp_path / CLASS_ABINIT_RESULT_FILE).exists()
+    resumed = list(iter_abinit_classes(particles, 2, SHORT, checkpoint_dir=tmp_path,
+                                       resume=True))
+    assert [p.step for p in resumed] == list(range(2, SHORT.n_steps + 1))
     _same(resumed[-1].result, short)
 
 

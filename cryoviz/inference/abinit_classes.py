@@ -23,7 +23,9 @@ first step. Then, minibatch by minibatch on the working box:
 
 After the last step every image is searched once more against the final maps
 (limit ``final_resolution_angstrom``), which gives the result's class
-posteriors and poses. Each class map has its own frame and hand. The maps are
+posteriors and poses; the result is stored with the checkpoints, so a resumed
+run does not search them again (:mod:`cryoviz.inference.abinit_classes_result`).
+Each class map has its own frame and hand. The maps are
 the starting maps of a classification with poses searched
 (:func:`cryoviz.inference.class_refine.iter_class_refine` with
 ``initial_maps``), which the ``cryosparc-abinit --classes K`` recipe runs next.
@@ -54,6 +56,13 @@ from cryoviz.errors import InputError
 from cryoviz.fourier import lowpass_volume
 from cryoviz.imaging import forward_fourier, volume_to_fourier
 from cryoviz.inference.abinit import AbinitSettings, _Context, _random_start, upsample_map
+from cryoviz.inference.abinit_classes_result import (
+    ClassAbinitProgress,
+    ClassAbinitResult,
+    discard_class_abinit_result,
+    load_class_abinit_result,
+    save_class_abinit_result,
+)
 from cryoviz.inference.abinit_state import Schedule, StartState
 from cryoviz.inference.map_selection import mixture_log_likelihood, select_maps
 from cryoviz.inference.pose_search import PoseCandidates, significant_poses, summarise
@@ -68,92 +77,6 @@ __all__ = ["CLASS_ABINIT_STATE_FILE", "ClassAbinitResult", "ClassAbinitProgress"
 CLASS_ABINIT_STATE_FILE = "abinit_classes_state.pt"
 _FORMAT = 1
 _MIN_WEIGHT = 1e-4  # class x pose weights below this are not backprojected
-
-
-@dataclass(frozen=True)
-class ClassAbinitResult:
-    """Outcome of :func:`iter_abinit_classes`.
-
-    Attributes
-    ----------
-    maps
-        ``(K, D, D, D)`` float32 class maps on the particles' box and voxel size
-        (the working maps Fourier-padded).
-    working_maps
-        ``(K, d, d, d)`` float32 class maps on the working box.
-    posteriors
-        ``(N, K)`` class posteriors of every particle under the final maps.
-    best_class
-        ``(N,)`` each particle's most probable class.
-    class_fractions
-        ``(K,)`` the class prior at the end.
-    rotations, shifts_angstrom
-        ``(N, 3, 3)`` and ``(N, 2)`` each particle's most probable pose in its
-        most probable class (in that class map's frame).
-    pixel_size_angstrom, working_pixel_size_angstrom
-        Voxel sizes of ``maps`` and ``working_maps``.
-    chosen_maps
-        ``K`` pairs (restart, class of that restart) the maps come from.
-    start_log_likelihoods
-        ``(R,)`` mean log evidence of the common images under each restart's own
-        equal mixture of its ``K`` maps.
-    log_likelihood
-        The same for the kept maps (at least the largest of ``start_log_likelihoods``).
-    seconds, settings
-        Bookkeeping.
-    """
-
-    maps: torch.Tensor
-    working_maps: torch.Tensor
-    posteriors: np.ndarray
-    best_class: np.ndarray
-    class_fractions: np.ndarray
-    rotations: np.ndarray
-    shifts_angstrom: np.ndarray
-    pixel_size_angstrom: float
-    working_pixel_size_angstrom: float
-    chosen_maps: tuple[tuple[int, int], ...]
-    start_log_likelihoods: tuple[float, ...]
-    log_likelihood: float
-    seconds: float
-    settings: AbinitSettings
-
-
-@dataclass(frozen=True)
-class ClassAbinitProgress:
-    """State after one minibatch step of :func:`iter_abinit_classes`.
-
-    Attributes
-    ----------
-    step, n_steps
-        1-based step and the steps of the run.
-    resolution_angstrom
-        The step's search and low-pass limit (Å).
-    class_fractions
-        ``(K,)`` class prior after the step.
-    log_likelihood
-        Mean over the batch of ``log sum_k pi_k p(X_i | k)``.
-    images_per_second
-        Images searched (against every class) and backprojected per second.
-    step_seconds, elapsed_seconds
-        Wall time of this step and since the run began (resumed runs add theirs).
-    result
-        The :class:`ClassAbinitResult` on the last step, else ``None``.
-    start, n_starts
-        0-based restart of the step and the run's restarts.
-    """
-
-    step: int
-    n_steps: int
-    resolution_angstrom: float
-    class_fractions: tuple[float, ...]
-    log_likelihood: float
-    images_per_second: float
-    step_seconds: float
-    elapsed_seconds: float
-    result: ClassAbinitResult | None = None
-    start: int = 0
-    n_starts: int = 1
 
 
 def _limit(settings: AbinitSettings, step: int, box: int, apix: float) -> tuple[float, int]:
@@ -335,7 +258,8 @@ def abinit_classes_finished(particles: ParticleSet, n_classes: int, settings: Ab
     """Whether every restart's checkpoint in ``checkpoint_dir`` is at its last step.
 
     A run that is finished resumes (:func:`run_abinit_classes` with ``resume``)
-    to its result without another step. Checkpoints of other settings raise
+    to its result without another step, and without the assignment pass when its
+    ``abinit_classes_result.pt`` is there. Checkpoints of other settings raise
     :class:`~cryoviz.errors.InputError`, as resuming does.
     """
     ids = np.asarray(particles.particle_ids, dtype=np.int64)
@@ -401,11 +325,16 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
         Folder for ``abinit_classes_state.pt`` (restart 0) and
         ``abinit_classes_state_<r>.pt``, written atomically after a step when
         ``checkpoint_interval_s`` have passed since the last one, and after each
-        restart's last step; ``None``: none.
+        restart's last step, and for ``abinit_classes_result.pt``, the result
+        after the assignment pass
+        (:func:`~cryoviz.inference.abinit_classes_result.save_class_abinit_result`);
+        ``None``: none.
     resume
         Continue from the checkpoints in ``checkpoint_dir`` (a fresh start if there
         are none): finished restarts are kept, the others continue, with the
-        unbroken run's result.
+        unbroken run's result; a finished run's stored result is read back
+        without searching the images again. A run not resumed removes the
+        folder's stored result first (its checkpoints are about to be replaced).
     checkpoint_interval_s
         Least wall time between two checkpoints (0: every step).
 
@@ -432,6 +361,17 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
     run_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
     saved = [_load(run_dir, settings, ids, k_classes, r) if resume else None
              for r in range(settings.n_starts)]
+    identity = run_identity(settings, ids, ())
+    if all(s is not None and int(s["step"]) == settings.n_steps for s in saved):
+        stored = load_class_abinit_result(run_dir, identity, k_classes, settings)
+        if stored is not None:
+            result, figures = stored
+            yield ClassAbinitProgress(step=settings.n_steps, n_steps=settings.n_steps,
+                                      **figures, elapsed_seconds=result.seconds, result=result,
+                                      start=settings.n_starts - 1, n_starts=settings.n_starts)
+            return
+    elif run_dir is not None:
+        discard_class_abinit_result(run_dir)
     start_time = time.perf_counter() - max(
         [float(s["elapsed_seconds"]) for s in saved if s is not None], default=0.0)
     box = settings.box_size or full_box
@@ -476,6 +416,8 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
         log_likelihood=mixture_log_likelihood(evidence, chosen),
         seconds=time.perf_counter() - start_time, settings=settings)
     figures = restarts[-1].figures
+    if run_dir is not None:
+        save_class_abinit_result(run_dir, result, identity, figures)
     yield ClassAbinitProgress(step=settings.n_steps, n_steps=settings.n_steps,
                               **{**figures, "class_fractions": tuple(figures["class_fractions"])},
                               elapsed_seconds=time.perf_counter() - start_time, result=result,
