@@ -17,7 +17,6 @@ from cryoviz.inference.abinit_classes_result import (
     load_class_abinit_result,
     save_class_abinit_result,
 )
-from cryoviz.inference.refine_state import run_identity
 
 SETTINGS = AbinitSettings(n_steps=7, n_starts=2, seed=3)
 IDS = np.arange(10, 16, dtype=np.int64)
@@ -40,11 +39,9 @@ def result() -> ClassAbinitResult:
 
 
 def test_the_stored_result_reads_back_unchanged(result, tmp_path):
-    assert load_class_abinit_result(tmp_path, run_identity(SETTINGS, IDS, ()), 2,
-                                    SETTINGS) is None
-    save_class_abinit_result(tmp_path, result, run_identity(SETTINGS, IDS, ()), FIGURES)
-    back, figures = load_class_abinit_result(tmp_path, run_identity(SETTINGS, IDS, ()), 2,
-                                             SETTINGS)
+    assert load_class_abinit_result(tmp_path, SETTINGS, IDS, 2) is None
+    save_class_abinit_result(tmp_path, result, IDS, FIGURES)
+    back, figures = load_class_abinit_result(tmp_path, SETTINGS, IDS, 2)
     torch.testing.assert_close(back.maps, result.maps, rtol=0, atol=0)
     torch.testing.assert_close(back.working_maps, result.working_maps, rtol=0, atol=0)
     for name in ("posteriors", "best_class", "class_fractions", "rotations",
@@ -59,28 +56,26 @@ def test_the_stored_result_reads_back_unchanged(result, tmp_path):
 
 
 def test_a_result_of_another_run_is_refused_by_name(result, tmp_path):
-    save_class_abinit_result(tmp_path, result, run_identity(SETTINGS, IDS, ()), FIGURES)
+    save_class_abinit_result(tmp_path, result, IDS, FIGURES)
     other = replace(SETTINGS, n_steps=8)
     with pytest.raises(InputError, match="n_steps"):
-        load_class_abinit_result(tmp_path, run_identity(other, IDS, ()), 2, other)
+        load_class_abinit_result(tmp_path, other, IDS, 2)
     with pytest.raises(InputError, match="particles"):
-        load_class_abinit_result(tmp_path, run_identity(SETTINGS, IDS[::-1].copy(), ()), 2,
-                                 SETTINGS)
+        load_class_abinit_result(tmp_path, SETTINGS, IDS[::-1].copy(), 2)
     with pytest.raises(InputError, match="n_classes"):
-        load_class_abinit_result(tmp_path, run_identity(SETTINGS, IDS, ()), 3, SETTINGS)
+        load_class_abinit_result(tmp_path, SETTINGS, IDS, 3)
 
 
 def test_a_truncated_result_file_names_the_file(result, tmp_path):
-    path = save_class_abinit_result(tmp_path, result, run_identity(SETTINGS, IDS, ()),
-                                    FIGURES)
+    path = save_class_abinit_result(tmp_path, result, IDS, FIGURES)
     assert path.name == CLASS_ABINIT_RESULT_FILE
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(InputError, match=CLASS_ABINIT_RESULT_FILE):
-        load_class_abinit_result(tmp_path, run_identity(SETTINGS, IDS, ()), 2, SETTINGS)
+        load_class_abinit_result(tmp_path, SETTINGS, IDS, 2)
 
 
 def test_discarding_removes_the_file_and_tolerates_none(result, tmp_path):
     discard_class_abinit_result(tmp_path)
-    save_class_abinit_result(tmp_path, result, run_identity(SETTINGS, IDS, ()), FIGURES)
+    save_class_abinit_result(tmp_path, result, IDS, FIGURES)
     discard_class_abinit_result(tmp_path)
     assert not (tmp_path / CLASS_ABINIT_RESULT_FILE).exists()

@@ -361,9 +361,8 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
     run_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
     saved = [_load(run_dir, settings, ids, k_classes, r) if resume else None
              for r in range(settings.n_starts)]
-    identity = run_identity(settings, ids, ())
     if all(s is not None and int(s["step"]) == settings.n_steps for s in saved):
-        stored = load_class_abinit_result(run_dir, identity, k_classes, settings)
+        stored = load_class_abinit_result(run_dir, settings, ids, k_classes)
         if stored is not None:
             result, figures = stored
             yield ClassAbinitProgress(step=settings.n_steps, n_steps=settings.n_steps,
@@ -417,7 +416,7 @@ def iter_abinit_classes(particles: ParticleSet, n_classes: int,
         seconds=time.perf_counter() - start_time, settings=settings)
     figures = restarts[-1].figures
     if run_dir is not None:
-        save_class_abinit_result(run_dir, result, identity, figures)
+        save_class_abinit_result(run_dir, result, ids, figures)
     yield ClassAbinitProgress(step=settings.n_steps, n_steps=settings.n_steps,
                               **{**figures, "class_fractions": tuple(figures["class_fractions"])},
                               elapsed_seconds=time.perf_counter() - start_time, result=result,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from cryoviz.errors import InputError
-from cryoviz.inference.refine_state import check_identity, read_checkpoint
+from cryoviz.inference.refine_state import check_identity, read_checkpoint, run_identity
 from cryoviz.io.mrc import atomic_output
 
 if TYPE_CHECKING:
@@ -117,8 +117,8 @@ class ClassAbinitProgress:
     n_starts: int = 1
 
 
-def save_class_abinit_result(run_dir: str | Path, result: ClassAbinitResult, identity: dict,
-                             last_progress: dict) -> Path:
+def save_class_abinit_result(run_dir: str | Path, result: ClassAbinitResult,
+                             particle_ids: np.ndarray, last_progress: dict) -> Path:
     """Write ``run_dir/abinit_classes_result.pt`` atomically; returns its path.
 
     Parameters
@@ -127,9 +127,9 @@ def save_class_abinit_result(run_dir: str | Path, result: ClassAbinitResult, ide
         The run's checkpoint folder (created if missing).
     result
         The finished stage's result.
-    identity
-        :func:`~cryoviz.inference.refine_state.run_identity` of the run (its
-        settings and particle ids), checked when the file is read back.
+    particle_ids
+        ``(N,)`` ids of the particles, in the run's order; with ``result.settings``
+        the run's identity, checked when the file is read back.
     last_progress
         The figures of the last step (``resolution_angstrom``, ``class_fractions``,
         ``log_likelihood``, ``images_per_second``, ``step_seconds``), for the
@@ -137,7 +137,8 @@ def save_class_abinit_result(run_dir: str | Path, result: ClassAbinitResult, ide
     """
     path = Path(run_dir) / CLASS_ABINIT_RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": _FORMAT, **identity, "n_classes": len(result.maps),
+    payload = {"format": _FORMAT, **run_identity(result.settings, particle_ids, ()),
+               "n_classes": len(result.maps),
                "maps": result.maps.cpu(), "working_maps": result.working_maps.cpu(),
                **{name: torch.from_numpy(np.ascontiguousarray(getattr(result, name)))
                   for name in _ARRAYS},
@@ -154,9 +155,14 @@ def save_class_abinit_result(run_dir: str | Path, result: ClassAbinitResult, ide
     return path
 
 
-def load_class_abinit_result(run_dir: str | Path, identity: dict, n_classes: int,
-                             settings: AbinitSettings) -> tuple[ClassAbinitResult, dict] | None:
+def load_class_abinit_result(run_dir: str | Path, settings: AbinitSettings,
+                             particle_ids: np.ndarray, n_classes: int
+                             ) -> tuple[ClassAbinitResult, dict] | None:
     """The result in ``run_dir`` and its last step's figures, or ``None`` if there is none.
+
+    ``settings``, ``particle_ids`` (``(N,)``, in the run's order) and
+    ``n_classes`` are the resuming run's; the file must have been written by a
+    run with the same.
 
     Raises
     ------
@@ -168,7 +174,7 @@ def load_class_abinit_result(run_dir: str | Path, identity: dict, n_classes: int
     if not path.is_file():
         return None
     saved = read_checkpoint(path, CLASS_ABINIT_RESULT_FILE, _FORMAT)
-    check_identity(path, saved, identity, ())
+    check_identity(path, saved, run_identity(settings, particle_ids, ()), ())
     if int(saved["n_classes"]) != int(n_classes):
         raise InputError(path, "n_classes", f"{n_classes} (the run being resumed)",
                          saved["n_classes"])
