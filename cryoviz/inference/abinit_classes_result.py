@@ -33,7 +33,7 @@ _ARRAYS = ("posteriors", "best_class", "class_fractions", "rotations", "shifts_a
 
 @dataclass(frozen=True)
 class ClassAbinitResult:
-    """Outcome of :func:`iter_abinit_classes`.
+    """Outcome of :func:`~cryoviz.inference.abinit_classes.iter_abinit_classes`.
 
     Attributes
     ----------
@@ -82,7 +82,7 @@ class ClassAbinitResult:
 
 @dataclass(frozen=True)
 class ClassAbinitProgress:
-    """State after one minibatch step of :func:`iter_abinit_classes`.
+    """State after one step of :func:`~cryoviz.inference.abinit_classes.iter_abinit_classes`.
 
     Attributes
     ----------
