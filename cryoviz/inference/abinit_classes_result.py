@@ -144,12 +144,11 @@ def save_class_abinit_result(run_dir: str | Path, result: ClassAbinitResult,
                   for name in _ARRAYS},
                "pixel_size_angstrom": float(result.pixel_size_angstrom),
                "working_pixel_size_angstrom": float(result.working_pixel_size_angstrom),
-               "chosen_maps": [list(pair) for pair in result.chosen_maps],
+               "chosen_maps": list(result.chosen_maps),
                "start_log_likelihoods": [float(v) for v in result.start_log_likelihoods],
                "log_likelihood": float(result.log_likelihood),
                "seconds": float(result.seconds),
-               "last_progress": {key: (list(value) if isinstance(value, tuple) else value)
-                                 for key, value in last_progress.items()}}
+               "last_progress": dict(last_progress)}
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
     return path
