@@ -105,6 +105,7 @@ def test_every_run_has_a_row_with_costs(bench):
     assert len(results["rows"]) == 6
     assert results["suite_version"] == "1"
     assert results["machine"]["torch_version"] == torch.__version__
+    assert results["overrides"]["per_state"] == 3  # another render plan than the default
     md = (out / "leaderboard.md").read_text()
     html = (out / "leaderboard.html").read_text()
     for name in ("backprojection-shuffled-poses", "perturbed-truth-mirrored", "e2gmm"):

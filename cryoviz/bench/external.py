@@ -25,7 +25,7 @@ import torch
 
 from cryoviz.bench.entries import HETEROGENEOUS_KINDS, BenchEntry, RunContext, _recipe
 from cryoviz.bench.measure import Measurement, run_child
-from cryoviz.bench.tasks import RunOutputs, load_truth, render_plan
+from cryoviz.bench.tasks import PER_STATE, RunOutputs, load_truth, render_plan
 from cryoviz.errors import InputError
 from cryoviz.io.conventions import internal_to_cryodrgn
 from cryoviz.io.cryodrgn import (
@@ -77,7 +77,7 @@ def read_z_pkl(path: str | Path) -> np.ndarray:
     return z
 
 
-def write_render_zfile(dataset: str | Path, z, output: str | Path, per_state: int = 4,
+def write_render_zfile(dataset: str | Path, z, output: str | Path, per_state: int = PER_STATE,
                        seed: int | None = None) -> np.ndarray:
     """Write the z values of the particles the conformation task renders (one per line).
 

@@ -27,7 +27,7 @@ from cryoviz.bench.entries import ENTRIES, BenchEntry, RunContext
 from cryoviz.bench.leaderboard import write_leaderboard
 from cryoviz.bench.measure import machine_info, measure
 from cryoviz.bench.suite import SUITE_VERSION, DatasetSpec, build_dataset
-from cryoviz.bench.tasks import Truth, load_truth, render_plan, score
+from cryoviz.bench.tasks import PER_STATE, Truth, load_truth, render_plan, score
 from cryoviz.errors import InputError
 
 __all__ = ["BenchRow", "check_seeds", "iter_bench", "run_bench", "select_entries"]
@@ -93,7 +93,7 @@ def select_entries(recipes: Iterable[str] | None = None, tasks: Iterable[str] | 
 
 def iter_bench(datasets: list[DatasetSpec], output_dir: str | Path,
                entries: list[BenchEntry] | None = None, device: str = "cpu",
-               halves: bool = True, per_state: int = 4, raise_errors: bool = False,
+               halves: bool = True, per_state: int = PER_STATE, raise_errors: bool = False,
                epochs: int | None = None, em_iterations: int | None = None,
                seeds: Sequence[int] = (0,)) -> Iterator[BenchRow]:
     """Run every entry on every dataset of its kinds and seed; yield one row per run.
@@ -199,6 +199,8 @@ def run_bench(datasets: list[DatasetSpec], output_dir: str | Path,
                           if kwargs.get(k) is not None}}
     if tuple(kwargs.get("seeds", (0,))) != (0,):
         info["overrides"]["seeds"] = list(kwargs["seeds"])
+    if kwargs.get("per_state", PER_STATE) != PER_STATE:  # another render plan: not comparable
+        info["overrides"]["per_state"] = int(kwargs["per_state"])
     write_leaderboard(out, rows, info)
     for row in iter_bench(datasets, out, entries, device=device, **kwargs):
         rows.append(row)

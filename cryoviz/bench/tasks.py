@@ -74,7 +74,7 @@ from cryoviz.metrics.landscape import (
 from cryoviz.metrics.pose_modes import pose_error_modes
 from cryoviz.metrics.poses import align_rotations, apply_rotation_alignment
 
-__all__ = ["TASKS", "RunOutputs", "Truth", "load_truth", "render_plan", "score",
+__all__ = ["TASKS", "PER_STATE", "RunOutputs", "Truth", "load_truth", "render_plan", "score",
            "CLUSTER_FSC_THRESHOLD", "INPLANE_METRICS", "inplane_metrics"]
 
 TASKS = ("volume", "conformation", "pose", "abinit", "inplane")
@@ -190,7 +190,11 @@ def load_truth(dataset: str | Path) -> Truth:
                  continuous=bool(np.isfinite(coord).any()))
 
 
-def render_plan(truth: Truth, per_state: int = 4, seed: int = 0) -> np.ndarray:
+#: Particles rendered per true state in the conformation task (``--per-state``).
+PER_STATE = 4
+
+
+def render_plan(truth: Truth, per_state: int = PER_STATE, seed: int = 0) -> np.ndarray:
     """Particles whose maps the conformation task scores (seeded, file-order indices).
 
     Discrete data: ``per_state`` random particles of every state. Continuous
