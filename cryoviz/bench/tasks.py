@@ -78,6 +78,10 @@ __all__ = ["TASKS", "PER_STATE", "RunOutputs", "Truth", "load_truth", "render_pl
            "CLUSTER_FSC_THRESHOLD", "INPLANE_METRICS", "inplane_metrics"]
 
 TASKS = ("volume", "conformation", "pose", "abinit", "inplane")
+
+#: Particles rendered per true state in the conformation task (``--per-state``).
+PER_STATE = 4
+
 #: Metrics an ``inplane`` run must report (from :func:`inplane_metrics`).
 INPLANE_METRICS = ("angle_median_error_deg", "angle_within_5deg",
                    "defocus_median_error_angstrom", "frc_auc_loss_fraction")
@@ -188,10 +192,6 @@ def load_truth(dataset: str | Path) -> Truth:
     return Truth(maps=torch.stack(vols), pixel_size_angstrom=float(apix), labels=labels,
                  path_coordinate=coord, rotations=rot,
                  continuous=bool(np.isfinite(coord).any()))
-
-
-#: Particles rendered per true state in the conformation task (``--per-state``).
-PER_STATE = 4
 
 
 def render_plan(truth: Truth, per_state: int = PER_STATE, seed: int = 0) -> np.ndarray:
