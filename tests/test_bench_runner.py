@@ -24,7 +24,7 @@ from cryoviz.bench.entries import (
 )
 from cryoviz.bench.runner import run_bench, select_entries
 from cryoviz.bench.suite import KINDS, DatasetSpec
-from cryoviz.bench.tasks import RunOutputs, load_truth, score
+from cryoviz.bench.tasks import PER_STATE, RunOutputs, load_truth, score
 from cryoviz.errors import InputError
 from cryoviz.geometry import axis_angle_to_matrix
 from cryoviz.inference.abinit_pipeline import CLASS_GLOBAL_ITERATIONS
@@ -271,6 +271,17 @@ def test_cli_bench_runs_a_filtered_suite(bench, tmp_path, capsys):
 def by_epochs(rows: list[dict]) -> set:
     """The training epochs recorded in the rows of training recipes."""
     return {r["metrics"]["epochs"] for r in rows if "epochs" in r["metrics"]}
+
+
+def test_cli_per_state_defaults_are_the_harness_default(tmp_path):
+    """The CLI writes the default as a literal (its module stays light); it must agree."""
+    parser = argparse.ArgumentParser()
+    bench_cli.add_parser(parser.add_subparsers(dest="command"))
+    z = str(tmp_path / "z.pkl")
+    for argv in (["bench"], ["bench", "zfile", "--dataset", "d", "--z", z, "-o", "z.txt"],
+                 ["bench", "import-cryodrgn", str(tmp_path), "--dataset", "d", "--z", z,
+                  "--volumes", "v"]):
+        assert parser.parse_args(argv).per_state == PER_STATE
 
 
 def test_ci_subset_of_the_tiny_suite(tmp_path):
