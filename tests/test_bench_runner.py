@@ -438,7 +438,9 @@ def test_cli_merges_bench_folders(bench, tmp_path, capsys):
     assert bench_cli.run(args) == 0
     merged = read_results(tmp_path / "m")
     assert merged["rows"] == volume + others
-    assert [m["overrides"] for m in merged["merged_from"]] == [{"halves": True}, {"epochs": 1}]
+    # folder a keeps the fixture's overrides (per_state 3: not the default render plan)
+    assert [m["overrides"] for m in merged["merged_from"]] == [
+        {"halves": True, "per_state": 3}, {"epochs": 1}]
     md = (tmp_path / "m" / "leaderboard.md").read_text()
     assert all(f"| {r['recipe']} | {r['dataset']} |" in md for r in rows)
     # merging into a merged leaderboard keeps the earlier parts' provenance
@@ -449,7 +451,7 @@ def test_cli_merges_bench_folders(bench, tmp_path, capsys):
     merged = read_results(tmp_path / "m")
     assert merged["rows"] == volume + others + others[:1]
     assert [m["overrides"] for m in merged["merged_from"]] == [
-        {"halves": True}, {"epochs": 1}, {"epochs": 7}]
+        {"halves": True, "per_state": 3}, {"epochs": 1}, {"epochs": 7}]
     assert [m["folder"] for m in merged["merged_from"]] == [
         str(tmp_path / n) for n in ("a", "b", "d")]
     # --replace: a re-run row takes the earlier row's place, and the change is recorded
