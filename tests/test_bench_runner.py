@@ -195,8 +195,10 @@ def test_conformation_scores(bench):
     assert consensus["truth_top_merge_angstrom"] > 3 * 4.0
     learned = rows[("e2gmm", "mixture-hi-uniform-tiny")].metrics
     for key in ("fsc_auc", "knn_preservation", "knn_chance", "half_w2",
-                "fsc_cluster_agreement"):
+                "fsc_cluster_agreement", "kmeans_agreement"):
         assert learned[key] is not None and np.isfinite(learned[key])
+    assert 0.5 <= learned["kmeans_agreement"] <= 1.0
+    assert "kmeans_agreement" not in consensus  # no latents
     assert learned["knn_chance"] == pytest.approx(0.5, abs=0.05)
     assert 0.0 <= learned["half_w2"]
 
@@ -216,6 +218,14 @@ def test_conformation_rows_score_inferred_poses(bench, tmp_path):
     metrics = score("conformation", run, truth, render)
     assert metrics["pose_median_error_deg"] == pytest.approx(POSE_ERROR_DEG, abs=0.2)
     assert metrics["fsc_cluster_agreement"] == pytest.approx(1.0)
+    assert metrics["kmeans_agreement"] == 1.0
+    # latents that put the first 10 % of particles in the other state's cluster
+    misplaced = truth.labels.copy()
+    tenth = len(misplaced) // 10
+    misplaced[:tenth] = 1 - misplaced[:tenth]
+    swapped = score("conformation", RunOutputs(z=misplaced[:, None].astype(np.float64)),
+                    truth)
+    assert swapped["kmeans_agreement"] == pytest.approx(1 - tenth / len(misplaced))
     without = score("conformation", RunOutputs(
         volumes=run.volumes, pixel_size_angstrom=run.pixel_size_angstrom, z=run.z),
         truth, render)

@@ -31,6 +31,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                ("half-map 0.143 Å", "resolution_half_maps_0143_angstrom")],
     "conformation": [("per-conf. FSC-AUC", "fsc_auc"), ("FSC=0.5 Å", "resolution_05_angstrom"),
                      ("kNN preservation", "knn_preservation"), ("(chance)", "knn_chance"),
+                     ("k-means agreement", "kmeans_agreement"),
                      ("half-set W2", "half_w2"), ("FSC-cluster agreement",
                                                   "fsc_cluster_agreement"),
                      ("top merge Å", "fsc_top_merge_angstrom"),

@@ -32,6 +32,11 @@ Metric definitions (see ``docs/bench.md``):
   mirror-image projection), within 10° (:func:`cryoviz.metrics.pose_error_modes`);
 * ``knn_preservation`` (and ``knn_chance``): :func:`cryoviz.metrics.neighbourhood_preservation`
   of the latents against the true path coordinate or state;
+* ``kmeans_agreement`` (discrete states): k-means of all particles' latents into
+  the true number of states (:func:`cryoviz.analysis.kmeans`, as ``cryoviz
+  analyze``), scored against the true states
+  (:func:`cryoviz.analysis.label_agreement`); ``(1 - agreement) N`` particles
+  are placed in another state's cluster;
 * ``half_w2``: :func:`cryoviz.metrics.half_latent_wasserstein` of models trained
   on the two halves;
 * ``fsc_cluster_agreement`` and ``fsc_top_merge_angstrom``: the FSC clustering of
@@ -58,7 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoviz.analysis.clustering import label_agreement
+from cryoviz.analysis.clustering import kmeans, label_agreement
 from cryoviz.errors import InputError
 from cryoviz.geometry import geodesic_distance_deg
 from cryoviz.inference.posterior import read_pose_posterior
@@ -325,6 +330,10 @@ def _score_conformation(out: RunOutputs, truth: Truth, render: np.ndarray, k: in
         nbr = neighbourhood_preservation(out.z, target, k=min(k, len(out.z) - 1))
         metrics["knn_preservation"] = nbr.score
         metrics["knn_chance"] = nbr.chance
+        n_true = len(np.unique(truth.labels))
+        if not truth.continuous and 2 <= n_true <= len(out.z):
+            metrics["kmeans_agreement"] = label_agreement(
+                kmeans(np.asarray(out.z, dtype=np.float64), n_true).labels, truth.labels)
     if out.half_latents is not None:
         za, zb, pa, pb = out.half_latents
         try:
