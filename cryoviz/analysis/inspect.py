@@ -167,7 +167,8 @@ def inspect_particles(run: Run, indices, particles: ParticleSet | None = None
         if run.mu is not None:
             z = torch.as_tensor(np.asarray(run.mu)[index], dtype=torch.float32, device=device)
         elif run.encoder is not None:
-            view = particle_encoder_input(run.recipe, run.encoder, particles, apix, device)
+            view = particle_encoder_input(run.recipe, run.encoder, particles, apix, device,
+                                          run.volume)
             sel = torch.as_tensor(index, device=device)
             z = run.encoder(view(images.to(device), sel), sel)[0]
         else:

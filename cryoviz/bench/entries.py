@@ -180,7 +180,7 @@ def _encode(run_dir: Path, particles: ParticleSet, device: str) -> np.ndarray:
 
     run = load_run(run_dir, device=device)
     view = particle_encoder_input(run.recipe, run.encoder, particles, run.pixel_size_angstrom,
-                                  device)
+                                  device, run.volume)
     with ImageSource(particles) as source:
         batches = ParticleBatches(source, run.recipe.batch_size, seed=run.recipe.seed,
                                   box_size=run.recipe.box)

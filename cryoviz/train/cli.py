@@ -71,8 +71,10 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--domain", choices=("fourier", "hartley"),
                     help="implicit volume output: 'fourier' (default since 2026-12-05, "
                     "half-space reads) or 'hartley' (the earlier default)")
-    tr.add_argument("--encoder-input", choices=("real", "hartley"),
-                    help="image encoder input: the pixels or their Hartley transform")
+    tr.add_argument("--encoder-input", choices=("real", "hartley", "fit_gradient"),
+                    help="encoder input: the pixels, their Hartley transform, or (gmm "
+                    "recipes, given poses) the gradient of each particle's fit with "
+                    "respect to the mixture")
     tr.add_argument("--encoder-centre", action=argparse.BooleanOptionalAction,
                     help="encode each image moved back by its given shift (default: on, "
                     "as cryoDRGN; runs before 2026-12-05 had it off)")

@@ -17,10 +17,13 @@ import torch
 from cryoviz.ctf import CTFParams, compute_ctf_2d
 from cryoviz.fourier import centered_irfft2, centered_rfft2, phase_shift, real_dtype_of
 from cryoviz.io.particles import ParticleSet
-from cryoviz.train.encoders import MLPEncoder
+from cryoviz.train.encoders import GradientEncoder, MLPEncoder
+from cryoviz.train.fit_gradient import FitGradientInput
 from cryoviz.train.recipes import Recipe
+from cryoviz.volumes.base import VolumeModel
 
-__all__ = ["EncoderInput", "corrected_images", "run_encoder_input", "particle_encoder_input"]
+__all__ = ["EncoderInput", "EncoderView", "corrected_images", "run_encoder_input",
+           "particle_encoder_input"]
 
 
 def corrected_images(images: torch.Tensor, pixel_size_angstrom: float,
@@ -102,10 +105,16 @@ class EncoderInput:
                                 self.ctf.subset(index), ft, ctf_values)
 
 
+#: What a run's encoder is fed, batch by batch: corrected images or fit gradients.
+EncoderView = EncoderInput | FitGradientInput
+
+
 def run_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,
                       pixel_size_angstrom: float, shifts_angstrom: torch.Tensor | None,
-                      ctf: CTFParams | None) -> EncoderInput:
-    """The encoder input of a training run: the recipe's corrections for an image MLP.
+                      ctf: CTFParams | None, volume: VolumeModel | None = None,
+                      rotations: torch.Tensor | None = None) -> EncoderView:
+    """The encoder input of a training run: the recipe's corrections for an image MLP,
+    or the fit gradients for a :class:`~cryoviz.train.encoders.GradientEncoder`.
 
     Parameters
     ----------
@@ -121,7 +130,15 @@ def run_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,
         inferred by the run).
     ctf
         CTF parameters of all ``N`` particles, or None.
+    volume, rotations
+        The run's Gaussian mixture and the ``(N, 3, 3)`` given rotations: needed by
+        a gradient encoder only.
     """
+    if isinstance(encoder, GradientEncoder):
+        if volume is None or rotations is None:
+            raise ValueError("a gradient encoder's input needs the run's volume and the "
+                             "particles' rotations")
+        return FitGradientInput(volume, pixel_size_angstrom, rotations, shifts_angstrom, ctf)
     if not isinstance(encoder, MLPEncoder):
         return EncoderInput(pixel_size_angstrom)
     return EncoderInput(pixel_size_angstrom,
@@ -131,15 +148,20 @@ def run_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,
 
 def particle_encoder_input(recipe: Recipe, encoder: torch.nn.Module | None,
                            particles: ParticleSet, pixel_size_angstrom: float,
-                           device: torch.device | str = "cpu") -> EncoderInput:
+                           device: torch.device | str = "cpu",
+                           volume: VolumeModel | None = None) -> EncoderView:
     """The encoder input of a trained run for ``particles`` (all of them, file order).
 
     For encoding particles after training (a run's inspector, the bench's half-set
     latents) exactly as the run's training encoded them: the shifts are used only
-    when the recipe's poses are given, as in training.
+    when the recipe's poses are given, as in training. ``volume``: the run's
+    volume, needed by a gradient encoder.
     """
-    shifts = None
+    shifts, rotations = None, None
     if recipe.poses == "given" and particles.shifts_angstrom is not None:
         shifts = torch.as_tensor(particles.shifts_angstrom, dtype=torch.float32, device=device)
+    if recipe.poses == "given" and particles.rotations is not None:
+        rotations = torch.as_tensor(particles.rotations, dtype=torch.float32, device=device)
     ctf = None if particles.ctf is None else particles.ctf.to(device)
-    return run_encoder_input(recipe, encoder, pixel_size_angstrom, shifts, ctf)
+    return run_encoder_input(recipe, encoder, pixel_size_angstrom, shifts, ctf, volume,
+                             rotations)

@@ -1,5 +1,6 @@
-"""Latent encoders: an image MLP (VAE / AE), a per-particle table (auto-decoder) and
-a CNN that gives each image's poses and latent together."""
+"""Latent encoders: an image MLP (VAE / AE), an MLP on a mixture's fit gradients, a
+per-particle table (auto-decoder) and a CNN that gives each image's poses and latent
+together."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import torch
 
 from cryoviz.fourier import centered_fft2
 from cryoviz.inference.amortized_encoder import PoseEncoder
+from cryoviz.train.fit_gradient import FEATURES_PER_GAUSSIAN
 
-__all__ = ["MLPEncoder", "LatentTable", "JointPoseLatentEncoder", "circular_mask"]
+__all__ = ["MLPEncoder", "GradientEncoder", "LatentTable", "JointPoseLatentEncoder",
+           "circular_mask"]
 
 
 def circular_mask(box_size: int, radius_px: float | None = None) -> torch.Tensor:
@@ -77,6 +80,52 @@ class MLPEncoder(torch.nn.Module):
             images = ft.real - ft.imag
         x = images.reshape(images.shape[0], -1)[:, self.mask_index] / self.input_scale
         out = self.head(self.hidden(x))
+        if self.variational:
+            return out[:, : self.latent_dim], out[:, self.latent_dim:]
+        return out, None
+
+
+class GradientEncoder(torch.nn.Module):
+    """MLP on each particle's fit gradient with respect to a Gaussian mixture.
+
+    The input is :func:`cryoviz.train.fit_gradient.fit_gradients`: ``4`` numbers per
+    Gaussian (:data:`~cryoviz.train.fit_gradient.FEATURES_PER_GAUSSIAN`), already
+    normalised per particle.
+
+    Parameters
+    ----------
+    n_gaussians
+        ``M``: the input has ``4 M`` features.
+    latent_dim
+        ``L``.
+    width, depth
+        Hidden width and number of hidden layers (ReLU).
+    variational
+        Return ``(mu, logvar)`` (VAE) if True, else ``(mu, None)`` (AE).
+    """
+
+    def __init__(self, n_gaussians: int, latent_dim: int, width: int = 256, depth: int = 2,
+                 variational: bool = True) -> None:
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+        self.variational = bool(variational)
+        self.noise_std = 0.0
+        self.n_features = FEATURES_PER_GAUSSIAN * int(n_gaussians)
+        layers: list[torch.nn.Module] = []
+        n_in = self.n_features
+        for _ in range(depth):
+            layers += [torch.nn.Linear(n_in, width), torch.nn.ReLU()]
+            n_in = width
+        self.hidden = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(n_in, 2 * self.latent_dim if variational else self.latent_dim)
+
+    def forward(self, features: torch.Tensor,
+                indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode ``(B, 4 M)`` gradients to ``mu (B, L)`` and ``logvar (B, L)`` or ``None``."""
+        if features.ndim != 2 or features.shape[1] != self.n_features:
+            raise ValueError(f"GradientEncoder needs (B, {self.n_features}) features, got "
+                             f"{tuple(features.shape)}")
+        out = self.head(self.hidden(features))
         if self.variational:
             return out[:, : self.latent_dim], out[:, self.latent_dim:]
         return out, None

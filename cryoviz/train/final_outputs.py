@@ -17,7 +17,7 @@ from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ParticleSet
 from cryoviz.train.amortized_poses import pose_posterior
 from cryoviz.train.data import ParticleBatches
-from cryoviz.train.encoder_input import EncoderInput
+from cryoviz.train.encoder_input import EncoderView
 from cryoviz.train.encoders import LatentTable
 from cryoviz.train.memory import release_free_heap
 from cryoviz.train.run_files import write_z_pkl
@@ -29,7 +29,7 @@ __all__ = ["encode_all", "write_final"]
 
 @torch.no_grad()
 def encode_all(encoder: torch.nn.Module, batches: ParticleBatches, device: torch.device,
-               view: EncoderInput | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+               view: EncoderView | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Latent means ``(N, L)`` and log-variances ``(N, L)`` (or None) of every particle.
 
     Images are read one batch at a time (``batches.batch_size``) in stack order,
@@ -65,7 +65,7 @@ def encode_all(encoder: torch.nn.Module, batches: ParticleBatches, device: torch
 def write_final(out: Path, volume: VolumeModel, encoder: torch.nn.Module | None,
                  batches: ParticleBatches, particles: ParticleSet, apix: float,
                  device: torch.device, pose_encoder: PoseEncoder | None,
-                 weight_2d: torch.Tensor, view: EncoderInput | None = None) -> None:
+                 weight_2d: torch.Tensor, view: EncoderView | None = None) -> None:
     """Write the outputs of a finished run into the run folder ``out``.
 
     Latent recipes: ``latents.npz`` (``mu``, ``particle_ids`` and ``logvar`` for a

@@ -258,7 +258,7 @@ def iter_train(
     # the networks as the loop calls them: autocast for bf16 / fp16, DDP across ranks
     encode = (None if encoder is None or joint else
               wrap_model(encoder, "forward", recipe.precision, device, info))
-    encoder_view = run_encoder_input(recipe, encoder, apix, shifts, ctf)
+    encoder_view = run_encoder_input(recipe, encoder, apix, shifts, ctf, volume, rotations)
     slice_volume = wrap_model(volume, "slices", recipe.precision, device, info)
     encode_poses = None if given else wrap_model(
         pose_encoder, "joint" if joint else "hypotheses", recipe.precision, device, info)

@@ -19,7 +19,12 @@ from cryoviz.inference.amortized_encoder import PoseEncoder
 from cryoviz.io.particles import ParticleSet
 from cryoviz.train.amortized_poses import fit_scale_without_poses, pose_shift_bound_angstrom
 from cryoviz.train.data import ParticleBatches
-from cryoviz.train.encoders import JointPoseLatentEncoder, LatentTable, MLPEncoder
+from cryoviz.train.encoders import (
+    GradientEncoder,
+    JointPoseLatentEncoder,
+    LatentTable,
+    MLPEncoder,
+)
 from cryoviz.train.recipes import Recipe
 from cryoviz.volumes import ImplicitVolume, VolumeModel, VoxelVolume
 from cryoviz.volumes.deformation import DeformationVolume, consensus_map
@@ -68,8 +73,12 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
             volume = ReferenceResidualVolume(
                 load_reference_map(recipe.reference, box_size, pixel_size_angstrom,
                                    recipe.reference_bfactor_a2), volume)
-    if recipe.encoder in ("vae", "ae"):
-        encoder: torch.nn.Module | None = MLPEncoder(
+    if recipe.encoder in ("vae", "ae") and recipe.encoder_input == "fit_gradient":
+        encoder: torch.nn.Module | None = GradientEncoder(
+            volume.n_gaussians, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,
+            variational=recipe.encoder == "vae")
+    elif recipe.encoder in ("vae", "ae"):
+        encoder = MLPEncoder(
             box_size, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,
             variational=recipe.encoder == "vae", input_domain=recipe.encoder_input)
     elif recipe.encoder == "joint":

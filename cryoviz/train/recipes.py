@@ -127,9 +127,13 @@ class Recipe:
     enc_width, enc_depth
         Encoder MLP.
     encoder_input
-        What the image encoder sees: ``'real'`` (the pixels in a disc) or
+        What the encoder sees: ``'real'`` (the pixels in a disc) or
         ``'hartley'`` (the image's Hartley transform in a disc of frequencies,
-        as in cryoDRGN); see :class:`cryoviz.train.encoders.MLPEncoder`.
+        as in cryoDRGN), see :class:`cryoviz.train.encoders.MLPEncoder`; or, for
+        a ``gmm`` volume with given poses, ``'fit_gradient'``: the gradient of
+        the particle's FRC with the mixture at ``z = 0``, projected at its pose,
+        with respect to every Gaussian's centre and amplitude (E2GMM's input,
+        :mod:`cryoviz.train.fit_gradient`, :class:`cryoviz.train.encoders.GradientEncoder`).
     encoder_centre, encoder_phase_flip
         The image MLP encodes each image moved back by its known shift (poses
         given) and phase-flipped by the sign of its CTF, as cryoDRGN's
@@ -324,8 +328,13 @@ class Recipe:
              self.domain)
         need(self.pe_dim is None or self.pe_dim >= 1, "pe_dim",
              "at least 1, or none for 3 * (box // 2)", self.pe_dim)
-        need(self.encoder_input in ("real", "hartley"), "encoder_input", "'real' or 'hartley'",
-             self.encoder_input)
+        need(self.encoder_input in ("real", "hartley", "fit_gradient"), "encoder_input",
+             "'real', 'hartley' or 'fit_gradient'", self.encoder_input)
+        if self.encoder_input == "fit_gradient":
+            need(self.volume == "gmm" and self.encoder in ("vae", "ae")
+                 and self.poses == "given", "encoder_input",
+                 "'fit_gradient' only for a gmm volume with a 'vae' or 'ae' encoder and "
+                 "given poses", self.encoder_input)
         need(self.encoder in ("vae", "ae", "table", "joint", "none"), "encoder",
              "'vae', 'ae', 'table', 'joint' or 'none'", self.encoder)
         need(self.encoder != "joint" or self.poses == "amortized", "encoder",
