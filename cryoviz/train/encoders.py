@@ -22,7 +22,35 @@ def circular_mask(box_size: int, radius_px: float | None = None) -> torch.Tensor
     return (xx**2 + yy**2) <= radius**2
 
 
-class MLPEncoder(torch.nn.Module):
+class _LatentMLP(torch.nn.Module):
+    """An MLP from ``n_in`` numbers per particle to its latent (the encoders' common part).
+
+    ``depth`` hidden layers of ``width`` (ReLU), then a linear head to ``mu`` and, when
+    ``variational``, ``logvar``.
+    """
+
+    def __init__(self, n_in: int, latent_dim: int, width: int, depth: int,
+                 variational: bool) -> None:
+        super().__init__()
+        self.latent_dim = int(latent_dim)
+        self.variational = bool(variational)
+        self.noise_std = 0.0
+        layers: list[torch.nn.Module] = []
+        for _ in range(depth):
+            layers += [torch.nn.Linear(n_in, width), torch.nn.ReLU()]
+            n_in = width
+        self.hidden = torch.nn.Sequential(*layers)
+        self.head = torch.nn.Linear(n_in, 2 * self.latent_dim if variational else self.latent_dim)
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``mu (B, L)`` and ``logvar (B, L)`` (or None) of ``(B, n_in)`` inputs."""
+        out = self.head(self.hidden(x))
+        if self.variational:
+            return out[:, : self.latent_dim], out[:, self.latent_dim:]
+        return out, None
+
+
+class MLPEncoder(_LatentMLP):
     """MLP on the image inside a circular mask, in real space or as its Hartley transform.
 
     Parameters
@@ -54,23 +82,13 @@ class MLPEncoder(torch.nn.Module):
     def __init__(self, box_size: int, latent_dim: int, width: int = 256, depth: int = 2,
                  variational: bool = True, mask_radius_px: float | None = None,
                  input_domain: str = "real") -> None:
-        super().__init__()
         if input_domain not in ("real", "hartley"):
             raise ValueError(f"input_domain must be 'real' or 'hartley', got {input_domain!r}")
+        mask_index = torch.nonzero(circular_mask(box_size, mask_radius_px).reshape(-1)).squeeze(1)
+        super().__init__(int(mask_index.numel()), latent_dim, width, depth, variational)
         self.input_domain = input_domain
-        self.latent_dim = int(latent_dim)
-        self.variational = bool(variational)
-        self.noise_std = 0.0
-        mask = circular_mask(box_size, mask_radius_px)
-        self.register_buffer("mask_index", torch.nonzero(mask.reshape(-1)).squeeze(1))
+        self.register_buffer("mask_index", mask_index)
         self.register_buffer("input_scale", torch.ones(()))
-        layers: list[torch.nn.Module] = []
-        n_in = int(self.mask_index.numel())
-        for _ in range(depth):
-            layers += [torch.nn.Linear(n_in, width), torch.nn.ReLU()]
-            n_in = width
-        self.hidden = torch.nn.Sequential(*layers)
-        self.head = torch.nn.Linear(n_in, 2 * self.latent_dim if variational else self.latent_dim)
 
     def forward(self, images: torch.Tensor,
                 indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -78,14 +96,11 @@ class MLPEncoder(torch.nn.Module):
         if self.input_domain == "hartley":
             ft = centered_fft2(images) / images.shape[-1]
             images = ft.real - ft.imag
-        x = images.reshape(images.shape[0], -1)[:, self.mask_index] / self.input_scale
-        out = self.head(self.hidden(x))
-        if self.variational:
-            return out[:, : self.latent_dim], out[:, self.latent_dim:]
-        return out, None
+        return self._encode(images.reshape(images.shape[0], -1)[:, self.mask_index]
+                            / self.input_scale)
 
 
-class GradientEncoder(torch.nn.Module):
+class GradientEncoder(_LatentMLP):
     """MLP on each particle's fit gradient with respect to a Gaussian mixture.
 
     The input is :func:`cryoviz.train.fit_gradient.fit_gradients`: ``4`` numbers per
@@ -106,18 +121,9 @@ class GradientEncoder(torch.nn.Module):
 
     def __init__(self, n_gaussians: int, latent_dim: int, width: int = 256, depth: int = 2,
                  variational: bool = True) -> None:
-        super().__init__()
-        self.latent_dim = int(latent_dim)
-        self.variational = bool(variational)
-        self.noise_std = 0.0
-        self.n_features = FEATURES_PER_GAUSSIAN * int(n_gaussians)
-        layers: list[torch.nn.Module] = []
-        n_in = self.n_features
-        for _ in range(depth):
-            layers += [torch.nn.Linear(n_in, width), torch.nn.ReLU()]
-            n_in = width
-        self.hidden = torch.nn.Sequential(*layers)
-        self.head = torch.nn.Linear(n_in, 2 * self.latent_dim if variational else self.latent_dim)
+        n_features = FEATURES_PER_GAUSSIAN * int(n_gaussians)
+        super().__init__(n_features, latent_dim, width, depth, variational)
+        self.n_features = n_features
 
     def forward(self, features: torch.Tensor,
                 indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -125,10 +131,7 @@ class GradientEncoder(torch.nn.Module):
         if features.ndim != 2 or features.shape[1] != self.n_features:
             raise ValueError(f"GradientEncoder needs (B, {self.n_features}) features, got "
                              f"{tuple(features.shape)}")
-        out = self.head(self.hidden(features))
-        if self.variational:
-            return out[:, : self.latent_dim], out[:, self.latent_dim:]
-        return out, None
+        return self._encode(features)
 
 
 class LatentTable(torch.nn.Module):
