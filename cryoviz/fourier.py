@@ -37,6 +37,7 @@ __all__ = [
     "phase_shift",
     "pad_center",
     "crop_center",
+    "crop_half_transform",
     "lowpass_volume",
     "hermitian_mirror",
     "real_dtype_of",
@@ -236,6 +237,18 @@ def crop_center(x: torch.Tensor, size: int, ndim: int) -> torch.Tensor:
     start = box // 2 - size // 2
     index = [slice(None)] * (x.ndim - ndim) + [slice(start, start + size)] * ndim
     return x[tuple(index)]
+
+
+def crop_half_transform(ft: torch.Tensor, size: int) -> torch.Tensor:
+    """Crop centred half transforms ``(..., D, D // 2 + 1)`` to ``(..., d, d // 2 + 1)``.
+
+    The samples kept are the same frequencies in cycles / Å at pixel size
+    ``p D / d`` (a Fourier crop; values are not rescaled). Also for any array in
+    the half layout, e.g. CTF values.
+    """
+    box = int(ft.shape[-2])
+    start = box // 2 - size // 2
+    return ft[..., start:start + size, : size // 2 + 1]
 
 
 def lowpass_volume(

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from cryoviz.ctf import CTFParams, compute_ctf_2d
 from cryoviz.errors import InputError
-from cryoviz.fourier import centered_irfft2
+from cryoviz.fourier import centered_irfft2, crop_half_transform
 from cryoviz.gaussians import GaussianMixture
 from cryoviz.geometry.rotations import rotation_about_axis
 from cryoviz.io.particles import ImageSource, load_particles
@@ -90,6 +91,24 @@ def test_blocks_are_normalised_and_the_volume_gets_no_gradient():
     assert torch.allclose(blocks[..., :3].pow(2).mean(dim=(1, 2)), torch.ones(3), atol=1e-4)
     assert torch.allclose(blocks[..., 3].pow(2).mean(dim=1), torch.ones(3), atol=1e-4)
     assert all(p.grad is None for p in volume.parameters())
+
+
+def test_the_training_grids_ctf_cropped_is_the_ctf_of_the_cropped_box():
+    """The loop's CTF values, cropped, stand for the CTF evaluated at the gradient box."""
+    ctf = CTFParams.from_arrays(defocus_u_angstrom=[9000.0, 21000.0],
+                                defocus_v_angstrom=[8500.0, 20000.0],
+                                astigmatism_angle_deg=[10.0, 70.0], voltage_kv=300.0,
+                                cs_mm=2.7, amplitude_contrast=0.1)
+    small = gradient_box(BOX)
+    full = compute_ctf_2d(ctf, BOX, APIX)
+    direct = compute_ctf_2d(ctf, small, APIX * BOX / small)
+    torch.testing.assert_close(crop_half_transform(full, small), direct, atol=1e-5, rtol=0)
+    volume = GaussianMixtureVolume(BOX, APIX, latent_dim=2, n_gaussians=16, seed=1)
+    rotations = rotation_about_axis("z", torch.tensor([0.0, 40.0]))
+    images = _views(rotations, _two_gaussians(-3.0, 1.5)) * full
+    from_params = fit_gradients(volume, images, rotations, None, ctf, APIX)
+    from_values = fit_gradients(volume, images, rotations, None, None, APIX, full)
+    torch.testing.assert_close(from_values, from_params, atol=1e-4, rtol=1e-4)
 
 
 def test_the_recipe_accepts_the_input_for_a_mixture_with_given_poses_only():

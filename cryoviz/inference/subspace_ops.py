@@ -15,6 +15,7 @@ from cryoviz.fourier import (
     centered_ifft3,
     centered_rfft2,
     crop_center,
+    crop_half_transform,
     hermitian_mirror,
 )
 from cryoviz.noise import HalfPlaneShells
@@ -60,8 +61,7 @@ def crop_images_fourier(images: torch.Tensor, box_size: int) -> torch.Tensor:
     ft = centered_rfft2(images)
     if box_size == full:
         return ft
-    start = full // 2 - box_size // 2
-    ft = ft[:, start:start + box_size, : box_size // 2 + 1] * (box_size / full) ** 2
+    ft = crop_half_transform(ft, box_size) * (box_size / full) ** 2
     ft[:, 0, :] = 0  # Nyquist row of the cropped box has no Hermitian partner
     ft[:, :, -1] = 0
     return ft

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from cryoviz.ctf import CTFParams, compute_ctf_2d
-from cryoviz.fourier import centered_rfft2
+from cryoviz.fourier import centered_rfft2, crop_half_transform
 from cryoviz.imaging import apply_shift_and_ctf
 from cryoviz.volumes.frc import frc_per_shell
 from cryoviz.volumes.gmm import GaussianMixtureVolume, project_gaussians_batched
@@ -46,16 +46,10 @@ def gradient_box(box_size: int) -> int:
     return max(8, (int(box_size) // 4) * 2)
 
 
-def _crop_half_transform(ft: torch.Tensor, size: int) -> torch.Tensor:
-    """``(B, D, D // 2 + 1)`` centred half transforms cropped to ``(B, d, d // 2 + 1)``."""
-    box = int(ft.shape[-2])
-    start = box // 2 - size // 2
-    return ft[:, start:start + size, : size // 2 + 1]
-
-
 def fit_gradients(volume: GaussianMixtureVolume, target_ft: torch.Tensor,
                   rotations: torch.Tensor, shifts_angstrom: torch.Tensor | None,
-                  ctf: CTFParams | None, pixel_size_angstrom: float) -> torch.Tensor:
+                  ctf: CTFParams | None, pixel_size_angstrom: float,
+                  ctf_values: torch.Tensor | None = None) -> torch.Tensor:
     """Per-particle gradients of the FRC with the mixture at ``z = 0``, normalised.
 
     Parameters
@@ -72,6 +66,9 @@ def fit_gradients(volume: GaussianMixtureVolume, target_ft: torch.Tensor,
         CTF parameters of the ``B`` particles, or None.
     pixel_size_angstrom
         Pixel size of ``target_ft`` in Å.
+    ctf_values
+        ``(B, D, D // 2 + 1)`` ``ctf`` already evaluated on ``target_ft``'s grid (the
+        training loop's), cropped here instead of evaluating ``ctf`` again.
 
     Returns
     -------
@@ -83,10 +80,12 @@ def fit_gradients(volume: GaussianMixtureVolume, target_ft: torch.Tensor,
     box = int(target_ft.shape[-2])
     size = gradient_box(box)
     apix = float(pixel_size_angstrom) * box / size
-    target = _crop_half_transform(target_ft, size)
+    target = crop_half_transform(target_ft, size)
     batch = int(target.shape[0])
-    ctf_values = None if ctf is None else compute_ctf_2d(ctf, size, apix, rfft=True,
-                                                          device=target.device)
+    if ctf_values is not None:  # the same frequencies: a crop of the full grid's values
+        ctf_values = crop_half_transform(ctf_values, size)
+    elif ctf is not None:
+        ctf_values = compute_ctf_2d(ctf, size, apix, rfft=True, device=target.device)
     with torch.no_grad():
         z = (None if volume.latent_dim == 0 else
              torch.zeros((1, volume.latent_dim), device=target.device))
@@ -135,12 +134,11 @@ class FitGradientInput:
                  ctf_values: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, M * 4)`` input of the particles ``index`` ``(B,)`` (file order).
 
-        ``images`` ``(B, D, D)`` and their centred half transform ``ft`` if already
-        computed; ``ctf_values`` (the training box's) is not used: the fit runs at
-        :func:`gradient_box`.
+        ``images`` ``(B, D, D)``, and their centred half transform ``ft`` and CTFs on
+        that grid ``ctf_values`` if already computed (the training loop's).
         """
         target = centered_rfft2(images) if ft is None else ft
         shifts = None if self.shifts_angstrom is None else self.shifts_angstrom[index]
-        ctf = None if self.ctf is None else self.ctf.subset(index)
+        ctf = None if self.ctf is None or ctf_values is not None else self.ctf.subset(index)
         return fit_gradients(self.volume, target, self.rotations[index], shifts, ctf,
-                             self.pixel_size_angstrom)
+                             self.pixel_size_angstrom, ctf_values)
