@@ -31,9 +31,11 @@ def _parser() -> argparse.ArgumentParser:
 def test_set_and_options_become_recipe_settings():
     args = _parser().parse_args(["train", "p.star", "--recipe", "e2gmm", "-o", "r",
                                  "--gaussians", "48", "--beta", "0.2", "--enc-width", "64",
+                                 "--kl-warmup-epochs", "2.5",
                                  "--set", "weight_decay=1e-3", "--set", "max_shift_px=1.5"])
     given = recipe_settings(args)
     assert (given["gaussians"], given["beta"], given["enc_width"]) == (48, 0.2, 64)
+    assert given["kl_warmup_epochs"] == 2.5
     assert (given["weight_decay"], given["max_shift_px"]) == (1e-3, 1.5)
     assert given["zdim"] is None  # not given: the recipe's default stays
 

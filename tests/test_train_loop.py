@@ -67,10 +67,13 @@ def _weights(run_dir):
     return run, state
 
 
-@pytest.mark.parametrize("recipe_name", ["cryodrgn", "autodecoder"])
-def test_resume_gives_the_same_weights(tiny_dataset, tmp_path, recipe_name):
+@pytest.mark.parametrize(("recipe_name", "extra"), [
+    ("cryodrgn", {}), ("autodecoder", {}),
+    ("cryodrgn", {"kl_warmup_epochs": 2.5}),  # resumed in the middle of the KL ramp
+])
+def test_resume_gives_the_same_weights(tiny_dataset, tmp_path, recipe_name, extra):
     ps = load_particles(tiny_dataset / "particles.star")
-    recipe = get_recipe(recipe_name, epochs=3, **TINY)
+    recipe = get_recipe(recipe_name, epochs=3, **TINY, **extra)
     full = train(ps, recipe, tmp_path / "full")
     assert full.epoch == 3 and full.done
 
@@ -146,6 +149,36 @@ def test_kl_is_weighted_per_image_pixel_as_in_cryodrgn(tiny_dataset, tmp_path):
         kls.append(last.kl)
     assert kls[0] == pytest.approx(kls[1], rel=1e-6) and kls[0] > 0
     assert losses[1] - losses[0] == pytest.approx(1.5 * kls[0] / pixels, rel=1e-3)
+
+
+def test_kl_warmup_weight_rises_linearly():
+    recipe = get_recipe("cryodrgn", beta=2.0, kl_warmup_epochs=2.5)
+    steps_per_epoch = 10  # 25 steps of ramp
+    weights = [recipe.kl_weight_at(step, steps_per_epoch) for step in (0, 5, 20, 25, 90)]
+    assert weights == pytest.approx([0.0, 0.4, 1.6, 2.0, 2.0])
+    assert get_recipe("cryodrgn", beta=2.0).kl_weight_at(0, 10) == 2.0  # no warm-up
+    with pytest.raises(InputError, match="kl_warmup_epochs: expected >= 0"):
+        get_recipe("cryodrgn", kl_warmup_epochs=-1.0)
+    with pytest.raises(InputError, match="kl_warmup_epochs: expected 0 without a KL term"):
+        get_recipe("cryodrgn-ae", kl_warmup_epochs=1.0)
+
+
+def test_kl_warmup_starts_the_loss_without_the_kl(tiny_dataset, tmp_path):
+    """One batch per epoch and a 2-epoch warm-up: step 0 has KL weight 0 and step 1
+    half of beta. The first epoch's loss (taken before the first step, the same
+    networks) is the data term alone, ``beta * KL / P`` below the run without it."""
+    ps = load_particles(tiny_dataset / "particles.star")
+    box = 16
+    k = np.arange(box) - box // 2
+    pixels = int(((k[:, None] ** 2 + k[None, :] ** 2) < (box // 2) ** 2).sum())
+    settings = {**TINY, "batch_size": len(ps), "beta": 2.0}
+    full = next(iter_train(ps, get_recipe("cryodrgn", epochs=1, **settings), tmp_path / "a"))
+    warm = list(iter_train(ps, get_recipe("cryodrgn", epochs=2, kl_warmup_epochs=2.0,
+                                          **settings), tmp_path / "b"))
+    assert warm[0].kl == pytest.approx(full.kl, rel=1e-6) and full.kl > 0
+    assert full.loss - warm[0].loss == pytest.approx(2.0 * full.kl / pixels, rel=1e-3)
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [e["kl_weight"] for e in log] == pytest.approx([0.0, 1.0])
 
 
 def test_ae_recipe_runs(tiny_dataset, tmp_path):

@@ -45,6 +45,9 @@ def add_parsers(subparsers) -> None:
                     help="random Fourier-feature frequencies of the implicit decoder "
                     "(default 3 * (box // 2), as cryoDRGN's --pe-dim)")
     tr.add_argument("--beta", type=float, help="KL weight (default 1 / zdim, as cryoDRGN)")
+    tr.add_argument("--kl-warmup-epochs", type=float,
+                    help="raise the KL weight linearly from 0 to --beta over this many "
+                    "epochs (default 0: the full weight from the first step)")
     tr.add_argument("--gaussians", type=int,
                     help="Gaussians of a reference-free Gaussian-mixture volume (e2gmm; "
                     "default box**3 // 128 of the training box: 2048 at box 64)")
@@ -220,7 +223,8 @@ def recipe_settings(args: argparse.Namespace) -> dict:
     given = dict(epochs=args.epochs, zdim=args.zdim, box=args.box,
                  batch_size=args.batch_size, lr=args.lr, width=args.width,
                  depth=args.depth, enc_width=args.enc_width, enc_depth=args.enc_depth,
-                 pe_dim=args.pe_dim, beta=args.beta, gaussians=args.gaussians,
+                 pe_dim=args.pe_dim, beta=args.beta, kl_warmup_epochs=args.kl_warmup_epochs,
+                 gaussians=args.gaussians,
                  seed=args.seed, precision=args.precision,
                  reference=_reference_path(args.reference),
                  pose_only_epochs=args.pose_only_epochs, pose_heads=args.pose_heads,

@@ -254,7 +254,6 @@ def iter_train(
     rotations = as_tensor(particles.rotations, device) if given else None
     shifts = as_tensor(particles.shifts_angstrom, device) if given else None
     ctf = None if particles.ctf is None else particles.ctf.to(device)
-    beta = recipe.kl_weight
     # the networks as the loop calls them: autocast for bf16 / fp16, DDP across ranks
     encode = (None if encoder is None or joint else
               wrap_model(encoder, "forward", recipe.precision, device, info))
@@ -319,6 +318,7 @@ def iter_train(
                                             ctf_values=ctf_values)
                 residual = ((model - target).abs() ** 2 * weight_2d).sum(dim=(-2, -1))
                 data_term = residual.mean() / (data_scale**2 * n_coeff)
+            beta = recipe.kl_weight_at(step, len(batches))
             loss = data_term + beta * kl / kl_pixels
             # the model's own regularisers (3dflex smoothness / rigidity, cryofold bonds)
             loss = loss + volume.regularization_loss(z)
@@ -355,7 +355,8 @@ def iter_train(
                 torch.save(state, tmp)
             with open(out / "log.jsonl", "a") as fh:
                 fh.write(json.dumps({"epoch": epoch, "step": step, "loss": mean_loss,
-                                     "kl": mean_kl, "seconds": seconds}) + "\n")
+                                     "kl": mean_kl, "kl_weight": beta,
+                                     "seconds": seconds}) + "\n")
             if done:
                 write_final(out, volume, encoder, batches, particles, apix, device,
                              pose_encoder, weight_2d, encoder_view)

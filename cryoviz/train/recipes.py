@@ -117,6 +117,12 @@ class Recipe:
         ``beta * KL / P``, ``P`` the pixels of the full image transform inside
         Nyquist (before 2026-12-05 ``P`` was the half plane's count, about
         ``P / 2``, so the KL weighed twice as much as cryoDRGN's at equal beta).
+    kl_warmup_epochs
+        KL warm-up: the KL weight rises linearly from 0 at the first step to
+        ``beta`` after this many epochs (fractions allowed; 0, the default: ``beta``
+        from the start). A large ``beta`` applied from the first step can press the
+        latent onto the prior before the decoder has learnt to use it
+        (:meth:`kl_weight_at`).
     epochs, batch_size, lr, weight_decay, seed
         Optimisation (Adam).
     width, depth, pe_dim, pe_sigma
@@ -211,6 +217,7 @@ class Recipe:
     encoder: str = "vae"
     zdim: int = 8
     beta: float | None = None
+    kl_warmup_epochs: float = 0.0
     epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-4
@@ -257,6 +264,18 @@ class Recipe:
         if self.encoder not in ("vae", "joint") or self.zdim == 0:
             return 0.0
         return 1.0 / self.zdim if self.beta is None else float(self.beta)
+
+    def kl_weight_at(self, step: int, steps_per_epoch: int) -> float:
+        """KL weight of 0-based optimizer ``step``: :attr:`kl_weight`, ramped up from 0.
+
+        The weight is ``kl_weight * min(1, step / (kl_warmup_epochs *
+        steps_per_epoch))``, so the first step has none and every step after the
+        warm-up has the full weight; without a warm-up, the full weight throughout.
+        """
+        ramp_steps = self.kl_warmup_epochs * max(int(steps_per_epoch), 1)
+        if ramp_steps <= 0:
+            return self.kl_weight
+        return self.kl_weight * min(1.0, step / ramp_steps)
 
     def random_frequencies(self, box_size: int) -> int:
         """Random Fourier-feature frequencies of the implicit volume at training box ``D``.
@@ -344,6 +363,11 @@ class Recipe:
              "'none' for a voxel volume", self.encoder)
         need(self.encoder == "none" or self.zdim >= 1, "zdim", "at least 1", self.zdim)
         need(self.epochs >= 1, "epochs", "at least 1", self.epochs)
+        need(math.isfinite(self.kl_warmup_epochs) and self.kl_warmup_epochs >= 0,
+             "kl_warmup_epochs", ">= 0 epochs", self.kl_warmup_epochs)
+        need(self.kl_warmup_epochs == 0 or self.kl_weight > 0, "kl_warmup_epochs",
+             "0 without a KL term (a 'vae' or 'joint' encoder with zdim >= 1)",
+             self.kl_warmup_epochs)
         need(self.batch_size >= 1, "batch size", "at least 1", self.batch_size)
         need(self.lr > 0, "lr", "> 0", self.lr)
         need(self.width >= 1 and self.depth >= 0, "width / depth", "width >= 1, depth >= 0",

@@ -106,7 +106,8 @@ def signal_to_noise(clean_images, noise_sigma: float) -> np.ndarray:
 
 
 def read_log(run_dir: str | PathLike) -> dict[str, np.ndarray]:
-    """Per-epoch columns of ``RUN/log.jsonl`` (``epoch``, ``loss``, ``kl``, ``seconds``).
+    """Per-epoch columns of ``RUN/log.jsonl`` (``epoch``, ``loss``, ``kl``, ``kl_weight``,
+    ``seconds``).
 
     Returns an empty dict when the run has no log.
     """
