@@ -12,6 +12,7 @@ from cryoviz.bench.diagnostics import (
     perturb_defocus,
     perturb_rotations,
     sweep_entries,
+    sweep_grid_entries,
     write_error_propagation,
 )
 from cryoviz.bench.suite import DatasetSpec, build_dataset
@@ -88,3 +89,27 @@ def test_sweep_values_on_the_command_line_may_be_words_and_booleans():
     with pytest.raises(InputError, match="--sweep zdim: expected an integer, got 2.5"):
         _sweep_entries(["cryodrgn:zdim=2,2.5"])
     assert [e.name for e in _sweep_entries(["cryodrgn:pe-dim=16"])] == ["cryodrgn[pe_dim=16]"]
+
+
+def test_a_sweep_of_several_settings_runs_every_combination():
+    from cryoviz.bench.cli import _sweep_entries  # noqa: PLC0415
+
+    names = [e.name for e in _sweep_entries(["e2gmm:beta=1,4+kl-warmup-epochs=0,2.5"])]
+    assert names == ["e2gmm[beta=1.0,kl_warmup_epochs=0.0]",
+                     "e2gmm[beta=1.0,kl_warmup_epochs=2.5]",
+                     "e2gmm[beta=4.0,kl_warmup_epochs=0.0]",
+                     "e2gmm[beta=4.0,kl_warmup_epochs=2.5]"]
+    # a '+' inside a number is part of the value, not the next setting
+    assert [e.name for e in _sweep_entries(["cryodrgn:lr=1e+0+zdim=2"])] == [
+        "cryodrgn[lr=1.0,zdim=2]"]
+    assert [e.name for e in sweep_grid_entries("e2gmm", [("encoder_input", ["fit_gradient"]),
+                                                        ("beta", [4.0])])] == [
+        "e2gmm[encoder_input=fit_gradient,beta=4.0]"]  # the name of the committed row
+    with pytest.raises(InputError, match="each setting once"):
+        _sweep_entries(["cryodrgn:zdim=2+zdim=4"])
+    with pytest.raises(InputError, match="kl_warmup_epochs"):  # ae has no KL to warm up
+        _sweep_entries(["cryodrgn-ae:zdim=2+kl_warmup_epochs=1"])
+    with pytest.raises(InputError, match=r"RECIPE:SETTING=V1,V2,...\[\+SETTING"):
+        _sweep_entries(["cryodrgn:zdim"])
+    with pytest.raises(InputError, match="--sweep zdim: expected an integer, got 2\\+"):
+        _sweep_entries(["cryodrgn:zdim=2+"])  # no setting after the '+'

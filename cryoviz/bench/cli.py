@@ -18,6 +18,7 @@ Progress goes to stderr; bad input exits with status 2.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--error-propagation", action="store_true",
                    help="also FSC vs injected pose / defocus error (homogeneous datasets)")
     p.add_argument("--sweep", action="append", default=[],
-                   help="RECIPE:SETTING=V1,V2,... (e.g. cryodrgn:zdim=2,8); repeatable")
+                   help="RECIPE:SETTING=V1,V2,... (e.g. cryodrgn:zdim=2,8); settings joined "
+                   "by + give every combination (e2gmm:beta=1,4+kl_warmup_epochs=0,2); "
+                   "repeatable")
     p.add_argument("--seeds", default="0",
                    help="comma-separated recipe seeds (default 0): every entry runs once "
                    "per seed on the same data; the tables show mean ± sd over the seeds")
@@ -119,20 +122,31 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _sweep_entries(specs: list[str]):
-    """The entries of ``--sweep RECIPE:SETTING=V1,V2,...`` specs, each value typed as the
-    recipe field (:func:`cryoviz.train.recipe_settings.parse_setting`) and checked by the recipe."""
-    from cryoviz.bench.diagnostics import sweep_entries  # noqa: PLC0415
+    """The entries of ``--sweep RECIPE:SETTING=V1,V2,...[+SETTING=V1,...]`` specs.
+
+    Each value is typed as its recipe field
+    (:func:`cryoviz.train.recipe_settings.parse_setting`) and checked by the recipe;
+    settings joined by ``+`` give every combination of their values
+    (:func:`cryoviz.bench.diagnostics.sweep_grid_entries`).
+    """
+    from cryoviz.bench.diagnostics import sweep_grid_entries  # noqa: PLC0415
     from cryoviz.train.recipe_settings import parse_setting  # noqa: PLC0415
 
     entries = []
     for spec in specs:
-        try:
-            recipe, rest = spec.split(":", 1)
-            setting, values = rest.split("=", 1)
-        except ValueError:
-            raise InputError(None, "--sweep", "RECIPE:SETTING=V1,V2,...", spec) from None
-        typed = [parse_setting(f"{setting}={v}", source="--sweep") for v in values.split(",")]
-        entries += sweep_entries(recipe, typed[0][0], [value for _, value in typed])
+        recipe, colon, rest = spec.partition(":")
+        # a '+' starts the next setting only before a name and '=' (not in 1e+3)
+        parts = re.split(r"\+(?=[A-Za-z_][\w-]*=)", rest)
+        if not colon or not recipe or any("=" not in part for part in parts):
+            raise InputError(None, "--sweep", "RECIPE:SETTING=V1,V2,...[+SETTING=V1,...]",
+                             spec)
+        axes = []
+        for part in parts:
+            setting, values = part.split("=", 1)
+            typed = [parse_setting(f"{setting}={v}", source="--sweep")
+                     for v in values.split(",")]
+            axes.append((typed[0][0], [value for _, value in typed]))
+        entries += sweep_grid_entries(recipe, axes)
     return entries
 
 

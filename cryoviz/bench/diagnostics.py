@@ -12,13 +12,17 @@ carry errors of growing size:
 
 *Sweeps*: a training recipe run with one setting varied (latent length,
 ``beta``, network width ...), each value a leaderboard entry
-``recipe[setting=value]``, so its effect on every metric sits in one table.
+``recipe[setting=value]``, so its effect on every metric sits in one table; or
+with several settings at once, every combination an entry
+``recipe[a=x,b=y]``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +39,8 @@ from cryoviz.metrics.fsc import fsc
 from cryoviz.reconstruct import reconstruct
 
 __all__ = ["perturb_rotations", "perturb_defocus", "error_propagation",
-           "error_propagation_markdown", "write_error_propagation", "sweep_entries"]
+           "error_propagation_markdown", "write_error_propagation", "sweep_entries",
+           "sweep_grid_entries"]
 
 
 def perturb_rotations(rotations: np.ndarray, angle_deg: float, seed: int = 0) -> np.ndarray:
@@ -153,10 +158,47 @@ def write_error_propagation(result: dict, output_dir: str | Path) -> Path:
 
 def sweep_entries(recipe: str, setting: str, values) -> list[BenchEntry]:
     """Conformation entries ``recipe[setting=value]``, one per value (e.g. ``zdim``, ``beta``)."""
+    return sweep_grid_entries(recipe, [(setting, values)])
+
+
+def sweep_grid_entries(recipe: str,
+                       axes: Sequence[tuple[str, Sequence]]) -> list[BenchEntry]:
+    """Conformation entries of every combination of several settings' values.
+
+    Parameters
+    ----------
+    recipe
+        Training recipe name.
+    axes
+        ``(setting, values)`` pairs, in the order they are named: the entries run
+        through the combinations with the last setting varying fastest.
+
+    Returns
+    -------
+    list of BenchEntry
+        One per combination, named ``recipe[a=x,b=y]`` (``recipe[a=x]`` for one
+        setting) and trained with those settings.
+
+    Raises
+    ------
+    InputError
+        For an unknown recipe or setting, a setting named twice, or a combination
+        the recipe refuses (every combination is checked before any runs).
+    """
     from cryoviz.train.recipes import get_recipe  # noqa: PLC0415
 
-    for value in values:  # unknown recipe, setting or value -> InputError
-        get_recipe(recipe, **{setting: value})
-    return [BenchEntry(f"{recipe}[{setting}={v}]", "conformation",
-                       train_entry(recipe, **{setting: v}), HETEROGENEOUS_KINDS,
-                       f"{recipe} with {setting} = {v}") for v in values]
+    names = [setting for setting, _ in axes]
+    if len(set(names)) != len(names):
+        raise InputError(None, "--sweep", "each setting once per sweep", ", ".join(names))
+    combos = [dict(zip(names, values, strict=True))
+              for values in itertools.product(*(list(v) for _, v in axes))]
+    for combo in combos:  # unknown recipe, setting or value -> InputError
+        get_recipe(recipe, **combo)
+    entries = []
+    for combo in combos:
+        label = ",".join(f"{k}={v}" for k, v in combo.items())
+        said = ", ".join(f"{k} = {v}" for k, v in combo.items())
+        entries.append(BenchEntry(f"{recipe}[{label}]", "conformation",
+                                  train_entry(recipe, **combo), HETEROGENEOUS_KINDS,
+                                  f"{recipe} with {said}"))
+    return entries
