@@ -107,8 +107,8 @@ def test_a_sweep_of_several_settings_runs_every_combination():
         "e2gmm[encoder_input=fit_gradient,beta=4.0]"]  # the name of the committed row
     with pytest.raises(InputError, match="each setting once"):
         _sweep_entries(["cryodrgn:zdim=2+zdim=4"])
-    with pytest.raises(InputError, match="kl_warmup_epochs"):  # ae has no KL to warm up
-        _sweep_entries(["cryodrgn-ae:zdim=2+kl_warmup_epochs=1"])
+    with pytest.raises(InputError, match="kl_warmup_epochs"):  # every combination is checked
+        _sweep_entries(["cryodrgn:zdim=2,4+kl_warmup_epochs=1,-1"])
     with pytest.raises(InputError, match=r"RECIPE:SETTING=V1,V2,...\[\+SETTING"):
         _sweep_entries(["cryodrgn:zdim"])
     with pytest.raises(InputError, match="--sweep zdim: expected an integer, got 2\\+"):

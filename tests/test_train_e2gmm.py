@@ -10,6 +10,7 @@ with the other.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -18,9 +19,10 @@ import torch
 
 from cryoviz.io.particles import load_particles
 from cryoviz.simulate import SimulationConfig, simulate
-from cryoviz.train.evaluate import eval_volumes, load_run
+from cryoviz.train.evaluate import eval_volumes, load_run, saved_recipe
 from cryoviz.train.loop import iter_train
 from cryoviz.train.recipes import get_recipe
+from cryoviz.train.run_files import write_toml
 from tests._science import run_mixture_science, run_path_science
 
 
@@ -67,6 +69,23 @@ def test_e2gmm_first_component_follows_the_issue_scale_path(tmp_path):
     """
     rho = run_path_science(tmp_path, "e2gmm", epochs=20, overrides={}, **ISSUE_SCALE)
     assert rho >= 0.9, rho
+
+
+def test_e2gmm_kl_default_and_runs_made_before_it(tmp_path):
+    """Since 2026-12-07 e2gmm weighs the KL with beta 4 after a 4-epoch warm-up; a run
+    whose config.toml predates the change (no beta, no kl_warmup_epochs) keeps
+    1 / zdim from the first step when it is resumed or loaded."""
+    recipe = get_recipe("e2gmm")
+    assert (recipe.kl_weight, recipe.kl_warmup_epochs) == (4.0, 4.0)
+    assert recipe.kl_weight_at(0, 100) == 0.0 and recipe.kl_weight_at(200, 100) == 2.0
+    old = {k: v for k, v in dataclasses.asdict(recipe).items()
+           if k not in ("beta", "kl_warmup_epochs")}
+    write_toml(tmp_path / "config.toml", {"recipe": old})
+    loaded = saved_recipe(tmp_path)
+    assert loaded.kl_weight == pytest.approx(1.0 / loaded.zdim) == 0.25
+    assert loaded.kl_weight_at(0, 100) == 0.25
+    resumed = get_recipe("e2gmm", base=loaded, epochs=30)  # what --resume builds
+    assert (resumed.kl_weight, resumed.kl_warmup_epochs) == (0.25, 0.0)
 
 
 @pytest.mark.parametrize("loss", ["frc", "gaussian"])

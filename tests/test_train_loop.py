@@ -159,8 +159,7 @@ def test_kl_warmup_weight_rises_linearly():
     assert get_recipe("cryodrgn", beta=2.0).kl_weight_at(0, 10) == 2.0  # no warm-up
     with pytest.raises(InputError, match="kl_warmup_epochs: expected >= 0"):
         get_recipe("cryodrgn", kl_warmup_epochs=-1.0)
-    with pytest.raises(InputError, match="kl_warmup_epochs: expected 0 without a KL term"):
-        get_recipe("cryodrgn-ae", kl_warmup_epochs=1.0)
+    assert get_recipe("cryodrgn-ae", kl_warmup_epochs=1.0).kl_weight_at(20, 10) == 0.0
 
 
 def test_kl_warmup_starts_the_loss_without_the_kl(tiny_dataset, tmp_path):

@@ -44,10 +44,13 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--pe-dim", type=int,
                     help="random Fourier-feature frequencies of the implicit decoder "
                     "(default 3 * (box // 2), as cryoDRGN's --pe-dim)")
-    tr.add_argument("--beta", type=float, help="KL weight (default 1 / zdim, as cryoDRGN)")
+    tr.add_argument("--beta", type=float,
+                    help="KL weight (default: the recipe's; 1 / zdim for cryodrgn, as "
+                    "cryoDRGN; 4 for e2gmm)")
     tr.add_argument("--kl-warmup-epochs", type=float,
                     help="raise the KL weight linearly from 0 to --beta over this many "
-                    "epochs (default 0: the full weight from the first step)")
+                    "epochs (default: the recipe's; 4 for e2gmm, else 0: the full weight "
+                    "from the first step)")
     tr.add_argument("--gaussians", type=int,
                     help="Gaussians of a reference-free Gaussian-mixture volume (e2gmm; "
                     "default box**3 // 128 of the training box: 2048 at box 64)")
