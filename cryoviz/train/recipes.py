@@ -83,13 +83,13 @@ GAUSSIANS_VOXELS = 128
 # new KL default"). On the small bench datasets (4,000 particles, box 64, 2 Å/px, SNR
 # 0.1, poses known, 2-core CPU), at the recipe's 20 epochs the earlier default
 # (``1 / zdim = 0.25``) let the decoder spread each state's maps: per-conformation
-# FSC-AUC on the open / closed mixture 0.437 against 0.476 with the new default, on
-# the continuous path 0.434 against 0.463. ``beta = 4`` from the first step instead
-# pressed the latent onto the prior early: after 5 epochs the path's latent was at
-# chance on all three seeds (kNN preservation 0.012), while with the warm-up it gave
-# 0.446 (kNN 0.031; the earlier default 0.449, 0.036). A run keeps the weight it was
-# started with: ``config.toml`` of runs before the change has no ``beta``, which
-# reads as ``1 / zdim``, and no ``kl_warmup_epochs``, which reads as 0.
+# FSC-AUC on the open / closed mixture 0.437 against 0.477 with the new default, on
+# the continuous path 0.434 against 0.465 (three seeds each). ``beta = 4`` from the
+# first step instead pressed the latent onto the prior early: after 5 epochs the
+# path's latent was at chance on all three seeds (kNN preservation 0.012), while with
+# the warm-up it gave 0.446 (kNN 0.031; the earlier default 0.449, 0.036). A run keeps
+# the weight it was started with: ``config.toml`` of runs before the change has no
+# ``beta``, which reads as ``1 / zdim``, and no ``kl_warmup_epochs``, which reads as 0.
 
 # The implicit recipes default to ``domain = 'fourier'`` (before 2026-12-05 they used
 # ``'hartley'``; a run keeps the domain it was started with in ``config.toml``, and
