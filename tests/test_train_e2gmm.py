@@ -2,7 +2,8 @@
 
 A 50/50 mixture of 4AKE (open) and 1AKE (closed) particles with known poses is
 simulated; the ``e2gmm`` recipe (Gaussian mixture initialised from 4AKE, one
-Gaussian per residue, VAE image encoder, FRC loss) is trained on it. 2-means on
+Gaussian per residue, VAE encoder of the fit gradients, its default, or of the
+images, FRC loss) is trained on it. 2-means on
 the latent means must recover the true states, and the mixtures decoded at the
 two cluster centres must each correlate better with their own true state than
 with the other.
@@ -26,12 +27,15 @@ from cryoviz.train.run_files import write_toml
 from tests._science import run_mixture_science, run_path_science
 
 
-def test_e2gmm_separates_open_and_closed(tmp_path):
-    """Box 24 at 5 Å/px, 1500 particles, SNR 1, reference-based from 4AKE, 4 epochs."""
+@pytest.mark.parametrize("encoder_input", [None, "real"])
+def test_e2gmm_separates_open_and_closed(tmp_path, encoder_input):
+    """Box 24 at 5 Å/px, 1500 particles, SNR 1, reference-based from 4AKE, 4 epochs;
+    the default input (fit gradients) and the image MLP."""
     t0 = time.perf_counter()
     run_mixture_science(
         tmp_path, "e2gmm", n=1500, box=24, apix=5.0, snr=1.0, train_box=None, epochs=4,
-        overrides=dict(reference="4ake"), min_accuracy=0.90, fsc_band=(0.1, 0.35),
+        overrides=dict(reference="4ake", encoder_input=encoder_input), min_accuracy=0.90,
+        fsc_band=(0.1, 0.35),
     )
     print(f"total {time.perf_counter() - t0:.1f} s")
 

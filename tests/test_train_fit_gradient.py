@@ -3,9 +3,10 @@
 Known answers first: a mixture whose image has one Gaussian moved and one made
 heavier gives, at every pose that shows the motion, a gradient pointing along
 the motion in the model's frame and a positive amplitude gradient. Then the
-recipe end to end: ``e2gmm`` with the input separates open / closed adenylate
-kinase, and a trained run encodes particles after training (inspector, bench
-half sets) exactly as it did at the end of training.
+recipe: ``e2gmm``'s default input where poses are given, and a trained run
+encodes particles after training (inspector, bench half sets) exactly as it did
+at the end of training. ``tests/test_train_e2gmm.py`` separates open / closed
+adenylate kinase with it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from cryoviz.train.fit_gradient import FitGradientInput, fit_gradients, gradient
 from cryoviz.train.loop import train
 from cryoviz.train.recipes import get_recipe
 from cryoviz.volumes.gmm import GaussianMixtureVolume, project_gaussians_batched
-from tests._science import run_mixture_science
 
 BOX, APIX = 32, 2.0
 
@@ -119,6 +119,24 @@ def test_the_recipe_accepts_the_input_for_a_mixture_with_given_poses_only():
             get_recipe(bad.pop("name"), encoder_input="fit_gradient", **bad).validate()
 
 
+def test_e2gmm_defaults_to_the_input_and_falls_back_where_it_cannot_work():
+    """``e2gmm`` takes fit gradients by default; amortized poses, a latent table or
+    an implicit volume give the image MLP, unless the gradients are asked for by name."""
+    assert get_recipe("e2gmm").encoder_input == "fit_gradient"
+    assert get_recipe("e2gmm", encoder="ae").encoder_input == "fit_gradient"
+    for change in (dict(poses="amortized", loss="gaussian"), dict(encoder="table"),
+                   dict(volume="implicit")):
+        assert get_recipe("e2gmm", **change).encoder_input == "real", change
+    with pytest.raises(InputError, match="fit_gradient"):
+        get_recipe("e2gmm", poses="amortized", loss="gaussian", encoder_input="fit_gradient")
+    assert get_recipe("e2gmm", encoder_input="hartley").encoder_input == "hartley"
+    # a run's saved recipe keeps its input (runs before 2026-12-07 used the image MLP)
+    saved = get_recipe("e2gmm", encoder_input="real")
+    assert get_recipe("e2gmm", base=saved, epochs=40).encoder_input == "real"
+    for name in ("cryodrgn", "cryofold"):
+        assert get_recipe(name, reference="4ake").encoder_input == "real"
+
+
 def test_run_encoder_input_needs_the_volume_for_a_gradient_encoder():
     encoder = GradientEncoder(16, 2)
     with pytest.raises(ValueError, match="volume"):
@@ -132,14 +150,6 @@ def test_run_encoder_input_needs_the_volume_for_a_gradient_encoder():
     with pytest.raises(ValueError, match="features"):
         encoder(torch.randn(2, BOX, BOX))
     assert not isinstance(encoder, MLPEncoder)
-
-
-def test_e2gmm_with_fit_gradients_separates_open_and_closed(tmp_path):
-    """Box 24 at 5 Å/px, 1500 particles, SNR 1, from 4AKE, 4 epochs (as the image MLP's test)."""
-    run_mixture_science(
-        tmp_path, "e2gmm", n=1500, box=24, apix=5.0, snr=1.0, train_box=None, epochs=4,
-        overrides=dict(reference="4ake", encoder_input="fit_gradient"), min_accuracy=0.90,
-        fsc_band=(0.1, 0.35))
 
 
 def test_a_trained_run_encodes_particles_as_its_training_did(tmp_path):

@@ -11,7 +11,7 @@ from cryoviz.fourier import frequency_grid_2d
 from cryoviz.io.particles import ImageSource, load_particles
 from cryoviz.simulate import SimulationConfig, simulate
 from cryoviz.train.data import ParticleBatches
-from cryoviz.train.encoders import LatentTable, MLPEncoder
+from cryoviz.train.encoders import GradientEncoder, LatentTable, MLPEncoder
 from cryoviz.train.models import as_tensor, build_models, initialise_models
 from cryoviz.train.recipes import RECIPES, get_recipe
 from cryoviz.volumes import (
@@ -41,7 +41,7 @@ def test_every_recipe_is_built_and_put_on_the_data_scale(name, data):
     recipe = get_recipe(name, width=16, depth=1, **overrides)
     volume, encoder = build_models(recipe, 16, 7.5, len(data))
     assert isinstance(volume, EXPECTED[recipe.volume])
-    assert encoder is None or isinstance(encoder, (MLPEncoder, LatentTable))
+    assert encoder is None or isinstance(encoder, (MLPEncoder, GradientEncoder, LatentTable))
     with ImageSource(data) as source:
         batches = ParticleBatches(source, 8, seed=0)
         ky, kx = frequency_grid_2d(16, rfft=True)

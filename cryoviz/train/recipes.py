@@ -14,9 +14,11 @@
                           that keeps CTF-zero frequencies from drifting)
 ``e2gmm``                 Gaussian-mixture volume (E2GMM, Chen & Ludtke 2021):
                           neutral Gaussians + decoder of per-Gaussian changes,
-                          VAE image encoder (KL weight ``beta = 4`` reached
-                          after a 4-epoch warm-up), FRC loss; reference-free
-                          (``gaussians`` components) or from ``reference``
+                          VAE encoder of each particle's fit gradients at its
+                          given pose (the image MLP when poses are amortized;
+                          KL weight ``beta = 4`` reached after a 4-epoch
+                          warm-up), FRC loss; reference-free (``gaussians``
+                          components) or from ``reference``
 ``3dflex``                canonical voxel map deformed by a displacement field
                           of ``z`` (3DFlex, Punjani & Fleet 2023), auto-decoder
                           latents with fixed noise, smoothness and rigidity
@@ -153,7 +155,8 @@ class Recipe:
         a ``gmm`` volume with given poses, ``'fit_gradient'``: the gradient of
         the particle's FRC with the mixture at ``z = 0``, projected at its pose,
         with respect to every Gaussian's centre and amplitude (E2GMM's input,
-        :mod:`cryoviz.train.fit_gradient`, :class:`cryoviz.train.encoders.GradientEncoder`).
+        :mod:`cryoviz.train.fit_gradient`, :class:`cryoviz.train.encoders.GradientEncoder`;
+        ``e2gmm``'s default since 2026-12-07, see :func:`get_recipe`).
     encoder_centre, encoder_phase_flip
         The image MLP encodes each image moved back by its known shift (poses
         given) and phase-flipped by the sign of its CTF, as cryoDRGN's
@@ -334,6 +337,12 @@ class Recipe:
         return self.volume == "gmm" and (self.reference is None or self.reference_is_map)
 
     @property
+    def takes_fit_gradients(self) -> bool:
+        """Whether ``encoder_input = 'fit_gradient'`` can work: a ``gmm`` volume, a
+        ``vae`` or ``ae`` encoder and given poses (the gradients are taken at them)."""
+        return self.volume == "gmm" and self.encoder in ("vae", "ae") and self.poses == "given"
+
+    @property
     def latent_dim(self) -> int:
         """Length of ``z`` (0 for homogeneous recipes)."""
         return 0 if self.encoder == "none" else int(self.zdim)
@@ -364,8 +373,7 @@ class Recipe:
         need(self.encoder_input in ("real", "hartley", "fit_gradient"), "encoder_input",
              "'real', 'hartley' or 'fit_gradient'", self.encoder_input)
         if self.encoder_input == "fit_gradient":
-            need(self.volume == "gmm" and self.encoder in ("vae", "ae")
-                 and self.poses == "given", "encoder_input",
+            need(self.takes_fit_gradients, "encoder_input",
                  "'fit_gradient' only for a gmm volume with a 'vae' or 'ae' encoder and "
                  "given poses", self.encoder_input)
         need(self.encoder in ("vae", "ae", "table", "joint", "none"), "encoder",
@@ -431,7 +439,8 @@ RECIPES: dict[str, Recipe] = {
     # warm-up; see E2GMM_KL above)
     "e2gmm": Recipe(name="e2gmm", volume="gmm", encoder="vae", zdim=4, loss="frc",
                     lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
-                    enc_width=128, enc_depth=2, beta=4.0, kl_warmup_epochs=4.0),
+                    enc_width=128, enc_depth=2, beta=4.0, kl_warmup_epochs=4.0,
+                    encoder_input="fit_gradient"),
     "cryofold": Recipe(name="cryofold", volume="gmm", encoder="vae", zdim=4, loss="frc",
                        lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
                        enc_width=128, enc_depth=2, reference_level="residue",
@@ -463,6 +472,12 @@ def get_recipe(name: str, base: Recipe | None = None, **overrides) -> Recipe:
     **overrides
         Recipe fields; ``None`` means not given.
 
+    A recipe whose default encoder input is ``'fit_gradient'`` (``e2gmm``) falls back
+    to ``'real'`` (the image MLP) when the overrides make the gradients impossible
+    (amortized poses, a latent table, another volume): they are taken at given poses.
+    Asked for by name (``encoder_input='fit_gradient'``), they are refused instead.
+    A ``base`` keeps its own input.
+
     Raises
     ------
     InputError
@@ -478,5 +493,8 @@ def get_recipe(name: str, base: Recipe | None = None, **overrides) -> Recipe:
     given = {k: v for k, v in overrides.items() if v is not None}
     start = RECIPES[name] if base is None else dataclasses.replace(base, name=name)
     recipe = dataclasses.replace(start, **given)
+    if (base is None and "encoder_input" not in given
+            and recipe.encoder_input == "fit_gradient" and not recipe.takes_fit_gradients):
+        recipe = dataclasses.replace(recipe, encoder_input="real")
     recipe.validate()
     return recipe
