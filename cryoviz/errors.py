@@ -1,8 +1,9 @@
-"""Errors raised on bad user input.
+"""Errors raised on bad user input, and by a training run that diverges.
 
 Every problem with a file a user gave us is reported as an :class:`InputError`
 naming the file, the field and what was expected, so that the message alone
-tells the user what to fix.
+tells the user what to fix. A run whose loss stops being finite stops with a
+:class:`TrainingDiverged` naming the epoch and the last good checkpoint.
 """
 
 from __future__ import annotations
@@ -41,3 +42,28 @@ class InputError(ValueError):
         if got is not None:
             message += f", got {got}"
         super().__init__(message)
+
+
+class TrainingDiverged(RuntimeError):
+    """A training run's loss became NaN or infinite; its weights are not saved.
+
+    Parameters
+    ----------
+    run_dir
+        The run folder.
+    epoch
+        The 1-based epoch whose mean loss was not finite.
+    loss
+        That mean loss.
+    """
+
+    def __init__(self, run_dir: str | PathLike, epoch: int, loss: float) -> None:
+        self.run_dir = str(run_dir)
+        self.epoch = int(epoch)
+        self.loss = float(loss)
+        last = (f"the checkpoint of epoch {self.epoch - 1} is the last good one"
+                if self.epoch > 1 else "no epoch finished")
+        super().__init__(
+            f"{self.run_dir}: training diverged: the mean loss of epoch {self.epoch} is "
+            f"{self.loss} (not finite), so its weights were not saved; {last}. Start a new "
+            "run with another --seed or a lower --lr")

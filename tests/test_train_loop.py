@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cryoviz.errors import InputError
+from cryoviz.errors import InputError, TrainingDiverged
 from cryoviz.io.cryodrgn import read_pickle
 from cryoviz.io.mrc import read_volume
 from cryoviz.io.particles import load_particles
@@ -244,3 +244,26 @@ def test_cli_train_and_eval_vol(tiny_dataset, tmp_path, capsys):
     assert run(parser.parse_args(["train", str(tiny_dataset / "particles.star"), "--recipe",
                                   "nope", "-o", str(tmp_path / "r2")])) == 2
     assert "recipe" in capsys.readouterr().err
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_epoch(tiny_dataset, tmp_path, capsys):
+    """One batch per epoch and an absurd learning rate: Adam's first step moves every
+    weight by about 1e30, so epoch 2's loss is not finite. The run stops there with
+    :class:`TrainingDiverged`; epoch 1's checkpoint stays and no NaN weights are saved."""
+    parser = _parser()
+    run_dir = tmp_path / "run"
+    args = parser.parse_args(["train", str(tiny_dataset / "particles.star"), "--recipe",
+                              "cryodrgn", "-o", str(run_dir), "--epochs", "3", "--zdim", "2",
+                              "--width", "16", "--depth", "1", "--batch-size", "200",
+                              "--lr", "1e30"])
+    assert run(args) == 1
+    err = capsys.readouterr().err
+    assert "diverged" in err and "epoch 2" in err and "epoch 1 is the last good" in err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_0001.pt"]
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and np.isfinite(log[0]["loss"])
+    with pytest.raises(TrainingDiverged) as info:
+        train(load_particles(tiny_dataset / "particles.star"),
+              get_recipe("cryodrgn", epochs=1, **{**TINY, "lr": 1e30, "batch_size": 100}),
+              tmp_path / "direct")
+    assert info.value.epoch == 1 and "no epoch finished" in str(info.value)

@@ -14,7 +14,9 @@ from cryoviz.geometry.rotations import quaternion_to_matrix
 from cryoviz.structure import adenylate_kinase_pair
 from cryoviz.train.loop import build_models
 from cryoviz.train.recipes import get_recipe
+from cryoviz.volumes.frc import frc_per_shell
 from cryoviz.volumes.gmm import (
+    MAX_LOG_AMPLITUDE_CHANGE,
     GaussianMixtureVolume,
     project_gaussians_batched,
     random_ball_mixture,
@@ -118,3 +120,21 @@ def test_e2gmm_recipe_builds_models():
     with pytest.raises(InputError):
         get_recipe("e2gmm", reference_level="domain")
     assert np.isfinite(float(volume.amplitude_scale))
+
+
+def test_a_runaway_latent_cannot_overflow_the_projection():
+    """A decoder asking for ``da = 100`` (``exp(100)`` overflows float32) gets
+    :data:`MAX_LOG_AMPLITUDE_CHANGE`; the projection and the FRC stay finite. Below
+    the cap the change is the decoder's own."""
+    vol = GaussianMixtureVolume(16, 4.0, latent_dim=2, n_gaussians=8, seed=0)
+    with torch.no_grad():
+        vol.decoder[-1].bias[3 * 8:] = 100.0
+    _, da = vol.deltas(torch.zeros(3, 2))
+    assert torch.equal(da, torch.full((3, 8), MAX_LOG_AMPLITUDE_CHANGE))
+    rotations = torch.eye(3).expand(3, 3, 3)
+    model = vol.slices(rotations, torch.zeros(3, 2), 16, 4.0)
+    assert torch.isfinite(frc_per_shell(model, model)).all()
+    with torch.no_grad():
+        vol.decoder[-1].bias[3 * 8:] = 3.0
+    z = torch.randn(4, 2)
+    assert torch.equal(vol.deltas(z)[1], vol.decoder(z)[:, 3 * 8:])

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoviz.errors import InputError
+from cryoviz.errors import InputError, TrainingDiverged
 
 __all__ = ["add_parsers", "run", "parse_z", "recipe_settings"]
 
@@ -80,7 +80,8 @@ def add_parsers(subparsers) -> None:
     tr.add_argument("--encoder-input", choices=("real", "hartley", "fit_gradient"),
                     help="encoder input: the pixels, their Hartley transform, or (gmm "
                     "recipes, given poses) the gradient of each particle's fit with "
-                    "respect to the mixture")
+                    "respect to the mixture (e2gmm's default since 2026-12-07 where its "
+                    "poses are given; 'real' before)")
     tr.add_argument("--encoder-centre", action=argparse.BooleanOptionalAction,
                     help="encode each image moved back by its given shift (default: on, "
                     "as cryoDRGN; runs before 2026-12-05 had it off)")
@@ -319,9 +320,13 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the parsed ``train`` / ``eval-vol`` command; 0 on success, 2 on bad input."""
+    """Run the parsed ``train`` / ``eval-vol`` command; 0 on success, 2 on bad input,
+    1 when training diverged."""
     try:
         return int(args.func(args))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
+    except TrainingDiverged as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 from cryoviz.ctf import compute_ctf_2d
-from cryoviz.errors import InputError
+from cryoviz.errors import InputError, TrainingDiverged
 from cryoviz.fourier import centered_rfft2, frequency_grid_2d, real_dtype_of, shell_index_2d
 from cryoviz.imaging import apply_shift_and_ctf
 from cryoviz.io.mrc import atomic_output
@@ -150,6 +151,12 @@ def iter_train(
     Yields
     ------
     TrainProgress
+
+    Raises
+    ------
+    TrainingDiverged
+        When an epoch's mean loss is NaN or infinite: its checkpoint is not
+        written, so the folder keeps the last good epoch.
 
     Notes
     -----
@@ -349,6 +356,8 @@ def iter_train(
         }
         mean_loss = total_loss / max(n_batches, 1)
         mean_kl = total_kl / max(n_seen, 1)
+        if not math.isfinite(mean_loss):  # every rank has the same sum: all stop here
+            raise TrainingDiverged(out, epoch, mean_loss)
         done = epoch == recipe.epochs
         if info.is_main:
             with atomic_output(ckpt_path) as tmp:

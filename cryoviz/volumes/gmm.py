@@ -53,7 +53,17 @@ __all__ = [
     "random_ball_mixture",
     "load_reference",
     "fit_amplitude_scale",
+    "MAX_LOG_AMPLITUDE_CHANGE",
 ]
+
+#: Largest change of a Gaussian's log-amplitude the decoder may make (``exp(20)``,
+#: about 5e8 times its neutral amplitude: never needed by a map). A latent that runs
+#: away early in training (its KL weight still near 0 in a warm-up) otherwise
+#: makes ``exp(da)`` so large that the projection's power overflows float32 and
+#: the FRC loss turns NaN: on the small bench's preferred-pose mixture, seed 2 of
+#: ``e2gmm`` with the fit-gradient input reached ``da = 54`` at step 10; with the
+#: cap it trains on (2026-12-07).
+MAX_LOG_AMPLITUDE_CHANGE = 20.0
 
 
 # -- the batched analytic projection ------------------------------------------------------
@@ -249,14 +259,15 @@ class GaussianMixtureVolume(VolumeModel):
         Returns
         -------
         (dc, da)
-            ``(B, M, 3)`` centre changes in Å and ``(B, M)`` log-amplitude changes.
+            ``(B, M, 3)`` centre changes in Å and ``(B, M)`` log-amplitude changes,
+            at most :data:`MAX_LOG_AMPLITUDE_CHANGE`.
         """
         if self.decoder is None:
             raise ValueError("a homogeneous GaussianMixtureVolume has no decoder")
         out = self.decoder(z.to(self.centres_px.dtype))
         m = self.n_gaussians
         dc = out[:, : 3 * m].reshape(-1, m, 3) * (self.max_shift_px * self.pixel_size_angstrom)
-        da = out[:, 3 * m:]
+        da = out[:, 3 * m:].clamp(max=MAX_LOG_AMPLITUDE_CHANGE)
         return dc, (da if self.move_amplitudes else torch.zeros_like(da))
 
     def regularization_loss(self, z: torch.Tensor | None) -> torch.Tensor:
