@@ -93,16 +93,19 @@ GAUSSIANS_VOXELS = 128
 # the weight it was started with: ``config.toml`` of runs before the change has no
 # ``beta``, which reads as ``1 / zdim``, and no ``kl_warmup_epochs``, which reads as 0.
 
-# The implicit recipes default to ``domain = 'fourier'`` (before 2026-12-05 they used
-# ``'hartley'``; a run keeps the domain it was started with in ``config.toml``, and
-# ``cryoviz train --resume`` and the napari training dock take the settings they are
-# not given from there). Measured on 2026-12-05 on the 2-core CPU VM, float32, a
-# 2,000 particle box-64 open / closed mixture at SNR 0.1, the recipe's default
-# network, batch 16 (``docs/benchmarks.md``): ``fourier``
-# trains at 19 s per epoch against 36 s for ``hartley``; after 4 epochs 2-means
-# agreement 0.876 vs 0.957 and FSC 0.5 at 4.7 / 3.2 px vs 4.8 / 3.1 px; after 8
-# ``fourier`` epochs (151 s, about the time of 4 ``hartley`` epochs) 0.991 and
-# 2.1 / 2.1 px. Per epoch the two are close; per second ``fourier`` is ahead.
+# E2GMM_INPUT: ``e2gmm``'s encoder reads the fit gradients (``encoder_input =
+# 'fit_gradient'``) since 2026-12-07, the image MLP where they cannot be taken
+# (:func:`get_recipe`). Same data, three seeds (``docs/benchmarks.md``, "The
+# fit-gradient input becomes ``e2gmm``'s default"): at 20 epochs mixture FSC-AUC 0.477
+# with no particle misplaced (image MLP 0.477, 5-6 misplaced), path 0.465 with kNN
+# preservation 0.077 (0.465, 0.069); at 5 epochs on the SNR-0.01 mixture k-means
+# agreement 0.97 where the image MLP under the same KL default fails (0.54-0.59).
+# About 1.4x the time per epoch.
+
+# The implicit recipes default to ``domain = 'fourier'`` since 2026-12-05 (``'hartley'``
+# before; a run keeps its domain through ``config.toml``): on a 2,000 particle box-64
+# mixture on the 2-core CPU, 19 s per epoch against 36 s at close quality per epoch
+# (``docs/benchmarks.md``, "float32, both programs at their default Fourier output").
 
 
 @dataclass(frozen=True)
