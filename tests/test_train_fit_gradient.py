@@ -11,6 +11,8 @@ adenylate kinase with it.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -25,11 +27,13 @@ from cryoviz.simulate import SimulationConfig, simulate
 from cryoviz.train.data import ParticleBatches
 from cryoviz.train.encoder_input import particle_encoder_input, run_encoder_input
 from cryoviz.train.encoders import GradientEncoder, MLPEncoder
-from cryoviz.train.evaluate import load_run
+from cryoviz.train.evaluate import load_run, saved_recipe
 from cryoviz.train.final_outputs import encode_all
 from cryoviz.train.fit_gradient import FitGradientInput, fit_gradients, gradient_box
 from cryoviz.train.loop import train
+from cryoviz.train.models import build_models
 from cryoviz.train.recipes import get_recipe
+from cryoviz.train.run_files import write_toml
 from cryoviz.volumes.gmm import GaussianMixtureVolume, project_gaussians_batched
 
 BOX, APIX = 32, 2.0
@@ -135,6 +139,54 @@ def test_e2gmm_defaults_to_the_input_and_falls_back_where_it_cannot_work():
     assert get_recipe("e2gmm", base=saved, epochs=40).encoder_input == "real"
     for name in ("cryodrgn", "cryofold"):
         assert get_recipe(name, reference="4ake").encoder_input == "real"
+
+
+def _first_layer_move(input_norm: float, features: torch.Tensor) -> float:
+    """Largest change of the first layer's output after one Adam step (lr 1e-3)."""
+    torch.manual_seed(0)
+    encoder = GradientEncoder(features.shape[1] // 4, 4, width=128, depth=2,
+                              input_norm=input_norm)
+    scaled = features if input_norm == 0 else features * (
+        input_norm / features.norm(dim=1, keepdim=True))
+    before = encoder.hidden[0](scaled).detach()
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=1e-3)
+    mu, logvar = encoder(features)
+    (mu.sum() + logvar.sum()).backward()
+    optimizer.step()
+    return float((encoder.hidden[0](scaled).detach() - before).abs().max())
+
+
+def test_the_input_norm_bounds_the_first_steps_on_agreeing_gradients():
+    """2,048 Gaussians (8,192 features) and a batch whose gradients agree: unscaled,
+    one Adam step moves a first-layer output by about ``lr`` times the input's L1
+    norm (~6.5); scaled to norm 8, by about ``8 / sqrt(8192)`` of that."""
+    gen = torch.Generator().manual_seed(1)
+    shared = torch.randn(1, 8192, generator=gen)
+    features = shared + 0.3 * torch.randn(32, 8192, generator=gen)
+    unscaled, scaled = _first_layer_move(0.0, features), _first_layer_move(8.0, features)
+    l1 = float(features.abs().sum(dim=1).mean())
+    assert 0.5 * 1e-3 * l1 < unscaled <= 1.01e-3 * l1 + 1e-3, (unscaled, l1)
+    assert scaled < 1.0 and scaled < unscaled / 5, (scaled, unscaled)
+    encoder = GradientEncoder(2048, 4, input_norm=8.0)  # only the direction is read
+    mu, logvar = encoder(features[:2])
+    mu3, logvar3 = encoder(3.0 * features[:2])
+    torch.testing.assert_close((mu3, logvar3), (mu, logvar))
+
+
+def test_e2gmm_scales_its_gradient_input_and_earlier_runs_keep_theirs(tmp_path):
+    """``fit_gradient_norm = 8`` since 2026-12-07; a run saved before it reads 0."""
+    recipe = get_recipe("e2gmm", gaussians=16)
+    assert recipe.fit_gradient_norm == 8.0
+    _, encoder = build_models(recipe, BOX, APIX, 10)
+    assert isinstance(encoder, GradientEncoder) and encoder.input_norm == 8.0
+    old = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "fit_gradient_norm"}
+    write_toml(tmp_path / "config.toml", {"recipe": old})
+    loaded = saved_recipe(tmp_path)
+    assert loaded.fit_gradient_norm == 0.0
+    assert build_models(loaded, BOX, APIX, 10)[1].input_norm == 0.0
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(InputError, match="fit_gradient_norm"):
+            get_recipe("e2gmm", fit_gradient_norm=bad)
 
 
 def test_run_encoder_input_needs_the_volume_for_a_gradient_encoder():

@@ -117,13 +117,18 @@ class GradientEncoder(_LatentMLP):
         Hidden width and number of hidden layers (ReLU).
     variational
         Return ``(mu, logvar)`` (VAE) if True, else ``(mu, None)`` (AE).
+    input_norm
+        Scale each particle's input to this L2 norm (0: as given, RMS 1 per
+        block, a norm of ``sqrt(4 M)``); see
+        :attr:`cryoviz.train.recipes.Recipe.fit_gradient_norm`.
     """
 
     def __init__(self, n_gaussians: int, latent_dim: int, width: int = 256, depth: int = 2,
-                 variational: bool = True) -> None:
+                 variational: bool = True, input_norm: float = 0.0) -> None:
         n_features = FEATURES_PER_GAUSSIAN * int(n_gaussians)
         super().__init__(n_features, latent_dim, width, depth, variational)
         self.n_features = n_features
+        self.input_norm = float(input_norm)
 
     def forward(self, features: torch.Tensor,
                 indices: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -131,6 +136,9 @@ class GradientEncoder(_LatentMLP):
         if features.ndim != 2 or features.shape[1] != self.n_features:
             raise ValueError(f"GradientEncoder needs (B, {self.n_features}) features, got "
                              f"{tuple(features.shape)}")
+        if self.input_norm > 0:
+            norm = features.norm(dim=1, keepdim=True).clamp(min=1e-30)
+            features = features * (self.input_norm / norm)
         return self._encode(features)
 
 

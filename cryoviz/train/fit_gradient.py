@@ -20,7 +20,10 @@ The fit is computed on the images Fourier-cropped to half the training box
 (:func:`gradient_box`): conformational changes of domains show at low
 resolution, and the projection costs a quarter of the training box's. Each
 particle's two blocks (centres, amplitudes) are divided by their RMS, so the
-input's scale does not drift as the neutral model fits the data better.
+input's scale does not drift as the neutral model fits the data better; the
+encoder then scales the whole input to a small fixed norm
+(:attr:`cryoviz.train.recipes.Recipe.fit_gradient_norm`), which keeps its first
+Adam steps small.
 """
 
 from __future__ import annotations

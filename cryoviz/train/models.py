@@ -76,7 +76,7 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
     if recipe.encoder in ("vae", "ae") and recipe.encoder_input == "fit_gradient":
         encoder: torch.nn.Module | None = GradientEncoder(
             volume.n_gaussians, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,
-            variational=recipe.encoder == "vae")
+            variational=recipe.encoder == "vae", input_norm=recipe.fit_gradient_norm)
     elif recipe.encoder in ("vae", "ae"):
         encoder = MLPEncoder(
             box_size, recipe.zdim, width=recipe.enc_width, depth=recipe.enc_depth,

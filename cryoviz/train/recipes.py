@@ -73,7 +73,8 @@ CRYODRGN_PE_SIGMA = 1.0 / (8.0 * math.pi)
 
 #: Recipe settings added after runs had been saved, with the value that reproduces
 #: a run whose ``config.toml`` lacks them (it was trained without the feature).
-ADDED_SETTINGS: dict[str, object] = {"encoder_centre": False, "encoder_phase_flip": False}
+ADDED_SETTINGS: dict[str, object] = {"encoder_centre": False, "encoder_phase_flip": False,
+                                     "fit_gradient_norm": 0.0}
 
 #: Voxels of the training box per Gaussian of a reference-free ``gmm`` volume when
 #: ``gaussians`` is not given (:meth:`Recipe.gaussian_count`).
@@ -160,6 +161,16 @@ class Recipe:
         with respect to every Gaussian's centre and amplitude (E2GMM's input,
         :mod:`cryoviz.train.fit_gradient`, :class:`cryoviz.train.encoders.GradientEncoder`;
         ``e2gmm``'s default since 2026-12-07, see :func:`get_recipe`).
+    fit_gradient_norm
+        With ``encoder_input = 'fit_gradient'``: each particle's input is scaled
+        to this L2 norm before the encoder's first layer: 8 since 2026-12-07 (0:
+        unscaled, each block at RMS 1, a norm of ``sqrt(4 M)`` for ``M``
+        Gaussians, as runs before that date had). Adam moves every
+        first-layer weight by about the learning rate per step and the gradients
+        of a batch agree, so the first layer's output moves by about ``lr`` times
+        the input's L1 norm per step; at ``M = 2048`` and norm ``sqrt(4 M)`` that
+        is ~6, enough to send the early latents far out (see E2GMM_STEP). A run
+        whose ``config.toml`` lacks it reads 0 (:data:`ADDED_SETTINGS`).
     encoder_centre, encoder_phase_flip
         The image MLP encodes each image moved back by its known shift (poses
         given) and phase-flipped by the sign of its CTF, as cryoDRGN's
@@ -250,6 +261,7 @@ class Recipe:
     enc_width: int = 256
     enc_depth: int = 2
     encoder_input: str = "real"
+    fit_gradient_norm: float = 8.0
     encoder_centre: bool = True
     encoder_phase_flip: bool = True
     table_noise_std: float = 0.0
@@ -390,6 +402,8 @@ class Recipe:
         need(self.epochs >= 1, "epochs", "at least 1", self.epochs)
         need(math.isfinite(self.kl_warmup_epochs) and self.kl_warmup_epochs >= 0,
              "kl_warmup_epochs", ">= 0 epochs", self.kl_warmup_epochs)
+        need(math.isfinite(self.fit_gradient_norm) and self.fit_gradient_norm >= 0,
+             "fit_gradient_norm", ">= 0 (0: unscaled)", self.fit_gradient_norm)
         need(self.batch_size >= 1, "batch size", "at least 1", self.batch_size)
         need(self.lr > 0, "lr", "> 0", self.lr)
         need(self.width >= 1 and self.depth >= 0, "width / depth", "width >= 1, depth >= 0",
