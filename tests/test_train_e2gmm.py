@@ -57,7 +57,8 @@ def test_e2gmm_meets_the_issue_targets_on_the_mixture(tmp_path):
     0.998 and 3.27 / 3.23 px. This test with the KL default of 2026-12-07 (beta 4
     after a 4-epoch warm-up): agreement 0.9985, FSC 0.5 at 2.0 / 2.0 px; with the
     fit-gradient encoder input, the default since later that day: 0.99975,
-    2.0 / 2.0 px (19 s per epoch on the 2-core CPU).
+    2.0 / 2.0 px (19 s per epoch on the 2-core CPU); with that input scaled to an
+    L2 norm of 8 (``fit_gradient_norm``, also that day): 1.0, 2.0 / 2.0 px.
     """
     report = run_mixture_science(tmp_path, "e2gmm", train_box=None, epochs=20,
                                  overrides={}, min_accuracy=0.95,
@@ -74,7 +75,8 @@ def test_e2gmm_first_component_follows_the_issue_scale_path(tmp_path):
     default of the time (256 Gaussians): 0.952; 2026-12-06 with 2,048 (``box**3 // 128``):
     0.974; 2026-12-07 with the KL default of that day (beta 4 after a 4-epoch warm-up):
     0.988, and with the fit-gradient encoder input, the default since later that
-    day: 0.930.
+    day: 0.930; with that input scaled to an L2 norm of 8 (the default since later
+    still): 0.991.
     """
     rho = run_path_science(tmp_path, "e2gmm", epochs=20, overrides={}, **ISSUE_SCALE)
     assert rho >= 0.9, rho

@@ -81,27 +81,18 @@ ADDED_SETTINGS: dict[str, object] = {"encoder_centre": False, "encoder_phase_fli
 GAUSSIANS_VOXELS = 128
 
 
-# E2GMM_KL: ``e2gmm`` weighs its KL term with ``beta = 4``, reached after a linear
-# warm-up over the first 4 epochs (``docs/benchmarks.md``, "A KL warm-up; ``e2gmm``'s
-# new KL default"). On the small bench datasets (4,000 particles, box 64, 2 Å/px, SNR
-# 0.1, poses known, 2-core CPU), at the recipe's 20 epochs the earlier default
-# (``1 / zdim = 0.25``) let the decoder spread each state's maps: per-conformation
-# FSC-AUC on the open / closed mixture 0.437 against 0.477 with the new default, on
-# the continuous path 0.434 against 0.465 (three seeds each). ``beta = 4`` from the
-# first step instead pressed the latent onto the prior early: after 5 epochs the
-# path's latent was at chance on all three seeds (kNN preservation 0.012), while with
-# the warm-up it gave 0.446 (kNN 0.031; the earlier default 0.449, 0.036). A run keeps
-# the weight it was started with: ``config.toml`` of runs before the change has no
-# ``beta``, which reads as ``1 / zdim``, and no ``kl_warmup_epochs``, which reads as 0.
-
-# E2GMM_INPUT: ``e2gmm``'s encoder reads the fit gradients (``encoder_input =
-# 'fit_gradient'``) since 2026-12-07, the image MLP where they cannot be taken
-# (:func:`get_recipe`). Same data, three seeds (``docs/benchmarks.md``, "The
-# fit-gradient input becomes ``e2gmm``'s default"): at 20 epochs mixture FSC-AUC 0.477
-# with no particle misplaced (image MLP 0.477, 5-6 misplaced), path 0.465 with kNN
-# preservation 0.077 (0.465, 0.069); at 5 epochs on the SNR-0.01 mixture k-means
-# agreement 0.97 where the image MLP under the same KL default fails (0.54-0.59).
-# About 1.4x the time per epoch.
+# E2GMM_DEFAULTS, each measured on the small bench datasets (4,000 particles, box 64,
+# 2 Å/px, poses known, three seeds; ``docs/benchmarks.md``, the 2026-12-07 sections;
+# a run keeps its values through ``config.toml``, :data:`ADDED_SETTINGS` for the older):
+# - KL weight ``beta = 4`` after a 4-epoch linear warm-up (was ``1 / zdim``): at 20
+#   epochs mixture FSC-AUC 0.477 against 0.437, path 0.465 against 0.434; beta 4 from
+#   the first step left the path's latent at chance after 5 epochs.
+# - ``encoder_input = 'fit_gradient'`` where poses are given (:func:`get_recipe`
+#   falls back to the image MLP elsewhere): at 20 epochs no mixture particle
+#   misplaced (image MLP 5-6); at SNR 0.01 the image MLP under beta 4 loses the states.
+# - ``fit_gradient_norm = 8`` (was unscaled): the first epoch's log-variances 2.0-2.7
+#   instead of 6.6-9.7 (one run had trained to NaN); SNR-0.01 mixture 0.414 against
+#   0.393 at 5 epochs; slow path test rho 0.991 against 0.930.
 
 # The implicit recipes default to ``domain = 'fourier'`` since 2026-12-05 (``'hartley'``
 # before; a run keeps its domain through ``config.toml``): on a 2,000 particle box-64
@@ -169,7 +160,7 @@ class Recipe:
         first-layer weight by about the learning rate per step and the gradients
         of a batch agree, so the first layer's output moves by about ``lr`` times
         the input's L1 norm per step; at ``M = 2048`` and norm ``sqrt(4 M)`` that
-        is ~6, enough to send the early latents far out (see E2GMM_STEP). A run
+        is ~6, enough to send the early latents far out (see E2GMM_DEFAULTS). A run
         whose ``config.toml`` lacks it reads 0 (:data:`ADDED_SETTINGS`).
     encoder_centre, encoder_phase_flip
         The image MLP encodes each image moved back by its known shift (poses
@@ -453,7 +444,7 @@ RECIPES: dict[str, Recipe] = {
                                 zdim=0, lr=1e-2, weight_decay=1e-3, epochs=10,
                                 batch_size=128),
     # beta 4 with a 4-epoch KL warm-up since 2026-12-07 (before: 1 / zdim = 0.25, no
-    # warm-up; see E2GMM_KL above)
+    # warm-up; see E2GMM_DEFAULTS above)
     "e2gmm": Recipe(name="e2gmm", volume="gmm", encoder="vae", zdim=4, loss="frc",
                     lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
                     enc_width=128, enc_depth=2, beta=4.0, kl_warmup_epochs=4.0,
