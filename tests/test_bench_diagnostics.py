@@ -15,10 +15,12 @@ from cryoviz.bench.diagnostics import (
     sweep_grid_entries,
     write_error_propagation,
 )
+from cryoviz.bench.entries import HETEROGENEOUS_KINDS
 from cryoviz.bench.suite import DatasetSpec, build_dataset
 from cryoviz.ctf import CTFParams
 from cryoviz.errors import InputError
 from cryoviz.geometry import geodesic_distance_deg, random_rotations
+from cryoviz.train.recipes import get_recipe
 
 
 def test_perturbed_rotations_are_off_by_exactly_the_angle():
@@ -73,6 +75,16 @@ def test_sweep_entries_name_the_setting():
         sweep_entries("cryodrgn", "no_such_setting", [1])
     with pytest.raises(InputError, match="zdim"):  # every value is checked, not the first
         sweep_entries("cryodrgn", "zdim", [2, 0])
+
+
+def test_a_sweep_of_a_structure_recipe_starts_from_its_bench_settings():
+    # cryofold needs a base structure: without the bench's 4AKE the recipe is refused
+    with pytest.raises(InputError, match="reference"):
+        get_recipe("cryofold", beta=4.0)
+    entries = sweep_entries("cryofold", "beta", [4.0])
+    assert [e.name for e in entries] == ["cryofold[beta=4.0]"]
+    assert entries[0].kinds == ("mixture", "continuous")  # not the compositional data
+    assert sweep_entries("e2gmm", "beta", [4.0])[0].kinds == HETEROGENEOUS_KINDS
 
 
 def test_sweep_values_on_the_command_line_may_be_words_and_booleans():

@@ -28,7 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cryoviz.bench.entries import HETEROGENEOUS_KINDS, BenchEntry, train_entry
+from cryoviz.bench.entries import (
+    HETEROGENEOUS_KINDS,
+    STRUCTURE_RECIPES,
+    BenchEntry,
+    train_entry,
+)
 from cryoviz.bench.tasks import load_truth
 from cryoviz.ctf import CTFParams
 from cryoviz.errors import InputError
@@ -177,7 +182,10 @@ def sweep_grid_entries(recipe: str,
     -------
     list of BenchEntry
         One per combination, named ``recipe[a=x,b=y]`` (``recipe[a=x]`` for one
-        setting) and trained with those settings.
+        setting) and trained with those settings. A recipe that needs a base
+        structure (:data:`cryoviz.bench.entries.STRUCTURE_RECIPES`) starts from
+        its bench settings (``cryofold``: ``reference = '4ake'``) and runs on its
+        dataset kinds; a named setting overrides them.
 
     Raises
     ------
@@ -192,13 +200,14 @@ def sweep_grid_entries(recipe: str,
         raise InputError(None, "--sweep", "each setting once per sweep", ", ".join(names))
     combos = [dict(zip(names, values, strict=True))
               for values in itertools.product(*(list(v) for _, v in axes))]
+    base, kinds = STRUCTURE_RECIPES.get(recipe, ({}, HETEROGENEOUS_KINDS))
     for combo in combos:  # unknown recipe, setting or value -> InputError
-        get_recipe(recipe, **combo)
+        get_recipe(recipe, **{**base, **combo})
     entries = []
     for combo in combos:
         label = ",".join(f"{k}={v}" for k, v in combo.items())
         said = ", ".join(f"{k} = {v}" for k, v in combo.items())
         entries.append(BenchEntry(f"{recipe}[{label}]", "conformation",
-                                  train_entry(recipe, **combo), HETEROGENEOUS_KINDS,
+                                  train_entry(recipe, **{**base, **combo}), kinds,
                                   f"{recipe} with {said}"))
     return entries

@@ -24,7 +24,7 @@ from cryoviz.io.particles import ImageSource, ParticleSet, load_particles
 
 __all__ = ["RunContext", "BenchEntry", "ENTRIES", "register", "train_entry", "TRAIN_SETTINGS",
            "HOMOGENEOUS_KINDS", "HETEROGENEOUS_KINDS", "INPLANE_KINDS", "EM_ITERATIONS",
-           "VAEGAN_SETTINGS"]
+           "VAEGAN_SETTINGS", "STRUCTURE_RECIPES"]
 
 HOMOGENEOUS_KINDS = ("homogeneous",)
 HETEROGENEOUS_KINDS = ("mixture", "continuous", "compositional")
@@ -35,6 +35,13 @@ TRAIN_SETTINGS: dict[str, dict] = {
     "tiny": {"epochs": 4, "width": 64, "enc_width": 64, "batch_size": 32, "pe_dim": 32},
     "small": {"epochs": 20, "batch_size": 64},
     "full": {"epochs": 20, "batch_size": 64},
+}
+#: The recipes that need a base structure: the settings they run with on the bench
+#: datasets (the open state, 4AKE) and the dataset kinds they run on (the adenylate
+#: kinase mixture and path). Sweeps of them start from the same settings.
+STRUCTURE_RECIPES: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "cryofold": ({"reference": "4ake"}, ("mixture", "continuous")),
+    "atomvae": ({"reference": "4ake", "reference_level": "residue"}, ("mixture", "continuous")),
 }
 #: EM iterations (relion-class3d, 3dva) per suite size.
 EM_ITERATIONS = {"tiny": 5, "small": 10, "full": 15}
@@ -302,16 +309,14 @@ def _builtin() -> None:
                        ("e2gmm", "Gaussian mixture decoder + VAE, FRC loss")):
         register(BenchEntry(name, "conformation", train_entry(name), HETEROGENEOUS_KINDS, text))
     register_em_recipes()
-    register(BenchEntry("cryofold", "conformation", train_entry("cryofold", reference="4ake"),
-                        ("mixture", "continuous"),
-                        "residue Gaussians of 4AKE moved by a VAE decoder, bond and "
-                        "elastic-network restraints (CA RMSD to the true states)"))
-    register(BenchEntry("atomvae", "conformation",
-                        train_entry("atomvae", reference="4ake", reference_level="residue"),
-                        ("mixture", "continuous"),
-                        "residue Gaussians of 4AKE moved by a VAE decoder, poses NOT given: "
-                        "amortized 8-head pose encoder, pose-only warm-up (CA RMSD to the "
-                        "true states)"))
+    for name, text in (("cryofold", "residue Gaussians of 4AKE moved by a VAE decoder, bond "
+                                     "and elastic-network restraints (CA RMSD to the true "
+                                     "states)"),
+                       ("atomvae", "residue Gaussians of 4AKE moved by a VAE decoder, poses "
+                                    "NOT given: amortized 8-head pose encoder, pose-only "
+                                    "warm-up (CA RMSD to the true states)")):
+        settings, kinds = STRUCTURE_RECIPES[name]
+        register(BenchEntry(name, "conformation", train_entry(name, **settings), kinds, text))
     register(BenchEntry("cryovaegan", "inplane", _cryovaegan, INPLANE_KINDS,
                         "VAE-GAN: in-plane angle and CTF per image, no poses, no CTF given"))
     register_pose_recipes()
