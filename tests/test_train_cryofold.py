@@ -74,12 +74,29 @@ def test_cryofold_moves_residues_to_the_closed_state(tmp_path):
               "closed_state_rmsd_to_1ake": _rmsd(decoded[1], closed_ca),
               "median_bond_change": [float(np.median(b)) for b in bond_change],
               "max_bond_change": [float(b.max()) for b in bond_change]}
-    print(report)  # measured 2026-12-04: 0.999, 7.97, 0.33, 1.19, [0.005, 0.021], [0.02, 0.09]
+    # measured 2026-12-04 (image MLP): 0.999, 7.97, 0.33, 1.19, [0.005, 0.021], [0.02, 0.09];
+    # 2026-12-07 (fit gradients, the default since): 1.0, 7.97, 0.34, 1.12, [0.005, 0.021],
+    # [0.03, 0.10]
+    print(report)
     assert accuracy >= 0.95, report
     assert report["closed_state_rmsd_to_1ake"] < 0.35 * start, report
     assert report["open_state_rmsd_to_4ake"] < 0.15 * start, report
     assert max(report["median_bond_change"]) < 0.2, report
     assert max(report["max_bond_change"]) < 1.0, report
+
+
+def test_cryofold_reads_fit_gradients_where_poses_are_given():
+    """Since 2026-12-07 the encoder reads each particle's fit gradients; amortized poses
+    fall back to the image MLP, and a run saved before keeps the image MLP."""
+    recipe = get_recipe("cryofold", reference="4ake")
+    assert recipe.encoder_input == "fit_gradient" and recipe.takes_fit_gradients
+    amortized = get_recipe("cryofold", reference="4ake", poses="amortized", loss="gaussian")
+    assert amortized.encoder_input == "real"
+    with pytest.raises(InputError, match="fit_gradient"):
+        get_recipe("cryofold", reference="4ake", poses="amortized", loss="gaussian",
+                   encoder_input="fit_gradient")
+    saved = get_recipe("cryofold", reference="4ake", encoder_input="real")
+    assert get_recipe("cryofold", base=saved, epochs=40).encoder_input == "real"
 
 
 def _parser():

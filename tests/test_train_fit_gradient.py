@@ -137,8 +137,7 @@ def test_e2gmm_defaults_to_the_input_and_falls_back_where_it_cannot_work():
     # a run's saved recipe keeps its input (runs before 2026-12-07 used the image MLP)
     saved = get_recipe("e2gmm", encoder_input="real")
     assert get_recipe("e2gmm", base=saved, epochs=40).encoder_input == "real"
-    for name in ("cryodrgn", "cryofold"):
-        assert get_recipe(name, reference="4ake").encoder_input == "real"
+    assert get_recipe("cryodrgn").encoder_input == "real"
 
 
 def _first_layer_move(input_norm: float, features: torch.Tensor) -> float:
