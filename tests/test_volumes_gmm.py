@@ -67,17 +67,40 @@ def test_batched_projection_per_particle_mixtures():
     assert torch.allclose(centered_rfft2(images), out, atol=1e-9 * float(out.abs().max()))
 
 
-def test_batched_projection_gradients_match_finite_differences():
+@pytest.mark.parametrize(("box", "per_particle_sigmas"), [(8, False), (9, True)])
+def test_batched_projection_gradients_match_finite_differences(box, per_particle_sigmas):
+    """The written-out backward pass (not autograd's) against finite differences, for
+    the centres, amplitudes and widths, shared or per particle, even and odd boxes."""
     mix = _mixture(3, seed=2)
     rot = _rotations(2, seed=3)
     centres = mix.centres_angstrom[None].repeat(2, 1, 1).clone().requires_grad_(True)
     amps = mix.amplitudes[None].repeat(2, 1).clone().requires_grad_(True)
+    sigmas = (mix.sigmas_angstrom[None].repeat(2, 1) if per_particle_sigmas
+              else mix.sigmas_angstrom).clone().requires_grad_(True)
 
-    def fn(c, a):
-        return torch.view_as_real(
-            project_gaussians_batched(c, a, mix.sigmas_angstrom, rot, 8, 4.0))
+    def fn(c, a, s):
+        return torch.view_as_real(project_gaussians_batched(c, a, s, rot, box, 4.0))
 
-    assert torch.autograd.gradcheck(fn, (centres, amps), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(fn, (centres, amps, sigmas), eps=1e-6, atol=1e-6,
+                                    rtol=1e-5)
+    # shared (M, 3) centres and (M,) amplitudes receive the sum over the batch
+    shared_c = mix.centres_angstrom.clone().requires_grad_(True)
+    shared_a = mix.amplitudes.clone().requires_grad_(True)
+    fn(shared_c, shared_a, mix.sigmas_angstrom).sum().backward()
+    fn(centres, amps, sigmas).sum().backward()
+    assert torch.allclose(shared_c.grad, centres.grad.sum(0))
+    assert torch.allclose(shared_a.grad, amps.grad.sum(0))
+
+
+def test_batched_projection_refuses_second_derivatives():
+    """First derivatives only: a second one raises instead of coming out wrong."""
+    mix = _mixture(3, seed=2)
+    centres = mix.centres_angstrom[None].clone().requires_grad_(True)
+    out = project_gaussians_batched(centres, mix.amplitudes, mix.sigmas_angstrom,
+                                    _rotations(1, seed=3), 8, 4.0)
+    (grad,) = torch.autograd.grad(out.abs().sum(), centres, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
 
 
 def test_volume_model_slices_and_volume_agree_with_mixture():

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from cryoviz.fourier import hermitian_half
 from cryoviz.gaussians import GaussianMixture, gaussians_volume
@@ -121,22 +122,78 @@ def project_gaussians_batched(
         raise ValueError(f"centres must be (B, M, 3) or (M, 3), got {tuple(centres.shape)}")
     m = centres.shape[1]
     amps = amplitudes.to(rdtype).expand(batch, m) if amplitudes.ndim == 1 else amplitudes
-    sig = (sigmas_angstrom.to(rdtype).expand(batch, m) if sigmas_angstrom.ndim == 1
-           else sigmas_angstrom)
+    var = ((sigmas_angstrom.to(rdtype) ** 2)[None] if sigmas_angstrom.ndim == 1
+           else sigmas_angstrom**2)  # (1 or B, M) Å²
     rot = rotations.to(device=device, dtype=rdtype)
     lab = torch.einsum("bik,bmk->bmi", rot[:, :2, :], centres)  # (B, M, 2): x, y
     step = 1.0 / (d * pixel_size_angstrom)
     ky = (torch.arange(d, device=device, dtype=rdtype) - d // 2) * step  # (D,)
     kx = torch.arange(d // 2 + 1, device=device, dtype=rdtype) * step  # (Dh,)
-    var = sig**2  # (B, M)
-    two_pi2 = 2.0 * math.pi**2
-    # (B, K, M): magnitude and phase of each axis factor
-    ey = torch.polar(torch.exp(-two_pi2 * ky[None, :, None] ** 2 * var[:, None, :]),
-                     -2.0 * math.pi * ky[None, :, None] * lab[:, None, :, 1])
-    ex = torch.polar(amps[:, None, :] * torch.exp(-two_pi2 * kx[None, :, None] ** 2
-                                                  * var[:, None, :]),
-                     -2.0 * math.pi * kx[None, :, None] * lab[:, None, :, 0])
-    return hermitian_half(torch.bmm(ey, ex.transpose(1, 2)), d)
+    return hermitian_half(_SeparableProjection.apply(lab[..., 1], lab[..., 0], var, amps,
+                                                     ky, kx), d)
+
+
+def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+    """``magnitude * exp(i phase)`` (broadcast to ``phase``'s shape), no autograd.
+
+    Written into the real and imaginary parts of one complex tensor: on the 2-core
+    CPU, 6 ms for ``(32, 64, 2048)`` against 22 ms for :func:`torch.polar`.
+    """
+    out = torch.empty(phase.shape, dtype=phase.dtype.to_complex(), device=phase.device)
+    parts = torch.view_as_real(out)
+    torch.mul(magnitude, torch.cos(phase), out=parts[..., 0])
+    torch.mul(magnitude, torch.sin(phase), out=parts[..., 1])
+    return out
+
+
+class _SeparableProjection(torch.autograd.Function):
+    """``F[b] = Ey[b] @ Ex[b]^T`` of :func:`project_gaussians_batched`, with its
+    gradient written out.
+
+    ``Ey[b, k, j] = exp(-2 pi^2 v_j ky_k^2) exp(-2 pi i ky_k y_bj)`` and ``Ex[b, l, j]
+    = A_bj exp(-2 pi^2 v_j kx_l^2) exp(-2 pi i kx_l x_bj)``. Autograd through
+    ``torch.polar`` took about half of an ``e2gmm`` training step on the CPU; here
+    the backward pass is two complex matrix products, ``H = G conj(Ex)`` and ``H' =
+    G^T conj(Ey)``, and the per-Gaussian sums they give: with ``P = Ey conj(H)`` and
+    ``Q = Ex conj(H')``, ``dL/dy_j = sum_k 2 pi ky_k Im P_kj``, ``dL/dx_j = sum_l 2 pi
+    kx_l Im Q_lj``, ``dL/dv_j = -2 pi^2 (sum_k ky_k^2 Re P_kj + sum_l kx_l^2 Re Q_lj)``
+    and ``dL/dA_j = sum_l Re Q_lj / A_j`` (``G = dL/dRe F + i dL/dIm F``, PyTorch's
+    convention for complex tensors). First derivatives only.
+
+    Inputs: ``y``, ``x`` ``(B, M)`` Å (the centres' lab coordinates), ``v`` ``(B, M)``
+    or ``(1, M)`` Å² (variances), ``A`` ``(B, M)``, ``ky`` ``(D,)`` and ``kx``
+    ``(Dh,)`` cycles/Å. Output ``(B, D, Dh)`` complex.
+    """
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, x: torch.Tensor, var: torch.Tensor, amps: torch.Tensor,
+                ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
+        two_pi2 = 2.0 * math.pi**2
+        ey = _polar(torch.exp(-two_pi2 * ky[None, :, None] ** 2 * var[:, None, :]),
+                    (-2.0 * math.pi) * ky[None, :, None] * y[:, None, :])
+        ex_unit = _polar(torch.exp(-two_pi2 * kx[None, :, None] ** 2 * var[:, None, :]),
+                         (-2.0 * math.pi) * kx[None, :, None] * x[:, None, :])
+        ex = ex_unit * amps[:, None, :]
+        ctx.save_for_backward(ey, ex_unit, ex, amps, ky, kx)
+        ctx.shared_var = var.shape[0] == 1 and y.shape[0] != 1
+        return torch.bmm(ey, ex.transpose(1, 2))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        ey, ex_unit, ex, amps, ky, kx = ctx.saved_tensors
+        grad = grad.to(ey.dtype)
+        q_unit = ex_unit * torch.bmm(grad.transpose(1, 2), ey.conj()).conj()  # (B, Dh, M)
+        q = q_unit * amps[:, None, :]
+        p = ey * torch.bmm(grad, ex.conj()).conj()  # (B, D, M)
+        two_pi, two_pi2 = 2.0 * math.pi, 2.0 * math.pi**2
+        d_y = torch.einsum("k,bkm->bm", two_pi * ky, p.imag)
+        d_x = torch.einsum("l,blm->bm", two_pi * kx, q.imag)
+        d_var = (torch.einsum("k,bkm->bm", -two_pi2 * ky**2, p.real)
+                 + torch.einsum("l,blm->bm", -two_pi2 * kx**2, q.real))
+        if ctx.shared_var:
+            d_var = d_var.sum(0, keepdim=True)
+        return d_y, d_x, d_var, q_unit.real.sum(1), None, None
 
 
 # -- the volume model -----------------------------------------------------------------------
