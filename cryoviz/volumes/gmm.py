@@ -173,19 +173,18 @@ class _SeparableProjection(torch.autograd.Function):
                     (-2.0 * math.pi) * ky[None, :, None] * y[:, None, :])
         ex_unit = _polar(torch.exp(-two_pi2 * kx[None, :, None] ** 2 * var[:, None, :]),
                          (-2.0 * math.pi) * kx[None, :, None] * x[:, None, :])
-        ex = ex_unit * amps[:, None, :]
-        ctx.save_for_backward(ey, ex_unit, ex, amps, ky, kx)
+        ctx.save_for_backward(ey, ex_unit, amps, ky, kx)
         ctx.shared_var = var.shape[0] == 1 and y.shape[0] != 1
-        return torch.bmm(ey, ex.transpose(1, 2))
+        return torch.bmm(ey, (ex_unit * amps[:, None, :]).transpose(1, 2))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        ey, ex_unit, ex, amps, ky, kx = ctx.saved_tensors
+        ey, ex_unit, amps, ky, kx = ctx.saved_tensors
         grad = grad.to(ey.dtype)
         q_unit = ex_unit * torch.bmm(grad.transpose(1, 2), ey.conj()).conj()  # (B, Dh, M)
         q = q_unit * amps[:, None, :]
-        p = ey * torch.bmm(grad, ex.conj()).conj()  # (B, D, M)
+        p = ey * torch.bmm(grad, (ex_unit * amps[:, None, :]).conj()).conj()  # (B, D, M)
         two_pi, two_pi2 = 2.0 * math.pi, 2.0 * math.pi**2
         d_y = torch.einsum("k,bkm->bm", two_pi * ky, p.imag)
         d_x = torch.einsum("l,blm->bm", two_pi * kx, q.imag)
