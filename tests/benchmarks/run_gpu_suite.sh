@@ -11,6 +11,7 @@
 #   3. bench_pose_search.py --device cuda       (issue 4: images/s, s per EM iteration)
 #   4. bench_abinit_vs_cryodrgn.py --device cuda, each program stopped after ABINIT_S
 #   5. bench_forward_backproject.py --device cuda
+#   6. bench_gmm_projection.py --device cuda      (the gmm recipes' projection and epochs)
 # Each step gets what is left of BUDGET_S (default 540); a step that runs out is
 # stopped and the next ones are skipped. Results JSONs and logs go to WORK_DIR.
 # Environment: DEVICE (cuda), N_TRAIN (10000), N_ABINIT (20000), TRAIN_EPOCHS (3),
@@ -80,5 +81,8 @@ step abinit_vs_cryodrgn $((2 * ABINIT_S + 90)) $PY "$HERE/bench_abinit_vs_cryodr
 
 step forward_backproject 60 $PY "$HERE/bench_forward_backproject.py" --device "$DEVICE" \
     --output "$WORK/forward_backproject_$DEVICE.json"
+
+step gmm_projection 120 $PY "$HERE/bench_gmm_projection.py" --device "$DEVICE" \
+    --dataset "$WORK/trvae" --epochs 2 --output "$WORK/gmm_projection_$DEVICE.json"
 
 echo "=== done at $(($(date +%s) - START)) s"
