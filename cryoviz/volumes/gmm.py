@@ -154,7 +154,8 @@ class _SeparableProjection(torch.autograd.Function):
     = A_bj exp(-2 pi^2 v_j kx_l^2) exp(-2 pi i kx_l x_bj)``. Autograd through
     ``torch.polar`` took about half of an ``e2gmm`` training step on the CPU; here
     the backward pass is two complex matrix products, ``H = G conj(Ex)`` and ``H' =
-    G^T conj(Ey)``, and the per-Gaussian sums they give: with ``P = Ey conj(H)`` and
+    G^T conj(Ey)``, and the per-Gaussian sums they give (frequency-weighted sums over
+    ``ky`` / ``kx``, taken as small matrix products): with ``P = Ey conj(H)`` and
     ``Q = Ex conj(H')``, ``dL/dy_j = sum_k 2 pi ky_k Im P_kj``, ``dL/dx_j = sum_l 2 pi
     kx_l Im Q_lj``, ``dL/dv_j = -2 pi^2 (sum_k ky_k^2 Re P_kj + sum_l kx_l^2 Re Q_lj)``
     and ``dL/dA_j = sum_l Re Q_lj / A_j`` (``G = dL/dRe F + i dL/dIm F``, PyTorch's
@@ -181,18 +182,25 @@ class _SeparableProjection(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         ey, ex_unit, amps, ky, kx = ctx.saved_tensors
-        grad = grad.to(ey.dtype)
-        q_unit = ex_unit * torch.bmm(grad.transpose(1, 2), ey.conj()).conj()  # (B, Dh, M)
-        q = q_unit * amps[:, None, :]
-        p = ey * torch.bmm(grad, (ex_unit * amps[:, None, :]).conj()).conj()  # (B, D, M)
+        grad_conj = grad.to(ey.dtype).conj()
+        # P = Ey conj(H) = Ey (conj(G) Ex), Q / A = Ex_unit conj(H') = Ex_unit (conj(G)^T Ey)
+        p = ey * torch.bmm(grad_conj, ex_unit * amps[:, None, :])  # (B, D, M)
+        q_unit = torch.view_as_real(
+            ex_unit * torch.bmm(grad_conj.transpose(1, 2), ey))  # (B, Dh, M, 2)
         two_pi, two_pi2 = 2.0 * math.pi, 2.0 * math.pi**2
-        d_y = torch.einsum("k,bkm->bm", two_pi * ky, p.imag)
-        d_x = torch.einsum("l,blm->bm", two_pi * kx, q.imag)
-        d_var = (torch.einsum("k,bkm->bm", -two_pi2 * ky**2, p.real)
-                 + torch.einsum("l,blm->bm", -two_pi2 * kx**2, q.real))
+        # the frequency-weighted sums over ky (kx) of the real and imaginary parts, as
+        # one small matrix product each: rows (-2 pi^2 k^2, 2 pi k), (B, 2, M, 2)
+        b, m = amps.shape[0], amps.shape[1]
+        sums_y = torch.matmul(torch.stack([-two_pi2 * ky**2, two_pi * ky]),
+                              torch.view_as_real(p).reshape(b, len(ky), 2 * m)
+                              ).reshape(b, 2, m, 2)
+        sums_x = torch.matmul(torch.stack([-two_pi2 * kx**2, two_pi * kx]),
+                              q_unit.reshape(b, len(kx), 2 * m)).reshape(b, 2, m, 2)
+        sums_x = sums_x * amps[:, None, :, None]
+        d_var = sums_y[:, 0, :, 0] + sums_x[:, 0, :, 0]
         if ctx.shared_var:
             d_var = d_var.sum(0, keepdim=True)
-        return d_y, d_x, d_var, q_unit.real.sum(1), None, None
+        return sums_y[:, 1, :, 1], sums_x[:, 1, :, 1], d_var, q_unit[..., 0].sum(1), None, None
 
 
 # -- the volume model -----------------------------------------------------------------------
