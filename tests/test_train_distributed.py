@@ -301,7 +301,9 @@ def test_two_process_ddp_with_amortized_poses_equals_one_process(dataset, tmp_pa
     Since the Gaussian projection's backward pass was written out (2026-12-07), with
     two threads in the single process: separate encoders, losses 2e-5 and latents 8e-5
     apart (before: 3e-6 and 6e-6); joint, losses 6e-5 and latents **4e-3** apart
-    (before: 2e-5 and 4e-4); with one thread (``OMP_NUM_THREADS=1``) 1.4e-5 and 3.4e-4.
+    (before: 2e-5 and 4e-4); with one thread (``OMP_NUM_THREADS=1``) 1.4e-5 and 3.4e-4;
+    after a second rewrite of the backward pass (other products, same values to float32
+    rounding), two threads: separate 1.3e-5 and 6e-5, joint 5e-5 and 3.0e-4.
     The projection's per-particle values and gradients are bitwise the same for a batch
     and for its halves and as accurate in float32 as before (checked when the change
     was made), so this is the same amplification of another summation order; the

@@ -59,7 +59,7 @@ def test_e2gmm_meets_the_issue_targets_on_the_mixture(tmp_path):
     fit-gradient encoder input, the default since later that day: 0.99975,
     2.0 / 2.0 px (19 s per epoch on the 2-core CPU); with that input scaled to an
     L2 norm of 8 (``fit_gradient_norm``, also that day): 1.0, 2.0 / 2.0 px; the same
-    with the Gaussian projection's backward pass written out (13.6 s per epoch).
+    with the Gaussian projection's backward pass written out (12.0 s per epoch).
     """
     report = run_mixture_science(tmp_path, "e2gmm", train_box=None, epochs=20,
                                  overrides={}, min_accuracy=0.95,
