@@ -450,10 +450,8 @@ RECIPES: dict[str, Recipe] = {
                     lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
                     enc_width=128, enc_depth=2, beta=4.0, kl_warmup_epochs=4.0,
                     encoder_input="fit_gradient"),
-    # the fit-gradient input since 2026-12-07 (the image MLP before): on the small
-    # bench mixture and path at 5 epochs, three seeds, closer residues (CA RMSD 1.25
-    # against 1.63 Å, 0.85 against 1.15 Å) and a better-kept path order; the same at
-    # 20 epochs (docs/benchmarks.md, "cryofold reads the fit gradients")
+    # fit-gradient input since 2026-12-07 (image MLP before; 5 epochs, mixture CA RMSD
+    # 1.25 against 1.63 Å): docs/benchmarks.md, "`cryofold` reads the fit gradients"
     "cryofold": Recipe(name="cryofold", volume="gmm", encoder="vae", zdim=4, loss="frc",
                        lr=1e-3, epochs=20, batch_size=32, width=128, depth=2,
                        enc_width=128, enc_depth=2, reference_level="residue",
