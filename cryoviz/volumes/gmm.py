@@ -66,6 +66,8 @@ __all__ = [
 #: cap it trains on (2026-12-07).
 MAX_LOG_AMPLITUDE_CHANGE = 20.0
 
+_TWO_PI2 = 2.0 * math.pi**2
+
 
 # -- the batched analytic projection ------------------------------------------------------
 def project_gaussians_batched(
@@ -146,6 +148,23 @@ def _polar(magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _axis_factor(k: torch.Tensor, var: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """``exp(-2 pi^2 v_j k^2) exp(-2 pi i k p_bj)``: ``(B, K, M)`` complex for frequencies
+    ``k`` ``(K,)``, variances ``(1 or B, M)`` and coordinates ``(B, M)``."""
+    return _polar(torch.exp(-_TWO_PI2 * k[None, :, None] ** 2 * var[:, None, :]),
+                  (-2.0 * math.pi) * k[None, :, None] * position[:, None, :])
+
+
+def _frequency_sums(k: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``sum_k w_k Re / Im values[b, k, j]`` for the weights ``w = (-2 pi^2 k^2, 2 pi k)``,
+    as one small matrix product: ``(B, 2, M, 2)`` (weight, real / imaginary part) from
+    ``values`` ``(B, K, M)`` complex."""
+    b, n, m = values.shape
+    weights = torch.stack([-_TWO_PI2 * k**2, (2.0 * math.pi) * k])
+    return torch.matmul(weights, torch.view_as_real(values).reshape(b, n, 2 * m)
+                        ).reshape(b, 2, m, 2)
+
+
 class _SeparableProjection(torch.autograd.Function):
     """``F[b] = Ey[b] @ Ex[b]^T`` of :func:`project_gaussians_batched`, with its
     gradient written out.
@@ -169,11 +188,7 @@ class _SeparableProjection(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y: torch.Tensor, x: torch.Tensor, var: torch.Tensor, amps: torch.Tensor,
                 ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
-        two_pi2 = 2.0 * math.pi**2
-        ey = _polar(torch.exp(-two_pi2 * ky[None, :, None] ** 2 * var[:, None, :]),
-                    (-2.0 * math.pi) * ky[None, :, None] * y[:, None, :])
-        ex_unit = _polar(torch.exp(-two_pi2 * kx[None, :, None] ** 2 * var[:, None, :]),
-                         (-2.0 * math.pi) * kx[None, :, None] * x[:, None, :])
+        ey, ex_unit = _axis_factor(ky, var, y), _axis_factor(kx, var, x)
         ctx.save_for_backward(ey, ex_unit, amps, ky, kx)
         ctx.shared_var = var.shape[0] == 1 and y.shape[0] != 1
         return torch.bmm(ey, (ex_unit * amps[:, None, :]).transpose(1, 2))
@@ -185,22 +200,14 @@ class _SeparableProjection(torch.autograd.Function):
         grad_conj = grad.to(ey.dtype).conj()
         # P = Ey conj(H) = Ey (conj(G) Ex), Q / A = Ex_unit conj(H') = Ex_unit (conj(G)^T Ey)
         p = ey * torch.bmm(grad_conj, ex_unit * amps[:, None, :])  # (B, D, M)
-        q_unit = torch.view_as_real(
-            ex_unit * torch.bmm(grad_conj.transpose(1, 2), ey))  # (B, Dh, M, 2)
-        two_pi, two_pi2 = 2.0 * math.pi, 2.0 * math.pi**2
-        # the frequency-weighted sums over ky (kx) of the real and imaginary parts, as
-        # one small matrix product each: rows (-2 pi^2 k^2, 2 pi k), (B, 2, M, 2)
-        b, m = amps.shape[0], amps.shape[1]
-        sums_y = torch.matmul(torch.stack([-two_pi2 * ky**2, two_pi * ky]),
-                              torch.view_as_real(p).reshape(b, len(ky), 2 * m)
-                              ).reshape(b, 2, m, 2)
-        sums_x = torch.matmul(torch.stack([-two_pi2 * kx**2, two_pi * kx]),
-                              q_unit.reshape(b, len(kx), 2 * m)).reshape(b, 2, m, 2)
-        sums_x = sums_x * amps[:, None, :, None]
+        q_unit = ex_unit * torch.bmm(grad_conj.transpose(1, 2), ey)  # (B, Dh, M)
+        sums_y = _frequency_sums(ky, p)
+        sums_x = _frequency_sums(kx, q_unit) * amps[:, None, :, None]
         d_var = sums_y[:, 0, :, 0] + sums_x[:, 0, :, 0]
         if ctx.shared_var:
             d_var = d_var.sum(0, keepdim=True)
-        return sums_y[:, 1, :, 1], sums_x[:, 1, :, 1], d_var, q_unit[..., 0].sum(1), None, None
+        d_amps = torch.view_as_real(q_unit)[..., 0].sum(1)
+        return sums_y[:, 1, :, 1], sums_x[:, 1, :, 1], d_var, d_amps, None, None
 
 
 # -- the volume model -----------------------------------------------------------------------
