@@ -57,6 +57,27 @@ def dataset(tmp_path_factory):
     return out
 
 
+# -- the process group ---------------------------------------------------------------------
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_group_of_its_own_is_left_after_the_run(monkeypatch, finished):
+    """``init_distributed`` joins the group ``torchrun``'s variables describe (here one
+    rank); ``shutdown_distributed`` leaves it, after a barrier when the run finished."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    info, device = D.init_distributed("cpu")
+    assert (info.rank, info.world_size, device) == (0, 1, "cpu")
+    assert torch.distributed.is_initialized()
+    D.shutdown_distributed(finished)
+    assert not torch.distributed.is_initialized()
+    D.shutdown_distributed(finished)  # a second call is a no-op
+
+
 # -- batch slicing --------------------------------------------------------------------------
 @pytest.mark.parametrize(("total", "world"), [(39, 2), (64, 2), (7, 3), (1, 2), (2, 4)])
 def test_split_batch_covers_the_batch_once(total, world):

@@ -197,10 +197,13 @@ def _run_train(args: argparse.Namespace) -> int:
         raise InputError(None, "--mask", "a recipe that takes a focus mask (3dva, "
                          "relion-class3d)", args.recipe)
     info, args.device = init_distributed(args.device)  # a no-op outside torchrun
+    finished = False
     try:
-        return _run_loop(args, info)
+        code = _run_loop(args, info)
+        finished = True
+        return code
     finally:
-        shutdown_distributed()
+        shutdown_distributed(finished)
 
 
 def _reference_path(reference: str | None) -> str | None:
