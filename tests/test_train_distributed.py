@@ -287,11 +287,13 @@ def _compare_runs(one, two):
     return diffs
 
 
-def test_two_process_ddp_equals_one_process(dataset, tmp_path):
-    stderr = _torchrun(dataset, tmp_path / "ddp", "cryodrgn")
+@pytest.mark.parametrize("pixel_fraction", [1.0, 0.5])  # 0.5: each rank draws its rows
+def test_two_process_ddp_equals_one_process(dataset, tmp_path, pixel_fraction):
+    stderr = _torchrun(dataset, tmp_path / "ddp", "cryodrgn", "--set",
+                       f"pixel_fraction={pixel_fraction}")
     assert "on 2 ranks" in stderr and stderr.count("epoch 2/2") == 1  # rank 0 alone prints
     ps = load_particles(dataset / "particles.star")
-    train(ps, get_recipe("cryodrgn", **CLI), tmp_path / "one")
+    train(ps, get_recipe("cryodrgn", **CLI, pixel_fraction=pixel_fraction), tmp_path / "one")
     diffs = _compare_runs(tmp_path / "one", tmp_path / "ddp")
     print("DDP vs single process, max relative differences:", diffs)
     assert diffs["volume"] < 1e-4 and diffs["encoder"] < 1e-4

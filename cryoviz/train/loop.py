@@ -319,6 +319,16 @@ def iter_train(
                                             None if shifts is None else shifts[sel],
                                             ctf_values=ctf_values)
                 data_term = frc_loss(model, target, frc_max_shell)
+            elif recipe.pixel_fraction < 1:  # the coefficients of this step, drawn per image
+                keys = part.rows(torch.rand((part.total, *weight_2d.shape), generator=noise_gen,
+                                            device=device))
+                drawn = (keys < recipe.pixel_fraction) & inside
+                model = apply_shift_and_ctf(
+                    slice_volume(rotations[sel], z, box, apix, drawn), apix,
+                    None if shifts is None else shifts[sel], ctf_values=ctf_values)
+                residual = ((model - target).abs() ** 2 * weight_2d * drawn).sum(dim=(-2, -1))
+                # divided by the fraction: an unbiased estimate of the full data term
+                data_term = residual.mean() / (data_scale**2 * n_coeff * recipe.pixel_fraction)
             else:
                 model = apply_shift_and_ctf(slice_volume(rotations[sel], z, box, apix), apix,
                                             None if shifts is None else shifts[sel],

@@ -75,7 +75,7 @@ CRYODRGN_PE_SIGMA = 1.0 / (8.0 * math.pi)
 #: Recipe settings added after runs had been saved, with the value that reproduces
 #: a run whose ``config.toml`` lacks them (it was trained without the feature).
 ADDED_SETTINGS: dict[str, object] = {"encoder_centre": False, "encoder_phase_flip": False,
-                                     "fit_gradient_norm": 0.0}
+                                     "fit_gradient_norm": 0.0, "pixel_fraction": 1.0}
 
 #: Voxels of the training box per Gaussian of a reference-free ``gmm`` volume when
 #: ``gaussians`` is not given (:meth:`Recipe.gaussian_count`).
@@ -232,6 +232,14 @@ class Recipe:
         1)`` epochs.
     pose_channels
         Channels of the pose encoder's first convolution block.
+    pixel_fraction
+        Reference-free ``implicit`` volume, Gaussian loss, given poses: the
+        fraction of each image's Fourier coefficients (inside Nyquist) that
+        enter a step's data term, each drawn anew per image and step with this
+        probability, the term divided by it (an unbiased estimate of the full
+        term, with more variance). The network is read only at the drawn
+        coefficients, so a step costs about this fraction of the full one.
+        1 (default): every coefficient.
     """
 
     name: str
@@ -281,6 +289,7 @@ class Recipe:
     pose_only_epochs: int = 0
     pose_start_band: float = 0.1
     pose_channels: int = 16
+    pixel_fraction: float = 1.0
 
     @property
     def kl_weight(self) -> float:
@@ -416,6 +425,13 @@ class Recipe:
              self.contact_cutoff_angstrom)
         need(self.poses in ("given", "amortized"), "poses", "'given' or 'amortized'",
              self.poses)
+        need(math.isfinite(self.pixel_fraction) and 0 < self.pixel_fraction <= 1,
+             "pixel_fraction", "in (0, 1]", self.pixel_fraction)
+        if self.pixel_fraction < 1:
+            need(self.volume == "implicit" and self.reference is None
+                 and self.loss == "gaussian" and self.poses == "given", "pixel_fraction",
+                 "1 except for a reference-free implicit volume with the Gaussian loss and "
+                 "given poses", self.pixel_fraction)
         if self.poses == "amortized":
             need(self.volume == "gmm" or (self.volume == "implicit" and self.reference is None),
                  "volume", "'gmm' or a reference-free 'implicit' volume for amortized poses",

@@ -348,23 +348,41 @@ class ImplicitVolume(VolumeModel):
         return cache[key]
 
     def slices(self, rotations: torch.Tensor, z: torch.Tensor | None, box_size: int,
-               pixel_size_angstrom: float) -> torch.Tensor:
+               pixel_size_angstrom: float, pixel_mask: torch.Tensor | None = None
+               ) -> torch.Tensor:
         """``(B, D, D // 2 + 1)`` transforms of the projections (central slices).
 
         Image frequencies are converted to model frequencies through their
         physical frequency (``pixel_size_angstrom`` vs the model's pixel size).
         Only the half-plane points inside Nyquist are rotated and evaluated (the
         rest is zero); each image's latent enters the first layer once.
+
+        Parameters
+        ----------
+        pixel_mask
+            ``None``, or ``(B, D, D // 2 + 1)`` bool: evaluate each image only where
+            it is true (inside Nyquist); the other coefficients are zero. The
+            training loop's pixel subsampling (``Recipe.pixel_fraction``) passes
+            one: the network's work shrinks with the mask.
         """
         dtype = self.pe_frequencies.dtype
         k, inside = self._image_lattice(box_size, pixel_size_angstrom, rotations.device, dtype)
-        q = torch.matmul(k, rotations.to(dtype))  # (B, P, 3): q = R^T k
-        zz = None if z is None else z.to(dtype)
-        values = self._values(q, zz)
         batch = rotations.shape[0]
         width = box_size // 2 + 1
+        zz = None if z is None else z.to(dtype)
+        if pixel_mask is None:
+            q = torch.matmul(k, rotations.to(dtype))  # (B, P, 3): q = R^T k
+            values = self._values(q, zz)
+            out = torch.zeros(batch, box_size * width, dtype=values.dtype,
+                              device=values.device)
+            out = out.index_copy(1, inside, values)
+            return out.reshape(batch, box_size, width)
+        chosen = pixel_mask.reshape(batch, -1)[:, inside]  # (B, P)
+        image, point = torch.nonzero(chosen, as_tuple=True)  # N chosen points, image-major
+        q = torch.matmul(k[point].unsqueeze(1), rotations.to(dtype)[image]).squeeze(1)
+        values = self._values(q, None if zz is None else zz[image])  # (N,)
         out = torch.zeros(batch, box_size * width, dtype=values.dtype, device=values.device)
-        out = out.index_copy(1, inside, values)
+        out = out.index_put((image, inside[point]), values)
         return out.reshape(batch, box_size, width)
 
     def lattice_transform(self, z: torch.Tensor | None, box_size: int | None = None,
