@@ -185,7 +185,9 @@ def markdown(res: dict) -> str:
         f"cryoviz {st.get('cryoviz_precision', 'fp32')}, cryoDRGN "
         f"{st.get('cryodrgn_precision', 'its default')}; cryoviz encoder input "
         f"{st.get('cryoviz_encoder_input', 'real')}, shift and CTF-sign correction "
-        f"{st.get('cryoviz_encoder_correction', 'off')}.",
+        f"{st.get('cryoviz_encoder_correction', 'off')}"
+        + (f"; cryoviz recipe settings {', '.join(st['cryoviz_settings'])}"
+           if st.get("cryoviz_settings") else "") + ".",
         "",
         f"Command: `{res['command']}`",
         "",
@@ -305,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cryoviz-epochs", type=int, default=None,
                         help="epochs of the cryoviz run (default --epochs): how many it needs "
                              "to reach cryoDRGN's FSC after --epochs, and in what time")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        dest="settings",
+                        help="cryoviz train --set (a recipe setting; repeatable), e.g. "
+                             "pixel_fraction=0.5")
     parser.add_argument("--reuse-cryodrgn", action="store_true",
                         help="reuse the cryoDRGN run of an earlier call with the same command "
                              "(its folder and timing in --work) instead of running it again")
@@ -371,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
               "--precision", args.precision, "--encoder-input", args.encoder_input,
               "--domain", args.domain,
               *(["--encoder-centre", "--encoder-phase-flip"] if args.encoder_correction == "on"
-                else ["--no-encoder-centre", "--no-encoder-phase-flip"])]
+                else ["--no-encoder-centre", "--no-encoder-phase-flip"]),
+              *[arg for setting in args.settings for arg in ("--set", setting)]]
     shutil.rmtree(cv_dir, ignore_errors=True)
     cv_run = run_cpu_timed(cv_cmd, work / "cryoviz_train.log")
     cv_log = [json.loads(line) for line in (cv_dir / "log.jsonl").read_text().splitlines()
@@ -483,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                      "cryoviz_precision": args.precision,
                      "cryoviz_encoder_input": args.encoder_input,
                      "cryoviz_encoder_correction": args.encoder_correction,
+                     "cryoviz_settings": args.settings,
                      "cryodrgn_precision": ("AMP (fp16 autocast)" if args.device == "cuda"
                                             else "fp32 (its AMP is CUDA autocast: no effect "
                                                  "on the CPU)")},
