@@ -57,6 +57,7 @@ from cryoviz.train.distributed import (
 from cryoviz.train.encoder_input import run_encoder_input
 from cryoviz.train.final_outputs import encode_all, write_final
 from cryoviz.train.models import as_tensor, build_models, initialise_models
+from cryoviz.train.pixel_sampling import FLOOR, draw_probabilities
 from cryoviz.train.recipes import Recipe
 from cryoviz.train.run_files import (
     check_resume_settings,
@@ -322,13 +323,15 @@ def iter_train(
             elif recipe.pixel_fraction < 1:  # the coefficients of this step, drawn per image
                 keys = part.rows(torch.rand((part.total, *weight_2d.shape), generator=noise_gen,
                                             device=device))
-                drawn = (keys < recipe.pixel_fraction) & inside
+                prob = draw_probabilities(recipe.pixel_fraction, inside, ctf_values, len(index))
+                drawn = keys < prob
                 model = apply_shift_and_ctf(
                     slice_volume(rotations[sel], z, box, apix, drawn), apix,
                     None if shifts is None else shifts[sel], ctf_values=ctf_values)
-                residual = ((model - target).abs() ** 2 * weight_2d * drawn).sum(dim=(-2, -1))
-                # divided by the fraction: an unbiased estimate of the full data term
-                data_term = residual.mean() / (data_scale**2 * n_coeff * recipe.pixel_fraction)
+                # each drawn term divided by its probability: an unbiased estimate
+                residual = ((model - target).abs() ** 2 * weight_2d * drawn
+                            / prob.clamp(min=recipe.pixel_fraction * FLOOR)).sum(dim=(-2, -1))
+                data_term = residual.mean() / (data_scale**2 * n_coeff)
             else:
                 model = apply_shift_and_ctf(slice_volume(rotations[sel], z, box, apix), apix,
                                             None if shifts is None else shifts[sel],

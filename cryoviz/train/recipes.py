@@ -234,12 +234,13 @@ class Recipe:
         Channels of the pose encoder's first convolution block.
     pixel_fraction
         Reference-free ``implicit`` volume, Gaussian loss, given poses: the
-        fraction of each image's Fourier coefficients (inside Nyquist) that
-        enter a step's data term, each drawn anew per image and step with this
-        probability, the term divided by it (an unbiased estimate of the full
-        term, with more variance). The network is read only at the drawn
-        coefficients, so a step costs about this fraction of the full one.
-        1 (default): every coefficient.
+        mean fraction of each image's Fourier coefficients (inside Nyquist) that
+        enter a step's data term, drawn anew per image and step with
+        probabilities that follow ``|CTF|``, each drawn term divided by its
+        probability (an unbiased estimate of the full term, with more variance;
+        :mod:`cryoviz.train.pixel_sampling`). The network is read only at the
+        drawn coefficients, so a step costs about this fraction of the full
+        one. 1 (default): every coefficient.
     """
 
     name: str
