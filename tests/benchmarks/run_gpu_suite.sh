@@ -12,6 +12,7 @@
 #   4. bench_abinit_vs_cryodrgn.py --device cuda, each program stopped after ABINIT_S
 #   5. bench_forward_backproject.py --device cuda
 #   6. bench_gmm_projection.py --device cuda      (the gmm recipes' projection and epochs)
+#   7. step 2 again with half the pixels (--reuse-cryodrgn --set pixel_fraction=0.5)
 # Each step gets what is left of BUDGET_S (default 540); a step that runs out is
 # stopped and the next ones are skipped. Results JSONs and logs go to WORK_DIR.
 # Environment: DEVICE (cuda), N_TRAIN (10000), N_ABINIT (20000), TRAIN_EPOCHS (3),
@@ -84,5 +85,10 @@ step forward_backproject 60 $PY "$HERE/bench_forward_backproject.py" --device "$
 
 step gmm_projection 120 $PY "$HERE/bench_gmm_projection.py" --device "$DEVICE" \
     --dataset "$WORK/trvae" --epochs 2 --output "$WORK/gmm_projection_$DEVICE.json"
+
+step train_vs_cryodrgn_pixels05 120 $PY "$HERE/bench_train_vs_cryodrgn.py" \
+    --dataset "$WORK/trvae" --cryodrgn "$(command -v cryodrgn || echo cryodrgn)" \
+    --epochs "$TRAIN_EPOCHS" --device "$DEVICE" --reuse-cryodrgn --set pixel_fraction=0.5 \
+    --output "$WORK/train_vs_cryodrgn_pixels05_$DEVICE.json"
 
 echo "=== done at $(($(date +%s) - START)) s"
