@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tomllib
+import warnings
 
 import numpy as np
 import pytest
@@ -58,10 +59,9 @@ def dataset(tmp_path_factory):
 
 
 # -- the process group ---------------------------------------------------------------------
-@pytest.mark.parametrize("finished", [True, False])
-def test_a_group_of_its_own_is_left_after_the_run(monkeypatch, finished):
+def test_a_group_of_its_own_is_left_after_the_run(monkeypatch):
     """``init_distributed`` joins the group ``torchrun``'s variables describe (here one
-    rank); ``shutdown_distributed`` leaves it, after a barrier when the run finished."""
+    rank); ``shutdown_distributed`` leaves it."""
     import socket  # noqa: PLC0415
 
     with socket.socket() as sock:
@@ -73,9 +73,9 @@ def test_a_group_of_its_own_is_left_after_the_run(monkeypatch, finished):
     info, device = D.init_distributed("cpu")
     assert (info.rank, info.world_size, device) == (0, 1, "cpu")
     assert torch.distributed.is_initialized()
-    D.shutdown_distributed(finished)
+    D.shutdown_distributed()
     assert not torch.distributed.is_initialized()
-    D.shutdown_distributed(finished)  # a second call is a no-op
+    D.shutdown_distributed()  # a second call is a no-op
 
 
 # -- batch slicing --------------------------------------------------------------------------
@@ -259,8 +259,22 @@ def _torchrun(dataset, out, recipe, *extra):
     args += extra  # after CLI: a repeated option takes the last value
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and _aborted_at_exit(done.stderr, out):
+        # the known abort at process exit (docs/distributed.md, "Known issue"): the run
+        # itself finished; run it once more so a real failure still fails the test
+        warnings.warn(f"torchrun: a rank aborted at exit after the run finished; rerun "
+                      f"({done.stderr.strip().splitlines()[-1][:200]})", stacklevel=2)
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
+
+
+def _aborted_at_exit(stderr: str, out) -> bool:
+    """Whether a failed ``torchrun`` is the known abort at exit: rank 0 printed
+    ``done:`` (every epoch and the final outputs written, every rank past the last
+    barrier) and a rank then died with "terminate called without an active exception"."""
+    return ("terminate called without an active exception" in stderr
+            and f"done: {out}" in stderr and (out / "latents.npz").is_file())
 
 
 def _compare_runs(one, two):

@@ -197,13 +197,10 @@ def _run_train(args: argparse.Namespace) -> int:
         raise InputError(None, "--mask", "a recipe that takes a focus mask (3dva, "
                          "relion-class3d)", args.recipe)
     info, args.device = init_distributed(args.device)  # a no-op outside torchrun
-    finished = False
     try:
-        code = _run_loop(args, info)
-        finished = True
-        return code
+        return _run_loop(args, info)
     finally:
-        shutdown_distributed(finished)
+        shutdown_distributed()
 
 
 def _reference_path(reference: str | None) -> str | None:

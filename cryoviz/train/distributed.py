@@ -117,26 +117,10 @@ def init_distributed(device: str) -> tuple[DistInfo, str]:
     return dist_info(), device
 
 
-def shutdown_distributed(finished: bool = False) -> None:
-    """Leave the process group if :func:`init_distributed` created it.
-
-    Parameters
-    ----------
-    finished
-        The run ended normally on this rank: wait at a barrier for every rank
-        before the group is destroyed, so no rank closes its connections while
-        another still uses them. Not after an error (the other ranks may never
-        reach the barrier; ``torchrun`` stops them). Twice, a 2-process CPU run
-        under ``torchrun`` had written its last epoch and its outputs and then
-        one rank aborted at exit ("terminate called without an active
-        exception", the group's teardown), so ``torchrun`` reported a failure;
-        the barrier is there for that, which 40 repeated runs without it did
-        not reproduce (2026-12-07), so its effect is not measured.
-    """
+def shutdown_distributed() -> None:
+    """Leave the process group if :func:`init_distributed` created it."""
     global _OWN_GROUP  # noqa: PLW0603
     if _OWN_GROUP and dist.is_available() and dist.is_initialized():
-        if finished:
-            dist.barrier()
         dist.destroy_process_group()
     _OWN_GROUP = False
 
