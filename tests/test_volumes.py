@@ -136,6 +136,36 @@ def test_implicit_masked_slices_read_the_network_only_where_drawn(domain):
     torch.testing.assert_close(z_part.grad, z_full.grad)
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_implicit_slices_in_pieces_equal_one_piece(monkeypatch, masked):
+    """On the CPU the network is read on pieces of the batch (``CPU_PIECE_FLOATS``):
+    the slices and the gradients are those of one piece."""
+    import cryoviz.volumes.implicit as implicit  # noqa: PLC0415
+
+    box = 12
+    model = ImplicitVolume(box, 4.0, latent_dim=2, width=16, depth=1, pe_dim=8,
+                           domain="fourier").double()
+    gen = torch.Generator().manual_seed(2)
+    rot = random_rotations(5, generator=gen)
+    z = torch.randn(5, 2, dtype=torch.float64, generator=gen)
+    mask = (torch.rand(5, box, box // 2 + 1, generator=gen) < 0.5) if masked else None
+    results = []
+    for floats in (2**40, 16 * 64):  # one piece; pieces of 64 points (one image unmasked)
+        monkeypatch.setattr(implicit, "CPU_PIECE_FLOATS", floats)
+        model.zero_grad()
+        zz = z.clone().requires_grad_(True)
+        before = model.points_evaluated
+        out = model.slices(rot, zz, box, 4.0, mask)
+        (out.abs() ** 2).sum().backward()
+        results.append((out.detach(), zz.grad, model.mlp.inp.weight.grad.clone(),
+                        model.points_evaluated - before))
+    (one, z_one, w_one, n_one), (pieces, z_pieces, w_pieces, n_pieces) = results
+    torch.testing.assert_close(pieces, one)
+    torch.testing.assert_close(z_pieces, z_one)
+    torch.testing.assert_close(w_pieces, w_one)
+    assert n_pieces == n_one > 0
+
+
 def test_implicit_gradient_flows_and_uses_z():
     box = 12
     model = ImplicitVolume(box, 4.0, latent_dim=3, width=32, depth=2, pe_dim=8)
