@@ -166,6 +166,25 @@ def test_implicit_slices_in_pieces_equal_one_piece(monkeypatch, masked):
     assert n_pieces == n_one > 0
 
 
+def test_implicit_volume_rendered_in_pieces_equals_one_piece(monkeypatch):
+    """The default render reads the network in pieces of ``CPU_PIECE_FLOATS``
+    activations on the CPU (here 100 points of width 16): the same map as one piece."""
+    import cryoviz.volumes.implicit as implicit  # noqa: PLC0415
+
+    monkeypatch.setattr(implicit, "CPU_PIECE_FLOATS", 16 * 100)
+    model = ImplicitVolume(12, 4.0, latent_dim=1, width=16, depth=1, pe_dim=8,
+                           domain="fourier").double()
+    z = torch.tensor([0.3], dtype=torch.float64)
+    before = model.points_evaluated
+    pieces = model.volume(z)
+    points = model.points_evaluated - before
+    one = ImplicitVolume(12, 4.0, latent_dim=1, width=16, depth=1, pe_dim=8,
+                         domain="fourier", chunk_points=10**6).double()
+    one.load_state_dict(model.state_dict())
+    torch.testing.assert_close(pieces, one.volume(z))
+    assert points > 100  # several pieces were read
+
+
 def test_implicit_gradient_flows_and_uses_z():
     box = 12
     model = ImplicitVolume(box, 4.0, latent_dim=3, width=32, depth=2, pe_dim=8)

@@ -150,7 +150,10 @@ class ImplicitVolume(VolumeModel):
     seed
         Seed of the random frequencies.
     chunk_points
-        Points per MLP call when rendering a whole volume.
+        Points per MLP call when rendering a whole volume; ``None`` (default): on
+        the CPU pieces of :data:`CPU_PIECE_FLOATS` activations (8,192 points at
+        width 256: a box-64 map 195 against 264 ms in pieces of 65,536 on the
+        2-core VM of 2026-12-07), elsewhere 65,536.
     """
 
     def __init__(
@@ -164,7 +167,7 @@ class ImplicitVolume(VolumeModel):
         pe_sigma: float = 0.25,
         domain: str = "hartley",
         seed: int = 0,
-        chunk_points: int = 65536,
+        chunk_points: int | None = None,
     ) -> None:
         super().__init__()
         if domain not in DOMAINS:
@@ -173,7 +176,7 @@ class ImplicitVolume(VolumeModel):
         self.pixel_size_angstrom = float(pixel_size_angstrom)
         self.latent_dim = int(latent_dim)
         self.domain = domain
-        self.chunk_points = int(chunk_points)
+        self.chunk_points = None if chunk_points is None else int(chunk_points)
         gen = torch.Generator().manual_seed(seed)
         freqs = torch.randn(3, pe_dim, generator=gen) * (pe_sigma * self.box_size)
         self.register_buffer("pe_frequencies", freqs)
@@ -446,8 +449,10 @@ class ImplicitVolume(VolumeModel):
             need = torch.ones(q.shape[0], dtype=torch.bool, device=device)
         points = torch.nonzero(need).squeeze(1)
         parts = []
-        for start in range(0, points.shape[0], self.chunk_points):
-            sel = points[start:start + self.chunk_points]
+        chunk = self.chunk_points or (max(1, CPU_PIECE_FLOATS // self.mlp.inp.out_features)
+                                      if device.type == "cpu" else 65536)
+        for start in range(0, points.shape[0], chunk):
+            sel = points[start:start + chunk]
             parts.append(self.evaluate(q[sel][None], zz)[0])
         values = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.complex64)
         out = torch.zeros(q.shape[0], dtype=values.dtype, device=device)
