@@ -48,9 +48,9 @@ DOMAINS = ("hartley", "fourier")
 #: On the CPU, :meth:`ImplicitVolume.slices` reads the network on pieces of the batch
 #: whose activations (points x width floats) stay below this size: the element-wise
 #: work of larger pieces runs from main memory instead of the cache. On the 2-core
-#: AVX-512 VM of 2026-12-07, forward and backward of 64 box-64 images took 7.3 ms per
-#: image in one piece and 4.4 ms in pieces of 8 images at width 128 (18.4 and 13.1 ms
-#: at width 256); batches of 16 gained nothing.
+#: AVX-512 VM of 2026-12-07, forward and backward of 64 box-64 images took 7.4 ms per
+#: image in one piece and 4.6 ms in pieces of this size at width 128 (18.5 and 13.8 ms
+#: at width 256); batches of 16 gained 4-6 %.
 CPU_PIECE_FLOATS = 2**21
 
 
@@ -152,7 +152,7 @@ class ImplicitVolume(VolumeModel):
     chunk_points
         Points per MLP call when rendering a whole volume; ``None`` (default): on
         the CPU pieces of :data:`CPU_PIECE_FLOATS` activations (8,192 points at
-        width 256: a box-64 map 195 against 264 ms in pieces of 65,536 on the
+        width 256: a box-64 map 194 against 271 ms in pieces of 65,536 on the
         2-core VM of 2026-12-07), elsewhere 65,536.
     """
 
