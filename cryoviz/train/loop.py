@@ -57,7 +57,7 @@ from cryoviz.train.distributed import (
 from cryoviz.train.encoder_input import run_encoder_input
 from cryoviz.train.final_outputs import encode_all, write_final
 from cryoviz.train.models import as_tensor, build_models, initialise_models
-from cryoviz.train.pixel_sampling import FLOOR, draw_probabilities
+from cryoviz.train.pixel_sampling import draw_probabilities
 from cryoviz.train.recipes import Recipe
 from cryoviz.train.run_files import (
     check_resume_settings,
@@ -329,8 +329,8 @@ def iter_train(
                     slice_volume(rotations[sel], z, box, apix, drawn), apix,
                     None if shifts is None else shifts[sel], ctf_values=ctf_values)
                 # each drawn term divided by its probability: an unbiased estimate
-                residual = ((model - target).abs() ** 2 * weight_2d * drawn
-                            / prob.clamp(min=recipe.pixel_fraction * FLOOR)).sum(dim=(-2, -1))
+                residual = ((model - target).abs() ** 2 * weight_2d * drawn  # prob 0: never drawn
+                            / prob.clamp(min=torch.finfo(prob.dtype).tiny)).sum(dim=(-2, -1))
                 data_term = residual.mean() / (data_scale**2 * n_coeff)
             else:
                 model = apply_shift_and_ctf(slice_volume(rotations[sel], z, box, apix), apix,

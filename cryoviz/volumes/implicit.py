@@ -241,14 +241,21 @@ class ImplicitVolume(VolumeModel):
         self.points_evaluated += int(feats.shape[:-1].numel())
         return self._fourier_value(self._network(feats, z, network_dtype), q, sign)
 
+    def _piece_points(self, device: torch.device) -> int:
+        """Points per network call: on the CPU :data:`CPU_PIECE_FLOATS` activations'
+        worth (at least one), elsewhere unlimited."""
+        if device.type != "cpu":
+            return 2**62
+        return max(1, CPU_PIECE_FLOATS // self.mlp.inp.out_features)
+
     def _values_in_pieces(self, q: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
         """:meth:`_values` of ``q`` ``(B, P, 3)`` or ``(N, 3)`` (``z`` ``(B, L)`` or
         ``(N, L)``), on the CPU in pieces along the first dimension of at most
         :data:`CPU_PIECE_FLOATS` activations each (the same values; other devices
         take the batch in one piece)."""
         points_per_row = q.shape[1] if q.dim() == 3 else 1
-        rows = max(1, CPU_PIECE_FLOATS // (points_per_row * self.mlp.inp.out_features))
-        if q.device.type != "cpu" or q.shape[0] <= rows:
+        rows = max(1, self._piece_points(q.device) // points_per_row)
+        if q.shape[0] <= rows:
             return self._values(q, z)
         return torch.cat([self._values(q[i:i + rows], None if z is None else z[i:i + rows])
                           for i in range(0, q.shape[0], rows)])
@@ -449,8 +456,7 @@ class ImplicitVolume(VolumeModel):
             need = torch.ones(q.shape[0], dtype=torch.bool, device=device)
         points = torch.nonzero(need).squeeze(1)
         parts = []
-        chunk = self.chunk_points or (max(1, CPU_PIECE_FLOATS // self.mlp.inp.out_features)
-                                      if device.type == "cpu" else 65536)
+        chunk = self.chunk_points or min(self._piece_points(device), 65536)
         for start in range(0, points.shape[0], chunk):
             sel = points[start:start + chunk]
             parts.append(self.evaluate(q[sel][None], zz)[0])
