@@ -257,7 +257,9 @@ def _torchrun(dataset, out, recipe, *extra):
     for key, value in CLI.items():
         args += [f"--{key.replace('_', '-')}", str(value)]
     args += extra  # after CLI: a repeated option takes the last value
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    scratch = out.parent / f"{out.name}_tmp"  # torchrun's log folders, kept out of /tmp
+    scratch.mkdir(exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(scratch))
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 and _aborted_at_exit(done.stderr, out):
         # the known abort at process exit (docs/distributed.md, "Known issue"): the run
