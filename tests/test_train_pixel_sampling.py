@@ -45,10 +45,26 @@ def test_with_ctfs_the_probability_follows_the_ctf_amplitude():
     for image in range(3):  # proportional to |CTF| within each image...
         ratio = inner[image][free[image]] / amp[image][free[image]]
         assert float(ratio.std() / ratio.mean()) < 1e-5
-    mean = inner.mean(dim=1)
-    assert torch.all((mean > 0.3) & (mean < 0.45))  # ...with a mean near the fraction
+    torch.testing.assert_close(inner.mean(dim=1), torch.full((3,), 0.4), rtol=1e-5, atol=0)
     # near a CTF zero rarely, near a maximum often
     assert float(inner[amp < 0.05].max()) < 0.1 and float(inner[amp > 0.95].min()) > 0.55
+
+
+def test_a_fraction_near_one_still_averages_the_fraction():
+    """At 0.8 many coefficients would pass probability 1 at ``0.8 |CTF| / mean|CTF|``;
+    clipped there, the images would read fewer than 80 % of their coefficients. The
+    scale per image makes up for it."""
+    inside = _inside()
+    ctf = _ctf(4)
+    prob = draw_probabilities(0.8, inside, ctf, batch=4)[:, inside]
+    amp = ctf.abs()[:, inside]
+    unscaled = (0.8 * amp / amp.mean(dim=1, keepdim=True)).clamp(FLOOR * 0.8, 1.0)
+    assert torch.all(unscaled.mean(dim=1) < 0.77)  # what the clipping alone would give
+    assert torch.all((prob == 1.0).float().mean(dim=1) > 0.2)
+    torch.testing.assert_close(prob.mean(dim=1), torch.full((4,), 0.8), rtol=1e-5, atol=0)
+    # and still more often where the CTF is larger
+    order = amp.argsort(dim=1)
+    assert torch.all(prob.gather(1, order).diff(dim=1) >= 0)
 
 
 def test_the_draw_divided_by_its_probability_estimates_the_full_sum():
