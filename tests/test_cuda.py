@@ -1,5 +1,6 @@
 """CUDA gives the CPU's answers: the image formation model, backprojection, Gaussian
-projection, exact-EM refinement, ab initio and training (fp32 and bf16 autocast).
+projection, exact-EM refinement, ab initio and training (fp32 and bf16 autocast, with
+and without pixel subsampling).
 
 Skipped on machines without CUDA (CI has none). Run on a GPU machine with
 ``pytest tests/test_cuda.py``; the figures of the last run on a GPU are in
@@ -162,3 +163,19 @@ def test_cuda_checkpoint_resumes_on_cuda(mixture_data, tmp_path):
     resumed = list(iter_train(mixture_data, recipe, tmp_path / "run", resume=True, device=CUDA))
     assert [p.epoch for p in resumed] == [2]
     assert np.isfinite(resumed[-1].loss)
+
+
+def test_pixel_fraction_on_cuda(mixture_data, tmp_path):
+    """The masked slices of ``pixel_fraction`` on CUDA (boolean masks, the bisection
+    of each image's scale): one batch of all particles, the first epoch's loss taken
+    before the first step; 80 % of the coefficients estimate the full loss (the CPU
+    test's tolerance, ``tests/test_train_loop.py``), in fp32 and bf16."""
+    settings = {"epochs": 1, "batch_size": len(mixture_data), "seed": 0}
+    for precision in ("fp32", "bf16"):
+        full = next(iter_train(mixture_data, get_recipe("cryodrgn", precision=precision,
+                                                        **settings),
+                               tmp_path / f"full_{precision}", device=CUDA))
+        part = next(iter_train(mixture_data, get_recipe("cryodrgn", precision=precision,
+                                                        pixel_fraction=0.8, **settings),
+                               tmp_path / f"part_{precision}", device=CUDA))
+        assert part.loss == pytest.approx(full.loss, rel=0.08) and part.loss != full.loss
