@@ -264,11 +264,22 @@ def _torchrun(dataset, out, recipe, *extra):
     if done.returncode != 0 and _aborted_at_exit(done.stderr, out):
         # the known abort at process exit (docs/distributed.md, "Known issue"): the run
         # itself finished; run it once more so a real failure still fails the test
-        warnings.warn(f"torchrun: a rank aborted at exit after the run finished; rerun "
-                      f"({done.stderr.strip().splitlines()[-1][:200]})", stacklevel=2)
+        warnings.warn("torchrun: a rank aborted at exit after the run finished; rerun ("
+                      + _failure_summary(done.stderr) + ")", stacklevel=2)
         done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stderr
+
+
+def _failure_summary(stderr: str) -> str:
+    """The abort's line and torchrun's root-cause block (rank, exit code, signal), on
+    one line: what a sighting of the known abort records for its diagnosis."""
+    lines = [line.strip() for line in stderr.splitlines()]
+    keep = [line for line in lines if "terminate called" in line]
+    if "Root Cause (first observed failure):" in lines:
+        block = lines[lines.index("Root Cause (first observed failure):"):]
+        keep += [line for line in block if line and not set(line) <= {"=", "-"}]
+    return " | ".join(keep)[:600]
 
 
 def _aborted_at_exit(stderr: str, out) -> bool:
