@@ -76,6 +76,20 @@ def test_a_group_of_its_own_is_left_after_the_run(monkeypatch):
     D.shutdown_distributed()
     assert not torch.distributed.is_initialized()
     D.shutdown_distributed()  # a second call is a no-op
+    D.exit_if_left_group(0)  # a group of one rank: the process goes on
+
+
+def test_a_worker_that_left_a_group_of_several_ranks_exits_at_once():
+    """``exit_if_left_group`` ends such a process with the status, its streams
+    flushed (the unflushed line arrives) and nothing after it run; the two-process
+    tests below run it through ``torchrun``."""
+    code = ("import sys; import cryoviz.train.distributed as D\n"
+            "sys.stdout.write('written before the exit'); D._LEFT_WORLD_SIZE = 2\n"
+            "D.exit_if_left_group(3)\nprint('after the exit')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "written before the exit"
 
 
 # -- batch slicing --------------------------------------------------------------------------
@@ -262,7 +276,7 @@ def _torchrun(dataset, out, recipe, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(scratch))
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     if done.returncode != 0 and _aborted_at_exit(done.stderr, out):
-        # the known abort at process exit (docs/distributed.md, "Known issue"): the run
+        # the abort at process exit (docs/distributed.md, "A rank could abort"): the run
         # itself finished; run it once more so a real failure still fails the test
         warnings.warn("torchrun: a rank aborted at exit after the run finished; rerun ("
                       + _failure_summary(done.stderr) + ")", stacklevel=2)
