@@ -365,20 +365,7 @@ def _run_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cryoviz`` command; returns the exit status.
-
-    A ``torchrun`` worker that trained on several ranks exits from here instead
-    (:func:`cryoviz.train.distributed.exit_if_left_group`).
-    """
-    from cryoviz.train.distributed import exit_if_left_group
-
-    status = _dispatch(argv)
-    exit_if_left_group(status)
-    return status
-
-
-def _dispatch(argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and run the command; the exit status."""
+    """Entry point of the ``cryoviz`` command; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

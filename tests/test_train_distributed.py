@@ -73,10 +73,10 @@ def test_a_group_of_its_own_is_left_after_the_run(monkeypatch):
     info, device = D.init_distributed("cpu")
     assert (info.rank, info.world_size, device) == (0, 1, "cpu")
     assert torch.distributed.is_initialized()
-    D.shutdown_distributed()
+    left = D.shutdown_distributed()
     assert not torch.distributed.is_initialized()
     D.shutdown_distributed()  # a second call is a no-op
-    D.exit_if_left_group(0)  # a group of one rank: the process goes on
+    D.exit_if_left_group(0, left)  # a group of one rank: the process goes on
 
 
 def test_a_worker_that_left_a_group_of_several_ranks_exits_at_once():
@@ -84,8 +84,8 @@ def test_a_worker_that_left_a_group_of_several_ranks_exits_at_once():
     flushed (the unflushed line arrives) and nothing after it run; the two-process
     tests below run it through ``torchrun``."""
     code = ("import sys; import cryoviz.train.distributed as D\n"
-            "sys.stdout.write('written before the exit'); D._LEFT_WORLD_SIZE = 2\n"
-            "D.exit_if_left_group(3)\nprint('after the exit')")
+            "sys.stdout.write('written before the exit')\n"
+            "D.exit_if_left_group(3, 2)\nprint('after the exit')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 3, done.stderr

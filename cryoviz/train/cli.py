@@ -181,7 +181,11 @@ def parse_z(text: str) -> np.ndarray:
 
 def _run_train(args: argparse.Namespace) -> int:
     from cryoviz.train.cli_algorithms import OWN_ALGORITHM, run_algorithm  # noqa: PLC0415
-    from cryoviz.train.distributed import init_distributed, shutdown_distributed  # noqa: PLC0415
+    from cryoviz.train.distributed import (  # noqa: PLC0415
+        exit_if_left_group,
+        init_distributed,
+        shutdown_distributed,
+    )
     from cryoviz.train.recipes import RECIPES  # noqa: PLC0415
 
     if args.recipe in OWN_ALGORITHM:
@@ -198,9 +202,11 @@ def _run_train(args: argparse.Namespace) -> int:
                          "relion-class3d)", args.recipe)
     info, args.device = init_distributed(args.device)  # a no-op outside torchrun
     try:
-        return _run_loop(args, info)
+        status = _run_loop(args, info)
     finally:
-        shutdown_distributed()
+        left = shutdown_distributed()
+    exit_if_left_group(status, left)  # a torchrun worker ends here
+    return status
 
 
 def _reference_path(reference: str | None) -> str | None:

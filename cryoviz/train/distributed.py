@@ -52,7 +52,6 @@ __all__ = ["DistInfo", "dist_info", "init_distributed", "shutdown_distributed",
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _OWN_GROUP = False  # True when init_distributed created the process group
-_LEFT_WORLD_SIZE = 0  # the size of the group shutdown_distributed last left
 
 
 @dataclass(frozen=True)
@@ -121,16 +120,24 @@ def init_distributed(device: str) -> tuple[DistInfo, str]:
     return dist_info(), device
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group if :func:`init_distributed` created it."""
-    global _OWN_GROUP, _LEFT_WORLD_SIZE  # noqa: PLW0603
+def shutdown_distributed() -> int:
+    """Leave the process group if :func:`init_distributed` created it.
+
+    Returns
+    -------
+    int
+        The number of ranks of the group left (0 when none was).
+    """
+    global _OWN_GROUP  # noqa: PLW0603
+    left = 0
     if _OWN_GROUP and dist.is_available() and dist.is_initialized():
-        _LEFT_WORLD_SIZE = dist.get_world_size()
+        left = dist.get_world_size()
         dist.destroy_process_group()
     _OWN_GROUP = False
+    return left
 
 
-def exit_if_left_group(status: int) -> None:
+def exit_if_left_group(status: int, world_size: int) -> None:
     """End the process now with ``status`` if it left a group of several ranks.
 
     A ``torchrun`` worker that has written its outputs and left its process group
@@ -138,12 +145,17 @@ def exit_if_left_group(status: int) -> None:
     an active exception", SIGABRT, 2 of 40 two-process CPU runs), so ``torchrun``
     reported a failed run whose outputs were complete. Such a worker flushes its
     streams and logs and exits here with ``os._exit``, skipping that teardown
-    (0 of 80 runs aborted). Returns without effect otherwise, so in-process
-    callers (tests, notebooks) go on; the record of the left group is cleared.
+    (0 of 80 runs aborted). Returns without effect for ``world_size`` 0 or 1, so
+    in-process callers (tests, notebooks) go on.
+
+    Parameters
+    ----------
+    status
+        The exit status.
+    world_size
+        What :func:`shutdown_distributed` returned.
     """
-    global _LEFT_WORLD_SIZE  # noqa: PLW0603
-    left, _LEFT_WORLD_SIZE = _LEFT_WORLD_SIZE, 0
-    if left > 1:
+    if world_size > 1:
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
