@@ -166,10 +166,11 @@ def test_cuda_checkpoint_resumes_on_cuda(mixture_data, tmp_path):
 
 
 def test_pixel_fraction_on_cuda(mixture_data, tmp_path):
-    """The masked slices of ``pixel_fraction`` on CUDA (boolean masks, the bisection
-    of each image's scale): one batch of all particles, the first epoch's loss taken
-    before the first step; 80 % of the coefficients estimate the full loss (the CPU
-    test's tolerance, ``tests/test_train_loop.py``), in fp32 and bf16."""
+    """The masked slices of ``pixel_fraction`` on CUDA (boolean masks, each
+    particle's scale found once on the device): one batch of all particles, the first
+    epoch's loss taken before the first step; 80 % of the coefficients estimate the
+    full loss (the CPU test's tolerance, ``tests/test_train_loop.py``), in fp32 and
+    bf16."""
     settings = {"epochs": 1, "batch_size": len(mixture_data), "seed": 0}
     for precision in ("fp32", "bf16"):
         full = next(iter_train(mixture_data, get_recipe("cryodrgn", precision=precision,

@@ -57,7 +57,7 @@ from cryoviz.train.distributed import (
 from cryoviz.train.encoder_input import run_encoder_input
 from cryoviz.train.final_outputs import encode_all, write_final
 from cryoviz.train.models import as_tensor, build_models, initialise_models
-from cryoviz.train.pixel_sampling import draw_probabilities
+from cryoviz.train.pixel_sampling import draw_probabilities, particle_scales
 from cryoviz.train.recipes import Recipe
 from cryoviz.train.run_files import (
     check_resume_settings,
@@ -262,6 +262,9 @@ def iter_train(
     rotations = as_tensor(particles.rotations, device) if given else None
     shifts = as_tensor(particles.shifts_angstrom, device) if given else None
     ctf = None if particles.ctf is None else particles.ctf.to(device)
+    # each particle's scale of its coefficients' probabilities: fixed by its CTF
+    pixel_scales = (particle_scales(recipe.pixel_fraction, inside, ctf, box, apix, device)
+                    if recipe.pixel_fraction < 1 and ctf is not None else None)
     # the networks as the loop calls them: autocast for bf16 / fp16, DDP across ranks
     encode = (None if encoder is None or joint else
               wrap_model(encoder, "forward", recipe.precision, device, info))
@@ -323,7 +326,8 @@ def iter_train(
             elif recipe.pixel_fraction < 1:  # the coefficients of this step, drawn per image
                 keys = part.rows(torch.rand((part.total, *weight_2d.shape), generator=noise_gen,
                                             device=device))
-                prob = draw_probabilities(recipe.pixel_fraction, inside, ctf_values, len(index))
+                prob = draw_probabilities(recipe.pixel_fraction, inside, ctf_values, len(index),
+                                          None if pixel_scales is None else pixel_scales[sel])
                 drawn = keys < prob
                 model = apply_shift_and_ctf(
                     slice_volume(rotations[sel], z, box, apix, drawn), apix,
