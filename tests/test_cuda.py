@@ -1,6 +1,6 @@
 """CUDA gives the CPU's answers: the image formation model, backprojection, Gaussian
-projection, exact-EM refinement, ab initio and training (fp32 and bf16 autocast, with
-and without pixel subsampling).
+projection, exact-EM refinement and classification, ab initio and training (fp32 and
+bf16 autocast, with and without pixel subsampling).
 
 Skipped on machines without CUDA (CI has none). Run on a GPU machine with
 ``pytest tests/test_cuda.py``; the figures of the last run on a GPU are in
@@ -23,6 +23,7 @@ from cryoviz.gaussians import GaussianMixture
 from cryoviz.geometry.rotations import random_rotations
 from cryoviz.imaging import forward_fourier, volume_to_fourier
 from cryoviz.inference.abinit import AbinitSettings, iter_abinit
+from cryoviz.inference.class_refine import iter_class_refine
 from cryoviz.inference.refine import RefineSettings, iter_refine
 from cryoviz.io import load_particles, read_volume
 from cryoviz.metrics import fsc, rotation_error_deg
@@ -137,11 +138,40 @@ def test_abinit_on_cuda_builds_the_model(dataset):
 
 
 @pytest.fixture(scope="module")
-def mixture_data(tmp_path_factory):
+def mixture_folder(tmp_path_factory):
     data = tmp_path_factory.mktemp("cuda_train") / "data"
     simulate(SimulationConfig(n_particles=600, box_size=BOX, pixel_size_angstrom=APIX, snr=1.0,
                               states=("4ake", "1ake"), seed=0), data)
-    return load_particles(data / "particles.star")
+    return data
+
+
+@pytest.fixture(scope="module")
+def mixture_data(mixture_folder):
+    return load_particles(mixture_folder / "particles.star")
+
+
+def test_class_refinement_on_cuda_matches_cpu(mixture_folder, mixture_data):
+    """3-D classification with the poses searched (``relion-class3d`` from two maps), in
+    float64: the same classes, the same best poses and the same class maps on both
+    devices."""
+    subset = mixture_data.subset(np.arange(300))
+    starts = torch.stack([lowpass_volume(torch.as_tensor(read_volume(
+        mixture_folder / "truth" / f"state_{k}.mrc")[0]), 30.0, APIX) for k in (0, 1)])
+    settings = RefineSettings(n_iterations=2, global_order=1, n_global_iterations=1,
+                              max_order=2, batch_size=100, initial_lowpass_angstrom=30.0,
+                              resolution_limit_angstrom=16.0, seed=0)
+    cpu, gpu = (list(iter_class_refine(subset, None, 2, settings, device=d,
+                                       initial_maps=starts))[-1].result
+                for d in ("cpu", CUDA))
+    same_class = gpu.classes.best_class == cpu.classes.best_class
+    assert float(np.mean(same_class)) > 0.98
+    err = rotation_error_deg(torch.as_tensor(gpu.posterior.rotations),
+                             torch.as_tensor(cpu.posterior.rotations))
+    assert float((err < 0.1).float().mean()) > 0.98
+    for k in (0, 1):
+        corr = np.corrcoef(gpu.classes.maps[k].cpu().numpy().ravel(),
+                           cpu.classes.maps[k].cpu().numpy().ravel())[0, 1]
+        assert corr > 0.999, (k, corr)
 
 
 def test_training_on_cuda_fp32_and_bf16(mixture_data, tmp_path):

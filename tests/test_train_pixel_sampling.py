@@ -141,7 +141,8 @@ def test_the_scales_found_once_per_particle_give_each_batch_its_probabilities(mo
     particles."""
     import cryoviz.train.pixel_sampling as sampling
 
-    monkeypatch.setattr(sampling, "CHUNK", 2)  # 7 particles: chunks of 2, 2, 2 and 1
+    # 7 particles in chunks of 2, 2, 2 and 1
+    monkeypatch.setattr(sampling, "CHUNK_COEFFICIENTS", 2 * BOX * (BOX // 2 + 1) + 1)
     n = 7
     params = CTFParams.from_arrays(defocus_u_angstrom=np.linspace(6000.0, 30000.0, n),
                                    defocus_v_angstrom=np.linspace(5000.0, 28000.0, n),

@@ -39,8 +39,9 @@ FLOOR = 0.1
 #: fraction 0.1): the scale is then known to a relative 1e-11, far below float32.
 BISECTIONS = 40
 
-#: Images per CTF evaluation in :func:`particle_scales`.
-CHUNK = 1024
+#: Fourier coefficients per CTF evaluation in :func:`particle_scales` (1,985 images at
+#: box 64, 127 at box 256: about 32 MB per float64 copy).
+CHUNK_COEFFICIENTS = 2**22
 
 
 def amplitude_scales(fraction: float, inside: torch.Tensor,
@@ -89,7 +90,7 @@ def amplitude_scales(fraction: float, inside: torch.Tensor,
 def particle_scales(fraction: float, inside: torch.Tensor, ctf: CTFParams, box: int,
                     apix: float, device: torch.device | str) -> torch.Tensor:
     """:func:`amplitude_scales` of every particle, its CTF evaluated as a training step
-    evaluates it, :data:`CHUNK` particles at a time.
+    evaluates it, :data:`CHUNK_COEFFICIENTS` coefficients at a time.
 
     Parameters
     ----------
@@ -113,7 +114,7 @@ def particle_scales(fraction: float, inside: torch.Tensor, ctf: CTFParams, box: 
     return torch.cat([
         amplitude_scales(fraction, inside, compute_ctf_2d(ctf.subset(chunk), box, apix,
                                                           rfft=True, device=device))
-        for chunk in index.split(CHUNK)])
+        for chunk in index.split(max(1, CHUNK_COEFFICIENTS // (box * (box // 2 + 1))))])
 
 
 def draw_probabilities(fraction: float, inside: torch.Tensor,
