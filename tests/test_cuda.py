@@ -29,6 +29,7 @@ from cryoviz.io import load_particles, read_volume
 from cryoviz.metrics import fsc, rotation_error_deg
 from cryoviz.metrics.alignment import align_volume
 from cryoviz.simulate import SimulationConfig, simulate
+from cryoviz.train.data import to_device
 from cryoviz.train.loop import iter_train
 from cryoviz.train.recipes import get_recipe
 
@@ -108,6 +109,22 @@ def test_gaussian_projection_matches_cpu():
                                          dtype=torch.float64)
 
     assert _rel_err(projections(CUDA), projections("cpu")) < 1e-10
+
+
+def test_batches_reach_cuda_through_pinned_memory():
+    """``to_device`` (the training loop's transfer, non-blocking from page-locked
+    memory): the values arrive, and work queued after the copy sees them, also when
+    the host's tensor is gone before the copy is waited for."""
+    gen = torch.Generator().manual_seed(0)
+    expected = torch.randn(64, 64, 64, generator=gen)
+    sums = []
+    for _ in range(20):
+        moved = to_device(expected.clone(), CUDA)
+        assert moved.device.type == "cuda"
+        sums.append(moved.sum())
+    torch.testing.assert_close(torch.stack(sums).cpu(), expected.sum().repeat(20))
+    index = to_device(np.array([5, 2, 9]), CUDA)
+    assert index.dtype == torch.int64 and index.cpu().tolist() == [5, 2, 9]
 
 
 def test_refinement_on_cuda_matches_cpu(dataset):

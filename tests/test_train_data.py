@@ -9,7 +9,7 @@ import torch
 from cryoviz.fourier import centered_fft2, crop_center
 from cryoviz.io.mrc import write_stack
 from cryoviz.io.particles import ImageSource, ParticleSet
-from cryoviz.train.data import ParticleBatches, chunked_order, fourier_downsample
+from cryoviz.train.data import ParticleBatches, chunked_order, fourier_downsample, to_device
 
 
 def test_chunked_order_is_a_seeded_permutation():
@@ -103,3 +103,13 @@ def test_fourier_downsample_matches_cropping(box, small):
     assert float(small_blob.max()) == pytest.approx(1.0, rel=0.05)
     assert float(small_blob.sum()) * (box / small) ** 2 == pytest.approx(float(blob.sum()),
                                                                         rel=1e-6)
+
+
+def test_to_device_gives_the_values_on_the_device():
+    """On the CPU a batch's tensors and index arrays arrive unchanged (the pinned,
+    non-blocking CUDA path runs in ``tests/test_cuda.py``)."""
+    images = torch.randn(3, 8, 8)
+    assert to_device(images, torch.device("cpu")) is images
+    index = np.array([4, 1, 7])
+    moved = to_device(index, torch.device("cpu"))
+    assert moved.dtype == torch.int64 and moved.tolist() == [4, 1, 7]

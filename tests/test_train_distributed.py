@@ -105,8 +105,7 @@ def test_split_batch_covers_the_batch_once(total, world):
     assert sum(p.gradient_weight for p in parts) == pytest.approx(world)
     for p in parts:
         if not p.counted:  # a stand-in: one real row, weight 0
-            assert (p.start, p.stop, p.gradient_weight) == (0, 1, 0.0)
-            assert p.weighted(float("nan")) == 0.0
+            assert (p.start, p.stop, p.share, p.gradient_weight) == (0, 1, 0.0, 0.0)
     with pytest.raises(ValueError):
         split_batch(0, 0, 2)
     with pytest.raises(ValueError):

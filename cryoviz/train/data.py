@@ -17,9 +17,37 @@ import torch
 from cryoviz.fourier import centered_fft2, centered_ifft2, crop_center
 from cryoviz.io.particles import ImageSource
 
-__all__ = ["chunked_order", "fourier_downsample", "ParticleBatches", "READ_CHUNK_BYTES"]
+__all__ = ["chunked_order", "fourier_downsample", "ParticleBatches", "READ_CHUNK_BYTES",
+           "to_device"]
 
 READ_CHUNK_BYTES = 2**20  # full-size float32 pixels read per downsampling step
+
+
+def to_device(values: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    """A batch's tensor (images, indices) on ``device``, without making the host wait.
+
+    From the CPU to CUDA the values are copied into page-locked memory and sent
+    with ``non_blocking=True``: the copy is queued on the current stream after the
+    work already there, and the host goes on issuing the step's kernels. (From
+    pageable memory the copy makes the host wait for the stream: one
+    synchronisation per transfer.) Elsewhere this is ``Tensor.to``.
+
+    Parameters
+    ----------
+    values
+        A CPU tensor or array, any shape.
+    device
+        Where the batch is used.
+
+    Returns
+    -------
+    torch.Tensor
+        ``values`` on ``device`` (the same object when it is there already).
+    """
+    values = torch.as_tensor(values)
+    if device.type == "cuda" and values.device.type == "cpu":
+        return values.pin_memory().to(device, non_blocking=True)
+    return values.to(device)
 
 
 def chunked_order(n: int, chunk_size: int, window_chunks: int,

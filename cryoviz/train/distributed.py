@@ -199,10 +199,6 @@ class BatchPart:
         """This slice's rows of a global-batch array or tensor ``(B, ...)``."""
         return values[self.start:self.stop]
 
-    def weighted(self, value: torch.Tensor | float) -> float:
-        """``share * value`` as a float (0 for a stand-in slice, even if ``value`` is NaN)."""
-        return self.share * float(value) if self.counted else 0.0
-
 
 def split_batch(total: int, rank: int = 0, world_size: int = 1) -> BatchPart:
     """Rank ``rank``'s slice of a global batch of ``total`` particles.

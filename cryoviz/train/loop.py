@@ -45,7 +45,7 @@ from cryoviz.imaging import apply_shift_and_ctf
 from cryoviz.io.mrc import atomic_output
 from cryoviz.io.particles import ImageSource, ParticleSet
 from cryoviz.train.amortized_poses import band_limit, build_pose_encoder, hypothesis_errors
-from cryoviz.train.data import ParticleBatches
+from cryoviz.train.data import ParticleBatches, to_device
 from cryoviz.train.distributed import (
     all_sum,
     barrier,
@@ -280,10 +280,14 @@ def iter_train(
             if net is not None:
                 net.train()
         warm_up = not given and epoch <= recipe.pose_only_epochs  # pose encoder alone
-        total_loss, total_kl, n_batches, n_seen = 0.0, 0.0, 0, 0
+        n_batches, n_seen = 0, 0
+        # the epoch's sums of the loss and the KL, kept on the device and read once at
+        # its end (reading them every step would make the host wait for the device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        kl_sum = torch.zeros((), dtype=torch.float64, device=device)
         for part, index, images in local_batches(batches, info):  # this rank's slice
-            sel = torch.as_tensor(index, device=device)
-            images = images.to(device)
+            sel = to_device(index, device)
+            images = to_device(images, device)
             target = centered_rfft2(images)
             # the batch's CTFs, evaluated once for the encoder's input and the loss
             ctf_values = None if ctf is None else compute_ctf_2d(
@@ -357,8 +361,10 @@ def iter_train(
             step += 1
             n_batches += 1
             n_seen += part.counted
-            total_loss += part.weighted(loss.detach())
-            total_kl += part.weighted(kl.detach()) * part.total
+            if part.counted:  # a stand-in slice adds nothing, even a NaN
+                loss_sum += loss.detach().to(torch.float64) * part.share
+                kl_sum += kl.detach().to(torch.float64) * part.share * part.total
+        total_loss, total_kl = float(loss_sum), float(kl_sum)
         seconds = time.perf_counter() - t0
         total_loss, total_kl, n_seen = all_sum(total_loss, total_kl, n_seen, info=info)
         ckpt_path = out / "checkpoints" / f"epoch_{epoch:04d}.pt"
