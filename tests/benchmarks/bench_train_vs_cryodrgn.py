@@ -240,7 +240,8 @@ def seed_spread(paths: list[Path]) -> dict:
     """
     runs = [json.loads(Path(p).read_text()) for p in paths]
     # files written before the options existed
-    defaults = {"cryoviz_encoder_input": "real", "cryoviz_encoder_correction": "off"}
+    defaults = {"cryoviz_encoder_input": "real", "cryoviz_encoder_correction": "off",
+                "cryodrgn_args": []}
     settings = {json.dumps({"cryoviz_epochs": r["settings"]["epochs"], **defaults,
                             **{k: v for k, v in r["settings"].items() if k != "seed"}},
                            sort_keys=True) for r in runs}
@@ -311,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
                         dest="settings",
                         help="cryoviz train --set (a recipe setting; repeatable), e.g. "
                              "pixel_fraction=0.5")
+    parser.add_argument("--cryodrgn-arg", action="append", default=[], dest="cryodrgn_args",
+                        metavar="ARG", help="one more argument of cryodrgn train_vae "
+                        "(repeatable), e.g. --cryodrgn-arg=--no-window")
     parser.add_argument("--reuse-cryodrgn", action="store_true",
                         help="reuse the cryoDRGN run of an earlier call with the same command "
                              "(its folder and timing in --work) instead of running it again")
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 "-n", str(args.epochs), "-b", str(args.batch_size), "--seed", str(args.seed),
                 "--encode-mode", "mlp", "--enc-layers", "1", "--enc-dim", str(args.enc_width),
                 "--dec-layers", str(args.depth), "--dec-dim", str(args.width),
-                "--domain", args.domain, "--no-analysis"]
+                "--domain", args.domain, "--no-analysis", *args.cryodrgn_args]
     saved_run = work / "cryodrgn_run.json"
     if args.reuse_cryodrgn:
         saved = json.loads(saved_run.read_text()) if saved_run.is_file() else {}
@@ -491,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
                      "cryoviz_encoder_input": args.encoder_input,
                      "cryoviz_encoder_correction": args.encoder_correction,
                      "cryoviz_settings": args.settings,
+                     "cryodrgn_args": args.cryodrgn_args,
                      "cryodrgn_precision": ("AMP (fp16 autocast)" if args.device == "cuda"
                                             else "fp32 (its AMP is CUDA autocast: no effect "
                                                  "on the CPU)")},
