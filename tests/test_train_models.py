@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,10 @@ from cryoviz.io.particles import ImageSource, load_particles
 from cryoviz.simulate import SimulationConfig, simulate
 from cryoviz.train.data import ParticleBatches
 from cryoviz.train.encoders import GradientEncoder, LatentTable, MLPEncoder
+from cryoviz.train.evaluate import saved_recipe
 from cryoviz.train.models import as_tensor, build_models, initialise_models
 from cryoviz.train.recipes import RECIPES, get_recipe
+from cryoviz.train.run_files import write_toml
 from cryoviz.volumes import (
     DeformationVolume,
     GaussianMixtureVolume,
@@ -108,3 +112,18 @@ def test_gmm_volume_scales_its_gaussians_with_the_box_unless_given(box, gaussian
 def test_only_a_mixture_without_a_base_structure_counts_its_gaussians(recipe, reference,
                                                                       counts):
     assert get_recipe(recipe, reference=reference).counts_gaussians is counts
+
+
+def test_implicit_recipes_use_cryodrgns_residual_layers_and_earlier_runs_keep_theirs(tmp_path):
+    """``residual_relu = 'after_sum'`` since 2026-12-07; a run saved before it reads
+    ``'before_sum'`` and builds the network it was trained with."""
+    recipe = get_recipe("cryodrgn")
+    assert recipe.residual_relu == "after_sum"
+    assert build_models(recipe, 16, 4.0, 10)[0].mlp.relu_after_sum
+    old = {k: v for k, v in dataclasses.asdict(recipe).items() if k != "residual_relu"}
+    write_toml(tmp_path / "config.toml", {"recipe": old})
+    loaded = saved_recipe(tmp_path)
+    assert loaded.residual_relu == "before_sum"
+    assert not build_models(loaded, 16, 4.0, 10)[0].mlp.relu_after_sum
+    with pytest.raises(InputError, match="residual_relu"):
+        get_recipe("cryodrgn", residual_relu="middle")

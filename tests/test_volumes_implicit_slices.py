@@ -82,3 +82,28 @@ def test_split_first_layer_equals_concatenation():
         h = h + torch.relu(block(h))
     torch.testing.assert_close(per_image, mlp.out(h))
     torch.testing.assert_close(per_point.reshape(4, 7, 1), per_image)
+
+
+@pytest.mark.parametrize("grad", [True, False])
+def test_relu_after_sum_is_cryodrgns_residual_layer(grad):
+    """``relu_after_sum``: each hidden layer is ``ReLU(h + W h + b)`` (cryoDRGN's
+    ``ResidLinear`` followed by its activation), with and without autograd (the
+    in-place path); the default keeps ``h + ReLU(W h + b)``, which differs."""
+    torch.manual_seed(1)
+    after = _ResidualMLP(6, 16, 3, 2, relu_after_sum=True).double()
+    before = _ResidualMLP(6, 16, 3, 2).double()
+    before.load_state_dict(after.state_dict())
+    x = torch.randn(50, 6, dtype=torch.float64)
+    h = torch.relu(after.inp(x))
+    for block in after.blocks:
+        h = torch.relu(h + h @ block.weight.T + block.bias)
+    with torch.set_grad_enabled(grad):
+        torch.testing.assert_close(after(x), after.out(h))
+        assert not torch.allclose(before(x), after(x))
+
+
+def test_the_residual_relu_setting_is_checked():
+    with pytest.raises(ValueError, match="residual_relu"):
+        ImplicitVolume(8, 4.0, residual_relu="middle")
+    model = ImplicitVolume(8, 4.0, width=8, depth=1, pe_dim=4, residual_relu="after_sum")
+    assert model.mlp.relu_after_sum and not ImplicitVolume(8, 4.0).mlp.relu_after_sum

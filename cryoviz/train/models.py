@@ -67,7 +67,7 @@ def build_models(recipe: Recipe, box_size: int, pixel_size_angstrom: float,
             box_size, pixel_size_angstrom, latent_dim=recipe.latent_dim, width=recipe.width,
             depth=recipe.depth, pe_dim=recipe.random_frequencies(box_size),
             pe_sigma=recipe.pe_sigma,
-            domain=recipe.domain, seed=recipe.seed,
+            domain=recipe.domain, seed=recipe.seed, residual_relu=recipe.residual_relu,
         )
         if recipe.reference is not None:  # V(z) = V0 + dV(z)
             volume = ReferenceResidualVolume(

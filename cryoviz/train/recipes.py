@@ -75,7 +75,8 @@ CRYODRGN_PE_SIGMA = 1.0 / (8.0 * math.pi)
 #: Recipe settings added after runs had been saved, with the value that reproduces
 #: a run whose ``config.toml`` lacks them (it was trained without the feature).
 ADDED_SETTINGS: dict[str, object] = {"encoder_centre": False, "encoder_phase_flip": False,
-                                     "fit_gradient_norm": 0.0, "pixel_fraction": 1.0}
+                                     "fit_gradient_norm": 0.0, "pixel_fraction": 1.0,
+                                     "residual_relu": "before_sum"}
 
 #: Voxels of the training box per Gaussian of a reference-free ``gmm`` volume when
 #: ``gaussians`` is not given (:meth:`Recipe.gaussian_count`).
@@ -142,6 +143,11 @@ class Recipe:
         ``pe_sigma`` defaults to ``1 / (8 pi)`` (see :data:`CRYODRGN_PE_SIGMA`).
         ``pe_dim`` (random frequencies) ``None`` means ``3 * (D // 2)`` for a
         training box ``D`` (:meth:`random_frequencies`), cryoDRGN's default.
+    residual_relu
+        Implicit volume's residual layers: ``'after_sum'`` (``ReLU(h + W h + b)``,
+        cryoDRGN's decoder, the default since 2026-12-07) or ``'before_sum'``
+        (``h + ReLU(W h + b)``, the earlier default; runs saved before the
+        setting read it, :data:`ADDED_SETTINGS`).
     enc_width, enc_depth
         Encoder MLP.
     encoder_input
@@ -259,6 +265,7 @@ class Recipe:
     depth: int = 3
     pe_dim: int | None = None
     pe_sigma: float = CRYODRGN_PE_SIGMA
+    residual_relu: str = "after_sum"
     enc_width: int = 256
     enc_depth: int = 2
     encoder_input: str = "real"
@@ -385,6 +392,8 @@ class Recipe:
              "implicit volumes)", self.reference)
         need(self.domain in ("hartley", "fourier"), "domain", "'hartley' or 'fourier'",
              self.domain)
+        need(self.residual_relu in ("after_sum", "before_sum"), "residual_relu",
+             "'after_sum' or 'before_sum'", self.residual_relu)
         need(self.pe_dim is None or self.pe_dim >= 1, "pe_dim",
              "at least 1, or none for 3 * (box // 2)", self.pe_dim)
         need(self.encoder_input in ("real", "hartley", "fit_gradient"), "encoder_input",
