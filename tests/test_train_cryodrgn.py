@@ -63,7 +63,9 @@ def test_cryodrgn_separates_states_at_issue_scale(tmp_path):
     1.000, 2.01 / 2.00 px, 34 s per epoch; with the encoder's input shift-corrected
     and phase-flipped as cryoDRGN's (thirteenth session, 2026-12-05 18:12 UTC):
     1.000, 2.01 / 2.00 px, 35-38 s per epoch (one epoch took 215 s while a second
-    torch process shared the 2 cores).
+    torch process shared the 2 cores); with cryoDRGN's residual layer
+    ``ReLU(h + W h + b)`` (thirtieth session, 2026-12-07 20:14 UTC, the AVX-512 VM,
+    quiet): 1.000, 2.01 / 2.00 px, 19 s per epoch.
     """
     report = run_mixture_science(
         tmp_path, "cryodrgn", train_box=None, epochs=15, overrides=dict(batch_size=16),
@@ -82,7 +84,9 @@ def test_cryodrgn_first_component_follows_the_issue_scale_path(tmp_path):
     default, by ``bench_heterogeneity_targets.py``: 0.932); with cryoDRGN's 96
     random frequencies and its KL weighting (eleventh session): 0.902, one seed,
     close to the target; with the encoder's input shift-corrected and
-    phase-flipped as cryoDRGN's (twelfth session): 0.911, 36-38 s per epoch.
+    phase-flipped as cryoDRGN's (twelfth session): 0.911, 36-38 s per epoch; with
+    cryoDRGN's residual layer (thirtieth session, the AVX-512 VM): 0.907, closer to
+    the target again.
     """
     rho = run_path_science(tmp_path, "cryodrgn", epochs=8, overrides=dict(batch_size=16),
                            **ISSUE_SCALE)
