@@ -16,7 +16,7 @@ from cryoviz.inference.posterior import export_poses
 from cryoviz.io.mrc import atomic_output, write_volume
 from cryoviz.io.particles import ParticleSet
 from cryoviz.train.amortized_poses import pose_posterior
-from cryoviz.train.data import ParticleBatches
+from cryoviz.train.data import ParticleBatches, to_device
 from cryoviz.train.encoder_input import EncoderView
 from cryoviz.train.encoders import LatentTable
 from cryoviz.train.memory import release_free_heap
@@ -46,8 +46,8 @@ def encode_all(encoder: torch.nn.Module, batches: ParticleBatches, device: torch
     mu_all: np.ndarray | None = None
     logvar_all: np.ndarray | None = None
     for index, images in batches.sequential():
-        sel = torch.as_tensor(index, device=device)
-        images = images.to(device)
+        sel = to_device(index, device)
+        images = to_device(images, device)
         mu, logvar = encoder(images if view is None else view(images, sel), sel)
         if mu_all is None:
             mu_all = np.empty((batches.n, mu.shape[1]), dtype=np.float32)

@@ -52,6 +52,7 @@ import math
 from dataclasses import dataclass
 
 from cryoviz.errors import InputError
+from cryoviz.volumes.implicit import RESIDUAL_RELU
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "CRYODRGN_PE_SIGMA", "ADDED_SETTINGS",
            "GAUSSIANS_VOXELS"]
@@ -398,8 +399,8 @@ class Recipe:
              "implicit volumes)", self.reference)
         need(self.domain in ("hartley", "fourier"), "domain", "'hartley' or 'fourier'",
              self.domain)
-        need(self.residual_relu in ("after_sum", "before_sum"), "residual_relu",
-             "'after_sum' or 'before_sum'", self.residual_relu)
+        need(self.residual_relu in RESIDUAL_RELU, "residual_relu",
+             " or ".join(repr(v) for v in RESIDUAL_RELU), self.residual_relu)
         need(self.pe_dim is None or self.pe_dim >= 1, "pe_dim",
              "at least 1, or none for 3 * (box // 2)", self.pe_dim)
         need(self.encoder_input in ("real", "hartley", "fit_gradient"), "encoder_input",
