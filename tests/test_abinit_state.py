@@ -105,6 +105,59 @@ def test_a_finished_run_yields_its_result_again(particles, unbroken, tmp_path):
     _same_result(again[0].result, unbroken[-1].result)
 
 
+def _as_format_1(path) -> None:
+    """Rewrite a checkpoint of a run without screening as the first format wrote it.
+
+    Format 1 (before screening, up to commit dfbdc08) had no ``screening``,
+    ``screen_evidences`` and ``paused`` fields and no ``screen_starts`` and
+    ``screen_steps`` settings; the other fields are the same (checked once
+    against a file written by that commit's code).
+    """
+    saved = torch.load(path, weights_only=True)
+    for key in ("screening", "screen_evidences", "paused"):
+        del saved[key]
+    for key in ("screen_starts", "screen_steps"):
+        del saved["settings"][key]
+    torch.save({**saved, "format": 1}, path)
+
+
+@pytest.mark.parametrize("stop_after", [3, 7])
+def test_a_format_1_checkpoint_resumes_to_the_unbroken_result(particles, unbroken, tmp_path,
+                                                              stop_after):
+    for k, _ in enumerate(iter_abinit(particles, SETTINGS, checkpoint_dir=tmp_path,
+                                      checkpoint_interval_s=0.0), start=1):
+        if k == stop_after:
+            break
+    _as_format_1(tmp_path / ABINIT_STATE_FILE)
+    resumed = list(iter_abinit(particles, SETTINGS, checkpoint_dir=tmp_path, resume=True))
+    assert [p.log_likelihood for p in resumed] == [p.log_likelihood
+                                                  for p in unbroken[stop_after:]]
+    _same_result(resumed[-1].result, unbroken[-1].result)
+    assert resumed[-1].result.screen_evidences == ()
+    # the resumed run's checkpoints are of today's format
+    assert torch.load(tmp_path / ABINIT_STATE_FILE, weights_only=True)["format"] == 2
+
+
+def test_a_format_1_checkpoint_is_not_resumed_with_screening(particles, tmp_path):
+    for k, _ in enumerate(iter_abinit(particles, SETTINGS, checkpoint_dir=tmp_path,
+                                      checkpoint_interval_s=0.0), start=1):
+        if k == 2:
+            break
+    _as_format_1(tmp_path / ABINIT_STATE_FILE)
+    screened = replace(SETTINGS, screen_starts=3, screen_steps=3)
+    with pytest.raises(InputError, match="screen_starts"):
+        next(iter_abinit(particles, screened, checkpoint_dir=tmp_path, resume=True))
+
+
+def test_an_unknown_format_is_named(particles, tmp_path):
+    short = replace(SETTINGS, n_starts=1, n_steps=2)
+    list(iter_abinit(particles, short, checkpoint_dir=tmp_path))
+    path = tmp_path / ABINIT_STATE_FILE
+    torch.save({**torch.load(path, weights_only=True), "format": 3}, path)
+    with pytest.raises(InputError, match="format: expected version 2 or 1, got 3"):
+        next(iter_abinit(particles, short, checkpoint_dir=tmp_path, resume=True))
+
+
 def test_checkpoints_are_spaced_by_the_interval(particles, tmp_path):
     """With a long interval only the ends of starts are saved."""
     for p in iter_abinit(particles, SETTINGS, checkpoint_dir=tmp_path,

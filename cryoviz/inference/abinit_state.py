@@ -30,7 +30,7 @@ from cryoviz.metrics.fsc import FSCCurve
 
 __all__ = ["ABINIT_STATE_FILE", "Schedule", "StartState", "BestStart", "PausedStart",
            "top_starts", "keep_best", "AbinitCheckpoint", "abinit_finished", "save_abinit_state",
-           "load_abinit_state"]
+           "from_format_1", "load_abinit_state"]
 
 ABINIT_STATE_FILE = "abinit_state.pt"
 _FORMAT = 2
@@ -291,6 +291,22 @@ def save_abinit_state(run_dir: str | Path, state: AbinitCheckpoint, settings,
     return path
 
 
+def from_format_1(saved: dict, settings) -> dict:
+    """A checkpoint of format 1 (written before screening existed) in format 2.
+
+    A format-1 run is a run without screening: its settings gain
+    ``screen_starts = 0``, and the ``screen_steps`` of the run resuming it
+    (they do nothing without screening); it screens no start and has no
+    screened start to go on. Resuming it with screening on is refused by the
+    identity check, which names ``screen_starts``.
+    """
+    old = dict(saved["settings"])
+    old.setdefault("screen_starts", 0)
+    old.setdefault("screen_steps", settings.screen_steps)
+    return {**saved, "format": _FORMAT, "settings": old, "screening": False,
+            "screen_evidences": [], "paused": []}
+
+
 def load_abinit_state(run_dir: str | Path, settings,
                       particle_ids: np.ndarray) -> AbinitCheckpoint | None:
     """The checkpoint in ``run_dir``, or ``None`` if there is none.
@@ -304,7 +320,9 @@ def load_abinit_state(run_dir: str | Path, settings,
     path = Path(run_dir) / ABINIT_STATE_FILE
     if not path.is_file():
         return None
-    saved = read_checkpoint(path, ABINIT_STATE_FILE, _FORMAT)
+    saved = read_checkpoint(path, ABINIT_STATE_FILE, _FORMAT, older=(1,))
+    if saved["format"] == 1:
+        saved = from_format_1(saved, settings)
     check_identity(path, saved, run_identity(settings, particle_ids, ()), ())
     n_runs = settings.screen_starts or settings.n_starts
     last = settings.screen_steps if saved["screening"] else settings.n_steps

@@ -97,18 +97,20 @@ def curve_payload(curve: FSCCurve) -> dict:
     return {f.name: getattr(curve, f.name).cpu() for f in dataclasses.fields(curve)}
 
 
-def read_checkpoint(path: Path, what: str, fmt: int) -> dict:
+def read_checkpoint(path: Path, what: str, fmt: int, older: tuple[int, ...] = ()) -> dict:
     """``torch.load`` a checkpoint file; :class:`InputError` if unreadable or of another format.
 
-    ``what`` names the file kind in the message (e.g. ``'refine_state.pt'``).
+    ``what`` names the file kind in the message (e.g. ``'refine_state.pt'``);
+    ``older`` lists earlier formats the caller converts itself.
     """
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
         raise InputError(path, "checkpoint", f"a {what} written by cryoviz",
                          got=f"unreadable ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(saved, dict) or saved.get("format") != fmt:
-        raise InputError(path, "format", f"version {fmt}",
+    if not isinstance(saved, dict) or saved.get("format") not in (fmt, *older):
+        expected = " or ".join(str(v) for v in (fmt, *older))
+        raise InputError(path, "format", f"version {expected}",
                          got=saved.get("format") if isinstance(saved, dict) else type(saved))
     return saved
 
