@@ -311,6 +311,9 @@ def load_abinit_state(run_dir: str | Path, settings,
                       particle_ids: np.ndarray) -> AbinitCheckpoint | None:
     """The checkpoint in ``run_dir``, or ``None`` if there is none.
 
+    A checkpoint of format 1 (before screening) is read through
+    :func:`from_format_1`.
+
     Raises
     ------
     InputError
