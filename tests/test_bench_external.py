@@ -12,6 +12,7 @@ import pytest
 
 from cryoviz.bench import cli as bench_cli
 from cryoviz.bench.external import (
+    _train_cmd,
     cryodrgn_entry,
     default_cryodrgn,
     import_cryodrgn,
@@ -24,6 +25,7 @@ from cryoviz.bench.suite import DatasetSpec, build_dataset
 from cryoviz.bench.tasks import load_truth, render_plan, score
 from cryoviz.errors import InputError
 from cryoviz.io.mrc import read_volume, write_volume
+from cryoviz.train.recipes import get_recipe
 
 SPEC = DatasetSpec("mixture")
 
@@ -107,6 +109,21 @@ def test_malicious_z_pickle_is_refused(tmp_path):
         pickle.dump(Evil(), fh)
     with pytest.raises(InputError, match="numpy arrays only"):
         import_cryodrgn(tmp_path / "z.pkl", [], 0)
+
+
+@pytest.mark.parametrize("domain", ["fourier", "hartley"])
+def test_train_vae_gets_the_recipes_sizes_and_domain(domain):
+    """cryoDRGN trains the network of cryoviz's recipe, in the recipe's output domain."""
+    recipe = get_recipe("cryodrgn", domain=domain, width=96, depth=2, enc_width=48, zdim=3,
+                        epochs=7, batch_size=24, seed=5)
+    cmd = _train_cmd("cryodrgn", Path("p.mrcs"), Path("pose.pkl"), Path("ctf.pkl"),
+                     Path("out"), recipe)
+    options = dict(zip(cmd[3::2], cmd[4::2], strict=False))
+    assert cmd[:3] == ["cryodrgn", "train_vae", "p.mrcs"]
+    assert {k: options[k] for k in ("--domain", "--dec-dim", "--dec-layers", "--enc-dim",
+                                    "--zdim", "-n", "-b", "--seed")} == {
+        "--domain": domain, "--dec-dim": "96", "--dec-layers": "2", "--enc-dim": "48",
+        "--zdim": "3", "-n": "7", "-b": "24", "--seed": "5"}
 
 
 @pytest.mark.slow

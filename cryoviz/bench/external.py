@@ -153,7 +153,7 @@ def _train_cmd(exe: str, stack: Path, pose: Path, ctf: Path, out: Path, recipe,
            "-b", str(recipe.batch_size), "--seed", str(recipe.seed),
            "--encode-mode", "mlp", "--enc-layers", "1", "--enc-dim", str(recipe.enc_width),
            "--dec-layers", str(recipe.depth), "--dec-dim", str(recipe.width),
-           "--domain", "hartley", "--no-analysis"]
+           "--domain", recipe.domain, "--no-analysis"]
     if index is not None:
         cmd += ["--ind", str(index)]
     return cmd
@@ -164,7 +164,8 @@ def cryodrgn_entry(executable: str, name: str = "cryodrgn-4.3.1") -> BenchEntry:
 
     The network takes its sizes from cryoviz's ``cryodrgn`` recipe at the same
     suite size (:func:`cryoviz.bench.entries._recipe`: decoder width and
-    residual layers, encoder width, zdim, epochs, batch size, seed; Hartley; MLP
+    residual layers, encoder width, zdim, epochs, batch size, seed, output domain
+    (``fourier``, cryoDRGN's default, since 2026-12-07; ``hartley`` before); MLP
     encoder with ``--enc-layers 1``). Wall time and peak
     memory are those of the cryoDRGN processes (sum of wall times, largest
     ``ru_maxrss``).
@@ -221,7 +222,7 @@ def cryodrgn_entry(executable: str, name: str = "cryodrgn-4.3.1") -> BenchEntry:
                              peak_rss_mb=max(c.peak_rss_mb for c in costs),
                              method=costs[0].method),
                          "epochs": recipe.epochs, "width": recipe.width,
-                         "enc_width": recipe.enc_width}
+                         "enc_width": recipe.enc_width, "domain": recipe.domain}
         return outputs
 
     return BenchEntry(name, "conformation", run, HETEROGENEOUS_KINDS,
