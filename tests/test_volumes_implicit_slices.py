@@ -102,6 +102,37 @@ def test_relu_after_sum_is_cryodrgns_residual_layer(grad):
         assert not torch.allclose(before(x), after(x))
 
 
+@pytest.mark.parametrize("after_sum", [True, False])
+@pytest.mark.parametrize("with_latent", [True, False])
+def test_in_place_layers_have_the_out_of_place_gradients(after_sum, with_latent):
+    """The network's in-place element-wise work under autograd gives the gradients
+    of the same layers written out of place, and leaves the first layer's
+    pre-activations it is given unchanged (a decoder's cache may pass them)."""
+    torch.manual_seed(2)
+    mlp = _ResidualMLP(6 + 3, 16, 3, 2, relu_after_sum=after_sum).double()
+    x = torch.randn(40, 6, dtype=torch.float64)
+    z = torch.randn(40, 3, dtype=torch.float64, requires_grad=True) if with_latent else None
+
+    def reference() -> torch.Tensor:
+        h = x @ mlp.inp.weight[:, :6].T + mlp.inp.bias
+        if z is not None:
+            h = h + z @ mlp.inp.weight[:, 6:].T
+        h = torch.relu(h)
+        for block in mlp.blocks:
+            lin = h @ block.weight.T + block.bias
+            h = torch.relu(h + lin) if after_sum else h + torch.relu(lin)
+        return h @ mlp.out.weight.T + mlp.out.bias
+
+    inputs = list(mlp.parameters()) + ([] if z is None else [z])
+    want = torch.autograd.grad(reference().square().sum(), inputs)
+    first = mlp.first_layer(x)
+    kept = first.detach().clone()
+    got = torch.autograd.grad(mlp.from_first_layer(first, z).square().sum(), inputs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    torch.testing.assert_close(first.detach(), kept, rtol=0, atol=0)
+
+
 def test_the_residual_relu_setting_is_checked():
     with pytest.raises(ValueError, match="residual_relu"):
         ImplicitVolume(8, 4.0, residual_relu="middle")

@@ -119,14 +119,21 @@ class _ResidualMLP(torch.nn.Module):
             weight = self.inp.weight
             shift = torch.nn.functional.linear(cond.to(h.dtype),
                                                weight[:, weight.shape[1] - cond.shape[-1]:])
-            h = h + (shift.unsqueeze(-2) if cond.dim() < h.dim() else shift)
-        h = torch.relu(h)
-        grad = torch.is_grad_enabled()  # without: the same arithmetic in place (~20 % faster)
+            # a new tensor: the ReLU may act in place (h itself may be a caller's cache)
+            h = (h + (shift.unsqueeze(-2) if cond.dim() < h.dim() else shift)).relu_()
+        else:
+            h = torch.relu(h)
+        # the layers' element-wise work in place on each layer's new output: the same
+        # arithmetic as out of place, in fewer passes over memory and fresh allocations
+        # (autograd allows it: a linear layer's backward does not read its output, a
+        # ReLU's reads its own): bf16 training on the 2-core AMX Xeon of 2026-12-08
+        # ~8 % faster per epoch, the trained weights equal bit for bit
+        grad = torch.is_grad_enabled()
         for block in self.blocks:
             if self.relu_after_sum:
-                h = torch.relu(block(h) + h) if grad else block(h).add_(h).relu_()
+                h = block(h).add_(h).relu_()
             elif grad:
-                h = h + torch.relu(block(h))
+                h = h + block(h).relu_()
             else:
                 h.add_(block(h).relu_())
         return self.out(h)
