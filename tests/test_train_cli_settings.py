@@ -9,7 +9,7 @@ import pytest
 
 from cryoviz.errors import InputError
 from cryoviz.simulate import SimulationConfig, simulate
-from cryoviz.train.cli import add_parsers, recipe_settings, run
+from cryoviz.train.cli import add_parsers, precision_hint, recipe_settings, run
 from cryoviz.train.evaluate import load_run
 from cryoviz.train.recipes import get_recipe
 
@@ -92,3 +92,32 @@ def test_set_is_refused_for_recipes_with_their_own_algorithm(tiny_dataset, tmp_p
     assert run(_parser().parse_args(argv)) == 2
     err = capsys.readouterr().err
     assert "--set" in err and "relion-refine has its own options" in err
+
+
+@pytest.mark.parametrize(("recipe", "precision", "device", "fast", "resume", "hinted"), [
+    ("cryodrgn", "fp32", "cpu", True, False, True),
+    ("cryodrgn", "bf16", "cpu", True, False, False),  # already bf16
+    ("cryodrgn", "fp32", "cpu", False, False, False),  # bf16 emulated: slower
+    ("cryodrgn", "fp32", "cpu", True, True, False),  # a resumed run keeps its precision
+    ("cryodrgn", "fp32", "cuda", True, False, False),  # the hint is about CPUs
+    ("e2gmm", "fp32", "cpu", True, False, False),  # no MLP volume
+])
+def test_the_bf16_hint(monkeypatch, recipe, precision, device, fast, resume, hinted):
+    monkeypatch.setattr("cryoviz.train.distributed.bf16_is_fast", lambda _device: fast)
+    hint = precision_hint(get_recipe(recipe, precision=precision), device, resume)
+    assert (hint is not None) == hinted
+    if hinted:
+        assert "--precision bf16" in hint
+
+
+def test_train_prints_the_bf16_hint_where_it_applies(tiny_dataset, tmp_path, capsys,
+                                                     monkeypatch):
+    monkeypatch.setattr("cryoviz.train.distributed.bf16_is_fast", lambda _device: True)
+    argv = ["train", str(tiny_dataset / "particles.star"), "--recipe", "cryodrgn",
+            "--epochs", "1", "--batch-size", "60", "--width", "16", "--depth", "1",
+            "--enc-width", "16", "--device", "cpu"]
+    assert run(_parser().parse_args([*argv, "-o", str(tmp_path / "a")])) == 0
+    assert "hint: this CPU multiplies bfloat16 natively" in capsys.readouterr().err
+    assert run(_parser().parse_args([*argv, "-o", str(tmp_path / "b"),
+                                     "--precision", "bf16"])) == 0
+    assert "hint:" not in capsys.readouterr().err
