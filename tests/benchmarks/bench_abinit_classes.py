@@ -30,7 +30,10 @@ built under ``--root`` if it is not there. ``--dataset three-state-small`` is
 built by this script instead: three discrete states in one frame, 4AKE (open),
 1AKE (closed) and 4AKE without its LID domain (the suite's compositional
 subunit), 6,000 particles with equal state weights, and the same size, SNR,
-pose and CTF settings. ``--classes`` defaults to the dataset's number of states.
+pose and CTF settings. ``--folder DIR`` takes any ``cryoviz simulate`` folder
+instead (e.g. the issue's 20,000 particles: ``cryoviz simulate -o DIR --states
+4ake,1ake --n-particles 20000 --box 64 --pixel-size 2 --snr 0.1``). ``--classes``
+defaults to the dataset's number of states.
 
 Usage::
 
@@ -216,6 +219,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/tmp/bench-data"))
     parser.add_argument("--dataset", default="mixture-hi-uniform-small")
+    parser.add_argument("--folder", type=Path, default=None,
+                        help="a `cryoviz simulate` folder (with truth/) instead of --dataset")
     parser.add_argument("--classes", type=int, default=None,
                         help="K (default: the dataset's number of true states)")
     parser.add_argument("--seed", type=int, default=0)
@@ -246,8 +251,12 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     specs = {s.name: s for s in suite_datasets("small") + suite_datasets("tiny")}
-    folder = (three_state_dataset(args.root) if args.dataset == THREE_STATE
-              else build_dataset(specs[args.dataset], args.root))
+    if args.folder is not None:
+        folder = args.folder
+    elif args.dataset == THREE_STATE:
+        folder = three_state_dataset(args.root)
+    else:
+        folder = build_dataset(specs[args.dataset], args.root)
     particles = load_particles(folder / "particles.star")
     truth = load_truth(folder)
     k_classes = args.classes or len(truth.maps)
@@ -309,7 +318,8 @@ def main() -> None:
                                                               n_iterations=args.iterations))
     out = {"machine": {**machine_info(torch.device("cpu")), "load_average_start": start_load,
                        "load_average_end": load_average()},
-           "dataset": {"name": args.dataset, "particles": len(particles),
+           "dataset": {"name": args.dataset if args.folder is None else str(args.folder),
+                       "particles": len(particles),
                        "box": particles.box_size,
                        "pixel_size_angstrom": particles.pixel_size_angstrom},
            "settings": {"seed": args.seed, "abinit_steps": args.abinit_steps,
