@@ -50,7 +50,12 @@ def test_preview_is_the_full_map_low_passed_and_costs_no_extra_work(domain):
     assert [s for s, _ in stages] == ["preview", "full"]
     assert model.points_evaluated == full_cost  # the preview's values are reused
     preview, full = stages[0][1], stages[1][1]
-    torch.testing.assert_close(full, decoder(z), rtol=0, atol=0)
+    # the same values up to float32 rounding: how a matrix product blocks its rows (and
+    # so the order of its sums) may depend on the row count, and the preview's two
+    # calls cut the points elsewhere than one call does (on the AMX Xeon of 2026-12-08
+    # about 1 in 8 voxels differed in the last bits, in some runs)
+    whole = decoder(z)
+    torch.testing.assert_close(full, whole, rtol=0, atol=1e-6 * float(whole.abs().max()))
     # the sharp ball |q| < 0.25 (model cycles / pixel) applied to the full map
     axis = (torch.arange(box) - box // 2) / box
     gz, gy, gx = torch.meshgrid(axis, axis, axis, indexing="ij")
