@@ -9,13 +9,17 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cryoviz.errors import InputError, TrainingDiverged
 
-__all__ = ["add_parsers", "run", "parse_z", "recipe_settings"]
+if TYPE_CHECKING:
+    from cryoviz.train.recipes import Recipe
+
+__all__ = ["add_parsers", "run", "parse_z", "recipe_settings", "precision_hint"]
 
 _DEFAULT_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -251,7 +255,8 @@ def recipe_settings(args: argparse.Namespace) -> dict:
     return given
 
 
-def precision_hint(recipe, device: str | torch.device, resume: bool = False) -> str | None:
+def precision_hint(recipe: Recipe, device: str | torch.device, resume: bool = False
+                   ) -> str | None:
     """A hint to train in bfloat16, or ``None``.
 
     Given for a float32 run of a recipe with an implicit (MLP) volume on a CPU
