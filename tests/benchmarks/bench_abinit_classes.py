@@ -250,6 +250,9 @@ def main() -> None:
                         help="only the homogeneous control (with --homogeneous-control)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
+    if args.folder is not None and args.output is None:
+        # the default file name says nothing of the folder: it would overwrite a suite result
+        parser.error("--folder needs --output")
     specs = {s.name: s for s in suite_datasets("small") + suite_datasets("tiny")}
     if args.folder is not None:
         folder = args.folder
